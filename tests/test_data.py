@@ -1,0 +1,147 @@
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ftkit.config import Config
+from ftkit.data import DataError, load_data, read_image, stratified_split
+from conftest import tiny_config, write_images
+
+
+def test_split_layout_uses_given_splits(split_folder, tmp_path, classes):
+    data = load_data(tiny_config(split_folder, tmp_path))
+    assert data.classes == classes
+    assert data.source == "folders"
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 36, "val": 12, "test": 12}
+    assert data.summary()["val"] == {"alpha": 4, "beta": 4, "gamma": 4}
+    assert data.eval_split == "test"
+    # cached as uint8 RGB arrays
+    assert data.splits["train"].images[0].dtype == np.uint8
+    assert data.splits["train"].images[0].shape == (24, 24, 3)
+
+
+def test_missing_val_is_carved_from_train(split_folder, tmp_path):
+    import shutil
+
+    shutil.rmtree(split_folder / "val")
+    data = load_data(tiny_config(split_folder, tmp_path, val_split=0.25))
+    assert data.summary()["val"] == {"alpha": 3, "beta": 3, "gamma": 3}
+    assert data.summary()["train"] == {"alpha": 9, "beta": 9, "gamma": 9}
+    assert not set(data.splits["train"].keys) & set(data.splits["val"].keys)
+
+
+def test_flat_layout_is_split_stratified_and_deterministic(flat_folder, tmp_path):
+    cfg = tiny_config(flat_folder, tmp_path, val_split=0.2, test_split=0.25)
+    a, b = load_data(cfg), load_data(cfg)
+    assert a.source == "flat"
+    assert a.summary() == {
+        "train": {"alpha": 11, "beta": 11, "gamma": 11},
+        "val": {"alpha": 4, "beta": 4, "gamma": 4},
+        "test": {"alpha": 5, "beta": 5, "gamma": 5},
+    }
+    for name in ("train", "val", "test"):
+        assert a.splits[name].keys == b.splits[name].keys
+    keys = [set(s.keys) for s in a.splits.values()]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+    other = load_data(tiny_config(flat_folder, tmp_path, val_split=0.2, test_split=0.25, seed=7))
+    assert other.splits["val"].keys != a.splits["val"].keys
+
+
+def test_stratified_split_gives_every_split_an_image_of_small_classes():
+    labels = np.array([0] * 3 + [1] * 40)
+    where = stratified_split(labels, {"val": 0.1, "test": 0.1}, seed=0)
+    assert sorted(where[:3]) == ["test", "train", "val"]
+    assert (where[3:] == "val").sum() == 4 and (where[3:] == "test").sum() == 4
+
+
+def test_split_listing_reproduces_the_split(flat_folder, tmp_path):
+    from ftkit.data import write_split_listing
+
+    data = load_data(tiny_config(flat_folder, tmp_path))
+    write_split_listing(data, tmp_path / "split.csv")
+    again = load_data(tiny_config(flat_folder, tmp_path, seed=99, splits=str(tmp_path / "split.csv")))
+    for name in data.splits:
+        assert again.splits[name].keys == data.splits[name].keys
+        assert again.splits[name].labels.tolist() == data.splits[name].labels.tolist()
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "LA", "CMYK"])
+@pytest.mark.parametrize("fmt", ["png", "tiff", "bmp", "jpg"])
+def test_read_image_handles_modes_and_formats(tmp_path, mode, fmt):
+    base = Image.fromarray(np.arange(16 * 20, dtype=np.uint8).reshape(16, 20) % 251)
+    if mode == "I;16":
+        img = Image.fromarray((np.asarray(base).astype(np.uint16) * 257))
+    else:
+        img = base.convert(mode)
+    path = tmp_path / f"x.{fmt}"
+    try:
+        img.save(path)
+    except (OSError, ValueError, KeyError):
+        pytest.skip(f"PIL cannot write {mode} as {fmt}")
+    arr = read_image(path)
+    assert arr.shape == (16, 20, 3) and arr.dtype == np.uint8
+    if mode in ("L", "I;16") and fmt != "jpg":  # JPEG is lossy
+        # 16-bit is rescaled to 8-bit: same picture as the 8-bit original
+        assert np.abs(arr[:, :, 0].astype(int) - np.asarray(base).astype(int)).max() <= 1
+
+
+def test_corrupt_and_non_image_files_are_skipped_with_a_warning(split_folder, tmp_path):
+    bad = split_folder / "train" / "alpha" / "broken.jpg"
+    bad.write_bytes(b"this is not a jpeg")
+    (split_folder / "train" / "beta" / "notes.txt").write_text("hello")
+    with pytest.warns(UserWarning, match=r"skipped 2 unusable file\(s\).*broken\.jpg.*notes\.txt|skipped 2 unusable file\(s\).*notes\.txt.*broken\.jpg"):
+        data = load_data(tiny_config(split_folder, tmp_path))
+    assert len(data.skipped) == 2
+    assert data.summary()["train"] == {"alpha": 12, "beta": 12, "gamma": 12}
+
+
+def test_corrupt_file_is_skipped_when_streaming_too(split_folder, tmp_path):
+    (split_folder / "train" / "alpha" / "broken.png").write_bytes(b"\x89PNG garbage")
+    with pytest.warns(UserWarning, match="broken.png"):
+        data = load_data(tiny_config(split_folder, tmp_path, cache="stream"))
+    assert data.splits["train"].images is None
+    assert len(data.splits["train"]) == 36
+
+
+def test_strict_fails_on_corrupt_file(split_folder, tmp_path):
+    (split_folder / "train" / "alpha" / "broken.jpg").write_bytes(b"nope")
+    with pytest.raises(DataError, match="broken.jpg"):
+        load_data(tiny_config(split_folder, tmp_path, strict=True))
+
+
+def test_empty_class_folder_fails(split_folder, tmp_path):
+    (split_folder / "train" / "delta").mkdir()
+    with pytest.raises(DataError, match="without images: delta"):
+        load_data(tiny_config(split_folder, tmp_path))
+
+
+def test_single_class_fails(tmp_path):
+    write_images(tmp_path / "one" / "only", 0, 5, np.random.default_rng(0))
+    with pytest.raises(DataError, match="fewer than 2 classes"):
+        load_data(tiny_config(tmp_path / "one", tmp_path))
+
+
+def test_val_class_missing_from_train_fails(split_folder, tmp_path):
+    write_images(split_folder / "val" / "omega", 0, 2, np.random.default_rng(0))
+    with pytest.raises(DataError, match="train/ lacks: omega"):
+        load_data(tiny_config(split_folder, tmp_path))
+
+
+def test_missing_folder_fails_with_its_name(tmp_path):
+    with pytest.raises(DataError, match="nowhere does not exist"):
+        load_data(tiny_config(tmp_path / "nowhere", tmp_path))
+
+
+def test_class_drop_merge_and_whitelist(split_folder, tmp_path):
+    dropped = load_data(tiny_config(split_folder, tmp_path, drop_classes=["beta"]))
+    assert dropped.classes == ["alpha", "gamma"]
+    assert dropped.summary()["train"] == {"alpha": 12, "gamma": 12}
+    merged = load_data(tiny_config(split_folder, tmp_path, merge_classes={"beta": "alpha"}))
+    assert merged.classes == ["alpha", "gamma"]
+    assert merged.summary()["train"] == {"alpha": 24, "gamma": 12}
+    assert merged.class_map == {"beta": "alpha"}
+    kept = load_data(tiny_config(split_folder, tmp_path, classes=["beta", "gamma"]))
+    assert kept.classes == ["beta", "gamma"]
+    with pytest.raises(DataError, match="unknown class 'gama'.*Did you mean 'gamma'"):
+        load_data(tiny_config(split_folder, tmp_path, drop_classes=["gama"]))

@@ -1,0 +1,182 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ftkit import train as train_mod
+from ftkit.config import resolve
+from ftkit.models import create, head_parameter_names, set_trainable, stage_groups
+from ftkit.train import Phase, build_optimizer, cosine_with_warmup, finetune, plan_phases, resume
+from conftest import TINY, tiny_config
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _bn_stats(model):
+    return {n: b.detach().clone() for n, b in model.named_buffers() if "running_mean" in n}
+
+
+def test_plan_phases_names_every_epoch():
+    assert plan_phases(4, 1, "all", 5) == [Phase("head", 0)] + [Phase("full", None)] * 3
+    gradual = plan_phases(6, 2, "gradual", 3)
+    assert [p.name for p in gradual] == ["head", "head", "gradual-1/3", "gradual-2/3", "full", "full"]
+    assert [p.unfrozen_stages for p in gradual] == [0, 0, 1, 2, None, None]
+
+
+def test_cosine_schedule_warms_up_then_decays():
+    values = [cosine_with_warmup(s, total=100, warmup=10) for s in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+    assert values[-1] == pytest.approx(0.01, abs=0.01)
+
+
+def _one_epoch(model, cfg, data_root, tmp_path, unfrozen):
+    """Train one epoch of the real loop with ``unfrozen`` stages; returns the model."""
+    from ftkit.data import load_data
+    from ftkit.models import resolve_data_config
+
+    data = load_data(cfg)
+    dc = resolve_data_config(model, cfg)
+    loader, _, _, _ = train_mod.make_loaders(data, dc, cfg, torch.device("cpu"))
+    set_trainable(model, unfrozen)
+    opt = build_optimizer(model, cfg)
+    train_mod.train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), opt, None, None,
+                              torch.device("cpu"), train_mod.nullcontext, None)
+
+
+def test_head_phase_freezes_backbone_weights_and_batchnorm(split_folder, tmp_path):
+    cfg = tiny_config(split_folder, tmp_path)
+    model = create(cfg, 3)
+    before, stats_before = _snapshot(model), _bn_stats(model)
+    _one_epoch(model, cfg, split_folder, tmp_path, unfrozen=0)
+    head = head_parameter_names(model)
+    after = _snapshot(model)
+    assert head and all(not torch.equal(before[n], after[n]) for n in head)
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in head)
+    stats_after = _bn_stats(model)
+    assert all(torch.equal(stats_before[n], stats_after[n]) for n in stats_before)
+
+
+def test_full_phase_unfreezes_the_backbone(split_folder, tmp_path):
+    cfg = tiny_config(split_folder, tmp_path)
+    model = create(cfg, 3)
+    before = _snapshot(model)
+    _one_epoch(model, cfg, split_folder, tmp_path, unfrozen=None)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    first_stage = stage_groups(model)[0]
+    assert set(first_stage) <= changed  # even the stem moved
+    assert len(changed) == len(before)
+
+
+def test_gradual_unfreezes_last_stages_first(split_folder, tmp_path):
+    cfg = tiny_config(split_folder, tmp_path)
+    model = create(cfg, 3)
+    stages = stage_groups(model)
+    set_trainable(model, 2)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(stages[-1]) | set(stages[-2]) | head_parameter_names(model)
+
+
+def test_backbone_lr_multiplier_in_param_groups(split_folder, tmp_path):
+    cfg = tiny_config(split_folder, tmp_path, lr=0.01, backbone_lr_mult=0.1)
+    groups = {g["name"]: g for g in build_optimizer(create(cfg, 3), cfg).param_groups}
+    assert groups["head"]["lr"] == pytest.approx(0.01)
+    assert groups["backbone"]["lr"] == pytest.approx(0.001)
+    assert groups["backbone-no-decay"]["weight_decay"] == 0.0
+
+
+def test_unknown_optimizer_lists_valid_names(split_folder, tmp_path):
+    from ftkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown value for 'optimizer': 'adamm'.*Did you mean 'adam'.*Valid: adamw, adam, sgd, rmsprop"):
+        tiny_config(split_folder, tmp_path, optimizer="adamm")
+
+
+def _metrics(run):
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k != "images_per_s"} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_finetune_writes_a_complete_run_directory(split_folder, tmp_path):
+    result = finetune(tiny_config(split_folder, tmp_path, epochs=3, freeze_epochs=1))
+    run = result.run_dir
+    for name in ("args.yaml", "classes.json", "split.csv", "metrics.csv", "predictions.csv", "report.json",
+                 "report.md", "run.json", "confusion_matrix.png", "confusion_matrix_normalized.png", "curves.png",
+                 "checkpoints/best.safetensors", "checkpoints/best.json", "checkpoints/last.safetensors",
+                 "checkpoints/last.json", "checkpoints/last.state.pt"):
+        assert (run / name).is_file(), name
+    assert json.loads((run / "classes.json").read_text()) == ["alpha", "beta", "gamma"]
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "finished" and record["eval_split"] == "test"
+    assert [p["name"] for p in record["phases"]] == ["head", "full"]
+    assert record["phases"][0]["epochs"] == [1, 1] and record["phases"][1]["epochs"] == [2, 3]
+    assert [r["phase"] for r in _metrics(run)] == ["head", "full", "full"]
+    assert record["weights"]["source"] == "none"
+    assert len(open(run / "predictions.csv").readlines()) == 1 + 12
+    assert not list(run.rglob("*.tmp"))
+    # the bars are easy: three epochs are enough to beat chance clearly
+    assert result.report["accuracy"] > 0.6
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_runs(split_folder, tmp_path):
+    a = finetune(tiny_config(split_folder, tmp_path, name="a"))
+    b = finetune(tiny_config(split_folder, tmp_path, name="b"))
+    assert _metrics(a.run_dir) == _metrics(b.run_dir)
+    assert (a.run_dir / "predictions.csv").read_text() == (b.run_dir / "predictions.csv").read_text()
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_epoch_exactly(split_folder, tmp_path, monkeypatch):
+    full = finetune(tiny_config(split_folder, tmp_path, epochs=3, name="full"))
+
+    real = train_mod.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_config(split_folder, tmp_path, epochs=3, name="cut"))
+    cut = tmp_path / "runs" / "cut"
+    assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
+    assert len(_metrics(cut)) == 2
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+
+    resumed = resume(cut)
+    assert resumed.run_dir == cut
+    assert [r["epoch"] for r in _metrics(cut)] == ["1", "2", "3"]
+    assert _metrics(cut) == _metrics(full.run_dir)
+
+
+@pytest.mark.slow
+def test_early_stopping_stops(split_folder, tmp_path, monkeypatch):
+    from ftkit import evaluation
+
+    # a metric that never improves after epoch 1 -> stop after `patience` more epochs
+    monkeypatch.setattr(train_mod, "quick_metrics", lambda y, p: {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_f1": 0.5})
+    result = finetune(tiny_config(split_folder, tmp_path, epochs=6, patience=2))
+    assert len(result.history) == 3
+    assert json.loads((result.run_dir / "run.json").read_text())["best_epoch"] == 1
+
+
+def test_channels_1_adapts_pretrained_first_conv(split_folder, tmp_path):
+    """With one input channel, timm sums the pretrained RGB filters (as in_chans does)."""
+    cfg3 = tiny_config(split_folder, tmp_path)
+    rgb = create(cfg3, 3)
+    state = rgb.state_dict()
+    cfg1 = tiny_config(split_folder, tmp_path, channels=1)
+    gray = create(cfg1, 3, state_dict=state)
+    w3, w1 = rgb.conv_stem.weight, gray.conv_stem.weight
+    assert w1.shape[1] == 1
+    torch.testing.assert_close(w1[:, 0], w3.sum(1))
