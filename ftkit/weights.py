@@ -77,17 +77,23 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def fit_to_model(state_dict: dict[str, torch.Tensor], timm_name: str) -> dict[str, torch.Tensor]:
+def fit_to_model(state_dict: dict[str, torch.Tensor], timm_name: str, ordered: bool = True) -> dict[str, torch.Tensor]:
     """Return ``state_dict`` with timm's key names, remapping a foreign one by order and shape.
 
     A timm-native dict passes unchanged. A foreign dict (torchvision, efficientnet_pytorch)
     with the same tensors in the same order is renamed; anything else fails naming the
-    first tensor that differs.
+    first tensor that differs. Safetensors files do not keep tensor order (``ordered=False``),
+    so a foreign one cannot be remapped.
     """
     head_rows = _head_rows(state_dict)
     reference = timm.create_model(timm_name, pretrained=False, num_classes=head_rows or 1000).state_dict()
     if set(state_dict) <= set(reference) and all(state_dict[k].shape == reference[k].shape for k in state_dict):
         return state_dict
+    if not ordered:
+        raise WeightsError(
+            f"the tensor names in this safetensors file are not {timm_name}'s, and safetensors does not keep "
+            "tensor order, so it cannot be remapped: give the original .pth/.pt state dict instead"
+        )
     if len(state_dict) != len(reference):
         missing = sorted(set(reference) - set(state_dict))[:3]
         raise WeightsError(
@@ -132,7 +138,7 @@ def import_weights(path: str | Path, backbone: str, source: str | None = None, s
     """Store a checkpoint as ``weights/<timm-name>.safetensors`` plus a manifest entry."""
     store = store or store_dir()
     name = resolve_name(backbone)
-    state_dict = fit_to_model(load_state_dict(path), name)
+    state_dict = fit_to_model(load_state_dict(path), name, ordered=Path(path).suffix != ".safetensors")
     target = store / f"{name}.safetensors"
     tensors = {k: v.contiguous() for k, v in state_dict.items()}
     atomic_write(target, lambda f: f.write(save(tensors)), mode="wb")
@@ -156,7 +162,8 @@ def find_pretrained(backbone: str, weights_file: str | None, allow_download: boo
     """Return (state_dict, WeightsInfo) following the resolution order, or raise WeightsError."""
     name = resolve_name(backbone)
     if weights_file:
-        return fit_to_model(load_state_dict(weights_file), name), WeightsInfo("file", str(weights_file), sha256sum(weights_file))
+        ordered = Path(weights_file).suffix != ".safetensors"
+        return fit_to_model(load_state_dict(weights_file), name, ordered), WeightsInfo("file", str(weights_file), sha256sum(weights_file))
     stored = store_dir() / f"{name}.safetensors"
     if stored.is_file():
         return load_file(str(stored)), WeightsInfo("store", str(stored), sha256sum(stored))

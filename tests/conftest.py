@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("FTKIT_OFFLINE", "1")  # never reach for a model hub from the tests
+os.environ["COLUMNS"] = "200"  # rich tables unwrapped, so tests can read whole names
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = "test_efficientnet"  # ~100k parameters, has group_matcher and get_classifier

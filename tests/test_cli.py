@@ -1,0 +1,210 @@
+"""The commands end to end through Click's CliRunner, asserting on the files they write."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ftkit.cli import main
+from conftest import TINY, class_image
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def tiny_flags(tmp_path):
+    return ["--backbone", TINY, "--no-pretrained", "--img-size", 32, "--epochs", 2, "--batch-size", 8,
+            "--lr", 3e-3, "--workers", 0, "--project", tmp_path / "runs"]
+
+
+def _all_commands(group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield prefix + (name,), cmd
+        if hasattr(cmd, "commands"):
+            yield from _all_commands(cmd, prefix + (name,))
+
+
+def test_every_command_has_help():
+    for path, cmd in _all_commands(main):
+        result = invoke(*path, "--help")
+        assert result.exit_code == 0, path
+        assert cmd.help and len(cmd.help.strip()) > 20, f"{' '.join(path)} has no real help text"
+
+
+def test_finetune_help_is_generated_from_the_config():
+    out = invoke("finetune", "--help").output
+    for flag in ("--backbone-lr-mult", "--freeze-epochs", "--drop-class", "--merge-class", "--no-pretrained", "--amp"):
+        assert flag in out
+    assert "backbone learning rate = lr x this" in out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One run trained through the CLI, shared by the read-only tests below."""
+    from conftest import write_images
+
+    tmp = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 4), ("test", 4)):
+        for label, c in enumerate(["alpha", "beta", "gamma"]):
+            write_images(tmp / "data" / split / c, label, n, rng)
+    result = invoke("finetune", "--data", tmp / "data", *tiny_flags(tmp), "--name", "cli-run", "--freeze-epochs", 1)
+    assert result.exit_code == 0, result.output
+    return tmp, tmp / "runs" / "cli-run"
+
+
+def test_finetune_cli_writes_run(trained):
+    tmp, run = trained
+    report = json.loads((run / "report.json").read_text())
+    assert report["n"] == 12 and set(report["per_class"]) == {"alpha", "beta", "gamma"}
+    md = (run / "report.md").read_text()
+    assert "| alpha |" in md and "macro avg" in md
+
+
+def test_report_matches_sklearn_on_predictions(trained):
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_recall_fscore_support
+
+    _, run = trained
+    with open(run / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    y = [r["true"] for r in rows]
+    p = [r["predicted"] for r in rows]
+    # probabilities: one column per class, rows sum to 1, argmax = predicted
+    for r in rows:
+        probs = {c: float(r[f"p_{c}"]) for c in ("alpha", "beta", "gamma")}
+        assert sum(probs.values()) == pytest.approx(1, abs=1e-4)
+        assert max(probs, key=probs.get) == r["predicted"]
+    report = json.loads((run / "report.json").read_text())
+    assert report["accuracy"] == pytest.approx(accuracy_score(y, p))
+    assert report["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, p))
+    assert report["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", zero_division=0))
+    prec, rec, f1, sup = precision_recall_fscore_support(y, p, labels=["alpha", "beta", "gamma"], zero_division=0)
+    for i, c in enumerate(["alpha", "beta", "gamma"]):
+        assert report["per_class"][c]["precision"] == pytest.approx(prec[i])
+        assert report["per_class"][c]["recall"] == pytest.approx(rec[i])
+        assert report["per_class"][c]["f1"] == pytest.approx(f1[i])
+        assert report["per_class"][c]["support"] == sup[i]
+    assert np.array(report["confusion_matrix"]).sum() == len(rows)
+
+
+def test_report_command_regenerates_and_compares(trained):
+    tmp, run = trained
+    (run / "report.json").unlink()
+    (run / "confusion_matrix.png").unlink()
+    result = invoke("report", run)
+    assert result.exit_code == 0
+    assert (run / "report.json").is_file() and (run / "confusion_matrix.png").is_file()
+    assert "macro avg" in result.output or "macro avg" in result.stderr if hasattr(result, "stderr") else True
+    both = invoke("report", run, run)
+    assert both.exit_code == 0
+
+
+def test_evaluate_on_another_folder(trained, tmp_path):
+    tmp, run = trained
+    rng = np.random.default_rng(5)
+    from conftest import write_images
+
+    for label, c in enumerate(["alpha", "beta"]):
+        write_images(tmp_path / "other" / c, label, 5, rng)
+    result = invoke("evaluate", run, "--data", tmp_path / "other", "--name", "other")
+    assert result.exit_code == 0, result.output
+    folder = run / "eval" / "other"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["n"] == 10 and report["split"] == "all"
+    assert report["per_class"]["gamma"]["support"] == 0
+    # a second evaluation never overwrites the first
+    again = invoke("evaluate", run, "--data", tmp_path / "other", "--name", "other")
+    assert again.exit_code == 0 and (run / "eval" / "other-2" / "report.json").is_file()
+
+
+def test_evaluate_own_test_split_with_tta(trained):
+    _, run = trained
+    result = invoke("evaluate", run, "--split", "test", "--tta", "flip", "--name", "own-tta")
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "eval" / "own-tta" / "report.json").read_text())
+    assert report["n"] == 12
+
+
+def test_predict_prints_and_writes_csv_and_json(trained, tmp_path):
+    _, run = trained
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        Image.fromarray(class_image(i, rng)).save(tmp_path / f"p{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"junk")
+    result = invoke("predict", run, tmp_path / "p0.png", tmp_path / "p1.png", tmp_path / "p2.png",
+                    tmp_path / "bad.png", "--topk", 2, "--output", tmp_path / "out.csv")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "out.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 3 and all(r["predicted"] in ("alpha", "beta", "gamma") for r in good)
+    assert "cannot decode" in next(r for r in rows if r["error"])["error"]
+    invoke("predict", run, tmp_path / "p0.png", "--output", tmp_path / "out.json")
+    data = json.loads((tmp_path / "out.json").read_text())
+    assert len(data[0]["top"]) == 3 and data[0]["top"][0]["probability"] >= data[0]["top"][1]["probability"]
+
+
+def test_recipe_then_flags_precedence(trained, tmp_path):
+    tmp, _ = trained
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"backbone: {TINY}\nepochs: 1\nfreeze_epochs: 0\nlr: 0.5\nimg_size: 32\npretrained: false\n")
+    result = invoke("finetune", "--recipe", recipe, "--data", tmp / "data", "--lr", 0.002, "--workers", 0,
+                    "--project", tmp_path / "runs", "--name", "rec")
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    args = yaml.safe_load((tmp_path / "runs" / "rec" / "args.yaml").read_text())
+    assert args["lr"] == 0.002 and args["epochs"] == 1 and args["backbone"] == TINY
+
+
+def test_bad_inputs_give_clear_messages(trained, tmp_path):
+    tmp, run = trained
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("learning_rate: 0.1\n")
+    r = invoke("finetune", "--recipe", recipe, "--data", tmp / "data")
+    assert r.exit_code == 1 and "unknown key 'learning_rate'" in r.output
+    r = invoke("finetune", "--data", tmp_path / "missing", "--backbone", TINY)
+    assert r.exit_code == 1 and "missing does not exist" in r.output
+    r = invoke("finetune", "--data", tmp / "data", "--backbone", "mobilenet-v2")
+    assert r.exit_code == 1 and "unknown backbone 'mobilenet-v2'" in r.output and "mobilenetv2" in r.output
+    r = invoke("finetune", "--data", tmp / "data", "--augment", "heavy")
+    assert r.exit_code == 1 and "Valid: none, light, fer, strong" in r.output
+    r = invoke("report", tmp_path)
+    assert r.exit_code == 1 and "predictions.csv" in r.output
+    r = invoke("predict", tmp_path / "nope", "x.png")
+    assert r.exit_code == 1 and "not an ftkit run directory" in r.output
+    r = invoke("finetune", "--data", tmp / "data", *tiny_flags(tmp), "--out", run)
+    assert r.exit_code == 1 and "already holds files" in r.output
+    assert (run / "report.json").is_file()  # nothing of the earlier run was touched
+
+
+def test_backbones_lists_aliases():
+    r = invoke("backbones")
+    assert r.exit_code == 0
+    for alias, name in (("mobilenetv2", "mobilenetv2_100"), ("efficientnet-lite0", "efficientnet_lite0")):
+        assert alias in r.output and name in r.output
+
+
+def test_data_synth_writes_all_classes(tmp_path):
+    r = invoke("data", "synth", tmp_path / "syn", "--train", 2, "--val", 1, "--test", 1)
+    assert r.exit_code == 0
+    from ftkit.synth import FER_CLASSES
+
+    for c in FER_CLASSES:
+        assert len(list((tmp_path / "syn" / "train" / c).glob("*.png"))) == 2
+        assert len(list((tmp_path / "syn" / "test" / c).glob("*.png"))) == 1
+
+
+def test_demo_runs_end_to_end_quickly(tmp_path):
+    """The demo wiring with a tiny model and one epoch (the full demo is tested in test_demo.py)."""
+    r = invoke("demo", "--out", tmp_path / "demo", "--epochs", 1, "--backbone", TINY)
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert report["n"] == 7 * 30 and len(report["per_class"]) == 7
+    assert json.loads((tmp_path / "demo" / "run.json").read_text())["weights"]["source"] == "none"

@@ -1,0 +1,109 @@
+import pickle
+from collections import OrderedDict
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from ftkit.weights import (
+    WeightsError,
+    find_pretrained,
+    fit_to_model,
+    import_weights,
+    load_state_dict,
+    read_manifest,
+    sha256sum,
+)
+from conftest import TINY
+
+
+def _foreign(state_dict):
+    """The same tensors in the same order under other names (like a torchvision checkpoint)."""
+    return OrderedDict((f"features.{i}.param", v.clone()) for i, v in enumerate(state_dict.values()))
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    monkeypatch.setenv("FTKIT_WEIGHTS", str(path))
+    return path
+
+
+def test_safetensors_and_plain_state_dicts_load(tmp_path):
+    sd = timm.create_model(TINY).state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "w.safetensors")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        loaded = load_state_dict(tmp_path / name)
+        assert set(loaded) == set(sd)  # safetensors does not keep the order; names suffice
+        assert all(torch.equal(loaded[k], sd[k]) for k in sd)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_arbitrary_pickles_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"weight": Evil()}, f)
+    with pytest.raises(WeightsError, match="cannot load .*evil.pth safely"):
+        load_state_dict(path)
+
+
+def test_foreign_checkpoint_is_remapped_by_order_and_shape():
+    reference = timm.create_model(TINY, num_classes=1000).state_dict()
+    mapped = fit_to_model(_foreign(reference), TINY)
+    assert list(mapped) == list(reference)
+    assert all(torch.equal(mapped[k], reference[k]) for k in reference)
+
+
+def test_mismatched_checkpoint_names_the_tensor():
+    other = timm.create_model("test_resnet", num_classes=1000).state_dict()
+    reference = timm.create_model(TINY, num_classes=1000).state_dict()
+    broken = _foreign(reference)
+    key = list(broken)[5]
+    broken[key] = torch.zeros(3, 3)
+    with pytest.raises(WeightsError, match=rf"{key} \(3, 3\) does not fit"):
+        fit_to_model(broken, TINY)
+    with pytest.raises(WeightsError, match="tensors"):
+        fit_to_model(_foreign(other), TINY)
+
+
+def test_import_writes_store_and_manifest(tmp_path, store):
+    reference = timm.create_model(TINY, num_classes=1000).state_dict()
+    torch.save(_foreign(reference), tmp_path / "foreign.pth")
+    entry = import_weights(tmp_path / "foreign.pth", TINY)
+    target = store / f"{TINY}.safetensors"
+    assert target.is_file() and entry["sha256"] == sha256sum(target)
+    manifest = read_manifest(store)
+    assert manifest[TINY]["file"] == target.name and manifest[TINY]["classes"] == 1000
+
+
+def test_resolution_order_file_then_store_then_error(tmp_path, store, monkeypatch):
+    monkeypatch.setenv("FTKIT_OFFLINE", "1")
+    with pytest.raises(WeightsError, match=r"no pretrained weights for test_efficientnet found offline.*--weights FILE.*weights import.*--no-pretrained"):
+        find_pretrained(TINY, None)
+    a = timm.create_model(TINY, num_classes=1000).state_dict()
+    torch.save(a, tmp_path / "a.pth")
+    import_weights(tmp_path / "a.pth", TINY)
+    sd, info = find_pretrained(TINY, None)
+    assert info.source == "store" and info.sha256 == sha256sum(store / f"{TINY}.safetensors")
+    b = {k: v + 1 if v.is_floating_point() else v for k, v in a.items()}
+    torch.save(b, tmp_path / "b.pth")
+    sd, info = find_pretrained(TINY, str(tmp_path / "b.pth"))
+    assert info.source == "file" and info.file.endswith("b.pth")
+    key = next(k for k, v in a.items() if v.is_floating_point())
+    assert torch.equal(sd[key], b[key])
+
+
+def test_pretrained_weights_reach_the_model_with_a_new_head():
+    from ftkit.config import Config
+    from ftkit.models import create
+
+    a = timm.create_model(TINY, num_classes=1000).state_dict()
+    model = create(Config(backbone=TINY), 5, state_dict=a)
+    assert model.get_classifier().out_features == 5
+    assert torch.equal(model.conv_stem.weight, a["conv_stem.weight"])
