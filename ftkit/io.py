@@ -20,6 +20,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
     try:
         kwargs = {"newline": ""} if "b" not in mode else {}
         with os.fdopen(fd, mode, **kwargs) as f:
@@ -31,6 +32,15 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 def write_text(path: str | Path, text: str) -> Path:

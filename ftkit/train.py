@@ -270,6 +270,9 @@ def finetune(cfg: Config, console: Console | None = None, allow_download: bool =
     data = load_data(cfg, console=out)
     run = new_run_dir(cfg)
     model, weights = build_model(cfg, len(data.classes), out, allow_download)
+    if weights.mean and cfg.mean is None and cfg.std is None:
+        # the weights were trained with another normalisation than timm's config says
+        cfg = Config(**{**cfg.to_dict(), "mean": weights.mean, "std": weights.std})
     _write_run_inputs(run, cfg, data, model, weights)
     return _train(run, cfg, data, model, state=None, out=out)
 
@@ -352,6 +355,10 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
                     scheduler.step(score)
                 improved = best is None or (score < best if cfg.metric == "loss" else score > best)
                 bar.update(task, info=f"loss {stats['train_loss']:.3f} val {cfg.metric} {score:.3f}{' *' if improved else ''} ({stats['images_per_s']:.0f} img/s)")
+                if not out.is_terminal:  # logs and CI have no live bars: one line per epoch
+                    out.print(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}] train loss {stats['train_loss']:.4f} "
+                              f"val loss {val_loss:.4f} val accuracy {row['val_accuracy']:.4f} "
+                              f"val macro-F1 {row['val_macro_f1']:.4f} ({stats['images_per_s']:.0f} img/s)")
                 best, bad_epochs = (score, 0) if improved else (best, bad_epochs + 1)
                 _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, best, bad_epochs)
                 if cfg.patience and bad_epochs >= cfg.patience:

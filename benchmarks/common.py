@@ -1,0 +1,80 @@
+"""Helpers shared by the benchmarks: the shared data, the machine, BENCHMARKS.md rows."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shlex
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+FER_TAR = SHARED / "fer2013" / "fer2013-trainval.tar.gz"
+FER_SHA256 = "a6dae57c74a715349cdc225e91f4fb250fef5f55a0d354260d43423bb518f1b0"
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+def extract_fer(work: Path) -> Path:
+    """Extract the FER2013 train/val folders once into ``work`` (checksum verified)."""
+    target = work / "fer2013"
+    if (target / ".complete").is_file():
+        return target
+    if not FER_TAR.is_file():
+        sys.exit(f"{FER_TAR} not found: the benchmarks read ../shared/data (see its README)")
+    digest = hashlib.sha256(FER_TAR.read_bytes()).hexdigest()
+    if digest != FER_SHA256:
+        sys.exit(f"{FER_TAR}: sha256 {digest} is not the expected {FER_SHA256}")
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(FER_TAR) as tar:
+        tar.extractall(target, filter="data")
+    (target / ".complete").write_text("ok\n")
+    return target
+
+
+def heldout_layout(fer: Path, work: Path) -> Path:
+    """train/ = official Training, test/ = official PublicTest (never used for selection).
+
+    ftkit then carves its validation split (for the best epoch) out of Training, so the
+    reported PublicTest numbers come from a split that no choice was made on.
+    """
+    layout = work / "fer2013-heldout"
+    layout.mkdir(parents=True, exist_ok=True)
+    for name, src in (("train", fer / "train"), ("test", fer / "val")):
+        link = layout / name
+        if not link.exists():
+            link.symlink_to(src.resolve(), target_is_directory=True)
+    return layout
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, threads {torch.get_num_threads()}"
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+
+
+def append_row(section: str, header: str, row: str) -> None:
+    """Append a table row under ``## section`` in BENCHMARKS.md (creating the section)."""
+    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.is_file() else "# Benchmarks\n"
+    marker = f"## {section}\n"
+    if marker not in text:
+        text = text.rstrip("\n") + f"\n\n{marker}\n{header}\n"
+    start = text.index(marker)
+    end = text.find("\n## ", start + len(marker))
+    end = len(text) if end == -1 else end + 1
+    block = text[start:end].rstrip("\n") + "\n" + row + "\n"
+    BENCHMARKS_MD.write_text(text[:start] + block + ("\n" + text[end:] if end < len(text) else ""))

@@ -1,0 +1,58 @@
+"""Train a recipe on FER2013 Training, select the epoch on a slice of Training, and report
+on PublicTest (the shared "val" split), which no choice was made on. Appends a row to
+BENCHMARKS.md.
+
+    python benchmarks/fer2013.py --recipe recipes/fer2013-fast.yaml
+    python benchmarks/fer2013.py --recipe recipes/fer2013-fast.yaml --drop-class disgust
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from common import ROOT, append_row, command_line, extract_fer, heldout_layout, machine
+
+from ftkit.config import resolve
+from ftkit.train import finetune
+
+HEADER = ("| recipe | classes | backbone | weights | epochs | wall time | train img/s | PublicTest accuracy "
+          "| PublicTest macro-F1 | per-class F1 | machine | command |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default=str(ROOT / "recipes" / "fer2013-fast.yaml"))
+    parser.add_argument("--work", default="/tmp/ftkit-bench", help="where FER2013 is extracted and runs go")
+    parser.add_argument("--drop-class", action="append", default=[], help="e.g. disgust (the 6-class setting)")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    layout = heldout_layout(extract_fer(work), work)
+    name = Path(args.recipe).stem + ("-no-" + "-".join(args.drop_class) if args.drop_class else "")
+    cfg = resolve(args.recipe, data=str(layout), val_split=0.1, drop_classes=args.drop_class,
+                  epochs=args.epochs, project=str(work / "runs"), name=name)
+    started = time.perf_counter()
+    result = finetune(cfg)
+    wall = time.perf_counter() - started
+    report, record = result.report, result.record
+    per_class = ", ".join(f"{c} {m['f1']:.2f}" for c, m in report["per_class"].items())
+    weights = record["weights"]
+    row = (f"| {Path(args.recipe).name} | {len(report['classes'])} | {record['backbone']} "
+           f"| {weights['source']} {str(weights.get('sha256') or '')[:12]} | {record['epochs_run']} "
+           f"| {wall / 60:.1f} min | {record['train_images_per_s']:.0f} | {report['accuracy']:.4f} "
+           f"| {report['macro_f1']:.4f} | {per_class} | {machine()} | `{command_line()}` |")
+    print(json.dumps({"run": str(result.run_dir), "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+                      "wall_s": round(wall, 1)}, indent=2))
+    print(row)
+    if not args.no_write:
+        append_row("FER2013 (7 classes unless noted; PublicTest held out)", HEADER, row)
+
+
+if __name__ == "__main__":
+    main()
