@@ -152,9 +152,16 @@ def report(runs):
     """
     from .report import compare_table, load_or_write_report, print_report
 
+    from .report import print_cv_report
+
     reports = {}
     for run in runs:
+        if (Path(run) / "cv_report.json").is_file():
+            print_cv_report(Path(run), console)
+            continue
         reports[run] = load_or_write_report(Path(run))
+    if not reports:
+        return
     if len(reports) == 1:
         (run, rep), = reports.items()
         print_report(rep, console, title=f"{run} ({rep.get('split')} split)")
@@ -281,6 +288,29 @@ def data_synth(dest, train, val, test, size, seed):
 
     write_synthetic(dest, {"train": train, "val": val, "test": test}, size=size, seed=seed)
     click.echo(dest)
+
+
+@data.command("faces")
+@click.argument("src", type=click.Path(file_okay=False))
+@click.argument("dst", type=click.Path(file_okay=False))
+@click.option("--margin", default=0.25, show_default=True, help="Margin around the face, as a fraction of its side.")
+@click.option("--require", is_flag=True, help="Leave out images without a face (default: centre crop).")
+@click.option("--size", default=0, show_default=True, help="Resize crops to SIZE x SIZE (0: keep).")
+@_friendly
+def data_faces(src, dst, margin, require, size):
+    """Crop the largest face of every image once, keeping the folder structure.
+
+    \b
+    Example:
+      ftkit data faces film_frames/ film_faces/ --margin 0.2 --size 96
+    """
+    from .faces import crop_folder
+
+    stats = crop_folder(src, dst, margin=margin, require=require, size=size)
+    console.print(f"faces found in {stats.found} image(s); centre-cropped {len(stats.fallback)}; left out {len(stats.skipped)}")
+    for path in (stats.fallback + stats.skipped)[:10]:
+        console.print(f"  no face: {path}")
+    click.echo(dst)
 
 
 @data.command("convert")

@@ -32,6 +32,11 @@ class Config:
     drop_classes: list[str] = field(default_factory=list)  # classes to leave out entirely
     merge_classes: dict[str, str] = field(default_factory=dict)  # relabel SRC as DST, e.g. disgust: angry
     strict: bool = False  # fail on the first malformed CSV row or unreadable image instead of skipping it
+    faces: str = "none"  # none | crop | require: crop the largest face (require: leave out images without one)
+    face_margin: float = 0.25  # margin added around a detected face, as a fraction of its side
+    shots: int = 0  # few-shot: train on this many images per class, hold the rest out (0: all)
+    folds: int = 0  # stratified K-fold cross-validation with this many folds (0: one split)
+    group_by: str | None = None  # regex over the path; its first group (or match) keeps groups on one side
     cache: str = "auto"  # auto | memory | stream: decode images once into RAM, or per step
     cache_mb: int = 3072  # with cache=auto, cache in memory when the decoded set fits in this many MB
     workers: int = -1  # DataLoader worker processes; -1 picks 0 for cached data, else up to 4
@@ -45,6 +50,7 @@ class Config:
     mean: list[float] | None = None  # normalisation mean (default: the backbone's pretrained config)
     std: list[float] | None = None  # normalisation std (default: the backbone's pretrained config)
     drop_rate: float = 0.2  # dropout before the classifier
+    head: str = "finetune"  # finetune | linear (frozen backbone) | logreg (scikit-learn on frozen embeddings)
     # --- schedule ---------------------------------------------------------------------
     epochs: int = 10  # total epochs, all phases included
     freeze_epochs: int = 1  # phase "head": train only the classifier for this many epochs
@@ -79,6 +85,8 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "input": ("rgb224", "gray48"),
+    "faces": ("none", "crop", "require"),
+    "head": ("finetune", "linear", "logreg"),
     "cache": ("auto", "memory", "stream"),
     "unfreeze": ("all", "gradual"),
     "optimizer": ("adamw", "adam", "sgd", "rmsprop"),
@@ -145,6 +153,15 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"channels must be 1 or 3, got {cfg.channels}")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError("epochs and batch_size must be at least 1")
+    if cfg.folds == 1 or cfg.folds < 0 or cfg.shots < 0:
+        raise ConfigError(f"folds must be 0 (off) or at least 2, shots 0 or more; got folds={cfg.folds}, shots={cfg.shots}")
+    if cfg.group_by:
+        import re
+
+        try:
+            re.compile(cfg.group_by)
+        except re.error as exc:
+            raise ConfigError(f"group_by {cfg.group_by!r} is not a valid regular expression: {exc}") from exc
     if not 0 <= cfg.freeze_epochs <= cfg.epochs:
         raise ConfigError(f"freeze_epochs ({cfg.freeze_epochs}) must be between 0 and epochs ({cfg.epochs})")
     return cfg

@@ -14,6 +14,7 @@ Every source ends up as a :class:`DataSplits`: class names plus, per split, a li
 from __future__ import annotations
 
 import csv
+import re
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -120,6 +121,8 @@ class DataSplits:
     source: str  # folders | flat | csv | splits-file
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file or row, reason)
     class_map: dict[str, str] = field(default_factory=dict)  # original -> kept class name
+    faces: dict | None = None  # face-cropping counts (found / fallback / skipped), when cropping
+    notes: list[str] = field(default_factory=list)  # what the data layer decided, for the run record
 
     @property
     def eval_split(self) -> str:
@@ -207,6 +210,41 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
             out[index[start:start + n]] = name
             start += n
     return out
+
+
+def group_keys(keys: list[str], pattern: str) -> np.ndarray:
+    """The group of every key: the regex's first group (or whole match) searched in the path."""
+    regex = re.compile(pattern)
+    out = []
+    for key in keys:
+        m = regex.search(key)
+        if m is None:
+            raise DataError(f"--group-by {pattern!r} does not match {key}; every file needs a group")
+        out.append(m.group(1) if m.groups() else m.group(0))
+    return np.array(out, dtype=object)
+
+
+def grouped_split(labels: np.ndarray, groups: np.ndarray, fractions: dict[str, float], seed: int) -> np.ndarray:
+    """Like :func:`stratified_split`, but whole groups move together (a subject, a clip).
+
+    Groups are stratified by their most common label, then assigned split by split.
+    """
+    names, inverse = np.unique(groups, return_inverse=True)
+    majority = np.array([np.bincount(labels[inverse == g]).argmax() for g in range(len(names))])
+    where_group = stratified_split(majority, fractions, seed)
+    return where_group[inverse]
+
+
+def near_duplicate_hint(keys: list[str]) -> str | None:
+    """A warning when file names look like numbered frames of several clips (name_0001.jpg),
+    whose near-identical frames would leak across a random split."""
+    prefixes = Counter(re.sub(r"[\W_]*\d+$", "", Path(k).stem) for k in keys)
+    clips = [p for p, n in prefixes.items() if p and n >= 3]
+    if len(clips) >= 2 and sum(prefixes[p] for p in clips) >= len(keys) / 2:
+        example = ", ".join(sorted(clips)[:3])
+        return (f"file names look like numbered frames of {len(clips)} clips (e.g. {example}); near-identical "
+                "frames may land on both sides of the split: consider --group-by, e.g. --group-by '([^/]+?)_?\\d+\\.\\w+$'")
+    return None
 
 
 def _split_from_listing(items: list[tuple[str, str]], classes: list[str]) -> Split:
@@ -314,7 +352,10 @@ def _assign_splits(items: dict[str, list[tuple[str, str]]], classes: list[str], 
     splits = {name: _split_from_listing(rows, classes) for name, rows in items.items()}
     if pool is not None:
         full = _split_from_listing(pool, classes)
-        where = stratified_split(full.labels, fractions, cfg.seed)
+        if cfg.group_by:
+            where = grouped_split(full.labels, group_keys(full.keys, cfg.group_by), fractions, cfg.seed)
+        else:
+            where = stratified_split(full.labels, fractions, cfg.seed)
         for name in ("train", *fractions):
             chosen = np.flatnonzero(where == name)
             if len(chosen):
@@ -356,20 +397,74 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     classes = classes or kept
     splits = _assign_splits(items, classes, cfg) if carve else {n: _split_from_listing(r, classes) for n, r in items.items()}
     data = DataSplits(classes, splits, source, skipped, {k: v for k, v in mapping.items() if v != k})
+    if cfg.shots and carve:
+        apply_shots(data, cfg.shots, cfg.seed)
+    if carve and not cfg.group_by and source != "csv":
+        hint = near_duplicate_hint(data.splits["train"].keys)
+        if hint:
+            warnings.warn(hint, stacklevel=2)
+            data.notes.append(hint)
     if preloaded is not None:
         for split in data.splits.values():
             split.images = [preloaded[k] for k in split.keys]
     else:
-        _decode_or_verify(data, cfg, console)
+        _decode_or_verify(data, cfg, console, force_cache=cfg.faces != "none")
+    if cfg.faces != "none":
+        _crop_faces(data, cfg, console)
     return data
 
 
-def _decode_or_verify(data: DataSplits, cfg: Config, console=None) -> None:
+def apply_shots(data: DataSplits, shots: int, seed: int) -> None:
+    """Keep ``shots`` training images per class (drawn with ``seed``); the rest of the
+    training pool becomes the test split when there is none, and is left out otherwise."""
+    train = data.splits["train"]
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in range(len(data.classes)):
+        index = np.flatnonzero(train.labels == label)
+        if len(index) < shots:
+            raise DataError(f"--shots {shots}: class {data.classes[label]!r} has only {len(index)} training images")
+        chosen += sorted(rng.choice(index, size=shots, replace=False).tolist())
+    rest = sorted(set(range(len(train))) - set(chosen))
+    data.splits["train"] = train.subset(chosen)
+    if "test" not in data.splits:
+        data.splits["test"] = train.subset(rest)
+        data.notes.append(f"--shots {shots}: {len(rest)} training images not drawn became the test split")
+    else:
+        data.notes.append(f"--shots {shots}: {len(rest)} training images not drawn were left out")
+
+
+def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
+    from .faces import BoxCache, crop_faces
+    from .progress import progress_bar
+
+    cache = BoxCache()
+    totals = {"found": 0, "fallback": 0, "skipped": 0, "fallback_files": [], "skipped_files": []}
+    with progress_bar(console) as bar:
+        task = bar.add_task("finding faces", total=sum(len(s) for s in data.splits.values()))
+        for name, split in list(data.splits.items()):
+            crops, stats = crop_faces(split.keys, split.images, cfg.faces, cfg.face_margin, cache,
+                                      progress=lambda n: bar.advance(task, n))
+            split.images = crops
+            keep = [i for i, c in enumerate(crops) if c is not None]
+            data.splits[name] = split.subset(keep) if len(keep) < len(crops) else split
+            for key, value in stats.to_dict().items():
+                totals[key] += value
+    data.faces = totals
+    if totals["fallback"]:
+        warnings.warn(f"no face found in {totals['fallback']} image(s), centre-cropped instead "
+                      f"(e.g. {totals['fallback_files'][0]}); --faces require leaves them out", stacklevel=2)
+    if totals["skipped"]:
+        warnings.warn(f"no face found in {totals['skipped']} image(s), left out (--faces require), "
+                      f"e.g. {totals['skipped_files'][0]}", stacklevel=2)
+
+
+def _decode_or_verify(data: DataSplits, cfg: Config, console=None, force_cache: bool = False) -> None:
     """Decode every image into memory (cache) or header-check them (stream); drop bad files."""
     from .progress import progress_bar
 
     total = sum(len(s) for s in data.splits.values())
-    cache = cfg.cache == "memory" or (cfg.cache == "auto" and _estimate_mb(data) <= cfg.cache_mb)
+    cache = force_cache or cfg.cache == "memory" or (cfg.cache == "auto" and _estimate_mb(data) <= cfg.cache_mb)
     with progress_bar(console) as bar:
         task = bar.add_task("decoding images" if cache else "checking images", total=total)
         for name, split in list(data.splits.items()):

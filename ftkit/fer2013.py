@@ -56,7 +56,7 @@ def read_fer_csv(path: str | Path, strict: bool = False, console=None):
     """Parse a FER2013 CSV.
 
     Returns (items, images, skipped): items maps split -> [(key, class)], images maps key ->
-    RGB uint8 (48, 48, 3) array, skipped lists (key, reason) for malformed rows. Keys are
+    an RGB uint8 (48, 48, 3) array (a read-only view of the gray plane), skipped lists (key, reason) for malformed rows. Keys are
     ``<file>:<line>``. With ``strict`` the first malformed row raises DataError.
     """
     from .progress import progress_bar
@@ -84,7 +84,8 @@ def read_fer_csv(path: str | Path, strict: bool = False, console=None):
                 skipped.append((key, str(exc)))
                 continue
             items.setdefault(split, []).append((key, label))
-            images[key] = np.repeat(gray[:, :, None], 3, axis=2)
+            # a read-only 3-channel view of one gray plane: a third of the memory of a copy
+            images[key] = np.broadcast_to(gray[:, :, None], (SIDE, SIDE, 3))
         bar.update(task, completed=size)
     if skipped:
         shown = "; ".join(f"line {k.rsplit(':', 1)[1]}: {r}" for k, r in skipped[:5])

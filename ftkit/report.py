@@ -198,3 +198,23 @@ def load_or_write_report(run: Path) -> dict[str, Any]:
     if not (run / "predictions.csv").is_file():
         raise RunError(f"{run} has no predictions.csv: is it a finished ftkit run directory?")
     return write_report(run)
+
+
+def print_cv_report(root: Path, console: Console) -> None:
+    """The cross-validated summary of a --folds run: per-fold rows, per-class F1 mean +- std."""
+    cv = read_json(root / "cv_report.json")
+    table = Table(title=f"{root}: {cv['folds']}-fold cross-validation")
+    for col in ("fold", "images", "accuracy", "macro-F1"):
+        table.add_column(col, justify="right")
+    for f in cv["per_fold"]:
+        table.add_row(str(f["fold"]), str(f["n"]), f"{f['accuracy']:.4f}", f"{f['macro_f1']:.4f}")
+    table.add_section()
+    table.add_row("mean +- std", "", f"{cv['accuracy']['mean']:.4f} +- {cv['accuracy']['std']:.4f}",
+                  f"{cv['macro_f1']['mean']:.4f} +- {cv['macro_f1']['std']:.4f}")
+    console.print(table)
+    per_class = Table(title="per-class F1 over folds")
+    per_class.add_column("class")
+    per_class.add_column("F1 mean +- std", justify="right")
+    for c, s in cv["per_class_f1"].items():
+        per_class.add_row(c, f"{s['mean']:.4f} +- {s['std']:.4f}")
+    console.print(per_class)

@@ -264,16 +264,29 @@ def build_model(cfg: Config, n_classes: int, out: Console, allow_download: bool 
 
 
 def finetune(cfg: Config, console: Console | None = None, allow_download: bool = True) -> RunResult:
-    """Fine-tune ``cfg.backbone`` on ``cfg.data`` and write a complete run directory."""
+    """Fine-tune ``cfg.backbone`` on ``cfg.data`` and write a complete run directory
+    (with ``cfg.folds``, one run per fold plus the cross-validated report)."""
     out = console or default_console
-    seed_everything(cfg.seed)
+    if cfg.folds:
+        from .crossval import cross_validate
+
+        return cross_validate(cfg, console=out, allow_download=allow_download)
     data = load_data(cfg, console=out)
-    run = new_run_dir(cfg)
+    return train_on(data, cfg, new_run_dir(cfg), out, allow_download)
+
+
+def train_on(data: DataSplits, cfg: Config, run: Path, out: Console, allow_download: bool = True) -> RunResult:
+    """Build the model and train it on ``data``, writing everything into ``run``."""
+    seed_everything(cfg.seed)
     model, weights = build_model(cfg, len(data.classes), out, allow_download)
     if weights.mean and cfg.mean is None and cfg.std is None:
         # the weights were trained with another normalisation than timm's config says
         cfg = Config(**{**cfg.to_dict(), "mean": weights.mean, "std": weights.std})
     _write_run_inputs(run, cfg, data, model, weights)
+    if cfg.head == "logreg":
+        from .heads import fit_logreg
+
+        return fit_logreg(run, cfg, data, model, out)
     return _train(run, cfg, data, model, state=None, out=out)
 
 
@@ -303,7 +316,8 @@ def _write_run_inputs(run: Path, cfg: Config, data: DataSplits, model: nn.Module
         ftkit=__version__, torch=torch.__version__, timm=timm.__version__, python=platform.python_version(),
         backbone=resolve_name(cfg.backbone), parameters=count_parameters(model),
         weights=weights.to_dict(),
-        data={"source": data.source, "path": cfg.data, "counts": data.summary(), "class_map": data.class_map},
+        data={"source": data.source, "path": cfg.data, "counts": data.summary(), "class_map": data.class_map,
+              "faces": data.faces, "notes": data.notes},
         skipped={"count": len(data.skipped), "files": [{"file": k, "reason": r} for k, r in data.skipped]},
     )
 
@@ -320,7 +334,8 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
     optimizer = build_optimizer(model, cfg)
     scheduler, step_when = build_scheduler(optimizer, cfg, len(train_loader))
     autocast, scaler = autocast_for(device, cfg.amp)
-    phases = plan_phases(cfg.epochs, cfg.freeze_epochs, cfg.unfreeze, len(stage_groups(model)))
+    freeze_epochs = cfg.epochs if cfg.head == "linear" else cfg.freeze_epochs  # linear: a frozen backbone throughout
+    phases = plan_phases(cfg.epochs, freeze_epochs, cfg.unfreeze, len(stage_groups(model)))
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(), "backbone": resolve_name(cfg.backbone)}
 
     history, best, bad_epochs, start_epoch = [], None, 0, 0

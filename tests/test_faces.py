@@ -1,0 +1,101 @@
+"""Face detection on real photographs that ship with scikit-image, placed at several scales
+and positions in larger frames, and on images that contain no face."""
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from ftkit.faces import Box, BoxCache, centre_crop, crop_faces, crop_folder, detect_faces, square_crop
+
+skimage_data = pytest.importorskip("skimage.data")
+ASTRONAUT_FACE = (177, 66, 95)  # x, y, side of the face in skimage's astronaut photo (detected once, checked by eye)
+
+
+def framed(scale: float, fx: float, fy: float, shape=(576, 720)):
+    """The astronaut photo scaled and pasted into a plain film-sized frame; returns the frame
+    and where the face should be."""
+    rng = np.random.default_rng(0)
+    frame = np.full((*shape, 3), 90, np.uint8) + rng.integers(0, 12, (*shape, 3), dtype=np.uint8)
+    photo = cv2.resize(skimage_data.astronaut(), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    h, w = photo.shape[:2]
+    y, x = int((shape[0] - h) * fy), int((shape[1] - w) * fx)
+    frame[y:y + h, x:x + w] = photo
+    fx0, fy0, side = ASTRONAUT_FACE
+    return frame, (x + fx0 * scale, y + fy0 * scale, side * scale)
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.8, 1.1])
+@pytest.mark.parametrize("where", [(0.0, 0.0), (0.5, 0.3), (1.0, 1.0), (0.1, 0.8)])
+def test_face_found_at_scales_and_positions(scale, where):
+    frame, (x, y, side) = framed(scale, *where)
+    boxes = detect_faces(frame)
+    assert boxes, "no face found"
+    b = boxes[0]
+    assert abs(b.x - x) < 0.25 * side and abs(b.y - y) < 0.25 * side
+    assert 0.7 * side < b.w < 1.4 * side
+
+
+@pytest.mark.parametrize("kind", ["blank", "noise", "gradient"])
+def test_no_face_in_images_without_one(kind):
+    rng = np.random.default_rng(1)
+    if kind == "blank":
+        img = np.full((300, 400, 3), 128, np.uint8)
+    elif kind == "noise":
+        img = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    else:
+        img = np.repeat(np.linspace(0, 255, 400, dtype=np.uint8)[None, :, None], 300, 0).repeat(3, 2)
+    assert detect_faces(img) == []
+
+
+def test_square_crop_size_and_margin():
+    img = np.arange(200 * 300 * 3, dtype=np.uint32).reshape(200, 300, 3).astype(np.uint8)
+    crop = square_crop(img, Box(100, 50, 40, 60), margin=0.25)
+    assert crop.shape == (90, 90, 3)  # longest side 60 grown by 2 x 25 %
+    # the centre of the crop is the centre of the box
+    assert np.array_equal(crop[45, 45], img[50 + 30, 100 + 20])
+    edge = square_crop(img, Box(0, 0, 40, 40), margin=0.5)  # reaches outside: padded, still square
+    assert edge.shape == (80, 80, 3)
+    assert centre_crop(img).shape == (200, 200, 3)
+
+
+def test_crop_faces_fallback_require_and_cache(tmp_path):
+    frame, _ = framed(0.8, 0.3, 0.3)
+    blank = np.full((200, 260, 3), 40, np.uint8)
+    paths = []
+    for name, img in (("face.png", frame), ("blank.png", blank)):
+        Image.fromarray(img).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    cache = BoxCache(tmp_path / "cache")
+    crops, stats = crop_faces(paths, [frame, blank], "crop", 0.2, cache)
+    assert stats.found == 1 and stats.fallback == [paths[1]]
+    assert crops[0].shape[0] == crops[0].shape[1] and crops[1].shape == (200, 200, 3)
+    assert list((tmp_path / "cache").glob("*.json"))
+    # second pass: boxes come from the cache, the detector is not called
+    import ftkit.faces as faces
+
+    calls = []
+    real = faces.detect_faces
+    faces.detect_faces = lambda img, *a, **k: calls.append(1) or real(img)
+    try:
+        again, _ = crop_faces(paths, [frame, blank], "require", 0.2, BoxCache(tmp_path / "cache"))
+    finally:
+        faces.detect_faces = real
+    assert calls == [] and again[1] is None and np.array_equal(again[0], crops[0])
+
+
+def test_data_faces_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    frame, _ = framed(0.8, 0.5, 0.5)
+    (tmp_path / "src" / "happy").mkdir(parents=True)
+    Image.fromarray(frame).save(tmp_path / "src" / "happy" / "a.jpg")
+    Image.fromarray(np.full((100, 100, 3), 30, np.uint8)).save(tmp_path / "src" / "happy" / "empty.jpg")
+    r = CliRunner().invoke(main, ["data", "faces", str(tmp_path / "src"), str(tmp_path / "dst"), "--size", "64", "--require"])
+    assert r.exit_code == 0, r.output
+    out = list((tmp_path / "dst").rglob("*.png"))
+    assert [p.name for p in out] == ["a.png"]
+    assert Image.open(out[0]).size == (64, 64)
+    assert "empty.jpg" in r.output
