@@ -22,7 +22,7 @@ from rich.table import Table
 
 from . import __version__
 from .config import FIELDS, Config, ConfigError
-from .progress import console
+from .progress import console, progress_bar
 
 # Exceptions the library raises for bad input; they become readable CLI errors.
 _USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ValueError, FileNotFoundError)
@@ -193,34 +193,91 @@ def evaluate(run, data, split, tta, name, device):
 
 
 @main.command()
-@click.argument("run", type=click.Path())
-@click.argument("paths", nargs=-1, required=True)
-@click.option("--topk", default=3, show_default=True, help="Classes shown per image.")
+@click.argument("model", type=click.Path())
+@click.argument("paths", nargs=-1)
+@click.option("--topk", default=3, show_default=True, help="Classes shown per image or face.")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True)
-@click.option("--output", "output", type=click.Path(dir_okay=False), help="Also write results to a .csv or .json file.")
+@click.option("--faces", type=click.Choice(["none", "crop", "all"]),
+              help="Classify the whole image, the largest face, or every face [default: as the model was trained].")
+@click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write copies of the images with boxes and labels here.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True,
+              help="How results are printed.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Also write results to a .csv, .json or .jsonl file.")
+@click.option("--video", type=click.Path(dir_okay=False), help="Classify the faces in a video file instead of images.")
+@click.option("--camera", type=int, help="Classify the faces seen by this camera index (live).")
+@click.option("--out", "video_out", type=click.Path(dir_okay=False), help="With --video/--camera: the annotated video (.mp4); a .jsonl track goes beside it.")
+@click.option("--every", default=1, show_default=True, help="With --video/--camera: analyse every N-th frame.")
+@click.option("--max-frames", type=int, help="With --video/--camera: stop after this many frames.")
 @click.option("--device", default="auto", show_default=True)
 @_friendly
-def predict(run, paths, topk, tta, output, device):
-    """Top-k classes with probabilities for images and folders of images.
+def predict(model, paths, topk, tta, faces, annotate_dir, fmt, output, video, camera, video_out, every, max_frames, device):
+    """Top-k classes for images, folders, a video or a camera; MODEL is a run or an exported .onnx.
+
+    \b
+    Examples:
+      ftkit predict runs/faces photo.jpg more_photos/ --topk 3 --output preds.csv
+      ftkit predict runs/faces group.jpg --faces all --annotate annotated/
+      ftkit predict runs/faces/export/model.onnx photo.jpg
+      ftkit predict runs/faces --video clip.mp4 --out clip_annotated.mp4 --every 5
+    """
+    from .predict import open_predictor, predict_paths, predict_video, prediction_rows, write_prediction_file
+
+    pred = open_predictor(model, device)
+    if video or camera is not None:
+        with progress_bar(console) as bar:
+            task = bar.add_task("frames", total=max_frames)
+            info = predict_video(pred, video if video else camera, video_out, every=every, topk=topk, tta=tta,
+                                 faces=faces or "all", max_frames=max_frames, progress=lambda n: bar.advance(task, n))
+        console.print(f"{info['frames']} frames, {info['analysed']} analysed; video {info['video']}, track {info['track']}")
+        return
+    if not paths:
+        raise click.UsageError("give image files or folders, or --video / --camera")
+    results = predict_paths(pred, list(paths), topk=topk, tta=tta, faces=faces, annotate_dir=annotate_dir)
+    if fmt == "table":
+        _print_predictions(results, model)
+    elif fmt == "csv":
+        import csv
+
+        csv.writer(sys.stdout).writerows(prediction_rows(results, pred.classes))
+    else:
+        for r in results:
+            click.echo(json.dumps(r))
+    if output:
+        write_prediction_file(Path(output), results, pred.classes)
+
+
+def _print_predictions(results: list[dict], model: str) -> None:
+    table = Table(title=f"predictions ({model})")
+    for col in ("image", "face", "top classes"):
+        table.add_column(col)
+    for r in results:
+        if "error" in r or not r["detections"]:
+            table.add_row(r["path"], "", r.get("error", "no face found"))
+        for i, d in enumerate(r.get("detections", [])):
+            where = "whole image" if d["box"] is None else "box " + " ".join(map(str, d["box"]))
+            table.add_row(r["path"], where, "  ".join(f"{t['class']} {t['probability']:.2f}" for t in d["top"]))
+    console.print(table)
+
+
+@main.command()
+@click.argument("run", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Output file [default: RUN/export/model.onnx or model.ts].")
+@click.option("--tolerance", default=1e-3, show_default=True, help="Largest allowed |exported - PyTorch| logit difference.")
+@_friendly
+def export(run, fmt, out, tolerance):
+    """Export a run's best model (dynamic batch, preprocessing in the metadata), checking parity.
 
     \b
     Example:
-      ftkit predict runs/faces-mobilenetv2 photo.jpg more_photos/ --topk 3 --output preds.csv
+      ftkit export runs/faces --format onnx
     """
-    from .predict import load_run, predict_paths, write_prediction_file
+    from .export import export_run
 
-    loaded = load_run(run, device)
-    results = predict_paths(loaded, list(paths), topk=topk, tta=tta)
-    table = Table(title=f"predictions ({run})")
-    table.add_column("image")
-    table.add_column("top classes")
-    for r in results:
-        text = r.get("error") or "  ".join(f"{t['class']} {t['probability']:.2f}" for t in r["top"])
-        table.add_row(r["path"], text)
-    console.print(table)
-    if output:
-        write_prediction_file(Path(output), results, loaded.classes)
-        click.echo(output)
+    result = export_run(run, fmt, out, tolerance)
+    console.print(f"{fmt} model: {result.path} (largest difference from PyTorch: {result.max_abs_diff:.2e}, "
+                  f"tolerance {tolerance:g}); preprocessing in {result.path}.json")
+    click.echo(str(result.path))
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -91,50 +92,236 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return found
 
 
-def predict_paths(loaded: LoadedRun, paths: list[str], topk: int = 3, tta: str = "none", batch_size: int = 64) -> list[dict[str, Any]]:
-    """Top-k classes with probabilities for each image; unreadable files get an 'error'."""
-    files = expand_paths(paths)
-    images, results = [], []
-    for f in files:
+# --- one interface over a PyTorch run and an exported ONNX model -------------------------
+
+
+class Predictor:
+    """Class probabilities for RGB uint8 images, from a run directory or an ONNX file."""
+
+    def __init__(self, classes: list[str], data_config: DataConfig, forward, name: str, faces: str = "none",
+                 face_margin: float = 0.25):
+        self.classes = classes
+        self.data_config = data_config
+        self.transform = eval_transform(data_config)
+        self._forward = forward  # float32 NCHW numpy -> logits numpy
+        self.name = name
+        self.faces = faces  # the face setting the model was trained with
+        self.face_margin = face_margin
+
+    @classmethod
+    def from_run(cls, run: str | Path, device: str = "auto") -> "Predictor":
+        loaded = load_run(run, device)
+
+        @torch.no_grad()
+        def forward(x: np.ndarray) -> np.ndarray:
+            return loaded.model(torch.from_numpy(x).to(loaded.device)).float().cpu().numpy()
+
+        return cls(loaded.classes, loaded.data_config, forward, str(run), loaded.config.faces, loaded.config.face_margin)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path) -> "Predictor":
+        import onnxruntime as ort
+
+        from .export import read_onnx_metadata
+
+        meta = read_onnx_metadata(path)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        fields = {k: meta[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")}
+        return cls(meta["classes"], DataConfig(**fields), lambda x: session.run(None, {"input": x})[0], str(path),
+                   meta.get("faces", "none"), meta.get("face_margin", 0.25))
+
+    def probs(self, images: list[np.ndarray], tta: str = "none", batch_size: int = 64) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch_size):
+            x = torch.stack([self.transform(img) for img in images[i:i + batch_size]]).numpy().astype(np.float32)
+            p = _softmax(self._forward(x))
+            if tta == "flip":
+                p = (p + _softmax(self._forward(np.ascontiguousarray(x[..., ::-1])))) / 2
+            out.append(p)
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+
+def open_predictor(target: str | Path, device: str = "auto") -> Predictor:
+    """A run directory, or an ``.onnx`` file written by ``ftkit export``."""
+    target = Path(target)
+    if target.suffix == ".onnx":
+        if not target.is_file():
+            raise DataError(f"ONNX model {target} not found")
+        return Predictor.from_onnx(target)
+    return Predictor.from_run(target, device)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+# --- faces in, predictions out -----------------------------------------------------------
+
+
+def regions(image: np.ndarray, faces: str, margin: float) -> list[tuple[list[int] | None, np.ndarray]]:
+    """(box, crop) pairs to classify: the whole image, the largest face, or every face.
+
+    ``faces='crop'`` falls back to a centre crop (box None) when no face is found;
+    ``faces='all'`` returns no region at all then.
+    """
+    if faces == "none":
+        return [(None, image)]
+    from .faces import centre_crop, detect_faces, square_crop
+
+    boxes = detect_faces(image)
+    if faces == "all":
+        return [([b.x, b.y, b.w, b.h], square_crop(image, b, margin)) for b in boxes]
+    if not boxes:
+        return [(None, centre_crop(image))]
+    b = boxes[0]
+    return [([b.x, b.y, b.w, b.h], square_crop(image, b, margin))]
+
+
+def classify_images(pred: Predictor, images: list[np.ndarray], faces: str, topk: int = 3, tta: str = "none"):
+    """Per image, a list of detections: {box, top: [{class, probability}...], probabilities}."""
+    margin = pred.face_margin
+    found = [regions(img, faces, margin) for img in images]
+    crops = [crop for per in found for _, crop in per]
+    probs = pred.probs(crops, tta)
+    k = min(topk, len(pred.classes))
+    out, i = [], 0
+    for per in found:
+        detections = []
+        for box, _ in per:
+            p = probs[i]
+            i += 1
+            order = np.argsort(-p)[:k]
+            detections.append({"box": box, "top": [{"class": pred.classes[j], "probability": float(p[j])} for j in order],
+                               "probabilities": {c: float(v) for c, v in zip(pred.classes, p)}})
+        out.append(detections)
+    return out
+
+
+def predict_paths(pred: Predictor, paths: list[str], topk: int = 3, tta: str = "none", faces: str | None = None,
+                  annotate_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """One result per image: {path, detections} or {path, error} for an unreadable file."""
+    faces = faces or ("crop" if pred.faces in ("crop", "require") else "none")
+    results, images = [], []
+    for f in expand_paths(paths):
         try:
             images.append(read_image(f))
             results.append({"path": str(f)})
         except DataError as exc:
             results.append({"path": str(f), "error": str(exc)})
     good = [r for r in results if "error" not in r]
-    split = Split([r["path"] for r in good], np.zeros(len(good), dtype=np.int64), images)
-    loader = torch.utils.data.DataLoader(ImageDataset(split, eval_transform(loaded.data_config)), batch_size=batch_size)
-    probs, _, _ = predict_probs(loaded.model, loader, loaded.device, tta) if good else (np.zeros((0, 0)), None, None)
-    k = min(topk, len(loaded.classes))
-    for r, p in zip(good, probs):
-        order = np.argsort(-p)[:k]
-        r["top"] = [{"class": loaded.classes[i], "probability": float(p[i])} for i in order]
-        r["probabilities"] = {c: float(v) for c, v in zip(loaded.classes, p)}
+    for r, image, detections in zip(good, images, classify_images(pred, images, faces, topk, tta)):
+        r["detections"] = detections
+        if annotate_dir:
+            _write_annotated(Path(annotate_dir) / (Path(r["path"]).stem + ".png"), image, detections)
     return results
 
 
+def draw_detections(image: np.ndarray, detections: list[dict[str, Any]]) -> np.ndarray:
+    """A copy of ``image`` with each box and its top class and probability drawn."""
+    import cv2
 
-def write_prediction_file(path: Path, results: list[dict[str, Any]], classes: list[str]) -> None:
-    """Write predict results as CSV (one probability column per class) or JSON, by suffix."""
-    import csv
+    canvas = np.ascontiguousarray(image.copy())
+    scale = max(0.4, min(image.shape[:2]) / 500)
+    for d in detections:
+        top = d["top"][0]
+        label = f"{top['class']} {top['probability']:.2f}"
+        x, y, w, h = d["box"] or (0, 0, image.shape[1] - 1, image.shape[0] - 1)
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), (0, 220, 0), max(1, int(2 * scale)))
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        ty = max(th + 4, y)
+        cv2.rectangle(canvas, (x, ty - th - 4), (x + tw + 4, ty), (0, 220, 0), -1)
+        cv2.putText(canvas, label, (x + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
+def _write_annotated(path: Path, image: np.ndarray, detections) -> None:
+    import cv2
 
     from .io import atomic_write
 
-    if path.suffix.lower() == ".json":
+    ok, png = cv2.imencode(".png", cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR))
+    atomic_write(path, lambda f: f.write(png.tobytes()), mode="wb")
+
+
+# --- video and camera --------------------------------------------------------------------
+
+
+def predict_video(pred: Predictor, source: str | int, out: str | Path | None, every: int = 1, topk: int = 3,
+                  tta: str = "none", faces: str = "all", max_frames: int | None = None, progress=None) -> dict[str, Any]:
+    """Classify the faces of every ``every``-th frame; write the annotated video and a JSONL
+    track (one line per analysed frame). ``source`` is a file or a camera index."""
+    import cv2
+
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        what = f"camera {source}" if isinstance(source, int) else f"video {source}"
+        raise DataError(f"cannot open {what}: " + ("no camera at that index" if isinstance(source, int)
+                                                   else "missing file or a format OpenCV cannot decode"))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    writer, track, frames, analysed, detections = None, [], 0, 0, []
+    track_path = Path(out).with_suffix(".jsonl") if out else None
+    try:
+        while max_frames is None or frames < max_frames:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            if frames % every == 0:
+                detections = classify_images(pred, [rgb], faces, topk, tta)[0]
+                track.append({"frame": frames, "time_s": round(frames / fps, 3), "detections": detections})
+                analysed += 1
+            if out:
+                if writer is None:
+                    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0]))
+                writer.write(cv2.cvtColor(draw_detections(rgb, detections), cv2.COLOR_RGB2BGR))
+            frames += 1
+            if progress:
+                progress(1)
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if frames == 0:
+        raise DataError(f"no frames could be read from {source}")
+    if track_path:
+        from .io import write_text
+
+        write_text(track_path, "".join(json.dumps(t) + "\n" for t in track))
+    return {"frames": frames, "analysed": analysed, "fps": fps, "video": str(out) if out else None,
+            "track": str(track_path) if track_path else None, "track_rows": track}
+
+
+def write_prediction_file(path: Path, results: list[dict[str, Any]], classes: list[str]) -> None:
+    """Write predict results as CSV (one row per detection), JSON or JSONL, by suffix."""
+    import csv
+
+    from .io import atomic_write, write_text
+
+    suffix = path.suffix.lower()
+    if suffix == ".json":
         write_json(path, results)
         return
-    if path.suffix.lower() != ".csv":
-        raise DataError(f"--output must end in .csv or .json, got {path.name}")
+    if suffix == ".jsonl":
+        write_text(path, "".join(json.dumps(r) + "\n" for r in results))
+        return
+    if suffix != ".csv":
+        raise DataError(f"--output must end in .csv, .json or .jsonl, got {path.name}")
+    atomic_write(path, lambda f: csv.writer(f).writerows(prediction_rows(results, classes)))
 
-    def write(f):
-        w = csv.writer(f)
-        w.writerow(["path", "predicted", "probability", "error", *[f"p_{c}" for c in classes]])
-        for r in results:
-            if "error" in r:
-                w.writerow([r["path"], "", "", r["error"], *[""] * len(classes)])
-            else:
-                top = r["top"][0]
-                w.writerow([r["path"], top["class"], f"{top['probability']:.6f}", "",
-                            *[f"{r['probabilities'][c]:.6f}" for c in classes]])
 
-    atomic_write(path, write)
+def prediction_rows(results: list[dict[str, Any]], classes: list[str]):
+    """Header, then one row per detection (or per unreadable file)."""
+    yield ["path", "face", "box", "predicted", "probability", "error", *[f"p_{c}" for c in classes]]
+    for r in results:
+        if "error" in r:
+            yield [r["path"], "", "", "", "", r["error"], *[""] * len(classes)]
+            continue
+        if not r["detections"]:
+            yield [r["path"], "", "", "", "", "no face found", *[""] * len(classes)]
+        for i, d in enumerate(r["detections"]):
+            top = d["top"][0]
+            box = " ".join(map(str, d["box"])) if d["box"] else ""
+            yield [r["path"], i, box, top["class"], f"{top['probability']:.6f}", "",
+                   *[f"{d['probabilities'][c]:.6f}" for c in classes]]

@@ -147,7 +147,9 @@ def test_predict_prints_and_writes_csv_and_json(trained, tmp_path):
     assert "cannot decode" in next(r for r in rows if r["error"])["error"]
     invoke("predict", run, tmp_path / "p0.png", "--output", tmp_path / "out.json")
     data = json.loads((tmp_path / "out.json").read_text())
-    assert len(data[0]["top"]) == 3 and data[0]["top"][0]["probability"] >= data[0]["top"][1]["probability"]
+    top = data[0]["detections"][0]["top"]
+    assert data[0]["detections"][0]["box"] is None  # trained without faces: the whole image
+    assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"]
 
 
 def test_recipe_then_flags_precedence(trained, tmp_path):

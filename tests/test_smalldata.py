@@ -143,7 +143,7 @@ def test_heads_train_and_predict_through_the_cli(head, split_folder, tmp_path):
     r = CliRunner().invoke(main, ["predict", str(run), str(split_folder / "test" / "alpha"), "--output", str(tmp_path / f"{head}.json")])
     assert r.exit_code == 0, r.output
     preds = json.loads((tmp_path / f"{head}.json").read_text())
-    assert len(preds) == 4 and all(len(p["top"]) == 3 for p in preds)
+    assert len(preds) == 4 and all(len(p["detections"][0]["top"]) == 3 for p in preds)
     r = CliRunner().invoke(main, ["evaluate", str(run), "--split", "val"])
     assert r.exit_code == 0, r.output
 

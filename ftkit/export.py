@@ -1,0 +1,127 @@
+"""Export a trained run to ONNX or TorchScript, with its preprocessing recorded, and check
+that the exported model gives the same outputs as PyTorch before calling it done.
+
+The preprocessing (input size, channels, grayscale, mean, std, interpolation, class names)
+goes into the file itself (ONNX ``metadata_props`` key ``ftkit``; TorchScript extra file
+``ftkit.json``) and into a sidecar ``<file>.json``, so a deployed model needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .io import atomic_write, write_json
+from .predict import load_run
+
+FORMATS = ("onnx", "torchscript")
+
+
+class ExportError(ValueError):
+    """An export that failed or does not match PyTorch within tolerance."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    max_abs_diff: float  # largest |exported - pytorch| over the parity inputs (logits)
+    metadata: dict[str, Any]
+
+
+def export_metadata(loaded) -> dict[str, Any]:
+    return {"format_version": 1, "classes": loaded.classes, **loaded.data_config.to_dict(),
+            "backbone": loaded.config.backbone, "run": str(loaded.run),
+            "faces": loaded.config.faces, "face_margin": loaded.config.face_margin, "input": "NCHW float32, normalised",
+            "output": "logits (apply softmax for probabilities)"}
+
+
+def parity_inputs(loaded, n: int = 8, seed: int = 0) -> torch.Tensor:
+    """Sample inputs: random normalised tensors of the model's shape."""
+    dc = loaded.data_config
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, dc.channels, dc.img_size, dc.img_size, generator=gen)
+
+
+def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None, tolerance: float = 1e-3,
+               opset: int = 17) -> ExportResult:
+    """Write ``RUN/export/model.onnx`` (or ``.ts``) and its sidecar JSON; fail on a parity gap."""
+    if fmt not in FORMATS:
+        from .config import choice_error
+
+        raise choice_error("export format", fmt, FORMATS)
+    loaded = load_run(run, device="cpu")
+    model = loaded.model.float().eval()
+    meta = export_metadata(loaded)
+    path = Path(out) if out else loaded.run / "export" / ("model.onnx" if fmt == "onnx" else "model.ts")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = parity_inputs(loaded, n=2, seed=1)
+    if fmt == "onnx":
+        _export_onnx(model, example, path, meta, opset)
+        exported = _onnx_runner(path)
+    else:
+        _export_torchscript(model, example, path, meta)
+        scripted = torch.jit.load(str(path), map_location="cpu")
+        exported = lambda x: scripted(torch.from_numpy(x)).detach().numpy()  # noqa: E731
+    x = parity_inputs(loaded)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = exported(x.numpy())
+    diff = float(np.abs(got - expected).max())
+    if not np.isfinite(diff) or diff > tolerance:
+        path.rename(path.with_suffix(path.suffix + ".failed"))
+        raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.2e} > tolerance {tolerance:g}; "
+                          f"kept as {path.with_suffix(path.suffix + '.failed')} for inspection")
+    write_json(path.with_suffix(path.suffix + ".json"), {**meta, "parity_max_abs_diff": diff, "tolerance": tolerance})
+    return ExportResult(path, diff, meta)
+
+
+def _export_onnx(model, example, path: Path, meta: dict, opset: int) -> None:
+    import onnx
+
+    tmp = path.with_suffix(".tmp.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter needs no onnxscript
+        torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                          dynamo=False)
+    proto = onnx.load(str(tmp))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "ftkit", json.dumps(meta)
+    onnx.checker.check_model(proto)
+    atomic_write(path, lambda f: f.write(proto.SerializeToString()), mode="wb")
+    tmp.unlink()
+
+
+def _onnx_runner(path: Path):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: session.run(None, {"input": x.astype(np.float32)})[0]
+
+
+def _export_torchscript(model, example, path: Path, meta: dict) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in recent torch, and still loads everywhere
+        traced = torch.jit.trace(model, example)
+        import io
+
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={"ftkit.json": json.dumps(meta)})
+    atomic_write(path, lambda f: f.write(buffer.getvalue()), mode="wb")
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The preprocessing recorded in an ftkit ONNX file."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for prop in proto.metadata_props:
+        if prop.key == "ftkit":
+            return json.loads(prop.value)
+    raise ExportError(f"{path} has no ftkit metadata: export it with `ftkit export`")

@@ -1,0 +1,151 @@
+"""Models that leave the lab: export with parity checks, ONNX predictions, faces in photos
+and videos, annotated outputs."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ftkit.cli import main
+from conftest import TINY, class_image, write_images
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("deploy")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("val", 3), ("test", 3)):
+        for label, c in enumerate(["alpha", "beta", "gamma"]):
+            write_images(tmp / "data" / split / c, label, n, rng)
+    r = invoke("finetune", "--data", tmp / "data", "--backbone", TINY, "--no-pretrained", "--img-size", 32,
+               "--epochs", 1, "--freeze-epochs", 0, "--batch-size", 8, "--workers", 0,
+               "--project", tmp / "runs", "--name", "deploy")
+    assert r.exit_code == 0, r.output
+    return tmp / "runs" / "deploy"
+
+
+def _astronaut_frame(x: int, y: int, shape=(360, 480)) -> np.ndarray:
+    frame = np.full((*shape, 3), 80, np.uint8)
+    photo = cv2.resize(skimage_data.astronaut(), (200, 200), interpolation=cv2.INTER_AREA)
+    frame[y:y + 200, x:x + 200] = photo
+    return frame
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_writes_model_metadata_and_checks_parity(run, fmt, tmp_path):
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.ts")
+    r = invoke("export", run, "--format", fmt, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "largest difference from PyTorch" in r.output
+    sidecar = json.loads(out.with_suffix(out.suffix + ".json").read_text())
+    assert sidecar["classes"] == ["alpha", "beta", "gamma"] and sidecar["img_size"] == 32
+    assert sidecar["parity_max_abs_diff"] <= 1e-3
+    if fmt == "onnx":
+        from ftkit.export import read_onnx_metadata
+
+        meta = read_onnx_metadata(out)
+        assert meta["mean"] == sidecar["mean"] and meta["channels"] == 3
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(out))
+        for batch in (1, 5):  # dynamic batch size
+            y = session.run(None, {"input": np.zeros((batch, 3, 32, 32), np.float32)})[0]
+            assert y.shape == (batch, 3)
+    else:
+        import torch
+
+        files = {"ftkit.json": ""}
+        model = torch.jit.load(str(out), _extra_files=files)
+        assert json.loads(files["ftkit.json"])["classes"] == ["alpha", "beta", "gamma"]
+        assert model(torch.zeros(4, 3, 32, 32)).shape == (4, 3)
+
+
+def test_export_fails_beyond_tolerance(run, tmp_path, monkeypatch):
+    """A broken export (here: outputs shifted by 0.01) is refused and set aside, not shipped."""
+    from ftkit import export
+
+    real = export._onnx_runner
+    monkeypatch.setattr(export, "_onnx_runner", lambda path: (lambda x: real(path)(x) + 0.01))
+    r = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 1 and "differs from PyTorch by 1.00e-02 > tolerance 0.001" in r.output
+    assert (tmp_path / "m.onnx.failed").is_file() and not (tmp_path / "m.onnx").exists()
+
+
+def test_onnx_and_pytorch_predictions_agree(run, tmp_path):
+    invoke("export", run, "--out", tmp_path / "m.onnx")
+    rng = np.random.default_rng(4)
+    for i in range(6):
+        Image.fromarray(class_image(i % 3, rng)).save(tmp_path / f"img{i}.png")
+    invoke("predict", run, *[tmp_path / f"img{i}.png" for i in range(6)], "--output", tmp_path / "torch.json")
+    invoke("predict", tmp_path / "m.onnx", *[tmp_path / f"img{i}.png" for i in range(6)], "--output", tmp_path / "onnx.json")
+    a = json.loads((tmp_path / "torch.json").read_text())
+    b = json.loads((tmp_path / "onnx.json").read_text())
+    for ra, rb in zip(a, b):
+        pa, pb = ra["detections"][0]["probabilities"], rb["detections"][0]["probabilities"]
+        assert max(abs(pa[c] - pb[c]) for c in pa) < 1e-4
+        assert ra["detections"][0]["top"][0]["class"] == rb["detections"][0]["top"][0]["class"]
+
+
+def test_predict_every_face_and_annotate(run, tmp_path):
+    two = np.full((400, 700, 3), 70, np.uint8)
+    face = cv2.resize(skimage_data.astronaut(), (220, 220), interpolation=cv2.INTER_AREA)
+    two[20:240, 20:240] = face
+    two[150:370, 450:670] = face
+    Image.fromarray(two).save(tmp_path / "two.png")
+    Image.fromarray(np.full((100, 100, 3), 20, np.uint8)).save(tmp_path / "none.png")
+    r = invoke("predict", run, tmp_path / "two.png", tmp_path / "none.png", "--faces", "all",
+               "--annotate", tmp_path / "ann", "--format", "jsonl")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+    two_faces = next(x for x in rows if x["path"].endswith("two.png"))["detections"]
+    assert len(two_faces) == 2
+    xs = sorted(d["box"][0] for d in two_faces)
+    assert xs[0] < 200 < 400 < xs[1]
+    assert next(x for x in rows if x["path"].endswith("none.png"))["detections"] == []
+    annotated = np.asarray(Image.open(tmp_path / "ann" / "two.png"))
+    assert annotated.shape == two.shape and not np.array_equal(annotated, two)
+
+
+def test_video_predictions_and_annotated_video(run, tmp_path):
+    src = tmp_path / "moving.mp4"
+    writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 10, (480, 360))
+    for i in range(12):
+        writer.write(cv2.cvtColor(_astronaut_frame(20 + 20 * i, 60 + 5 * i), cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = tmp_path / "annotated.mp4"
+    r = invoke("predict", run, "--video", src, "--out", out, "--every", 3)
+    assert r.exit_code == 0, r.output
+    capture = cv2.VideoCapture(str(out))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+    assert (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (480, 360)
+    capture.release()
+    track = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert [t["frame"] for t in track] == [0, 3, 6, 9]
+    found = [t for t in track if t["detections"]]
+    assert len(found) >= 3
+    # the face moves right across the frames, and so does its box
+    boxes = [t["detections"][0]["box"][0] for t in found]
+    assert boxes == sorted(boxes)
+
+
+def test_bad_inputs_for_predict_and_export(run, tmp_path):
+    r = CliRunner().invoke(main, ["predict", str(tmp_path / "missing-run"), "x.png"])
+    assert r.exit_code == 1 and "not an ftkit run directory" in r.output
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    r = CliRunner().invoke(main, ["predict", str(run), "--video", str(tmp_path / "broken.mp4")])
+    assert r.exit_code == 1 and "cannot open video" in r.output
+    r = CliRunner().invoke(main, ["predict", str(run), str(tmp_path / "nothing-here.png")])
+    assert r.exit_code == 1 and "does not exist" in r.output
+    r = CliRunner().invoke(main, ["predict", str(tmp_path / "missing.onnx"), "x.png"])
+    assert r.exit_code == 1 and "not found" in r.output
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "missing-run")])
+    assert r.exit_code == 1 and "not an ftkit run directory" in r.output
