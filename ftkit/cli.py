@@ -141,14 +141,15 @@ def finetune(recipe, resume_run, **kwargs):
 
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="With several runs: write the comparison page here.")
 @_friendly
-def report(runs):
-    """Print a run's report (and regenerate its files); several runs side by side.
+def report(runs, html_out):
+    """Print a run's report and regenerate its files (report.html too); several runs side by side.
 
     \b
     Example:
       ftkit report runs/faces-mobilenetv2
-      ftkit report runs/a runs/b runs/c
+      ftkit report runs/a runs/b runs/c --html comparison.html
     """
     from .report import compare_table, load_or_write_report, print_report
 
@@ -165,8 +166,14 @@ def report(runs):
     if len(reports) == 1:
         (run, rep), = reports.items()
         print_report(rep, console, title=f"{run} ({rep.get('split')} split)")
+        console.print(f"report: {Path(run) / 'report.html'}")
     else:
         console.print(compare_table(reports))
+        if html_out:
+            from .report import write_comparison_html
+
+            write_comparison_html(reports, Path(html_out))
+            console.print(f"comparison: {html_out}")
 
 
 @main.command()

@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .config import Config
 from .data import DataError, DataSplits, Split, group_keys, grouped_split, load_data, stratified_split
-from .io import write_json, write_text, write_yaml
+from .io import read_json, write_json, write_text, write_yaml
 from .runs import new_run_dir, update_record
 
 
@@ -86,8 +86,17 @@ def cv_markdown(cv: dict[str, Any], root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pool_predictions(root: Path, folds: int) -> None:
+    """root/predictions.csv: the fold predictions stacked (each image appears once)."""
+    lines = []
+    for k in range(1, folds + 1):
+        rows = (root / f"fold-{k}" / "predictions.csv").read_text().splitlines(keepends=True)
+        lines += rows if not lines else rows[1:]
+    write_text(root / "predictions.csv", "".join(lines))
+
+
 def cross_validate(cfg: Config, console=None, allow_download: bool = True):
-    from .report import plot_confusion
+    from .report import write_report
     from .train import RunResult, train_on
 
     data = load_data(replace(cfg, shots=0), console=console, carve=False)
@@ -105,8 +114,13 @@ def cross_validate(cfg: Config, console=None, allow_download: bool = True):
     cv = aggregate_folds(reports)
     write_json(root / "cv_report.json", cv)
     write_text(root / "cv_report.md", cv_markdown(cv, root))
-    plot_confusion({"confusion_matrix": cv["confusion_matrix"], "classes": cv["classes"], "split": "pooled folds"}, root)
-    record = update_record(root, status="finished", folds=cfg.folds, group_by=cfg.group_by)
+    _pool_predictions(root, cfg.folds)
+    first = read_json(root / "fold-1" / "run.json")
+    record = update_record(root, **{k: first.get(k) for k in ("backbone", "parameters", "weights", "device", "phases", "data_config")},
+                           data={**first.get("data", {}), "counts": data.summary()},
+                           status="finished", folds=cfg.folds, group_by=cfg.group_by, eval_split="pooled folds",
+                           eval_note="every image predicted once, by the fold that held it out")
+    write_report(root)  # pooled report.json, confusion matrices and report.html with the fold table
     if console:
         console.print(f"cross-validation ({cfg.folds} folds): accuracy {cv['accuracy']['mean']:.4f} +- {cv['accuracy']['std']:.4f}, "
                       f"macro-F1 {cv['macro_f1']['mean']:.4f} +- {cv['macro_f1']['std']:.4f}")

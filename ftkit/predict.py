@@ -13,7 +13,7 @@ import torch
 from .config import Config, config_from_dict
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, Split, load_data, read_image
 from .evaluation import predict_probs, write_predictions
-from .io import read_json, write_json
+from .io import read_json, write_json, write_yaml
 from .models import DataConfig, create
 from .runs import load_checkpoint, require_run
 from .train import resolve_device
@@ -63,6 +63,7 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     write_predictions(folder / "predictions.csv", dataset.splits[chosen].keys, labels, probs, loaded.classes)
     write_json(folder / "run.json", {**read_json(loaded.run / "run.json"), "eval_split": chosen, "eval_data": cfg.data,
                                      "eval_tta": tta or loaded.config.tta, "eval_note": None})
+    write_yaml(folder / "args.yaml", {**loaded.config.to_dict(), "data": cfg.data})
     return folder, write_report(folder)
 
 

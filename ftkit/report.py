@@ -53,6 +53,9 @@ def write_report(folder: Path, predictions: Path | None = None, history_from: Pa
     history = read_metrics_csv((history_from or folder) / "metrics.csv")
     if history:
         plot_curves(history, folder / "curves.png")
+    from .html_report import write_run_html
+
+    write_run_html(folder, report)
     return report
 
 
@@ -218,3 +221,16 @@ def print_cv_report(root: Path, console: Console) -> None:
     for c, s in cv["per_class_f1"].items():
         per_class.add_row(c, f"{s['mean']:.4f} +- {s['std']:.4f}")
     console.print(per_class)
+
+
+def write_comparison_html(reports: dict[str, dict[str, Any]], path: Path) -> Path:
+    """The side-by-side page: metrics per run (best marked) and the differing config keys."""
+    import yaml
+
+    from .html_report import render_comparison
+
+    configs = {}
+    for run in reports:
+        args = Path(run) / "args.yaml"
+        configs[run] = yaml.safe_load(args.read_text()) if args.is_file() else {}
+    return write_text(path, render_comparison(reports, configs))
