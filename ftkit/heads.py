@@ -23,7 +23,7 @@ from .config import Config
 from .data import DataSplits, ImageDataset
 from .evaluation import quick_metrics
 from .models import resolve_data_config, resolve_name
-from .runs import save_checkpoint
+from .runs import save_checkpoint, update_record
 from .train import RunResult, _finish, resolve_device
 from .transforms import eval_transform
 
@@ -92,6 +92,8 @@ def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: 
            "images_per_s": len(y["train"]) / max(seconds, 1e-9)}
     out.print(f"logreg head: C={best_c:g} chosen on val {key} ({', '.join(f'{c:g}: {s:.3f}' for c, s in scores.items())})")
     write_metrics_csv(run / "metrics.csv", [row])
+    update_record(run, device=str(device), data_config=dc.to_dict(),
+                  phases=[{"name": row["phase"], "epochs": [1, 1], "lr_head": 0.0, "lr_backbone": 0.0}])
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(),
             "backbone": resolve_name(cfg.backbone), "epoch": 1, "metrics": row, "logreg": {"C": best_c, "val_scores": scores}}
     for stem in ("best", "last"):
