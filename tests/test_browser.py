@@ -6,12 +6,11 @@ import re
 import shutil
 import subprocess
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from ftkit.cli import main
-from conftest import TINY, write_images
+from conftest import TINY, write_split_folder
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,10 +38,7 @@ def _chromium(tmp_path, *args):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 10), ("val", 3), ("test", 6)):
-        for label, c in enumerate(["alpha", "beta", "gamma"]):
-            write_images(tmp / "data" / split / c, label, n, rng)
+    write_split_folder(tmp / "data", sizes=(("train", 10), ("val", 3), ("test", 6)))
     for name in ("a", "b"):
         r = CliRunner().invoke(main, ["finetune", "--data", str(tmp / "data"), "--backbone", TINY, "--no-pretrained",
                                       "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--workers", "0",

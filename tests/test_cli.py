@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ftkit.cli import main
-from conftest import TINY, class_image
+from conftest import TINY, class_image, write_split_folder
 
 
 def invoke(*args):
@@ -46,13 +46,8 @@ def test_finetune_help_is_generated_from_the_config():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One run trained through the CLI, shared by the read-only tests below."""
-    from conftest import write_images
-
     tmp = tmp_path_factory.mktemp("cli")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 12), ("val", 4), ("test", 4)):
-        for label, c in enumerate(["alpha", "beta", "gamma"]):
-            write_images(tmp / "data" / split / c, label, n, rng)
+    write_split_folder(tmp / "data")
     result = invoke("finetune", "--data", tmp / "data", *tiny_flags(tmp), "--name", "cli-run", "--freeze-epochs", 1)
     assert result.exit_code == 0, result.output
     return tmp, tmp / "runs" / "cli-run"
@@ -210,3 +205,30 @@ def test_demo_runs_end_to_end_quickly(tmp_path):
     report = json.loads((tmp_path / "demo" / "report.json").read_text())
     assert report["n"] == 7 * 30 and len(report["per_class"]) == 7
     assert json.loads((tmp_path / "demo" / "run.json").read_text())["weights"]["source"] == "none"
+
+
+def test_report_html_shows_the_numbers_of_report_json(trained):
+    import re
+
+    _, run = trained
+    html = (run / "report.html").read_text()
+    report = json.loads((run / "report.json").read_text())
+    for label, key in (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1")):
+        assert f'<div class="metric">{label}<b>{report[key]:.4f}</b></div>' in html
+    for c, m in report["per_class"].items():
+        row = re.search(rf"<tr><td>{c}</td>(.*?)</tr>", html).group(1)
+        shown = [float(v) for v in re.findall(r"<td>(\d\.\d{3})<span", row)]
+        assert shown == pytest.approx([m["precision"], m["recall"], m["f1"]], abs=5e-4)
+        assert row.endswith(f"<td>{m['support']}</td>")
+    assert html.count("data:image/png;base64,") >= 4
+
+
+def test_expected_calibration_error_by_hand():
+    from ftkit.html_report import expected_calibration_error
+
+    conf = np.array([0.95, 0.95, 0.55, 0.55, 0.55, 0.55])
+    correct = np.array([1, 0, 1, 1, 0, 0])
+    ece, rows = expected_calibration_error(conf, correct)
+    # bin 0.9-1.0: acc 0.5 vs conf 0.95 (2 of 6); bin 0.5-0.6: acc 0.5 vs conf 0.55 (4 of 6)
+    assert ece == pytest.approx(2 / 6 * 0.45 + 4 / 6 * 0.05)
+    assert [r[2] for r in rows] == [4, 2]

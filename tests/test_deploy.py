@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ftkit.cli import main
-from conftest import TINY, class_image, write_images
+from conftest import TINY, class_image, write_split_folder
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -22,10 +22,7 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("deploy")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 10), ("val", 3), ("test", 3)):
-        for label, c in enumerate(["alpha", "beta", "gamma"]):
-            write_images(tmp / "data" / split / c, label, n, rng)
+    write_split_folder(tmp / "data", sizes=(("train", 10), ("val", 3), ("test", 3)))
     r = invoke("finetune", "--data", tmp / "data", "--backbone", TINY, "--no-pretrained", "--img-size", 32,
                "--epochs", 1, "--freeze-epochs", 0, "--batch-size", 8, "--workers", 0,
                "--project", tmp / "runs", "--name", "deploy")
