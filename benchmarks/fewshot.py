@@ -24,7 +24,6 @@ from common import ROOT, append_row, command_line, extract_fer, heldout_layout, 
 from ftkit.config import resolve
 from ftkit.data import apply_shots, load_data
 from ftkit.progress import console
-from ftkit.runs import new_run_dir
 from ftkit.train import train_on
 
 METHODS = {
@@ -65,7 +64,7 @@ def main() -> None:
                     data.notes = []
                     apply_shots(data, shots, seed)
                     started = time.perf_counter()
-                    result = train_on(data, cfg, new_run_dir(cfg), console)
+                    result = train_on(data, cfg, console)
                     secs.append(time.perf_counter() - started)
                     accs.append(result.report["accuracy"])
                     f1s.append(result.report["macro_f1"])

@@ -109,7 +109,7 @@ def cross_validate(cfg: Config, console=None, allow_download: bool = True):
         if console:
             console.rule(f"fold {k}/{cfg.folds}")
         fold_cfg = replace(cfg, folds=0, out=str(root / f"fold-{k}"))
-        result = train_on(fold_data(data, pool, test, cfg, groups), fold_cfg, new_run_dir(fold_cfg), console, allow_download)
+        result = train_on(fold_data(data, pool, test, cfg, groups), fold_cfg, console, allow_download)
         reports.append(result.report)
     cv = aggregate_folds(reports)
     write_json(root / "cv_report.json", cv)

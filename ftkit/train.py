@@ -272,13 +272,15 @@ def finetune(cfg: Config, console: Console | None = None, allow_download: bool =
 
         return cross_validate(cfg, console=out, allow_download=allow_download)
     data = load_data(cfg, console=out)
-    return train_on(data, cfg, new_run_dir(cfg), out, allow_download)
+    return train_on(data, cfg, out, allow_download)
 
 
-def train_on(data: DataSplits, cfg: Config, run: Path, out: Console, allow_download: bool = True) -> RunResult:
-    """Build the model and train it on ``data``, writing everything into ``run``."""
+def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool = True) -> RunResult:
+    """Build the model and train it on ``data``, writing everything into a new run directory
+    (claimed only once the model exists, so a missing weights file leaves nothing behind)."""
     seed_everything(cfg.seed)
     model, weights = build_model(cfg, len(data.classes), out, allow_download)
+    run = new_run_dir(cfg)
     if weights.mean and cfg.mean is None and cfg.std is None:
         # the weights were trained with another normalisation than timm's config says
         cfg = Config(**{**cfg.to_dict(), "mean": weights.mean, "std": weights.std})

@@ -232,3 +232,13 @@ def test_expected_calibration_error_by_hand():
     # bin 0.9-1.0: acc 0.5 vs conf 0.95 (2 of 6); bin 0.5-0.6: acc 0.5 vs conf 0.55 (4 of 6)
     assert ece == pytest.approx(2 / 6 * 0.45 + 4 / 6 * 0.05)
     assert [r[2] for r in rows] == [4, 2]
+
+
+def test_missing_pretrained_weights_fail_before_any_run_directory(trained, tmp_path, monkeypatch):
+    tmp, _ = trained
+    monkeypatch.setenv("FTKIT_WEIGHTS", str(tmp_path / "empty-store"))
+    r = invoke("finetune", "--data", tmp / "data", "--backbone", TINY, "--img-size", 32, "--epochs", 1,
+               "--project", tmp_path / "runs", "--name", "nope")
+    assert r.exit_code == 1
+    assert "no pretrained weights for test_efficientnet found offline" in r.output and "--no-pretrained" in r.output
+    assert not (tmp_path / "runs" / "nope").exists()
