@@ -92,9 +92,28 @@ def create(cfg: Config, num_classes: int, state_dict: dict | None = None) -> nn.
     channels = cfg.channels or INPUT_MODES[cfg.input][1]
     kwargs = dict(num_classes=num_classes, in_chans=channels, drop_rate=cfg.drop_rate)
     if state_dict is None:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    overlay = dict(state_dict=state_dict, num_classes=_classifier_rows(name, state_dict))
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        init_head(model)
+        return model
+    head_rows = _classifier_rows(name, state_dict)
+    overlay = dict(state_dict=state_dict, num_classes=head_rows)
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    if head_rows != num_classes:  # the checkpoint's head was dropped: this one is new
+        init_head(model)
+    return model
+
+
+def init_head(model: nn.Module) -> None:
+    """Initialise a new linear classifier with small weights (normal, std 0.01; zero bias).
+
+    Some timm families scale their classifier init by 1/sqrt(num_classes), which for a
+    7-class head gives logits in the tens and a first-epoch loss near 10; small weights
+    start every class near uniform, as torchvision and fastai heads do.
+    """
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
 
 
 def _classifier_rows(name: str, state_dict: dict) -> int:

