@@ -1,0 +1,61 @@
+"""Recipe selection on a cheap proxy: 400 Training images per class, 3 epochs, for a few
+learning-rate / freezing variants of a recipe. The choice is made on the validation slice
+of Training (``val accuracy``); PublicTest is printed too, but is not what decides.
+
+    python benchmarks/fer2013_select.py
+    python benchmarks/fer2013_select.py --summarize /tmp/ftkit-bench/select   # rows from finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common import ROOT, append_row, command_line, extract_fer, heldout_layout, machine
+
+VARIANTS = {
+    "A": ["--lr", "0.002", "--backbone-lr-mult", "0.5", "--freeze-epochs", "1"],
+    "B": ["--lr", "0.001", "--backbone-lr-mult", "0.1", "--freeze-epochs", "1"],
+    "C": ["--lr", "0.0005", "--backbone-lr-mult", "1.0", "--freeze-epochs", "0"],
+    "D": ["--lr", "0.001", "--backbone-lr-mult", "1.0", "--freeze-epochs", "0"],
+}
+HEADER = ("| variant | settings | val accuracy (Training slice, decides) | PublicTest accuracy | wall time | machine | command |\n"
+          "|---|---|---|---|---|---|---|")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default=str(ROOT / "recipes" / "fer2013-fast.yaml"))
+    parser.add_argument("--work", default="/tmp/ftkit-bench")
+    parser.add_argument("--summarize", help="only summarise finished variant runs in this folder")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    runs = Path(args.summarize) if args.summarize else Path(args.work) / "select"
+    if not args.summarize:
+        layout = heldout_layout(extract_fer(Path(args.work)), Path(args.work))
+        for name, flags in VARIANTS.items():
+            cmd = [sys.executable, "-m", "ftkit", "finetune", "--recipe", args.recipe, "--data", str(layout),
+                   "--val-split", "0.05", "--shots", "400", "--epochs", "3", "--tta", "none",
+                   "--project", str(runs), "--name", name, *flags]
+            subprocess.run(cmd, check=True)
+    # the command that reproduces the rows (a --summarize pass only reads runs it made before)
+    command = command_line().replace(f" --summarize {args.summarize}", "") if args.summarize else command_line()
+    for name, flags in VARIANTS.items():
+        run = runs / name
+        history = (run / "metrics.csv").read_text().splitlines()
+        header, last = history[0].split(","), history[-1].split(",")
+        val = float(last[header.index("val_accuracy")])
+        report = json.loads((run / "report.json").read_text())
+        record = json.loads((run / "run.json").read_text())
+        row = (f"| {name} | {' '.join(flags)} | {val:.4f} | {report['accuracy']:.4f} | {record['train_seconds']:.0f} s "
+               f"| {machine()} | `{command}` |")
+        print(row)
+        if not args.no_write:
+            append_row("FER2013 recipe selection proxy (400 images/class, 3 epochs, mobilenetv2 64x64)", HEADER, row)
+
+
+if __name__ == "__main__":
+    main()
