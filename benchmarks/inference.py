@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from common import ROOT, append_row, command_line, machine
 
 from ftkit.config import resolve

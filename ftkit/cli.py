@@ -21,7 +21,7 @@ import click
 from rich.table import Table
 
 from . import __version__
-from .config import FIELDS, Config, ConfigError
+from .config import Config, ConfigError
 from .progress import console, progress_bar
 
 # Exceptions the library raises for bad input; they become readable CLI errors.
@@ -123,7 +123,7 @@ def finetune(recipe, resume_run, **kwargs):
     \b
     Example:
       ftkit finetune --data faces/ --backbone mobilenetv2 --input gray48 --epochs 10
-      ftkit finetune --recipe recipes/fer2013-fast.yaml --data ../shared/data/fer2013/fer2013.csv
+      ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013.csv
     """
     from .config import resolve
     from .train import finetune as run_finetune

@@ -509,11 +509,6 @@ def _estimate_mb(data: DataSplits, probe: int = 16) -> float:
     return mean * len(keys) / 2**20
 
 
-def class_counts(labels: Iterable[int], classes: list[str]) -> dict[str, int]:
-    counts = Counter(int(x) for x in labels)
-    return {c: counts.get(i, 0) for i, c in enumerate(classes)}
-
-
 def inspect_source(path: str | Path, console=None) -> tuple[dict[str, dict[str, int]], int]:
     """Per-split, per-class counts of a folder (any layout) or CSV, without splitting it."""
     cfg = Config(data=str(path), cache="stream")

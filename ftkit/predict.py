@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .config import Config, config_from_dict
-from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, Split, load_data, read_image
+from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
 from .evaluation import predict_probs, write_predictions
 from .io import read_json, write_json, write_yaml
 from .models import DataConfig, create

@@ -14,7 +14,6 @@ atomically.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -96,10 +95,6 @@ def load_run_config(run: Path) -> Config:
     import yaml
 
     return config_from_dict(yaml.safe_load((run / "args.yaml").read_text()))
-
-
-def load_classes(run: Path) -> list[str]:
-    return json.loads((run / "classes.json").read_text())
 
 
 def update_record(run: Path, **fields: Any) -> dict[str, Any]:

@@ -1,10 +1,7 @@
-import warnings
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from ftkit.config import Config
 from ftkit.data import DataError, load_data, read_image, stratified_split
 from conftest import tiny_config, write_images
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftkit.faces import Box, BoxCache, centre_crop, crop_faces, crop_folder, detect_faces, square_crop
+from ftkit.faces import Box, BoxCache, centre_crop, crop_faces, detect_faces, square_crop
 
 skimage_data = pytest.importorskip("skimage.data")
 ASTRONAUT_FACE = (177, 66, 95)  # x, y, side of the face in skimage's astronaut photo (detected once, checked by eye)

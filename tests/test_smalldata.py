@@ -122,9 +122,6 @@ def test_cross_validation_report_aggregates_the_fold_predictions(flat_folder, tm
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["linear", "logreg"])
 def test_heads_train_and_predict_through_the_cli(head, split_folder, tmp_path):
-    import torch
-    from safetensors.torch import load_file
-
     r = CliRunner().invoke(main, ["finetune", "--data", str(split_folder), "--backbone", TINY, "--no-pretrained",
                                   "--img-size", "32", "--epochs", "2", "--batch-size", "8", "--head", head,
                                   "--workers", "0", "--project", str(tmp_path / "runs"), "--name", head])

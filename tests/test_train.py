@@ -1,15 +1,13 @@
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from ftkit import train as train_mod
-from ftkit.config import resolve
 from ftkit.models import create, head_parameter_names, set_trainable, stage_groups
 from ftkit.train import Phase, build_optimizer, cosine_with_warmup, finetune, plan_phases, resume
-from conftest import TINY, tiny_config
+from conftest import tiny_config
 
 
 def _snapshot(model):
@@ -161,8 +159,6 @@ def test_resume_continues_from_the_last_epoch_exactly(split_folder, tmp_path, mo
 
 @pytest.mark.slow
 def test_early_stopping_stops(split_folder, tmp_path, monkeypatch):
-    from ftkit import evaluation
-
     # a metric that never improves after epoch 1 -> stop after `patience` more epochs
     monkeypatch.setattr(train_mod, "quick_metrics", lambda y, p: {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_f1": 0.5})
     result = finetune(tiny_config(split_folder, tmp_path, epochs=6, patience=2))
