@@ -151,7 +151,7 @@ def report(runs, html_out):
       ftkit report runs/faces-mobilenetv2
       ftkit report runs/a runs/b runs/c --html comparison.html
     """
-    from .report import compare_table, load_or_write_report, print_report
+    from .report import compare_table, print_report, write_report
 
     from .report import print_cv_report
 
@@ -160,7 +160,7 @@ def report(runs, html_out):
         if (Path(run) / "cv_report.json").is_file():
             print_cv_report(Path(run), console)
             continue
-        reports[run] = load_or_write_report(Path(run))
+        reports[run] = write_report(Path(run))
     if not reports:
         return
     if len(reports) == 1:

@@ -41,7 +41,7 @@ def write_report(folder: Path, predictions: Path | None = None, history_from: Pa
     """Compute the report from ``predictions.csv`` in ``folder`` and write every report file."""
     predictions = predictions or folder / "predictions.csv"
     if not predictions.is_file():
-        raise RunError(f"{predictions} not found: the run has not produced predictions yet")
+        raise RunError(f"{predictions} not found: is {folder} a finished ftkit run directory?")
     report = compute_report(predictions)
     record_path = (history_from or folder) / "run.json"
     record = read_json(record_path) if record_path.is_file() else {}
@@ -194,13 +194,6 @@ def compare_table(reports: dict[str, dict[str, Any]]) -> Table:
         best = max(present) if present else None
         table.add_row(label, *["-" if v is None else (f"[bold green]{v:.4f}[/]" if v == best and len(present) > 1 else f"{v:.4f}") for v in values])
     return table
-
-
-def load_or_write_report(run: Path) -> dict[str, Any]:
-    """Regenerate the report files of a run from its predictions.csv and return the report."""
-    if not (run / "predictions.csv").is_file():
-        raise RunError(f"{run} has no predictions.csv: is it a finished ftkit run directory?")
-    return write_report(run)
 
 
 def print_cv_report(root: Path, console: Console) -> None:

@@ -221,7 +221,8 @@ def _timm_cached_file(name: str) -> str | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id if timm.models.get_pretrained_cfg(name) else None
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = pretrained_cfg.hf_hub_id if pretrained_cfg else None
     if not hub_id:
         return None
     for filename in ("model.safetensors", "pytorch_model.bin"):
