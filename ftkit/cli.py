@@ -21,7 +21,7 @@ import click
 from rich.table import Table
 
 from . import __version__
-from .config import Config, ConfigError
+from .config import CHOICES, Config, ConfigError
 from .progress import console, progress_bar
 
 # Exceptions the library raises for bad input; they become readable CLI errors.
@@ -180,7 +180,7 @@ def report(runs, html_out):
 @click.argument("run", type=click.Path())
 @click.option("--data", help="Image folder or CSV to score on [default: the run's own data].")
 @click.option("--split", default="test", show_default=True, help="Split to score (a flat folder is scored whole).")
-@click.option("--tta", type=click.Choice(["none", "flip"]), help="Test-time augmentation [default: the run's].")
+@click.option("--tta", type=click.Choice(CHOICES["tta"]), help="Test-time augmentation [default: the run's].")
 @click.option("--name", help="Subfolder name under RUN/eval/.")
 @click.option("--device", default="auto", show_default=True)
 @_friendly
@@ -203,7 +203,7 @@ def evaluate(run, data, split, tta, name, device):
 @click.argument("model", type=click.Path())
 @click.argument("paths", nargs=-1)
 @click.option("--topk", default=3, show_default=True, help="Classes shown per image or face.")
-@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True)
+@click.option("--tta", type=click.Choice(CHOICES["tta"]), default="none", show_default=True)
 @click.option("--faces", type=click.Choice(["none", "crop", "all"]),
               help="Classify the whole image, the largest face, or every face [default: as the model was trained].")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write copies of the images with boxes and labels here.")

@@ -63,17 +63,19 @@ class Config:
     scheduler: str = "cosine"  # cosine | onecycle | plateau | none
     warmup_epochs: float = 0.0  # linear warm-up at the start of the cosine schedule
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    mixup: float = 0.0  # mixup alpha: blend pairs of images and their labels (0: off; 0.2-0.4 typical)
+    cutmix: float = 0.0  # cutmix alpha: paste a patch of one image into another (0: off); with mixup, one of the two per batch
     class_weights: str = "none"  # none | balanced: weight the loss by inverse class frequency
     sampler: str = "random"  # random | balanced: draw training images class-balanced
     augment: str = "light"  # none | light | fer | strong (see ftkit/transforms.py)
     augment_pipeline: list[Any] | None = None  # a full Albumentations pipeline; replaces the preset
-    tta: str = "none"  # none | flip: average predictions over the image and its mirror
+    tta: str = "none"  # none | flip (image + mirror) | shift (+ 4 small shifts of each: 10 views)
     metric: str = "macro_f1"  # macro_f1 | accuracy | balanced_accuracy | loss: picks the best epoch
     patience: int = 0  # stop after this many epochs without improvement (0: never stop early)
     # --- runtime ----------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = False  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
-    channels_last: bool = False  # channels-last memory format (faster on recent GPUs)
+    channels_last: bool = False  # channels-last memory format (faster on recent GPUs, and 1.3-1.4x for MobileNetV2 on a CPU)
     seed: int = 0  # seeds splits, sampling, augmentation and initialisation
     project: str = "runs"  # parent folder of run directories
     name: str | None = None  # run directory name (default: <data>-<backbone>, numbered if taken)
@@ -94,7 +96,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "class_weights": ("none", "balanced"),
     "sampler": ("random", "balanced"),
     "augment": ("none", "light", "fer", "strong"),
-    "tta": ("none", "flip"),
+    "tta": ("none", "flip", "shift"),
     "metric": ("macro_f1", "accuracy", "balanced_accuracy", "loss"),
     "device": ("auto", "cpu", "cuda", "mps"),
 }
@@ -162,6 +164,9 @@ def validate(cfg: Config) -> Config:
             re.compile(cfg.group_by)
         except re.error as exc:
             raise ConfigError(f"group_by {cfg.group_by!r} is not a valid regular expression: {exc}") from exc
+    if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.label_smoothing < 1:
+        raise ConfigError(f"mixup and cutmix must be >= 0 and label_smoothing in [0, 1); got mixup={cfg.mixup}, "
+                          f"cutmix={cfg.cutmix}, label_smoothing={cfg.label_smoothing}")
     if not 0 <= cfg.freeze_epochs <= cfg.epochs:
         raise ConfigError(f"freeze_epochs ({cfg.freeze_epochs}) must be between 0 and epochs ({cfg.epochs})")
     return cfg

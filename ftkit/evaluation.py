@@ -21,14 +21,44 @@ from sklearn.metrics import (
     f1_score,
 )
 
+from .config import CHOICES
 from .io import atomic_write
+
+
+TTA_MODES = CHOICES["tta"]
+TTA_SHIFT = 0.06  # fraction of the side by which ``shift`` moves the image: ~4 px at 64x64
+
+
+def tta_views(x: torch.Tensor, mode: str = "none") -> list[torch.Tensor]:
+    """The views of a batch [N, C, H, W] that test-time augmentation averages over.
+
+    ``flip``: the image and its mirror. ``shift``: both of those, each also moved by
+    ``TTA_SHIFT`` of its side up, down, left and right (edge pixels repeated): 10 views, the
+    FER literature's ten-crop without shrinking the face.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {mode!r}; choose from {', '.join(TTA_MODES)}")
+    views = [x] if mode == "none" else [x, x.flip(-1)]
+    if mode == "shift":
+        h, w = x.shape[-2:]
+        s = max(1, round(TTA_SHIFT * min(h, w)))
+        padded = [torch.nn.functional.pad(v, (s, s, s, s), mode="replicate") for v in views]
+        offsets = [(0, s), (2 * s, s), (s, 0), (s, 2 * s)]  # (top, left) of the window in the padded image
+        views += [p[..., top:top + h, left:left + w] for p in padded for top, left in offsets]
+    return views
+
+
+def tta_probs(forward, x: torch.Tensor, mode: str = "none") -> torch.Tensor:
+    """Softmax probabilities of ``forward`` (batch -> logits) averaged over the TTA views of ``x``."""
+    views = tta_views(x, mode)
+    return sum(forward(v).float().softmax(1) for v in views) / len(views)
 
 
 @torch.no_grad()
 def predict_probs(model, loader, device, tta: str = "none", autocast=nullcontext, progress=None):
     """Softmax probabilities and labels for every batch of ``loader``.
 
-    With ``tta='flip'`` the probabilities are averaged over the image and its mirror.
+    ``tta`` is one of ``TTA_MODES`` (see ``tta_views``): probabilities are averaged over the views.
     Returns (probs [N, C] float64, labels [N] int64, mean cross-entropy loss).
     """
     model.eval()
@@ -36,10 +66,7 @@ def predict_probs(model, loader, device, tta: str = "none", autocast=nullcontext
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         with autocast():
-            logits = model(x).float()
-            p = logits.softmax(1)
-            if tta == "flip":
-                p = (p + model(x.flip(-1)).float().softmax(1)) / 2
+            p = tta_probs(model, x, tta)
         loss_sum += torch.nn.functional.nll_loss(p.clamp_min(1e-12).log(), y.to(device), reduction="sum").item()
         probs.append(p.cpu().double().numpy())
         labels.append(y.numpy())

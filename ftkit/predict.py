@@ -12,7 +12,7 @@ import torch
 
 from .config import Config, config_from_dict
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
-from .evaluation import predict_probs, write_predictions
+from .evaluation import predict_probs, tta_probs, write_predictions
 from .io import read_json, write_json, write_yaml
 from .models import DataConfig, create
 from .runs import load_checkpoint, require_run
@@ -134,11 +134,9 @@ class Predictor:
     def probs(self, images: list[np.ndarray], tta: str = "none", batch_size: int = 64) -> np.ndarray:
         out = []
         for i in range(0, len(images), batch_size):
-            x = torch.stack([self.transform(img) for img in images[i:i + batch_size]]).numpy().astype(np.float32)
-            p = _softmax(self._forward(x))
-            if tta == "flip":
-                p = (p + _softmax(self._forward(np.ascontiguousarray(x[..., ::-1])))) / 2
-            out.append(p)
+            x = torch.stack([self.transform(img) for img in images[i:i + batch_size]]).float()
+            p = tta_probs(lambda v: torch.from_numpy(self._forward(np.ascontiguousarray(v.numpy()))), x, tta)
+            out.append(p.double().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
 
@@ -150,12 +148,6 @@ def open_predictor(target: str | Path, device: str = "auto") -> Predictor:
             raise DataError(f"ONNX model {target} not found")
         return Predictor.from_onnx(target)
     return Predictor.from_run(target, device)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 # --- faces in, predictions out -----------------------------------------------------------

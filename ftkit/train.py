@@ -209,19 +209,39 @@ def class_weight_tensor(data: DataSplits, cfg: Config) -> torch.Tensor | None:
 # --- one epoch ---------------------------------------------------------------------------
 
 
+def make_mixer(cfg: Config, n_classes: int):
+    """timm's Mixup/CutMix for ``cfg.mixup`` / ``cfg.cutmix`` (None when both are 0).
+
+    It returns mixed images and soft targets; label smoothing and class weights stay with the
+    cross-entropy loss, which takes soft targets as they are.
+    """
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=0.0, num_classes=n_classes)
+
+
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, step_when, device, autocast, scaler,
-                    memory_format=None, bar=None, task=None):
-    """One pass over the training data; returns mean loss, accuracy and images/s."""
+                    memory_format=None, bar=None, task=None, mixer=None):
+    """One pass over the training data; returns mean loss, accuracy and images/s.
+
+    With a ``mixer`` (see ``make_mixer``) each batch is mixed; an odd-sized last batch, which
+    timm's Mixup cannot pair up, is trained unmixed. Accuracy is then against the unmixed labels.
+    """
     model.train()
     freeze_bn_of_frozen(model)
     seen, correct, loss_sum, start = 0, 0, 0.0, time.perf_counter()
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        target = y
+        if mixer is not None and len(y) % 2 == 0:
+            x, target = mixer(x, y)
         if memory_format is not None:
             x = x.contiguous(memory_format=memory_format)
         with autocast():
             logits = model(x)
-            loss = criterion(logits.float(), y)
+            loss = criterion(logits.float(), target)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -333,6 +353,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
     dc = resolve_data_config(model, cfg)
     train_loader, eval_loaders, generator, train_tf = make_loaders(data, dc, cfg, device)
     criterion = nn.CrossEntropyLoss(weight=_to(class_weight_tensor(data, cfg), device), label_smoothing=cfg.label_smoothing)
+    mixer = make_mixer(cfg, len(data.classes))
     optimizer = build_optimizer(model, cfg)
     scheduler, step_when = build_scheduler(optimizer, cfg, len(train_loader))
     autocast, scaler = autocast_for(device, cfg.amp)
@@ -361,7 +382,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
                 train_tf.reseed(cfg.seed + epoch)
                 task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}]", total=len(train_loader), info="")
                 stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, step_when, device,
-                                        autocast, scaler, memory_format, bar, task)
+                                        autocast, scaler, memory_format, bar, task, mixer)
                 probs, labels, val_loss = predict_probs(model, eval_loaders["val"], device, "none", autocast)
                 row = {"epoch": epoch + 1, "phase": phase.name, **stats, "val_loss": val_loss,
                        **{f"val_{k}": v for k, v in quick_metrics(labels, probs.argmax(1)).items()},
@@ -405,7 +426,8 @@ def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: 
     table.add_row("phases", "; ".join(
         f"{p['name']} epochs {p['epochs'][0]}-{p['epochs'][1]} (backbone lr {p['lr_backbone']:g})" for p in describe_phases(phases, cfg)))
     table.add_row("optimisation", f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.scheduler} schedule, batch {cfg.batch_size}, "
-                                  f"augment {cfg.augment if not cfg.augment_pipeline else 'recipe pipeline'}, label smoothing {cfg.label_smoothing:g}")
+                                  f"augment {cfg.augment if not cfg.augment_pipeline else 'recipe pipeline'}, label smoothing {cfg.label_smoothing:g}"
+                                  + (f", mixup {cfg.mixup:g}" if cfg.mixup else "") + (f", cutmix {cfg.cutmix:g}" if cfg.cutmix else ""))
     out.print(table)
 
 

@@ -117,12 +117,14 @@ def test_evaluate_on_another_folder(trained, tmp_path):
     assert again.exit_code == 0 and (run / "eval" / "other-2" / "report.json").is_file()
 
 
-def test_evaluate_own_test_split_with_tta(trained):
+@pytest.mark.parametrize("tta", ["flip", "shift"])
+def test_evaluate_own_test_split_with_tta(trained, tta):
     _, run = trained
-    result = invoke("evaluate", run, "--split", "test", "--tta", "flip", "--name", "own-tta")
+    result = invoke("evaluate", run, "--split", "test", "--tta", tta, "--name", f"own-{tta}")
     assert result.exit_code == 0, result.output
-    report = json.loads((run / "eval" / "own-tta" / "report.json").read_text())
-    assert report["n"] == 12
+    folder = run / "eval" / f"own-{tta}"
+    assert json.loads((folder / "report.json").read_text())["n"] == 12
+    assert json.loads((folder / "run.json").read_text())["eval_tta"] == tta
 
 
 def test_predict_prints_and_writes_csv_and_json(trained, tmp_path):

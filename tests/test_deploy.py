@@ -77,13 +77,15 @@ def test_export_fails_beyond_tolerance(run, tmp_path, monkeypatch):
     assert (tmp_path / "m.onnx.failed").is_file() and not (tmp_path / "m.onnx").exists()
 
 
-def test_onnx_and_pytorch_predictions_agree(run, tmp_path):
+@pytest.mark.parametrize("tta", ["none", "shift"])
+def test_onnx_and_pytorch_predictions_agree(run, tmp_path, tta):
     invoke("export", run, "--out", tmp_path / "m.onnx")
     rng = np.random.default_rng(4)
     for i in range(6):
         Image.fromarray(class_image(i % 3, rng)).save(tmp_path / f"img{i}.png")
-    invoke("predict", run, *[tmp_path / f"img{i}.png" for i in range(6)], "--output", tmp_path / "torch.json")
-    invoke("predict", tmp_path / "m.onnx", *[tmp_path / f"img{i}.png" for i in range(6)], "--output", tmp_path / "onnx.json")
+    images = [tmp_path / f"img{i}.png" for i in range(6)]
+    invoke("predict", run, *images, "--tta", tta, "--output", tmp_path / "torch.json")
+    invoke("predict", tmp_path / "m.onnx", *images, "--tta", tta, "--output", tmp_path / "onnx.json")
     a = json.loads((tmp_path / "torch.json").read_text())
     b = json.loads((tmp_path / "onnx.json").read_text())
     for ra, rb in zip(a, b):

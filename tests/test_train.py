@@ -1,10 +1,12 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from ftkit import train as train_mod
+from ftkit.config import ConfigError
 from ftkit.models import create, head_parameter_names, set_trainable, stage_groups
 from ftkit.train import Phase, build_optimizer, cosine_with_warmup, finetune, plan_phases, resume
 from conftest import tiny_config
@@ -176,3 +178,32 @@ def test_channels_1_adapts_pretrained_first_conv(split_folder, tmp_path):
     w3, w1 = rgb.conv_stem.weight, gray.conv_stem.weight
     assert w1.shape[1] == 1
     torch.testing.assert_close(w1[:, 0], w3.sum(1))
+
+
+def test_mixer_is_off_by_default_and_mixes_pairs_when_on(split_folder, tmp_path):
+    assert train_mod.make_mixer(tiny_config(split_folder, tmp_path), 3) is None
+    mixer = train_mod.make_mixer(tiny_config(split_folder, tmp_path, mixup=0.4), 3)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    x, y = torch.rand(8, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    mixed, target = mixer(x.clone(), y)
+    assert target.shape == (8, 3) and torch.allclose(target.sum(1), torch.ones(8))
+    # image i is blended with image 7 - i (timm mixes a batch with its reverse); 0 and 7 differ in class
+    lam = target[0, 0].item()
+    assert 0 < lam < 1 and torch.allclose(mixed[0], lam * x[0] + (1 - lam) * x[7], atol=1e-6)
+
+
+def test_training_with_mixup_and_cutmix_runs_and_is_recorded(split_folder, tmp_path):
+    plain = finetune(tiny_config(split_folder, tmp_path, name="plain"))
+    result = finetune(tiny_config(split_folder, tmp_path, mixup=0.2, cutmix=1.0, name="mixed"))
+    rows = _metrics(result.run_dir)
+    assert len(rows) == 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+    # same seed, same batches: only the mixing makes the losses differ
+    assert [r["train_loss"] for r in rows] != [r["train_loss"] for r in _metrics(plain.run_dir)]
+    args = (result.run_dir / "args.yaml").read_text()
+    assert "mixup: 0.2" in args and "cutmix: 1.0" in args
+
+
+def test_negative_mixup_is_refused(split_folder, tmp_path):
+    with pytest.raises(ConfigError, match="mixup"):
+        tiny_config(split_folder, tmp_path, mixup=-0.1)
