@@ -25,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import yaml
 from common import ROOT, append_row, command_line, extract_fer, heldout_layout, machine
 
 from ftkit.config import resolve
@@ -53,13 +54,13 @@ def mean_std(values: list[float]) -> str:
 
 
 def parse_variant(text: str) -> dict[str, str]:
-    """``"key=value key=value"``; values are parsed by the config's own type checks."""
+    """``"key=value key=value"``; values are read as YAML scalars, as a recipe's are."""
     pairs = {}
     for item in text.split():
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--variant expects KEY=VALUE pairs, got {item!r}")
-        pairs[key.replace("-", "_")] = value
+        pairs[key.replace("-", "_")] = yaml.safe_load(value)
     return pairs
 
 
