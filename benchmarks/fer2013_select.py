@@ -18,15 +18,16 @@ from pathlib import Path
 
 from common import ROOT, append_row, command_line, extract_fer, heldout_layout, machine
 
+D = ["--lr", "0.001", "--backbone-lr-mult", "1.0", "--freeze-epochs", "0"]
 VARIANTS = {
     "A": ["--lr", "0.002", "--backbone-lr-mult", "0.5", "--freeze-epochs", "1"],
     "B": ["--lr", "0.001", "--backbone-lr-mult", "0.1", "--freeze-epochs", "1"],
     "C": ["--lr", "0.0005", "--backbone-lr-mult", "1.0", "--freeze-epochs", "0"],
-    "D": ["--lr", "0.001", "--backbone-lr-mult", "1.0", "--freeze-epochs", "0"],
+    "D": D,
     # D at other input sizes, in channels-last memory format (faster on the CPU too)
-    "G": ["--lr", "0.001", "--backbone-lr-mult", "1.0", "--freeze-epochs", "0", "--channels-last"],
-    "E": ["--lr", "0.001", "--backbone-lr-mult", "1.0", "--freeze-epochs", "0", "--img-size", "80", "--channels-last"],
-    "F": ["--lr", "0.001", "--backbone-lr-mult", "1.0", "--freeze-epochs", "0", "--img-size", "96", "--channels-last"],
+    "G": D + ["--channels-last"],
+    "E": D + ["--img-size", "80", "--channels-last"],
+    "F": D + ["--img-size", "96", "--channels-last"],
 }
 SECTIONS = (  # a run that includes G, E or F writes to the second (its D is the same-run baseline)
     "FER2013 recipe selection proxy (400 images/class, 3 epochs, mobilenetv2 64x64)",

@@ -23,6 +23,7 @@ import copy
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -53,7 +54,7 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.4f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.4f}"
 
 
-def parse_variant(text: str) -> dict[str, str]:
+def parse_variant(text: str) -> dict[str, Any]:
     """``"key=value key=value"``; values are read as YAML scalars, as a recipe's are."""
     pairs = {}
     for item in text.split():
@@ -92,7 +93,7 @@ def main() -> None:
                         append_row(section, header, row)
 
 
-def run_cell(args, base, full, method: str, sets: dict[str, str], size: int, shots: int) -> tuple[str, str, str]:
+def run_cell(args, base, full, method: str, sets: dict[str, Any], size: int, shots: int) -> tuple[str, str, str]:
     """One cell of the grid over every seed: its BENCHMARKS.md row, section and header."""
     accs, f1s, vals, secs = [], [], [], []
     tag = "".join(f"-{k}{v}" for k, v in sets.items())

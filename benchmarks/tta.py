@@ -10,6 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
 from common import append_row, command_line, machine
 
 from ftkit.evaluation import TTA_MODES, tta_views
@@ -26,7 +27,6 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=list(TTA_MODES), choices=TTA_MODES)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    import torch
 
     for mode in args.modes:
         scores = {}
