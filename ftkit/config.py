@@ -75,7 +75,7 @@ class Config:
     # --- runtime ----------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = False  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
-    channels_last: bool = False  # channels-last memory format (faster on recent GPUs, and 1.3-1.4x for MobileNetV2 on a CPU)
+    channels_last: bool = False  # channels-last memory format (faster on recent GPUs, and for MobileNetV2 on a CPU)
     seed: int = 0  # seeds splits, sampling, augmentation and initialisation
     project: str = "runs"  # parent folder of run directories
     name: str | None = None  # run directory name (default: <data>-<backbone>, numbered if taken)
