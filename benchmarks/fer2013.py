@@ -4,6 +4,9 @@ BENCHMARKS.md.
 
     python benchmarks/fer2013.py --recipe recipes/fer2013-fast.yaml
     python benchmarks/fer2013.py --recipe recipes/fer2013-fast.yaml --drop-class disgust
+
+A run longer than one sitting can be continued from its last finished epoch with --resume; the
+wall-time column then sums the epochs' measured times (training and validation) over all sittings.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from common import ROOT, append_row, command_line, extract_fer, heldout_layout, machine
 
 from ftkit.config import resolve
-from ftkit.train import finetune
+from ftkit.train import finetune, resume
 
 HEADER = ("| recipe | classes | backbone | weights | epochs | wall time | train img/s | PublicTest accuracy "
           "| PublicTest macro-F1 | per-class F1 | machine | command |\n"
@@ -30,6 +33,8 @@ def main() -> None:
     parser.add_argument("--drop-class", action="append", default=[], help="e.g. disgust (the 6-class setting)")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue this recipe's unfinished run under WORK/runs instead of starting a new one")
     args = parser.parse_args()
 
     work = Path(args.work)
@@ -37,21 +42,32 @@ def main() -> None:
     name = Path(args.recipe).stem + ("-no-" + "-".join(args.drop_class) if args.drop_class else "")
     cfg = resolve(args.recipe, data=str(layout), val_split=0.1, drop_classes=args.drop_class,
                   epochs=args.epochs, project=str(work / "runs"), name=name)
+    unfinished = work / "runs" / name
     started = time.perf_counter()
-    result = finetune(cfg)
-    wall = time.perf_counter() - started
+    if args.resume and (unfinished / "checkpoints" / "last.state.pt").is_file() and not _finished(unfinished):
+        result = resume(unfinished)
+        wall_note = f" (epochs summed over sittings, {len(result.history)} epochs)"
+        wall = result.record["train_seconds"]
+    else:
+        result = finetune(cfg)
+        wall_note, wall = "", time.perf_counter() - started
     report, record = result.report, result.record
     per_class = ", ".join(f"{c} {m['f1']:.2f}" for c, m in report["per_class"].items())
     weights = record["weights"]
     row = (f"| {Path(args.recipe).name} | {len(report['classes'])} | {record['backbone']} "
            f"| {weights['source']} {str(weights.get('sha256') or '')[:12]} | {record['epochs_run']} "
-           f"| {wall / 60:.1f} min | {record['train_images_per_s']:.0f} | {report['accuracy']:.4f} "
+           f"| {wall / 60:.1f} min{wall_note} | {record['train_images_per_s']:.0f} | {report['accuracy']:.4f} "
            f"| {report['macro_f1']:.4f} | {per_class} | {machine()} | `{command_line()}` |")
     print(json.dumps({"run": str(result.run_dir), "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
                       "wall_s": round(wall, 1)}, indent=2))
     print(row)
     if not args.no_write:
         append_row("FER2013 (7 classes unless noted; PublicTest held out)", HEADER, row)
+
+
+def _finished(run: Path) -> bool:
+    record = run / "run.json"
+    return record.is_file() and json.loads(record.read_text()).get("status") == "finished"
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from .io import atomic_write, read_json, write_json, write_text
 from .runs import RunError
 
 METRIC_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                  "val_balanced_accuracy", "val_macro_f1", "lr", "images_per_s"]
+                  "val_balanced_accuracy", "val_macro_f1", "lr", "images_per_s", "seconds"]
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
@@ -34,7 +34,8 @@ def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return [{k: (v if k == "phase" else float(v)) for k, v in r.items()} for r in rows]
+    # a column an older version did not write is empty in the rows it wrote: left out of those rows
+    return [{k: (v if k == "phase" else float(v)) for k, v in r.items() if v != ""} for r in rows]
 
 
 def write_report(folder: Path, predictions: Path | None = None, history_from: Path | None = None) -> dict[str, Any]:

@@ -370,7 +370,6 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
     update_record(run, status="running", device=str(device), phases=describe_phases(phases, cfg), data_config=dc.to_dict())
     _print_plan(out, run, cfg, data, phases, device, dc)
 
-    started = time.perf_counter()
     try:
         with progress_bar(out) as bar:
             for epoch in range(start_epoch, cfg.epochs):
@@ -380,13 +379,14 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
                 seed_everything(cfg.seed + 1000 * (epoch + 1))
                 generator.manual_seed(cfg.seed + epoch)
                 train_tf.reseed(cfg.seed + epoch)
+                epoch_started = time.perf_counter()
                 task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}]", total=len(train_loader), info="")
                 stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, step_when, device,
                                         autocast, scaler, memory_format, bar, task, mixer)
                 probs, labels, val_loss = predict_probs(model, eval_loaders["val"], device, "none", autocast)
                 row = {"epoch": epoch + 1, "phase": phase.name, **stats, "val_loss": val_loss,
                        **{f"val_{k}": v for k, v in quick_metrics(labels, probs.argmax(1)).items()},
-                       "lr": optimizer.param_groups[-1]["lr"]}
+                       "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - epoch_started}
                 history.append(row)
                 score = row[f"val_{cfg.metric}"]
                 if step_when == "epoch":
@@ -406,8 +406,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
         update_record(run, status="interrupted")
         out.print(f"[yellow]interrupted; continue with: ftkit finetune --resume {run}")
         raise
-    train_seconds = time.perf_counter() - started
-    return _finish(run, cfg, data, model, eval_loaders, device, autocast, history, train_seconds, out)
+    return _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out)
 
 
 def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: list[Phase], device, dc) -> None:
@@ -452,7 +451,7 @@ def _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, 
     })
 
 
-def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, train_seconds, out) -> RunResult:
+def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out) -> RunResult:
     """Reload the best checkpoint, predict on the eval split, write every report file."""
     from .report import print_report, write_report
 
@@ -462,6 +461,8 @@ def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, trai
     probs, labels, _ = predict_probs(model, eval_loaders[split], device, cfg.tta, autocast)
     write_predictions(run / "predictions.csv", data.splits[split].keys, labels, probs, data.classes)
     images_per_s = float(np.mean([h["images_per_s"] for h in history])) if history else 0.0
+    # summed over epochs (training and validation), so a resumed run counts every segment
+    train_seconds = sum(h.get("seconds", 0.0) for h in history)
     record = update_record(
         run, status="finished", best_epoch=best_meta["epoch"], epochs_run=len(history), eval_split=split,
         eval_note=None if split == "test" else "no test split: reported on val, which also chose the best epoch",

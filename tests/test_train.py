@@ -97,9 +97,12 @@ def test_unknown_optimizer_lists_valid_names(split_folder, tmp_path):
         tiny_config(split_folder, tmp_path, optimizer="adamm")
 
 
+TIMING_COLUMNS = ("images_per_s", "seconds")
+
+
 def _metrics(run):
     with open(run / "metrics.csv") as f:
-        return [{k: v for k, v in row.items() if k != "images_per_s"} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)]
 
 
 @pytest.mark.slow
@@ -157,6 +160,11 @@ def test_resume_continues_from_the_last_epoch_exactly(split_folder, tmp_path, mo
     assert resumed.run_dir == cut
     assert [r["epoch"] for r in _metrics(cut)] == ["1", "2", "3"]
     assert _metrics(cut) == _metrics(full.run_dir)
+    # the recorded time covers the epochs of both sittings, not just the resumed one
+    with open(cut / "metrics.csv") as f:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+    assert len(seconds) == 3 and all(s > 0 for s in seconds)
+    assert json.loads((cut / "run.json").read_text())["train_seconds"] == pytest.approx(sum(seconds), abs=0.1)
 
 
 @pytest.mark.slow
