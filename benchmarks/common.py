@@ -58,8 +58,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # benchmarks/faces.py can run in an environment without torch
+        return f"{os.cpu_count()} CPU cores ({cpu}), no torch, threads 1"
     return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, threads {torch.get_num_threads()}"
 
 

@@ -3,6 +3,8 @@ and not the whole frame.
 
 The detector is OpenCV's Haar cascade (it ships inside ``opencv-python-headless<5``): the
 frontal "default" cascade first, the "alt2" cascade as a fallback for the faces it misses.
+It found more faces than MediaPipe's BlazeFace models on the frames of
+``benchmarks/faces.py`` (BENCHMARKS.md), though at ~50x their CPU time per frame.
 Detected boxes are cached on disk per file (path, size and mtime), so a second run does
 not detect again.
 """
