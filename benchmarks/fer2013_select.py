@@ -4,6 +4,8 @@ of Training (``val accuracy``); PublicTest is printed too, but is not what decid
 
     python benchmarks/fer2013_select.py                      # learning rate / freezing (A-D)
     python benchmarks/fer2013_select.py --variants D G E F   # input size and memory format
+    python benchmarks/fer2013_select.py --variants E H I J K L M   # backbone, label smoothing,
+        # mixup/cutmix, balanced sampling, augmentation strength, each against E
     python benchmarks/fer2013_select.py --summarize /tmp/ftkit-bench/select   # rows from finished runs
 """
 
@@ -29,9 +31,19 @@ VARIANTS = {
     "E": D + ["--img-size", "80", "--channels-last"],
     "F": D + ["--img-size", "96", "--channels-last"],
 }
-SECTIONS = (  # a run that includes G, E or F writes to the second (its D is the same-run baseline)
-    "FER2013 recipe selection proxy (400 images/class, 3 epochs, mobilenetv2 64x64)",
-    "FER2013 input size and memory format (same proxy; 64x64 unless the settings say otherwise)",
+E = VARIANTS["E"]  # the fast recipe's settings: the baseline of the next group
+VARIANTS.update({
+    "H": E + ["--backbone", "efficientnet_lite0"],
+    "I": E + ["--label-smoothing", "0"],
+    "J": E + ["--mixup", "0.2", "--cutmix", "1.0"],
+    "K": E + ["--sampler", "balanced"],
+    "L": E + ["--augment", "light"],
+    "M": E + ["--augment", "strong"],
+})
+SECTIONS = (  # (variants that send a run's rows there, section); the first match wins
+    (set("HIJKLM"), "FER2013 backbone, regularisation, sampling and augmentation (same proxy; E is the baseline)"),
+    (set("GEF"), "FER2013 input size and memory format (same proxy; 64x64 unless the settings say otherwise)"),
+    (set(VARIANTS), "FER2013 recipe selection proxy (400 images/class, 3 epochs, mobilenetv2 64x64)"),
 )
 HEADER = ("| variant | settings | val accuracy (Training slice, decides) | PublicTest accuracy | wall time | machine | command |\n"
           "|---|---|---|---|---|---|---|")
@@ -67,7 +79,7 @@ def main() -> None:
                f"| {machine()} | `{command}` |")
         print(row)
         if not args.no_write:
-            append_row(SECTIONS[bool(set(variants) & set("GEF"))], HEADER, row)
+            append_row(next(title for names, title in SECTIONS if names & set(variants)), HEADER, row)
 
 
 if __name__ == "__main__":
