@@ -89,7 +89,7 @@ def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: 
     row = {"epoch": 1, "phase": f"logreg C={best_c:g}", "train_loss": float("nan"),
            "train_accuracy": float((clf.predict(z["train"]) == y["train"]).mean()), "val_loss": float("nan"),
            **{f"val_{k}": v for k, v in val.items()}, "lr": 0.0,
-           "images_per_s": len(y["train"]) / max(seconds, 1e-9)}
+           "images_per_s": len(y["train"]) / max(seconds, 1e-9), "seconds": seconds}
     out.print(f"logreg head: C={best_c:g} chosen on val {key} ({', '.join(f'{c:g}: {s:.3f}' for c, s in scores.items())})")
     write_metrics_csv(run / "metrics.csv", [row])
     update_record(run, device=str(device), data_config=dc.to_dict(),
@@ -100,4 +100,4 @@ def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: 
         save_checkpoint(run / "checkpoints" / stem, model, meta)
     # predictions use the same flip averaging that the embeddings used
     cfg_eval = Config(**{**cfg.to_dict(), "tta": "flip"})
-    return _finish(run, cfg_eval, data, model, loaders, device, nullcontext, [row], seconds, out)
+    return _finish(run, cfg_eval, data, model, loaders, device, nullcontext, [row], out)

@@ -129,6 +129,7 @@ def test_heads_train_and_predict_through_the_cli(head, split_folder, tmp_path):
     run = tmp_path / "runs" / head
     report = json.loads((run / "report.json").read_text())
     assert report["n"] == 12
+    assert json.loads((run / "run.json").read_text())["train_seconds"] > 0
     if head == "linear":
         phases = json.loads((run / "run.json").read_text())["phases"]
         assert [p["name"] for p in phases] == ["head"]
