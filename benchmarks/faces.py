@@ -4,7 +4,7 @@ invents, and how fast. Decides which detector `--faces crop` should use.
 Frames are 720x576 (a PAL film frame) over natural backgrounds from scikit-image:
 - "FER2013 faces": a FER2013 PublicTest face (48x48, tightly cropped) upscaled to a random
   side of 72-288 px and pasted at a random place; the paste is the true box.
-- "astronaut": scikit-image's astronaut photo scaled 0.25-1.2x at a random place (a face
+- "astronaut": scikit-image's astronaut photo scaled 0.25-1.1x at a random place (a face
   with its head and shoulders around it; true box measured once by eye, as in the tests).
 - "no face": the backgrounds alone; any detection there is a false one. The cat photo among
   the backgrounds is counted apart: a cat's face is a hard negative, not a blank one.
