@@ -9,6 +9,9 @@ import shlex
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -80,3 +83,15 @@ def append_row(section: str, header: str, row: str) -> None:
     end = len(text) if end == -1 else end + 1
     block = text[start:end].rstrip("\n") + "\n" + row + "\n"
     BENCHMARKS_MD.write_text(text[:start] + block + ("\n" + text[end:] if end < len(text) else ""))
+
+
+def parse_settings(text: str, flag: str) -> dict[str, Any]:
+    """``"key=value key=value"`` (recipe settings given on a command line); values are read
+    as YAML scalars, as a recipe's are, and dashes in keys become underscores."""
+    pairs = {}
+    for item in text.split():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag} expects KEY=VALUE pairs, got {item!r}")
+        pairs[key.replace("-", "_")] = yaml.safe_load(value)
+    return pairs

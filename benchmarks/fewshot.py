@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from common import ROOT, append_row, command_line, extract_fer, heldout_layout, machine
+from common import ROOT, append_row, command_line, extract_fer, heldout_layout, machine, parse_settings
 
 from ftkit.config import resolve
 from ftkit.data import apply_shots, load_data
@@ -54,17 +53,6 @@ def mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.4f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.4f}"
 
 
-def parse_variant(text: str) -> dict[str, Any]:
-    """``"key=value key=value"``; values are read as YAML scalars, as a recipe's are."""
-    pairs = {}
-    for item in text.split():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--variant expects KEY=VALUE pairs, got {item!r}")
-        pairs[key.replace("-", "_")] = yaml.safe_load(value)
-    return pairs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "fewshot.yaml"))
@@ -77,7 +65,7 @@ def main() -> None:
                         help="recipe settings to try, for every method (repeatable: one row each)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    variants = [parse_variant(v) for v in args.variant]
+    variants = [parse_settings(v, "--variant") for v in args.variant]
 
     work = Path(args.work)
     layout = heldout_layout(extract_fer(work), work)
