@@ -85,6 +85,13 @@ def append_row(section: str, header: str, row: str) -> None:
     BENCHMARKS_MD.write_text(text[:start] + block + ("\n" + text[end:] if end < len(text) else ""))
 
 
+def emit_row(section: str, header: str, row: str, write: bool = True) -> None:
+    """Print a measured row and, unless ``write`` is false (--no-write), append it to BENCHMARKS.md."""
+    print(row, flush=True)
+    if write:
+        append_row(section, header, row)
+
+
 def parse_settings(text: str, flag: str) -> dict[str, Any]:
     """``"key=value key=value"`` (recipe settings given on a command line); values are read
     as YAML scalars, as a recipe's are, and dashes in keys become underscores."""

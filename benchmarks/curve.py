@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from common import append_row, command_line
+from common import command_line, emit_row
 
 HEADER = ("| run | epoch | phase | training time, measured | training time at the run's median speed | train images/s "
           "| val accuracy (Training slice) | val macro-F1 | command |\n|---|---|---|---|---|---|---|---|---|")
@@ -38,9 +38,7 @@ def main() -> None:
         line = (f"| {run.name} | {row['epoch']} | {row['phase']} | {minutes:.1f} min | {steady:.1f} min "
                 f"| {float(row['images_per_s']):.0f} "
                 f"| {float(row['val_accuracy']):.4f} | {float(row['val_macro_f1']):.4f} | `{command_line()}` |")
-        print(line)
-        if not args.no_write:
-            append_row(f"Accuracy versus training time: {run.name}", HEADER, line)
+        emit_row(f"Accuracy versus training time: {run.name}", HEADER, line, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import append_row, command_line, extract_fer, machine
+from common import command_line, emit_row, extract_fer, machine
 from skimage import data as skimage_data
 
 from ftkit.faces import detect_faces
@@ -176,9 +176,7 @@ def main() -> None:
                f"| {fer['astronaut'] / ast['astronaut']:.1%} ({fer['astronaut']}/{ast['astronaut']}) "
                f"| {'/'.join(map(str, r['false_frames']['empty']))} | {'/'.join(map(str, r['false_frames']['cat']))} "
                f"| {r['ms']:.1f} | {machine()} | `{command_line()}` |")
-        print(row)
-        if not args.no_write:
-            append_row("Face detectors on film-sized frames", HEADER, row)
+        emit_row("Face detectors on film-sized frames", HEADER, row, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from common import ROOT, append_row, command_line, extract_fer, heldout_layout, machine, parse_settings
+from common import ROOT, command_line, emit_row, extract_fer, heldout_layout, machine, parse_settings
 
 from ftkit.config import resolve
 from ftkit.train import finetune, resume
@@ -69,9 +69,7 @@ def main() -> None:
            f"| {report['macro_f1']:.4f} | {per_class} | {machine()} | `{command_line()}` |")
     print(json.dumps({"run": str(result.run_dir), "accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
                       "wall_s": round(wall, 1)}, indent=2))
-    print(row)
-    if not args.no_write:
-        append_row("FER2013 (7 classes unless noted; PublicTest held out)", HEADER, row)
+    emit_row("FER2013 (7 classes unless noted; PublicTest held out)", HEADER, row, write=not args.no_write)
 
 
 def _finished(run: Path) -> bool:

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, append_row, command_line, extract_fer, heldout_layout, machine
+from common import ROOT, command_line, emit_row, extract_fer, heldout_layout, machine
 
 D = ["--lr", "0.001", "--backbone-lr-mult", "1.0", "--freeze-epochs", "0"]
 VARIANTS = {
@@ -77,9 +77,8 @@ def main() -> None:
         record = json.loads((run / "run.json").read_text())
         row = (f"| {name} | {' '.join(flags)} | {val:.4f} | {report['accuracy']:.4f} | {record['train_seconds']:.0f} s "
                f"| {machine()} | `{command}` |")
-        print(row)
-        if not args.no_write:
-            append_row(next(title for names, title in SECTIONS if names & set(variants)), HEADER, row)
+        section = next(title for names, title in SECTIONS if names & set(variants))
+        emit_row(section, HEADER, row, write=not args.no_write)
 
 
 if __name__ == "__main__":

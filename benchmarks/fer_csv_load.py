@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import SHARED, append_row, command_line, machine
+from common import SHARED, command_line, emit_row, machine
 
 USAGE = [("Training", 28709), ("PublicTest", 3589), ("PrivateTest", 3589)]
 HEADER = ("| file | rows | size | loader | time | peak RSS | machine | command |\n"
@@ -83,9 +83,7 @@ def main() -> None:
         n, seconds, rss = out.stdout.split()[-3:]
         row = (f"| {path.name} | {n} | {size_mb:.0f} MB | {label} | {float(seconds):.1f} s | {rss} MB "
                f"| {machine()} | `{command_line()}` |")
-        print(row)
-        if not args.no_write:
-            append_row("FER2013 CSV loading (full-size file)", HEADER, row)
+        emit_row("FER2013 CSV loading (full-size file)", HEADER, row, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import ROOT, append_row, command_line, extract_fer, heldout_layout, machine, parse_settings
+from common import ROOT, command_line, emit_row, extract_fer, heldout_layout, machine, parse_settings
 
 from ftkit.config import resolve
 from ftkit.data import apply_shots, load_data
@@ -76,9 +76,7 @@ def main() -> None:
             for sets in variants or [{}]:
                 for shots in args.shots:
                     row, section, header = run_cell(args, base, full, method, sets, size, shots)
-                    console.print(row)
-                    if not args.no_write:
-                        append_row(section, header, row)
+                    emit_row(section, header, row, write=not args.no_write)
 
 
 def run_cell(args, base, full, method: str, sets: dict[str, Any], size: int, shots: int) -> tuple[str, str, str]:

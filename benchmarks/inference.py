@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import ROOT, append_row, command_line, machine
+from common import ROOT, command_line, emit_row, machine
 
 from ftkit.config import resolve
 from ftkit.export import _export_onnx
 from ftkit.models import INPUT_MODES, create, resolve_name
 
+SECTION = "Inference on the CPU (PyTorch eager vs onnxruntime, same run)"
 HEADER = ("| recipe(s) | backbone | input | engine | batch 1 p50 | batch 1 p95 | batch 1 img/s | batch 64 img/s "
           "| machine | command |\n|---|---|---|---|---|---|---|---|---|---|")
 
@@ -72,9 +73,7 @@ def main() -> None:
                     row = (f"| {', '.join(recipes)} | {name} | {side}x{side}x{channels} | {engine} "
                            f"| {np.percentile(one, 50) * 1e3:.1f} ms | {np.percentile(one, 95) * 1e3:.1f} ms "
                            f"| {1 / one.mean():.0f} | {64 / many.mean():.0f} | {machine()} | `{command_line()}` |")
-                    print(row, flush=True)
-                    if not args.no_write:
-                        append_row("Inference on the CPU (PyTorch eager vs onnxruntime, same run)", HEADER, row)
+                    emit_row(SECTION, HEADER, row, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import append_row, command_line, machine
+from common import command_line, emit_row, machine
 
 from ftkit.evaluation import TTA_MODES, tta_views
 from ftkit.predict import evaluate_run
@@ -38,9 +38,7 @@ def main() -> None:
         row = (f"| {Path(args.run).name} | {mode} | {len(tta_views(torch.zeros(1, 3, 8, 8), mode))} "
                f"| {val['accuracy']:.4f} | {val['macro_f1']:.4f} | {test['accuracy']:.4f} | {test['macro_f1']:.4f} "
                f"| {seconds:.0f} s | {machine()} | `{command_line()}` |")
-        print(row)
-        if not args.no_write:
-            append_row("Test-time augmentation on finished FER2013 runs", HEADER, row)
+        emit_row("Test-time augmentation on finished FER2013 runs", HEADER, row, write=not args.no_write)
 
 
 if __name__ == "__main__":
