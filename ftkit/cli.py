@@ -200,6 +200,50 @@ def evaluate(run, data, split, tta, name, device):
 
 
 @main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder for the ensemble's predictions and report.")
+@click.option("--data", help="Image folder or CSV to score on [default: the first run's own data and split file].")
+@click.option("--split", default="test", show_default=True, help="Split to score (a flat folder is scored whole).")
+@click.option("--tta", type=click.Choice(CHOICES["tta"]), help="Test-time augmentation for every run [default: each run's].")
+@click.option("--device", default="auto", show_default=True)
+@_friendly
+def ensemble(runs, out, data, split, tta, device):
+    """Average the class probabilities of several runs on the same images and report on them.
+
+    Each run keeps its own input size, preprocessing and TTA; the runs must share class names.
+    OUT gets predictions.csv, the report files and each member's predictions under members/.
+
+    \b
+    Example:
+      ftkit ensemble runs/fer-fast runs/fer-best --split test --out runs/fer-ensemble
+    """
+    from .ensemble import ensemble_runs
+    from .report import print_report
+
+    with progress_bar(console) as bar:
+        tasks = [bar.add_task(f"scoring {Path(r).name}", total=None) for r in runs]
+
+        def follow(i, total=None, advance=None):
+            if total is not None:
+                bar.update(tasks[i], total=total)
+            if advance:
+                bar.advance(tasks[i], advance)
+
+        folder, rep = ensemble_runs(list(runs), out, data, split, tta, device, console=console, progress=follow)
+    members = json.loads((folder / "run.json").read_text())["ensemble"]
+    table = Table(title=f"ensemble on {rep.get('split')} ({rep['n']} images)")
+    for col in ("run", "input", "TTA", "accuracy", "macro-F1"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for m in members:
+        table.add_row(m["run"], m["input"], m["tta"], f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}")
+    table.add_section()
+    table.add_row("[bold]ensemble (mean probability)", "", "", f"[bold]{rep['accuracy']:.4f}", f"[bold]{rep['macro_f1']:.4f}")
+    print_report(rep, console, title=f"{folder} ({rep.get('split')})")
+    console.print(table)
+    click.echo(str(folder))
+
+
+@main.command()
 @click.argument("model", type=click.Path())
 @click.argument("paths", nargs=-1)
 @click.option("--topk", default=3, show_default=True, help="Classes shown per image or face.")

@@ -118,6 +118,11 @@ def _card(path: str, true: str, probs: dict[str, float], data_path: str | None) 
 
 
 def _summary_rows(record: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str]]:
+    if record.get("ensemble"):
+        return [("ensemble", record["eval_note"]), ("data", str(record.get("eval_data")))] + [
+            (f"member {i}", f"{m['run']}: {m['backbone']} {m['input']}, TTA {m['tta']}, best epoch {m['best_epoch']}, "
+                            f"{m['train_seconds']} s training; accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
+            for i, m in enumerate(record["ensemble"], 1)]
     data = record.get("data", {})
     counts = data.get("counts", {})
     split_text = "; ".join(f"{s}: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.items())})" for s, c in counts.items())
@@ -160,7 +165,7 @@ def render_run(folder: Path, report: dict[str, Any], record: dict[str, Any], con
     confidence = probs.max(1) if len(probs) else np.zeros(0)
     correct = np.array([t == p for t, p in zip(true, pred)])
     ece, rows = expected_calibration_error(confidence, correct)
-    title = f"ftkit report: {folder}"
+    title = f"ftkit report: {report.get('run') or folder}"
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="muted">{report["split"] or "eval"} split, {report["n"]} images</p>',
              '<div class="metrics">' + "".join(

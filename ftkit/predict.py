@@ -52,19 +52,43 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     from .report import write_report
 
     loaded = load_run(run, device)
+    scored = score_run(loaded, data, split, tta, console)
+    folder = _new_eval_dir(loaded.run, name or f"{Path(scored.data).stem}-{scored.split}")
+    write_predictions(folder / "predictions.csv", scored.keys, scored.labels, scored.probs, loaded.classes)
+    write_json(folder / "run.json", {**read_json(loaded.run / "run.json"), "eval_split": scored.split,
+                                     "eval_data": scored.data, "eval_tta": scored.tta, "eval_note": None})
+    write_yaml(folder / "args.yaml", {**loaded.config.to_dict(), "data": scored.data})
+    return folder, write_report(folder)
+
+
+@dataclass
+class Scored:
+    """A run's class probabilities on one split: ``probs[i]`` belongs to image ``keys[i]``."""
+
+    keys: list[str]
+    labels: np.ndarray
+    probs: np.ndarray
+    split: str
+    data: str
+    tta: str
+
+
+def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", tta: str | None = None,
+              console=None, progress=None) -> Scored:
+    """Class probabilities of a loaded run on ``split`` of ``data`` (default: its own data and split).
+
+    ``progress(total=None, advance=None)`` is told the split's size once, then each batch's."""
     cfg = replace(loaded.config, data=data or loaded.config.data, splits=None if data else str(loaded.run / "split.csv"))
     dataset = load_data(cfg, console=console, classes=loaded.classes, carve=False)
     chosen = split if split in dataset.splits else ("all" if "all" in dataset.splits else None)
     if chosen is None:
         raise DataError(f"split {split!r} not found in {cfg.data}; it has: {', '.join(dataset.splits)}")
-    folder = _new_eval_dir(loaded.run, name or f"{Path(cfg.data).stem}-{chosen}")
     loader = torch.utils.data.DataLoader(ImageDataset(dataset.splits[chosen], eval_transform(loaded.data_config)), batch_size=128)
-    probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, tta or loaded.config.tta)
-    write_predictions(folder / "predictions.csv", dataset.splits[chosen].keys, labels, probs, loaded.classes)
-    write_json(folder / "run.json", {**read_json(loaded.run / "run.json"), "eval_split": chosen, "eval_data": cfg.data,
-                                     "eval_tta": tta or loaded.config.tta, "eval_note": None})
-    write_yaml(folder / "args.yaml", {**loaded.config.to_dict(), "data": cfg.data})
-    return folder, write_report(folder)
+    if progress:
+        progress(total=len(dataset.splits[chosen].keys))
+    probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, tta or loaded.config.tta,
+                                     progress=progress and (lambda n: progress(advance=n)))
+    return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta)
 
 
 def _new_eval_dir(run: Path, name: str) -> Path:

@@ -38,20 +38,23 @@ def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
     return [{k: (v if k == "phase" else float(v)) for k, v in r.items() if v != ""} for r in rows]
 
 
-def write_report(folder: Path, predictions: Path | None = None, history_from: Path | None = None) -> dict[str, Any]:
-    """Compute the report from ``predictions.csv`` in ``folder`` and write every report file."""
+def write_report(folder: Path, predictions: Path | None = None, name: str | None = None) -> dict[str, Any]:
+    """Compute the report from ``predictions.csv`` in ``folder`` and write every report file.
+
+    ``name`` is what the report calls the run (default: the folder), for a folder that is
+    written under a temporary name and moved into place when complete."""
     predictions = predictions or folder / "predictions.csv"
     if not predictions.is_file():
         raise RunError(f"{predictions} not found: is {folder} a finished ftkit run directory?")
     report = compute_report(predictions)
-    record_path = (history_from or folder) / "run.json"
+    record_path = folder / "run.json"
     record = read_json(record_path) if record_path.is_file() else {}
     report["split"] = record.get("eval_split")
-    report["run"] = str(history_from or folder)
+    report["run"] = name or str(folder)
     write_json(folder / "report.json", report)
     write_text(folder / "report.md", report_markdown(report, record))
     plot_confusion(report, folder)
-    history = read_metrics_csv((history_from or folder) / "metrics.csv")
+    history = read_metrics_csv(folder / "metrics.csv")
     if history:
         plot_curves(history, folder / "curves.png")
     from .html_report import write_run_html
@@ -62,7 +65,15 @@ def write_report(folder: Path, predictions: Path | None = None, history_from: Pa
 
 def report_markdown(report: dict[str, Any], record: dict[str, Any]) -> str:
     lines = [f"# ftkit report: {report['run']}", ""]
-    if record:
+    if record.get("ensemble"):
+        lines += [f"- ensemble: {record['eval_note']}; split reported: {report.get('split')} ({report['n']} images)",
+                  f"- data: {record.get('eval_data')}", "",
+                  "| member | backbone | input | TTA | best epoch | train time | accuracy | macro-F1 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {m['run']} | {m['backbone']} | {m['input']} | {m['tta']} | {m['best_epoch']} "
+                  f"| {m['train_seconds']} s | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for m in record["ensemble"]]
+        lines += [""]
+    elif record:
         lines += [
             f"- backbone: {record.get('backbone')} ({record.get('parameters', 0):,} parameters)",
             f"- weights: {record.get('weights', {}).get('source')} {record.get('weights', {}).get('file') or ''}",

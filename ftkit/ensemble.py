@@ -1,0 +1,112 @@
+"""Ensembles: average the class probabilities of several trained runs on the same images.
+
+Each member scores the split with its own preprocessing (input size, colour, normalisation)
+and test-time augmentation, so runs at different input sizes or on different backbones
+combine freely; they must share the class names. The ensemble folder holds the averaged
+``predictions.csv`` with the usual report files, and each member's own predictions under
+``members/`` so every number can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .evaluation import quick_metrics, write_predictions
+from .io import read_json, write_json
+from .predict import Scored, load_run, score_run
+from .runs import RunError
+
+
+def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = None, split: str = "test",
+                  tta: str | None = None, device: str = "auto", console=None, progress=None) -> tuple[Path, dict[str, Any]]:
+    """Score every run on ``split`` of ``data`` (default: the first run's own data and split file),
+    average their probabilities, and write the ensemble's report into a new folder ``out``.
+
+    ``progress(run_index, total=None, advance=None)`` follows the scoring. Returns (out, report).
+    The folder appears only when complete; an existing, non-empty ``out`` is never touched.
+    """
+    from .report import write_report
+
+    if len(runs) < 2:
+        raise RunError("an ensemble needs at least two runs")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(f"{out} already exists and is not empty; choose another --out (nothing was changed)")
+    members: list[dict[str, Any]] = []
+    scores: list[Scored] = []
+    classes: list[str] = []
+    for i, run in enumerate(runs):
+        loaded = load_run(run, device)
+        if i == 0:
+            classes = loaded.classes
+            data = data or loaded.config.data
+        elif sorted(loaded.classes) != sorted(classes):
+            raise RunError(f"{run} predicts classes {loaded.classes}, but {runs[0]} predicts {classes}; "
+                           "an ensemble's runs must share their class names")
+        scored = score_run(loaded, data, split, tta, console,
+                           progress=progress and (lambda total=None, advance=None, i=i: progress(i, total=total, advance=advance)))
+        scored = _in_class_order(scored, loaded.classes, classes)
+        if scores:
+            _check_same_images(scored, scores[0], run, runs[0])
+        scores.append(scored)
+        record = read_json(loaded.run / "run.json")
+        members.append({"run": str(loaded.run), "backbone": record.get("backbone"),
+                        "input": f"{loaded.data_config.img_size}x{loaded.data_config.img_size}",
+                        "tta": scored.tta, "best_epoch": record.get("best_epoch"),
+                        "train_seconds": record.get("train_seconds"),
+                        **quick_metrics(scored.labels, scored.probs.argmax(1))})
+    probs = np.mean([s.probs for s in scores], axis=0)
+    first = scores[0]
+    record = {"ensemble": members, "eval_split": first.split, "eval_data": first.data, "eval_tta": "per member",
+              "eval_note": f"mean of the class probabilities of {len(runs)} runs",
+              "train_seconds": _sum_or_none(m["train_seconds"] for m in members),
+              "device": str(loaded.device), "data": {"path": first.data}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        for i, (member, scored) in enumerate(zip(members, scores), 1):
+            folder = work / "members" / f"{i:02d}-{Path(member['run']).name}"
+            folder.mkdir(parents=True)
+            write_predictions(folder / "predictions.csv", scored.keys, scored.labels, scored.probs, classes)
+        write_predictions(work / "predictions.csv", first.keys, first.labels, probs, classes)
+        write_json(work / "run.json", record)
+        write_json(work / "classes.json", classes)
+        report = write_report(work, name=str(out))
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out, report
+
+
+def _in_class_order(scored: Scored, have: list[str], want: list[str]) -> Scored:
+    """Reorder a member's probability columns (and labels) from its class order to ``want``."""
+    if have == want:
+        return scored
+    columns = [have.index(c) for c in want]
+    relabel = np.array([want.index(c) for c in have])
+    return Scored(scored.keys, relabel[scored.labels], scored.probs[:, columns], scored.split, scored.data, scored.tta)
+
+
+def _check_same_images(scored: Scored, first: Scored, run, first_run) -> None:
+    if scored.keys == first.keys and np.array_equal(scored.labels, first.labels):
+        return
+    if len(scored.keys) != len(first.keys):
+        raise RunError(f"{run} scored {len(scored.keys)} images of split {scored.split!r}, {first_run} scored "
+                       f"{len(first.keys)}: give --data (and --split) so that every run sees the same images")
+    i = next(i for i, (a, b) in enumerate(zip(scored.keys, first.keys)) if a != b or scored.labels[i] != first.labels[i])
+    raise RunError(f"{run} and {first_run} disagree on image {i} of split {scored.split!r} "
+                   f"({scored.keys[i]} vs {first.keys[i]}): give --data so that every run sees the same images")
+
+
+def _sum_or_none(values) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else round(float(sum(values)), 1)

@@ -1,0 +1,100 @@
+"""`ftkit ensemble`: averaged probabilities of several runs, checked against their own files."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import tiny_config, write_split_folder
+from ftkit.cli import main
+from ftkit.ensemble import _in_class_order
+from ftkit.evaluation import read_predictions
+from ftkit.predict import Scored
+from ftkit.train import finetune
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two runs on the same data at different input sizes, and one that knows only two classes."""
+    tmp = tmp_path_factory.mktemp("ensemble")
+    data = write_split_folder(tmp / "data")
+    a = finetune(tiny_config(data, tmp, name="a", img_size=32, tta="none")).run_dir
+    b = finetune(tiny_config(data, tmp, name="b", img_size=40, tta="flip", seed=1)).run_dir
+    two = finetune(tiny_config(data, tmp, name="two", classes=["alpha", "beta"])).run_dir
+    return tmp, a, b, two
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["ensemble", *[str(a) for a in args]])
+
+
+def test_ensemble_is_the_mean_of_its_members(runs):
+    tmp, a, b, _ = runs
+    out = tmp / "ens"
+    result = invoke(a, b, "--out", out)
+    assert result.exit_code == 0, result.output
+    keys, true, pred, probs, classes = read_predictions(out / "predictions.csv")
+    members = sorted((out / "members").iterdir())
+    assert [m.name for m in members] == ["01-a", "02-b"]
+    member_probs = []
+    for member, run in zip(members, (a, b)):
+        m_keys, m_true, _, m_probs, m_classes = read_predictions(member / "predictions.csv")
+        assert (m_keys, m_true, m_classes) == (keys, true, classes)
+        # each member scored its own test split with its own input size and TTA: the same
+        # probabilities its run wrote at the end of training
+        own_keys, _, _, own_probs, own_classes = read_predictions(run / "predictions.csv")
+        assert own_keys == keys and own_classes == classes
+        np.testing.assert_allclose(m_probs, own_probs, atol=2e-6)
+        member_probs.append(m_probs)
+    np.testing.assert_allclose(probs, np.mean(member_probs, axis=0), atol=2e-6)
+    assert pred == [classes[i] for i in probs.argmax(1)]
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == len(keys) == 12 and report["split"] == "test" and report["run"] == str(out)
+    assert report["accuracy"] == pytest.approx(np.mean([t == p for t, p in zip(true, pred)]))
+    record = json.loads((out / "run.json").read_text())
+    assert [m["input"] for m in record["ensemble"]] == ["32x32", "40x40"]
+    assert [m["tta"] for m in record["ensemble"]] == ["none", "flip"]
+    own = json.loads((a / "report.json").read_text())
+    assert record["ensemble"][0]["accuracy"] == pytest.approx(own["accuracy"])
+    assert "ensemble (mean probability)" in result.output
+    md = (out / "report.md").read_text()
+    assert str(a) in md and str(b) in md
+    assert "member 2" in (out / "report.html").read_text()
+    assert not list(tmp.glob(".ens.*")), "no temporary folder is left behind"
+
+
+def test_ensemble_on_another_split_with_one_tta(runs):
+    tmp, a, b, _ = runs
+    result = invoke(a, b, "--split", "val", "--tta", "flip", "--out", tmp / "ens-val")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp / "ens-val" / "run.json").read_text())
+    assert record["eval_split"] == "val" and {m["tta"] for m in record["ensemble"]} == {"flip"}
+    assert json.loads((tmp / "ens-val" / "report.json").read_text())["n"] == 12
+
+
+def test_ensemble_never_writes_over_a_folder(runs):
+    tmp, a, b, _ = runs
+    out = tmp / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = invoke(a, b, "--out", out)
+    assert result.exit_code != 0 and "already exists" in result.output
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_ensemble_refuses_runs_with_other_classes_and_single_runs(runs):
+    tmp, a, _, two = runs
+    result = invoke(a, two, "--out", tmp / "bad")
+    assert result.exit_code != 0 and "share their class names" in result.output and "two" in result.output
+    assert not (tmp / "bad").exists() and not list(tmp.glob(".bad.*"))
+    result = invoke(a, "--out", tmp / "one")
+    assert result.exit_code != 0 and "at least two runs" in result.output
+
+
+def test_members_in_another_class_order_are_aligned_by_name():
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    scored = Scored(["x", "y"], np.array([0, 2]), probs, "test", "d", "none")
+    aligned = _in_class_order(scored, ["a", "b", "c"], ["c", "a", "b"])
+    np.testing.assert_array_equal(aligned.probs, [[0.1, 0.7, 0.2], [0.6, 0.1, 0.3]])
+    np.testing.assert_array_equal(aligned.labels, [1, 0])  # a -> index 1, c -> index 0
