@@ -202,7 +202,7 @@ def evaluate(run, data, split, tta, name, device):
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder for the ensemble's predictions and report.")
-@click.option("--data", help="Image folder or CSV to score on [default: the first run's own data and split file].")
+@click.option("--data", help="Image folder or CSV to score on [default: each run's own data and split file; they must give the same images].")
 @click.option("--split", default="test", show_default=True, help="Split to score (a flat folder is scored whole).")
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), help="Test-time augmentation for every run [default: each run's].")
 @click.option("--device", default="auto", show_default=True)

@@ -25,7 +25,7 @@ from .runs import RunError
 
 def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = None, split: str = "test",
                   tta: str | None = None, device: str = "auto", console=None, progress=None) -> tuple[Path, dict[str, Any]]:
-    """Score every run on ``split`` of ``data`` (default: the first run's own data and split file),
+    """Score every run on ``split`` of ``data`` (default: each run's own data and split file),
     average their probabilities, and write the ensemble's report into a new folder ``out``.
 
     ``progress(run_index, total=None, advance=None)`` follows the scoring. Returns (out, report).
@@ -45,7 +45,6 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
         loaded = load_run(run, device)
         if i == 0:
             classes = loaded.classes
-            data = data or loaded.config.data
         elif sorted(loaded.classes) != sorted(classes):
             raise RunError(f"{run} predicts classes {loaded.classes}, but {runs[0]} predicts {classes}; "
                            "an ensemble's runs must share their class names")

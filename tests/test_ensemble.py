@@ -98,3 +98,14 @@ def test_members_in_another_class_order_are_aligned_by_name():
     aligned = _in_class_order(scored, ["a", "b", "c"], ["c", "a", "b"])
     np.testing.assert_array_equal(aligned.probs, [[0.1, 0.7, 0.2], [0.6, 0.1, 0.3]])
     np.testing.assert_array_equal(aligned.labels, [1, 0])  # a -> index 1, c -> index 0
+
+
+def test_ensemble_of_runs_on_a_flat_folder_uses_their_split_file(tmp_path, flat_folder):
+    """A flat folder has no test split of its own: the runs' split.csv says which images are test."""
+    a = finetune(tiny_config(flat_folder, tmp_path, name="fa")).run_dir
+    b = finetune(tiny_config(flat_folder, tmp_path, name="fb", img_size=40)).run_dir
+    result = invoke(a, b, "--out", tmp_path / "ens")
+    assert result.exit_code == 0, result.output
+    keys, *_ = read_predictions(tmp_path / "ens" / "predictions.csv")
+    own_keys, *_ = read_predictions(a / "predictions.csv")
+    assert keys == own_keys and json.loads((tmp_path / "ens" / "report.json").read_text())["split"] == "test"
