@@ -1,8 +1,8 @@
 """Ensembles of finished FER2013 runs: every combination of two or more of the given runs,
 scored on the runs' val slice of Training (which decides) and on PublicTest (only reported).
 
-Each run is scored once per split, with its own input size and TTA (as `ftkit ensemble`
-does); a combination's probabilities are the mean of its members'. The training-time column
+Each run is scored once per split by `ftkit.ensemble.score_members`, with its own input size
+and TTA, the same images checked; a combination's probabilities are the mean of its members'. The training-time column
 sums the members' `train_seconds`: the cost of the ensemble on this machine.
 
     python benchmarks/ensemble.py /tmp/ftkit-bench/runs/fer2013-best /tmp/ftkit-bench/runs/fer2013-fast-2 ...
@@ -15,11 +15,10 @@ import itertools
 import json
 from pathlib import Path
 
-import numpy as np
 from common import command_line, emit_row, machine
 
+from ftkit.ensemble import mean_probs, score_members
 from ftkit.evaluation import quick_metrics
-from ftkit.predict import load_run, score_run
 from ftkit.progress import console
 
 SECTION = "Ensembles of finished FER2013 runs (mean probability; the Training slice decides)"
@@ -33,21 +32,17 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
+    datasets: dict = {}  # one decode of the data serves every run and both splits
     scores = {}
-    for run in args.runs:
-        loaded = load_run(run)
-        for split in ("val", "test"):
-            console.print(f"scoring {loaded.run.name} on {split} (tta {loaded.config.tta})")
-            scores[run, split] = score_run(loaded, split=split)
     for split in ("val", "test"):
-        first = scores[args.runs[0], split]
-        if any(scores[r, split].keys != first.keys for r in args.runs):
-            raise SystemExit(f"the runs did not score the same {split} images: give runs trained on one split file")
+        console.print(f"scoring {len(args.runs)} runs on {split}")
+        for run, scored in zip(args.runs, score_members(args.runs, split=split, datasets=datasets)[1]):
+            scores[run, split] = scored
     hours = {run: json.loads((Path(run) / "run.json").read_text())["train_seconds"] / 3600 for run in args.runs}
     for size in range(1, len(args.runs) + 1):
         for group in itertools.combinations(args.runs, size):
-            val, test = (quick_metrics(scores[group[0], s].labels,
-                                       np.mean([scores[r, s].probs for r in group], axis=0).argmax(1)) for s in ("val", "test"))
+            val, test = (quick_metrics(scores[group[0], s].labels, mean_probs([scores[r, s] for r in group]).argmax(1))
+                         for s in ("val", "test"))
             row = (f"| {' + '.join(Path(r).name for r in group)} | {size} | {sum(hours[r] for r in group):.1f} h "
                    f"| {val['accuracy']:.4f} | {test['accuracy']:.4f} | {test['macro_f1']:.4f} | {machine()} "
                    f"| `{command_line()}` |")

@@ -19,7 +19,7 @@ import numpy as np
 
 from .evaluation import quick_metrics, write_predictions
 from .io import read_json, write_json
-from .predict import Scored, load_run, score_run
+from .predict import LoadedRun, Scored, load_run, score_run
 from .runs import RunError
 
 
@@ -38,34 +38,22 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"{out} already exists and is not empty; choose another --out (nothing was changed)")
-    members: list[dict[str, Any]] = []
-    scores: list[Scored] = []
-    classes: list[str] = []
-    for i, run in enumerate(runs):
-        loaded = load_run(run, device)
-        if i == 0:
-            classes = loaded.classes
-        elif sorted(loaded.classes) != sorted(classes):
-            raise RunError(f"{run} predicts classes {loaded.classes}, but {runs[0]} predicts {classes}; "
-                           "an ensemble's runs must share their class names")
-        scored = score_run(loaded, data, split, tta, console,
-                           progress=progress and (lambda total=None, advance=None, i=i: progress(i, total=total, advance=advance)))
-        scored = _in_class_order(scored, loaded.classes, classes)
-        if scores:
-            _check_same_images(scored, scores[0], run, runs[0])
-        scores.append(scored)
-        record = read_json(loaded.run / "run.json")
-        members.append({"run": str(loaded.run), "backbone": record.get("backbone"),
-                        "input": f"{loaded.data_config.img_size}x{loaded.data_config.img_size}",
+    loaded, scores = score_members(runs, data, split, tta, device, console, progress)
+    classes = loaded[0].classes
+    members = []
+    for run, scored in zip(loaded, scores):
+        record = read_json(run.run / "run.json")
+        members.append({"run": str(run.run), "backbone": record.get("backbone"),
+                        "input": f"{run.data_config.img_size}x{run.data_config.img_size}",
                         "tta": scored.tta, "best_epoch": record.get("best_epoch"),
                         "train_seconds": record.get("train_seconds"),
                         **quick_metrics(scored.labels, scored.probs.argmax(1))})
-    probs = np.mean([s.probs for s in scores], axis=0)
+    probs = mean_probs(scores)
     first = scores[0]
     record = {"ensemble": members, "eval_split": first.split, "eval_data": first.data, "eval_tta": "per member",
               "eval_note": f"mean of the class probabilities of {len(runs)} runs",
               "train_seconds": _sum_or_none(m["train_seconds"] for m in members),
-              "device": str(loaded.device), "data": {"path": first.data}}
+              "device": str(loaded[0].device), "data": {"path": first.data}}
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -84,6 +72,37 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
         shutil.rmtree(work, ignore_errors=True)
         raise
     return out, report
+
+
+def score_members(runs: list[str | Path], data: str | None = None, split: str = "test", tta: str | None = None,
+                  device: str = "auto", console=None, progress=None,
+                  datasets: dict | None = None) -> tuple[list[LoadedRun], list[Scored]]:
+    """Load and score each run on the same images, every member's columns in the first run's
+    class order. Refuses runs with other class names or that scored other images.
+
+    Runs with the same data settings share one decoded copy of the data; pass ``datasets``
+    (a dict) to share it across calls too, e.g. when scoring several splits."""
+    datasets = {} if datasets is None else datasets
+    loaded: list[LoadedRun] = []
+    scores: list[Scored] = []
+    for i, run in enumerate(runs):
+        member = load_run(run, device)
+        if loaded and sorted(member.classes) != sorted(loaded[0].classes):
+            raise RunError(f"{run} predicts classes {member.classes}, but {runs[0]} predicts {loaded[0].classes}; "
+                           "an ensemble's runs must share their class names")
+        scored = score_run(member, data, split, tta, console, datasets=datasets,
+                           progress=progress and (lambda total=None, advance=None, i=i: progress(i, total=total, advance=advance)))
+        if loaded:
+            scored = _in_class_order(scored, member.classes, loaded[0].classes)
+            _check_same_images(scored, scores[0], run, runs[0])
+        loaded.append(member)
+        scores.append(scored)
+    return loaded, scores
+
+
+def mean_probs(scores: list[Scored]) -> np.ndarray:
+    """The ensemble's class probabilities: the mean of its members'."""
+    return np.mean([s.probs for s in scores], axis=0)
 
 
 def _in_class_order(scored: Scored, have: list[str], want: list[str]) -> Scored:

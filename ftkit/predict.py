@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -74,12 +75,19 @@ class Scored:
 
 
 def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", tta: str | None = None,
-              console=None, progress=None) -> Scored:
+              console=None, progress=None, datasets: dict | None = None) -> Scored:
     """Class probabilities of a loaded run on ``split`` of ``data`` (default: its own data and split).
 
-    ``progress(total=None, advance=None)`` is told the split's size once, then each batch's."""
+    ``progress(total=None, advance=None)`` is told the split's size once, then each batch's.
+    ``datasets``, a dict the caller keeps, lets runs whose data settings and split file say the
+    same thing share one decoded copy of the data (an ensemble decodes a 290 MB CSV once)."""
     cfg = replace(loaded.config, data=data or loaded.config.data, splits=None if data else str(loaded.run / "split.csv"))
-    dataset = load_data(cfg, console=console, classes=loaded.classes, carve=False)
+    key = _data_key(cfg, loaded.classes)
+    dataset = datasets.get(key) if datasets is not None else None
+    if dataset is None:
+        dataset = load_data(cfg, console=console, classes=loaded.classes, carve=False)
+        if datasets is not None:
+            datasets[key] = dataset
     chosen = split if split in dataset.splits else ("all" if "all" in dataset.splits else None)
     if chosen is None:
         raise DataError(f"split {split!r} not found in {cfg.data}; it has: {', '.join(dataset.splits)}")
@@ -89,6 +97,20 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, tta or loaded.config.tta,
                                      progress=progress and (lambda n: progress(advance=n)))
     return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta)
+
+
+# The settings load_data reads when it carves no split (carve=False, as in scoring).
+_SCORING_DATA_FIELDS = ("data", "splits", "strict", "classes", "drop_classes", "merge_classes", "faces", "face_margin",
+                        "cache", "cache_mb")
+
+
+def _data_key(cfg: Config, classes: list[str]) -> str:
+    """What load_data's result depends on when scoring: those settings, the class order, and
+    the split file by content (every run keeps its own copy of the same split.csv)."""
+    settings = {f: getattr(cfg, f) for f in _SCORING_DATA_FIELDS}
+    if cfg.splits:
+        settings["splits"] = hashlib.sha256(Path(cfg.splits).read_bytes()).hexdigest()
+    return json.dumps([settings, classes], sort_keys=True, default=str)
 
 
 def _new_eval_dir(run: Path, name: str) -> Path:

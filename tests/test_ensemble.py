@@ -1,6 +1,7 @@
 """`ftkit ensemble`: averaged probabilities of several runs, checked against their own files."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,9 +9,10 @@ from click.testing import CliRunner
 
 from conftest import tiny_config, write_split_folder
 from ftkit.cli import main
-from ftkit.ensemble import _in_class_order
+import ftkit.predict
+from ftkit.ensemble import _in_class_order, score_members
 from ftkit.evaluation import read_predictions
-from ftkit.predict import Scored
+from ftkit.predict import Scored, _data_key, load_run, score_run
 from ftkit.train import finetune
 
 
@@ -109,3 +111,35 @@ def test_ensemble_of_runs_on_a_flat_folder_uses_their_split_file(tmp_path, flat_
     keys, *_ = read_predictions(tmp_path / "ens" / "predictions.csv")
     own_keys, *_ = read_predictions(a / "predictions.csv")
     assert keys == own_keys and json.loads((tmp_path / "ens" / "report.json").read_text())["split"] == "test"
+
+
+def test_members_with_the_same_data_share_one_decode(runs, monkeypatch):
+    """Runs a and b differ in input size, TTA and seed but read the same data: one load_data call
+    serves both runs and both splits, and gives the probabilities each run scores alone."""
+    _, a, b, _ = runs
+    calls = []
+    real = ftkit.predict.load_data
+    monkeypatch.setattr(ftkit.predict, "load_data", lambda *args, **kw: calls.append(args) or real(*args, **kw))
+    datasets = {}
+    shared = {split: score_members([a, b], split=split, datasets=datasets)[1] for split in ("test", "val")}
+    assert len(calls) == 1 and len(datasets) == 1
+    for split, scores in shared.items():
+        for run, scored in zip((a, b), scores):
+            alone = score_run(load_run(run), split=split)
+            assert scored.keys == alone.keys
+            np.testing.assert_allclose(scored.probs, alone.probs, atol=1e-6)
+    assert len(calls) == 1 + 4  # without a shared dict every score decodes again
+
+
+def test_the_data_key_reads_split_files_by_content(runs, tmp_path):
+    _, a, _, _ = runs
+    cfg = load_run(a).config
+    copy = tmp_path / "split.csv"
+    copy.write_bytes((a / "split.csv").read_bytes())
+    key = _data_key(replace(cfg, splits=str(a / "split.csv")), ["alpha", "beta"])
+    assert _data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"]) == key
+    assert _data_key(replace(cfg, splits=str(copy), seed=7, img_size=99), ["alpha", "beta"]) == key  # not data settings
+    assert _data_key(replace(cfg, splits=str(copy)), ["beta", "alpha"]) != key
+    assert _data_key(replace(cfg, splits=str(copy), faces="crop"), ["alpha", "beta"]) != key
+    copy.write_text(copy.read_text().replace("test", "val"))
+    assert _data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"]) != key
