@@ -2,8 +2,8 @@
 scored on the runs' val slice of Training (which decides) and on PublicTest (only reported).
 
 Each run is scored once per split by `ftkit.ensemble.score_members`, with its own input size
-and TTA, the same images checked; a combination's probabilities are the mean of its members'. The training-time column
-sums the members' `train_seconds`: the cost of the ensemble on this machine.
+and TTA, the same images checked; a combination's probabilities are the mean of its members'.
+The training-time column sums the members' `train_seconds`: the cost of the ensemble on this machine.
 
     python benchmarks/ensemble.py /tmp/ftkit-bench/runs/fer2013-best /tmp/ftkit-bench/runs/fer2013-fast-2 ...
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from .models import DataConfig, create
 from .runs import load_checkpoint, require_run
 from .train import resolve_device
 from .transforms import eval_transform
+from .weights import sha256sum
 
 
 @dataclass
@@ -82,12 +82,13 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     ``datasets``, a dict the caller keeps, lets runs whose data settings and split file say the
     same thing share one decoded copy of the data (an ensemble decodes a 290 MB CSV once)."""
     cfg = replace(loaded.config, data=data or loaded.config.data, splits=None if data else str(loaded.run / "split.csv"))
-    key = _data_key(cfg, loaded.classes)
-    dataset = datasets.get(key) if datasets is not None else None
-    if dataset is None:
+    if datasets is None:
         dataset = load_data(cfg, console=console, classes=loaded.classes, carve=False)
-        if datasets is not None:
-            datasets[key] = dataset
+    else:
+        key = _data_key(cfg, loaded.classes)
+        if key not in datasets:
+            datasets[key] = load_data(cfg, console=console, classes=loaded.classes, carve=False)
+        dataset = datasets[key]
     chosen = split if split in dataset.splits else ("all" if "all" in dataset.splits else None)
     if chosen is None:
         raise DataError(f"split {split!r} not found in {cfg.data}; it has: {', '.join(dataset.splits)}")
@@ -109,7 +110,7 @@ def _data_key(cfg: Config, classes: list[str]) -> str:
     the split file by content (every run keeps its own copy of the same split.csv)."""
     settings = {f: getattr(cfg, f) for f in _SCORING_DATA_FIELDS}
     if cfg.splits:
-        settings["splits"] = hashlib.sha256(Path(cfg.splits).read_bytes()).hexdigest()
+        settings["splits"] = sha256sum(cfg.splits)
     return json.dumps([settings, classes], sort_keys=True, default=str)
 
 
