@@ -66,7 +66,7 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
         exported = _onnx_runner(path)
     else:
         _export_torchscript(model, example, path, meta)
-        scripted = torch.jit.load(str(path), map_location="cpu")
+        scripted, _ = load_torchscript(path)
         exported = lambda x: scripted(torch.from_numpy(x)).detach().numpy()  # noqa: E731
     x = parity_inputs(loaded)
     with torch.no_grad():
@@ -114,6 +114,17 @@ def _export_torchscript(model, example, path: Path, meta: dict) -> None:
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer, _extra_files={"ftkit.json": json.dumps(meta)})
     atomic_write(path, lambda f: f.write(buffer.getvalue()), mode="wb")
+
+
+def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """An ftkit TorchScript file on the CPU and the preprocessing recorded in it."""
+    files = {"ftkit.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice, as in _export_torchscript
+        model = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    if not files["ftkit.json"]:
+        raise ExportError(f"{path}: no ftkit.json inside; export it with `ftkit export RUN --format torchscript`")
+    return model.eval(), json.loads(files["ftkit.json"])
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, Any]:

@@ -60,9 +60,10 @@ def test_export_writes_model_metadata_and_checks_parity(run, fmt, tmp_path):
     else:
         import torch
 
-        files = {"ftkit.json": ""}
-        model = torch.jit.load(str(out), _extra_files=files)
-        assert json.loads(files["ftkit.json"])["classes"] == ["alpha", "beta", "gamma"]
+        from ftkit.export import load_torchscript
+
+        model, meta = load_torchscript(out)
+        assert meta["classes"] == ["alpha", "beta", "gamma"] and meta == {k: sidecar[k] for k in meta}
         assert model(torch.zeros(4, 3, 32, 32)).shape == (4, 3)
 
 
