@@ -45,12 +45,14 @@ class Evil:
         return (print, ("pwned",))
 
 
-def test_arbitrary_pickles_are_refused(tmp_path):
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the raw pickle, before it refuses
+def test_arbitrary_pickles_are_refused(tmp_path, capsys):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"weight": Evil()}, f)
     with pytest.raises(WeightsError, match="cannot load .*evil.pth safely"):
         load_state_dict(path)
+    assert "pwned" not in capsys.readouterr().out  # the payload never ran
 
 
 def test_foreign_checkpoint_is_remapped_by_order_and_shape():
