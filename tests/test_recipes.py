@@ -21,3 +21,33 @@ def test_recipe_resolves(recipe, tmp_path):
 
     assert resolve_name(cfg.backbone) in timm.list_models()
     assert cfg.freeze_epochs <= cfg.epochs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_trains_end_to_end(recipe, tmp_path):
+    """Each shipped recipe's own settings (augmentation, mixup, phases, TTA, memory format, ...)
+    train and report from the CLI; only the size, length and weights are shrunk for the CPU."""
+    import json
+
+    import yaml
+    from click.testing import CliRunner
+    from conftest import write_split_folder
+
+    from ftkit.cli import main
+
+    data = write_split_folder(tmp_path / "data", sizes=(("train", 8), ("val", 3), ("test", 3)))
+    args = ["finetune", "--recipe", str(recipe), "--data", str(data), "--epochs", "2", "--img-size", "32",
+            "--no-pretrained", "--batch-size", "8", "--workers", "0", "--device", "cpu",
+            "--project", str(tmp_path / "runs"), "--name", "r"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "r"
+    shipped = yaml.safe_load(recipe.read_text())
+    used = yaml.safe_load((run / "args.yaml").read_text())
+    shrunk = ("epochs", "img_size", "batch_size", "workers", "device", "backbone")
+    kept = {k: v for k, v in shipped.items() if k not in shrunk}
+    assert {k: used[k] for k in kept} == kept
+    assert resolve_name(used["backbone"]) == resolve_name(shipped["backbone"])
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+    assert (run / "report.html").is_file() and len((run / "predictions.csv").read_text().splitlines()) == 1 + 9
