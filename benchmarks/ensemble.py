@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from common import command_line, emit_row, machine
+from rich.table import Table
 
 from ftkit.ensemble import mean_probs, score_members
 from ftkit.evaluation import quick_metrics
@@ -39,14 +40,30 @@ def main() -> None:
         for run, scored in zip(args.runs, score_members(args.runs, split=split, datasets=datasets)[1]):
             scores[run, split] = scored
     hours = {run: json.loads((Path(run) / "run.json").read_text())["train_seconds"] / 3600 for run in args.runs}
+    results = []
     for size in range(1, len(args.runs) + 1):
         for group in itertools.combinations(args.runs, size):
             val, test = (quick_metrics(scores[group[0], s].labels, mean_probs([scores[r, s] for r in group]).argmax(1))
                          for s in ("val", "test"))
+            results.append((group, val, test))
             row = (f"| {' + '.join(Path(r).name for r in group)} | {size} | {sum(hours[r] for r in group):.1f} h "
                    f"| {val['accuracy']:.4f} | {test['accuracy']:.4f} | {test['macro_f1']:.4f} | {machine()} "
                    f"| `{command_line()}` |")
             emit_row(SECTION, HEADER, row, write=not args.no_write)
+    summary(results, hours)
+
+
+def summary(results, hours, top: int = 5) -> None:
+    """The combinations the Training slice ranks highest; the first is the one to report."""
+    table = Table(title=f"top {min(top, len(results))} of {len(results)} combinations by Training-slice accuracy "
+                        "(first: the pick); PublicTest accuracy and macro-F1")
+    table.add_column("runs", overflow="fold", min_width=24)
+    for column in ("training", "slice", "PublicTest", "macro-F1"):
+        table.add_column(column, justify="right")
+    for group, val, test in sorted(results, key=lambda r: -r[1]["accuracy"])[:top]:
+        table.add_row(" + ".join(Path(r).name for r in group), f"{sum(hours[r] for r in group):.1f} h",
+                      f"{val['accuracy']:.4f}", f"{test['accuracy']:.4f}", f"{test['macro_f1']:.4f}")
+    console.print(table)
 
 
 if __name__ == "__main__":
