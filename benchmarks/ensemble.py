@@ -45,24 +45,25 @@ def main() -> None:
         for group in itertools.combinations(args.runs, size):
             val, test = (quick_metrics(scores[group[0], s].labels, mean_probs([scores[r, s] for r in group]).argmax(1))
                          for s in ("val", "test"))
-            results.append((group, val, test))
-            row = (f"| {' + '.join(Path(r).name for r in group)} | {size} | {sum(hours[r] for r in group):.1f} h "
+            name, summed = " + ".join(Path(r).name for r in group), sum(hours[r] for r in group)
+            results.append((name, summed, val, test))
+            row = (f"| {name} | {size} | {summed:.1f} h "
                    f"| {val['accuracy']:.4f} | {test['accuracy']:.4f} | {test['macro_f1']:.4f} | {machine()} "
                    f"| `{command_line()}` |")
             emit_row(SECTION, HEADER, row, write=not args.no_write)
-    summary(results, hours)
+    summary(results)
 
 
-def summary(results, hours, top: int = 5) -> None:
+def summary(results, top: int = 5) -> None:
     """The combinations the Training slice ranks highest; the first is the one to report."""
     table = Table(title=f"top {min(top, len(results))} of {len(results)} combinations by Training-slice accuracy "
                         "(first: the pick); PublicTest accuracy and macro-F1")
     table.add_column("runs", overflow="fold", min_width=24)
     for column in ("training", "slice", "PublicTest", "macro-F1"):
         table.add_column(column, justify="right")
-    for group, val, test in sorted(results, key=lambda r: -r[1]["accuracy"])[:top]:
-        table.add_row(" + ".join(Path(r).name for r in group), f"{sum(hours[r] for r in group):.1f} h",
-                      f"{val['accuracy']:.4f}", f"{test['accuracy']:.4f}", f"{test['macro_f1']:.4f}")
+    for name, summed, val, test in sorted(results, key=lambda r: -r[2]["accuracy"])[:top]:
+        table.add_row(name, f"{summed:.1f} h", f"{val['accuracy']:.4f}", f"{test['accuracy']:.4f}",
+                      f"{test['macro_f1']:.4f}")
     console.print(table)
 
 

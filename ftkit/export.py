@@ -8,6 +8,7 @@ goes into the file itself (ONNX ``metadata_props`` key ``ftkit``; TorchScript ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -105,9 +106,16 @@ def _onnx_runner(path: Path):
     return lambda x: session.run(None, {"input": x.astype(np.float32)})[0]
 
 
-def _export_torchscript(model, example, path: Path, meta: dict) -> None:
+@contextlib.contextmanager
+def _quiet_jit():
+    """torch.jit is deprecated in recent torch and still loads everywhere: keep its notice out of the output."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated in recent torch, and still loads everywhere
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _export_torchscript(model, example, path: Path, meta: dict) -> None:
+    with _quiet_jit():
         traced = torch.jit.trace(model, example)
         import io
 
@@ -119,8 +127,7 @@ def _export_torchscript(model, example, path: Path, meta: dict) -> None:
 def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """An ftkit TorchScript file on the CPU and the preprocessing recorded in it."""
     files = {"ftkit.json": ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit's deprecation notice, as in _export_torchscript
+    with _quiet_jit():
         model = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
     if not files["ftkit.json"]:
         raise ExportError(f"{path}: no ftkit.json inside; export it with `ftkit export RUN --format torchscript`")
