@@ -1,4 +1,5 @@
-"""Few-shot FER2013: N training images per class, three seeds, scored on all of PublicTest.
+"""Few-shot FER2013 from ImageNet features: N training images per class, three seeds, scored
+on all of PublicTest (recipes/fewshot-imagenet.yaml).
 
 Methods: ``logreg`` (scikit-learn on frozen ImageNet embeddings, the floor to beat),
 ``linear`` (frozen backbone, trained linear head), ``finetune`` (all layers, the core
@@ -55,7 +56,9 @@ def mean_std(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default=str(ROOT / "recipes" / "fewshot.yaml"))
+    parser.add_argument("--recipe", default=str(ROOT / "recipes" / "fewshot-imagenet.yaml"),
+                        help="recipes/fewshot.yaml starts from the FER2013 model, which has seen FER2013: "
+                             "measuring it here means nothing (benchmarks/transfer.py measures it on other faces)")
     parser.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sizes", type=int, nargs="+", default=[48, 96])

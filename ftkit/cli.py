@@ -124,15 +124,16 @@ def finetune(recipe, resume_run, **kwargs):
     Example:
       ftkit finetune --data faces/ --backbone mobilenetv2 --input gray48 --epochs 10
       ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013.csv
+      ftkit finetune --init fer2013-fast --data my_faces/ --epochs 15
     """
-    from .config import resolve
     from .train import finetune as run_finetune
     from .train import resume
+    from .zoo import resolve_config
 
     if resume_run:
         result = resume(resume_run, console=console)
     else:
-        cfg = resolve(recipe, **_overrides(kwargs))
+        cfg = resolve_config(recipe, **_overrides(kwargs))
         if not cfg.data:
             raise click.UsageError("--data is required (an image folder or a FER2013 CSV), directly or in the recipe")
         result = run_finetune(cfg, console=console)
@@ -185,11 +186,13 @@ def report(runs, html_out):
 @click.option("--device", default="auto", show_default=True)
 @_friendly
 def evaluate(run, data, split, tta, name, device):
-    """Score a trained run on another folder or split; writes RUN/eval/<name>/.
+    """Score a trained run, or a named model, on another folder or split; writes RUN/eval/<name>/
+    (runs/<model name>/eval/<name>/ for a named model).
 
     \b
-    Example:
+    Examples:
       ftkit evaluate runs/faces-mobilenetv2 --data other_faces/ --split test --tta flip
+      ftkit evaluate fer2013-fast --data my_faces/
     """
     from .predict import evaluate_run
     from .report import print_report
@@ -262,10 +265,12 @@ def ensemble(runs, out, data, split, tta, device):
 @click.option("--device", default="auto", show_default=True)
 @_friendly
 def predict(model, paths, topk, tta, faces, annotate_dir, fmt, output, video, camera, video_out, every, max_frames, device):
-    """Top-k classes for images, folders, a video or a camera; MODEL is a run or an exported .onnx.
+    """Top-k classes for images, folders, a video or a camera; MODEL is a run, a named model
+    (`ftkit weights list`) or an exported .onnx.
 
     \b
     Examples:
+      ftkit predict fer2013-fast photo.jpg --faces all
       ftkit predict runs/faces photo.jpg more_photos/ --topk 3 --output preds.csv
       ftkit predict runs/faces group.jpg --faces all --annotate annotated/
       ftkit predict runs/faces/export/model.onnx photo.jpg
@@ -317,11 +322,13 @@ def _print_predictions(results: list[dict], model: str) -> None:
 @click.option("--tolerance", default=1e-3, show_default=True, help="Largest allowed |exported - PyTorch| logit difference.")
 @_friendly
 def export(run, fmt, out, tolerance):
-    """Export a run's best model (dynamic batch, preprocessing in the metadata), checking parity.
+    """Export a run's best model or a named model (dynamic batch, preprocessing in the metadata),
+    checking parity. Default output: RUN/export/model.onnx, or exports/<name>/model.onnx.
 
     \b
-    Example:
+    Examples:
       ftkit export runs/faces --format onnx
+      ftkit export fer2013-fast --format onnx
     """
     from .export import export_run
 
@@ -480,15 +487,60 @@ def weights():
 @weights.command("list")
 @_friendly
 def weights_list():
-    """Show the weights in the store (timm name, file, sha256, source, parameters)."""
+    """Show the expression models ftkit ships, the models you saved, and imported backbone weights."""
     from .weights import read_manifest, store_dir
+    from .zoo import list_models
 
-    table = Table(title=f"weight store {store_dir()}")
-    for col in ("timm name", "file", "sha256", "source", "parameters"):
-        table.add_column(col)
+    models = list_models()
+    for kind, title in (("shipped", "expression models shipped with ftkit"), ("saved", f"saved models ({store_dir()})")):
+        rows = [m for m in models if m["kind"] == kind]
+        if not rows and kind == "saved":
+            continue
+        table = _table(title, ("name", "backbone", "input", "classes", "accuracy", "macro-F1", "evaluated on", "size", "sha256"))
+        for m in rows:
+            pre, measured = m["preprocessing"], m.get("measured") or {}
+            table.add_row(m["name"], m["backbone"], f"{pre['img_size']}x{pre['img_size']}{' gray' if pre['grayscale'] else ''}",
+                          ",".join(m["classes"]), _number(measured.get("accuracy")), _number(measured.get("macro_f1")),
+                          measured.get("split", ""), f"{m['bytes'] / 1e6:.1f} MB", m["sha256"][:16] + "...")
+        console.print(table)
+    table = _table(f"imported backbone weights ({store_dir()})", ("timm name", "file", "sha256", "source", "parameters"))
     for name, e in read_manifest().items():
         table.add_row(name, e["file"], e["sha256"][:16] + "...", e["source"], f"{e['parameters']:,}")
     console.print(table)
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    return table
+
+
+def _number(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+@weights.command("save")
+@click.argument("run", type=click.Path(file_okay=False, exists=True))
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Replace a saved model of that name (its old sha256 is kept in the entry).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Weights precision in the file (float16 halves its size; measured to change no prediction of the shipped models).")
+@_friendly
+def weights_save(run, name, force, dtype):
+    """Save a run's best model in the store under NAME, usable wherever a run is.
+
+    \b
+    Example:
+      ftkit weights save runs/my-faces my-faces
+      ftkit predict my-faces photo.jpg --faces all
+    """
+    import torch
+
+    from .zoo import save_model
+
+    entry = save_model(run, name, dtype=getattr(torch, dtype), force=force)
+    console.print(f"saved {name}: {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:16]}...)")
 
 
 @weights.command("import")

@@ -44,6 +44,7 @@ class Config:
     backbone: str = "mobilenetv3-small"  # an alias (see `ftkit backbones`) or any timm model name
     pretrained: bool = True  # start from pretrained weights (--weights, weights/ store, timm cache/hub)
     weights: str | None = None  # a weights file (safetensors or state dict) to start from
+    init: str | None = None  # start from a trained model, a shipped or saved name (`ftkit weights list`) or a run directory: its backbone, preprocessing and matching classes
     input: str = "rgb224"  # rgb224 | gray48: input size and colour; img_size/channels override
     img_size: int | None = None  # square input side in pixels (default: from --input)
     channels: int | None = None  # 1 or 3 input channels (default: 3, gray replicated for gray48)
@@ -167,6 +168,8 @@ def validate(cfg: Config) -> Config:
     if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.label_smoothing < 1:
         raise ConfigError(f"mixup and cutmix must be >= 0 and label_smoothing in [0, 1); got mixup={cfg.mixup}, "
                           f"cutmix={cfg.cutmix}, label_smoothing={cfg.label_smoothing}")
+    if cfg.init and cfg.weights:
+        raise ConfigError(f"init ({cfg.init}) and weights ({cfg.weights}) both say where to start: give one of them")
     if not 0 <= cfg.freeze_epochs <= cfg.epochs:
         raise ConfigError(f"freeze_epochs ({cfg.freeze_epochs}) must be between 0 and epochs ({cfg.epochs})")
     return cfg
@@ -197,9 +200,12 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(recipe: str | Path | None = None, **overrides: Any) -> Config:
-    """Build the run config: defaults, then the recipe, then explicit overrides (None = unset)."""
+def resolve(recipe: str | Path | None = None, base: dict[str, Any] | None = None, **overrides: Any) -> Config:
+    """Build the run config: defaults, then ``base`` (what a model to start from fixes, see
+    ``ftkit.zoo.resolve_config``), then the recipe, then explicit overrides (None = unset)."""
     cfg = Config()
+    if base:
+        cfg = merge(cfg, base, source="the init model")
     if recipe:
         cfg = merge(cfg, load_recipe(recipe), source=f"recipe {recipe}")
     cfg = merge(cfg, {k: v for k, v in overrides.items() if v is not None}, source="options")

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from .evaluation import quick_metrics, write_predictions
-from .io import read_json, write_json
-from .predict import LoadedRun, Scored, load_run, score_run
+from .io import write_json
+from .predict import LoadedRun, Scored, load_run, run_record, score_run
 from .runs import RunError
 
 
@@ -42,8 +42,8 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
     classes = loaded[0].classes
     members = []
     for run, scored in zip(loaded, scores):
-        record = read_json(run.run / "run.json")
-        members.append({"run": str(run.run), "backbone": record.get("backbone"),
+        record = run_record(run)
+        members.append({"run": run.label, "backbone": record.get("backbone"),
                         "input": f"{run.data_config.img_size}x{run.data_config.img_size}",
                         "tta": scored.tta, "best_epoch": record.get("best_epoch"),
                         "train_seconds": record.get("train_seconds"),

@@ -37,7 +37,7 @@ class ExportResult:
 
 def export_metadata(loaded) -> dict[str, Any]:
     return {"format_version": 1, "classes": loaded.classes, **loaded.data_config.to_dict(),
-            "backbone": loaded.config.backbone, "run": str(loaded.run),
+            "backbone": loaded.config.backbone, "run": loaded.label,
             "faces": loaded.config.faces, "face_margin": loaded.config.face_margin, "input": "NCHW float32, normalised",
             "output": "logits (apply softmax for probabilities)"}
 
@@ -59,7 +59,10 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
     loaded = load_run(run, device="cpu")
     model = loaded.model.float().eval()
     meta = export_metadata(loaded)
-    path = Path(out) if out else loaded.run / "export" / ("model.onnx" if fmt == "onnx" else "model.ts")
+    filename = "model.onnx" if fmt == "onnx" else "model.ts"
+    # a named model has no run directory: its exports go under exports/<name>/
+    folder = loaded.run / "export" if loaded.run is not None else Path("exports") / loaded.name
+    path = Path(out) if out else folder / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     example = parity_inputs(loaded, n=2, seed=1)
     if fmt == "onnx":

@@ -19,28 +19,42 @@ from .runs import load_checkpoint, require_run
 from .train import resolve_device
 from .transforms import eval_transform
 from .weights import sha256sum
+from .zoo import load_source
 
 
 @dataclass
 class LoadedRun:
-    run: Path
+    run: Path | None  # the run directory; None for a named model (see ftkit.zoo)
     model: torch.nn.Module
     classes: list[str]
     data_config: DataConfig
     config: Config
     device: torch.device
+    name: str = ""  # what the user called it: the run directory or the model's name
+    source: dict[str, Any] | None = None  # for a named model: kind, file, sha256, manifest entry
+
+    @property
+    def label(self) -> str:
+        return str(self.run) if self.run is not None else self.name
 
 
 def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") -> LoadedRun:
-    """The run's best (or last) model in eval mode, with its classes and preprocessing."""
-    run = require_run(run)
-    weights, meta = load_checkpoint(run / "checkpoints" / checkpoint)
+    """A run's best (or last) model, or a named model (``ftkit weights list``), in eval mode,
+    with its classes and preprocessing."""
+    if Path(run).is_dir():
+        folder = require_run(run)
+        weights, meta = load_checkpoint(folder / "checkpoints" / checkpoint)
+        origin = None
+    else:
+        named = load_source(run)
+        folder, weights, meta = None, named.state_dict, named.meta
+        origin = {**named.describe(), "entry": named.entry}
     cfg = config_from_dict(meta["config"])
-    model = create(replace(cfg, pretrained=False, weights=None), len(meta["classes"]))
+    model = create(replace(cfg, pretrained=False, weights=None, init=None), len(meta["classes"]))
     model.load_state_dict(weights)
     dev = resolve_device(device)
     model.to(dev).eval()
-    return LoadedRun(run, model, meta["classes"], DataConfig(**meta["data_config"]), cfg, dev)
+    return LoadedRun(folder, model, meta["classes"], DataConfig(**meta["data_config"]), cfg, dev, str(run), origin)
 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", tta: str | None = None,
@@ -54,12 +68,23 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
 
     loaded = load_run(run, device)
     scored = score_run(loaded, data, split, tta, console)
-    folder = _new_eval_dir(loaded.run, name or f"{Path(scored.data).stem}-{scored.split}")
+    # a named model has no run directory: its evaluations go under runs/<name>/eval/
+    home = loaded.run if loaded.run is not None else Path("runs") / loaded.name
+    folder = _new_eval_dir(home, name or f"{Path(scored.data).stem}-{scored.split}")
     write_predictions(folder / "predictions.csv", scored.keys, scored.labels, scored.probs, loaded.classes)
-    write_json(folder / "run.json", {**read_json(loaded.run / "run.json"), "eval_split": scored.split,
+    write_json(folder / "run.json", {**run_record(loaded), "eval_split": scored.split,
                                      "eval_data": scored.data, "eval_tta": scored.tta, "eval_note": None})
     write_yaml(folder / "args.yaml", {**loaded.config.to_dict(), "data": scored.data})
     return folder, write_report(folder)
+
+
+def run_record(loaded: LoadedRun) -> dict[str, Any]:
+    """run.json of a run directory; for a named model, what its manifest says about it."""
+    if loaded.run is not None:
+        return read_json(loaded.run / "run.json")
+    entry = (loaded.source or {}).get("entry") or {}
+    return {"status": "finished", "backbone": entry.get("backbone"), "model": loaded.source,
+            "best_epoch": entry.get("best_epoch"), "train_seconds": entry.get("train_seconds")}
 
 
 @dataclass
@@ -81,6 +106,8 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     ``progress(total=None, advance=None)`` is told the split's size once, then each batch's.
     ``datasets``, a dict the caller keeps, lets runs whose data settings and split file say the
     same thing share one decoded copy of the data (an ensemble decodes a 290 MB CSV once)."""
+    if loaded.run is None and not data:
+        raise DataError(f"{loaded.name} is a named model with no data of its own: give the images to score with --data")
     cfg = replace(loaded.config, data=data or loaded.config.data, splits=None if data else str(loaded.run / "split.csv"))
     if datasets is None:
         dataset = load_data(cfg, console=console, classes=loaded.classes, carve=False)
@@ -158,13 +185,14 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto") -> "Predictor":
+        """A run directory or a named model (see ftkit.zoo)."""
         loaded = load_run(run, device)
 
         @torch.no_grad()
         def forward(x: np.ndarray) -> np.ndarray:
             return loaded.model(torch.from_numpy(x).to(loaded.device)).float().cpu().numpy()
 
-        return cls(loaded.classes, loaded.data_config, forward, str(run), loaded.config.faces, loaded.config.face_margin)
+        return cls(loaded.classes, loaded.data_config, forward, loaded.label, loaded.config.faces, loaded.config.face_margin)
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "Predictor":
@@ -188,10 +216,10 @@ class Predictor:
 
 
 def open_predictor(target: str | Path, device: str = "auto") -> Predictor:
-    """A run directory, or an ``.onnx`` file written by ``ftkit export``."""
-    target = Path(target)
-    if target.suffix == ".onnx":
-        if not target.is_file():
+    """A run directory, a named model (``ftkit weights list``), or an ``.onnx`` file written by
+    ``ftkit export``."""
+    if Path(target).suffix == ".onnx":
+        if not Path(target).is_file():
             raise DataError(f"ONNX model {target} not found")
         return Predictor.from_onnx(target)
     return Predictor.from_run(target, device)

@@ -14,12 +14,14 @@ atomically.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors import safe_open
+from safetensors.torch import save
 
 from .config import Config, config_from_dict
 from .io import atomic_write, read_json, write_json
@@ -67,28 +69,53 @@ def require_run(path: str | Path) -> Path:
 
 
 def save_checkpoint(stem: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """Write ``stem.safetensors`` (weights) and ``stem.json`` (config, classes, preprocessing)."""
+    """Write ``stem.safetensors`` (weights, with ``meta`` in its header) and ``stem.json`` (the
+    same metadata for people and tools). The safetensors file is the checkpoint: it carries
+    its own metadata, so a stop between the two writes cannot pair weights with another
+    epoch's description."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(stem.with_suffix(".safetensors"), lambda f: f.write(save(tensors)), mode="wb")
+    blob = save(tensors, metadata={"ftkit": json.dumps(meta, default=str)})
+    atomic_write(stem.with_suffix(".safetensors"), lambda f: f.write(blob), mode="wb")
     write_json(stem.with_suffix(".json"), meta)
 
 
 def load_checkpoint(stem: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a checkpoint (the metadata from the weights file's own header;
+    runs written before it carried one fall back to the JSON beside it)."""
     weights = stem.with_suffix(".safetensors")
     if not weights.is_file():
         raise RunError(f"checkpoint {weights} is missing")
-    return load_file(str(weights)), read_json(stem.with_suffix(".json"))
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            header = (f.metadata() or {}).get("ftkit")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors' own error types: truncated or not a safetensors file
+        raise RunError(f"checkpoint {weights} cannot be read ({type(exc).__name__}: {exc}); it is damaged") from exc
+    return tensors, json.loads(header) if header else read_json(stem.with_suffix(".json"))
 
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:
-    """Optimizer, scheduler, RNG and history for --resume (plain tensors and numbers only)."""
+    """Everything --resume needs, in one file written atomically: the model's weights, the
+    optimizer, scheduler and history of the same epoch (plain tensors and numbers only)."""
     atomic_write(path, lambda f: torch.save(state, f), mode="wb")
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RunError(f"{path} is missing: this run cannot be resumed (it stopped before its first epoch ended)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, or not a file torch wrote
+        raise RunError(f"{path} cannot be read ({type(exc).__name__}); the run cannot be resumed from it") from exc
+
+
+def remove_partial_files(run: Path) -> list[Path]:
+    """Temporary files left by writes that a kill interrupted (atomic_write's ``.NAME.*.tmp``)."""
+    stale = [p for folder in (run, run / "checkpoints") if folder.is_dir()
+             for p in folder.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale
 
 
 def load_run_config(run: Path) -> Config:

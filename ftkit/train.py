@@ -13,7 +13,7 @@ import platform
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from rich.console import Console
 from torch import nn
 
 from . import __version__
-from .config import Config, choice_error
+from .config import Config, ConfigError, choice_error
 from .data import DataSplits, ImageDataset, load_data, write_split_listing
 from .evaluation import predict_probs, quick_metrics, write_predictions
 from .io import write_json, write_yaml
@@ -34,6 +34,7 @@ from .models import (
     create,
     count_parameters,
     freeze_bn_of_frozen,
+    head_parameter_names,
     resolve_data_config,
     resolve_name,
     set_trainable,
@@ -42,16 +43,19 @@ from .models import (
 from .progress import console as default_console
 from .progress import progress_bar
 from .runs import (
+    RunError,
     load_checkpoint,
     load_run_config,
     load_train_state,
     new_run_dir,
+    remove_partial_files,
     save_checkpoint,
     save_train_state,
     update_record,
 )
 from .transforms import eval_transform, train_transform
 from .weights import WeightsInfo, find_pretrained
+from .zoo import load_source, match_classes, transfer_head
 
 # --- phases and schedules (pure functions) -----------------------------------------------
 
@@ -273,14 +277,37 @@ class RunResult:
     record: dict[str, Any]  # run.json contents
 
 
-def build_model(cfg: Config, n_classes: int, out: Console, allow_download: bool = True):
-    """The backbone with a fresh head, from pretrained weights when asked (see weights.py)."""
+def build_model(cfg: Config, classes: list[str], out: Console, allow_download: bool = True):
+    """The backbone with a fresh head, from pretrained weights when asked (see weights.py), or
+    from a trained model (``cfg.init``) whose classifier rows carry over to classes of the same name."""
+    n_classes = len(classes)
+    if cfg.init:
+        return build_from_init(cfg, classes, out)
     if not cfg.pretrained and not cfg.weights:
         out.print(f"[yellow]{resolve_name(cfg.backbone)}: training from random initialisation")
         return create(cfg, n_classes), WeightsInfo("none")
     state_dict, info = find_pretrained(cfg.backbone, cfg.weights, allow_download=allow_download)
     out.print(f"weights: {info.source} {info.file or ''}")
     return create(cfg, n_classes, state_dict), info
+
+
+def build_from_init(cfg: Config, classes: list[str], out: Console):
+    """The init model's backbone, its classifier rows for the classes it knows by name
+    (aliases folded: anger/angry...), fresh rows for the others."""
+    source = load_source(cfg.init)
+    name = resolve_name(cfg.backbone)
+    if name != source.meta["backbone"]:
+        raise ConfigError(f"init {cfg.init} is a {source.meta['backbone']}, but backbone is {name}: leave backbone "
+                          "unset to take the init model's (ftkit.zoo.resolve_config does), or start from another model")
+    model = create(replace(cfg, pretrained=False, weights=None), len(classes))
+    matched = match_classes(source.meta["classes"], classes)
+    transfer_head(model, source, head_parameter_names(model), matched)
+    carried = {classes[t]: source.meta["classes"][s] for t, s in matched.items()}
+    fresh = [c for i, c in enumerate(classes) if i not in matched]
+    out.print(f"init: {source.kind} {cfg.init} ({source.path}); classifier rows carried for "
+              f"{', '.join(carried) or 'no class'}" + (f"; new rows for {', '.join(fresh)}" if fresh else ""))
+    init = {**source.describe(), "classes_carried": carried, "classes_new": fresh}
+    return model, WeightsInfo("init", str(source.path), source.sha256, init=init)
 
 
 def finetune(cfg: Config, console: Console | None = None, allow_download: bool = True) -> RunResult:
@@ -299,7 +326,7 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
     """Build the model and train it on ``data``, writing everything into a new run directory
     (claimed only once the model exists, so a missing weights file leaves nothing behind)."""
     seed_everything(cfg.seed)
-    model, weights = build_model(cfg, len(data.classes), out, allow_download)
+    model, weights = build_model(cfg, data.classes, out, allow_download)
     run = new_run_dir(cfg)
     if weights.mean and cfg.mean is None and cfg.std is None:
         # the weights were trained with another normalisation than timm's config says
@@ -313,15 +340,27 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
 
 
 def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
-    """Continue an interrupted run from its last checkpoint, with its own config and split."""
+    """Continue an interrupted run from its last checkpoint, with its own config and split.
+
+    The last epoch's weights, optimizer, scheduler and history come from one file
+    (``last.state.pt``, written atomically), so a stop at any moment resumes from one epoch's
+    state, never from weights of one epoch and optimizer state of another."""
     out = console or default_console
     run = Path(run_dir)
     cfg = load_run_config(run)
     cfg.splits = str(run / "split.csv")
     state = load_train_state(run / "checkpoints" / "last.state.pt")
+    for stale in remove_partial_files(run):
+        out.print(f"removed {stale.name}, left by an interrupted write")
     data = load_data(cfg, console=out)
-    weights, _ = load_checkpoint(run / "checkpoints" / "last")
-    cfg_model = Config(**{**cfg.to_dict(), "pretrained": False, "weights": None})
+    if "model" in state:
+        weights = state["model"]
+    else:  # runs written before the state file carried the weights: they must be of the same epoch
+        weights, meta = load_checkpoint(run / "checkpoints" / "last")
+        if meta.get("epoch") != state["epoch"]:
+            raise RunError(f"{run}: last.safetensors is from epoch {meta.get('epoch')} but last.state.pt from epoch "
+                           f"{state['epoch']} (the run was stopped between the two writes); it cannot be resumed exactly")
+    cfg_model = Config(**{**cfg.to_dict(), "pretrained": False, "weights": None, "init": None})
     model = create(cfg_model, len(data.classes))
     model.load_state_dict(weights)
     out.print(f"resuming {run} after epoch {state['epoch']} of {cfg.epochs}")
@@ -403,8 +442,17 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
                     out.print(f"early stop: val {cfg.metric} did not improve for {cfg.patience} epochs")
                     break
     except KeyboardInterrupt:
-        update_record(run, status="interrupted")
-        out.print(f"[yellow]interrupted; continue with: ftkit finetune --resume {run}")
+        if not (run / "checkpoints" / "last.state.pt").is_file():
+            update_record(run, status="interrupted", error="stopped before the first epoch ended: nothing to resume")
+            out.print(f"[yellow]interrupted before the first epoch ended: nothing to resume; start again "
+                      f"(with another --out, or after deleting {run})")
+        else:
+            update_record(run, status="interrupted")
+            out.print(f"[yellow]interrupted; continue with: ftkit finetune --resume {run}")
+        raise
+    except Exception as exc:
+        # the record must not say "running" for a run that no process trains any more
+        update_record(run, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     return _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out)
 
@@ -445,7 +493,8 @@ def _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, 
         save_checkpoint(ckpt / "best", model, epoch_meta)
     save_checkpoint(ckpt / "last", model, epoch_meta)
     save_train_state(ckpt / "last.state.pt", {
-        "epoch": row["epoch"], "optimizer": optimizer.state_dict(),
+        "epoch": row["epoch"], "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "history": history, "best": best, "bad_epochs": bad_epochs,
     })

@@ -31,11 +31,12 @@ class WeightsError(ValueError):
 class WeightsInfo:
     """Which weights a run started from; written into the run record."""
 
-    source: str  # file | store | timm-cache | hub | none
+    source: str  # file | store | timm-cache | hub | init | none
     file: str | None = None
     sha256: str | None = None
     mean: list[float] | None = None  # normalisation the weights were trained with, when not timm's
     std: list[float] | None = None
+    init: dict | None = None  # source "init": the model started from, classes carried and new
 
     def to_dict(self) -> dict:
         return asdict(self)

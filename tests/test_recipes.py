@@ -4,19 +4,20 @@ from pathlib import Path
 
 import pytest
 
-from ftkit.config import resolve
 from ftkit.models import resolve_name
+from ftkit.zoo import resolve_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
 
 def test_recipes_are_shipped():
-    assert {p.stem for p in RECIPES} >= {"rgb224", "gray48", "fer2013-fast", "fer2013-best", "fer2013-gpu", "fewshot"}
+    assert {p.stem for p in RECIPES} >= {"rgb224", "gray48", "fer2013-fast", "fer2013-best", "fer2013-gpu", "fewshot",
+                                         "fewshot-imagenet"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_resolves(recipe, tmp_path):
-    cfg = resolve(str(recipe), data=str(tmp_path))
+    cfg = resolve_config(str(recipe), data=str(tmp_path))  # a recipe's init fixes backbone and input
     import timm
 
     assert resolve_name(cfg.backbone) in timm.list_models()
@@ -48,6 +49,6 @@ def test_recipe_trains_end_to_end(recipe, tmp_path):
     shrunk = ("epochs", "img_size", "batch_size", "workers", "device", "backbone")
     kept = {k: v for k, v in shipped.items() if k not in shrunk}
     assert {k: used[k] for k in kept} == kept
-    assert resolve_name(used["backbone"]) == resolve_name(shipped["backbone"])
+    assert resolve_name(used["backbone"]) == resolve_name(shipped.get("backbone") or resolve_config(str(recipe)).backbone)
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     assert (run / "report.html").is_file() and len((run / "predictions.csv").read_text().splitlines()) == 1 + 9

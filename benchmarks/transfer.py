@@ -1,0 +1,175 @@
+"""Transfer to faces that are not FER2013: a small posed set (../shared/data/taiwanese, 29
+subjects, 1,232 images, FER2013's seven class names), starting from ImageNet or from the
+shipped FER2013 expression model, and that model with no fine-tuning at all.
+
+Protocol (no subject is ever on two sides):
+- 5 folds by subject (StratifiedGroupKFold, fixed fold seed 0, the same for every start);
+  each fold's test subjects are only scored.
+- In the other subjects, 15 % of the subjects form the validation split that picks the epoch
+  (and, in a --variant run, the settings); the shots are drawn from the rest, per class and per
+  seed. ``all`` trains on every non-validation image (``--all-epochs`` epochs).
+- Starts: ``imagenet`` (recipes/fewshot-imagenet.yaml: MobileNetV2 ImageNet weights),
+  ``fer`` (recipes/fewshot.yaml: ``init: fer2013-fast``), ``fer-zero`` (the shipped model,
+  classes matched by name, no training: scored on the same test folds).
+
+    python benchmarks/transfer.py                                      # the whole grid
+    python benchmarks/transfer.py --shots 20 --starts fer --seeds 0 \\
+        --variant "lr=0.0001" --variant "freeze_epochs=5 backbone_lr_mult=0.1"   # tuning rows
+
+Rows report test accuracy and macro-F1 as mean +- sample std over folds x seeds; a --variant
+row also gives the validation macro-F1 at the chosen epoch, which is what decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tarfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import ROOT, SHARED, command_line, emit_row, machine, parse_settings
+
+from ftkit.crossval import fold_indices
+from ftkit.data import DataSplits, ImageDataset, group_keys, grouped_split, load_data
+from ftkit.evaluation import predict_probs, quick_metrics
+from ftkit.predict import load_run
+from ftkit.progress import console
+from ftkit.train import train_on
+from ftkit.transforms import eval_transform
+from ftkit.zoo import match_classes, resolve_config
+
+TAR = SHARED / "taiwanese" / "taiwanese-faces.tar.gz"
+TAR_SHA256 = "f260a1295420d20915c0e221f83cf3fc07ad8a82a6fa0cbd7e2dddb876fe1757"
+SUBJECT = r"([0-9]{2})[0-9]{2}[a-g][0-9]+[.]jpg$"
+STARTS = {
+    # start: (recipe, what it starts from)
+    "imagenet": (ROOT / "recipes" / "fewshot-imagenet.yaml", "ImageNet MobileNetV2"),
+    "fer": (ROOT / "recipes" / "fewshot.yaml", "shipped fer2013-fast"),
+}
+HEADER = ("| start | shots/class | folds x seeds | test accuracy | test macro-F1 | train images per run | wall time per run "
+          "| machine | command |\n|---|---|---|---|---|---|---|---|---|")
+TUNING_HEADER = ("| start | settings | shots/class | folds x seeds | val macro-F1 (decides) | test accuracy | test macro-F1 "
+                 "| wall time per run | machine | command |\n|---|---|---|---|---|---|---|---|---|---|")
+SECTION = "Transfer to a posed face set that is not FER2013 (taiwanese, 5 folds by subject; mean +- std over folds x seeds)"
+TUNING_SECTION = "Few-shot settings from the FER2013 model (taiwanese; the validation subjects decide)"
+
+
+def extract(work: Path) -> Path:
+    target = work / "taiwanese"
+    if (target / ".complete").is_file():
+        return target / "taiwanese"
+    if not TAR.is_file():
+        sys.exit(f"{TAR} not found: the benchmarks read ../shared/data (see its README)")
+    digest = hashlib.sha256(TAR.read_bytes()).hexdigest()
+    if digest != TAR_SHA256:
+        sys.exit(f"{TAR}: sha256 {digest} is not the expected {TAR_SHA256}")
+    with tarfile.open(TAR) as tar:
+        tar.extractall(target, filter="data")
+    (target / ".complete").write_text("ok\n")
+    return target / "taiwanese"
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.4f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.4f}"
+
+
+def fold_data(full: DataSplits, groups: np.ndarray, test: np.ndarray, shots: int | None, seed: int) -> DataSplits:
+    """train (``shots`` per class, or all) / val (15 % of the other subjects) / test (the fold)."""
+    pool = full.splits["all"]
+    rest = np.setdiff1d(np.arange(len(pool)), test)
+    where = grouped_split(pool.labels[rest], groups[rest], {"val": 0.15}, seed=0)  # the same val subjects every seed
+    train, val = rest[where == "train"], rest[where == "val"]
+    if shots is not None:
+        rng = np.random.default_rng(seed)
+        train = np.concatenate([rng.choice(idx, size=min(shots, len(idx)), replace=False)
+                                for idx in (train[pool.labels[train] == c] for c in range(len(full.classes)))])
+    splits = {"train": pool.subset(np.sort(train)), "val": pool.subset(val), "test": pool.subset(test)}
+    return DataSplits(full.classes, splits, full.source, full.skipped, full.class_map, full.faces, [])
+
+
+def zero_shot(folds: list[np.ndarray], full: DataSplits) -> list[dict[str, float]]:
+    """The shipped model on each test fold, its classes matched to the data's by name."""
+    loaded = load_run("fer2013-fast", device="cpu")
+    order = match_classes(loaded.classes, full.classes)
+    if len(order) != len(full.classes):
+        sys.exit(f"fer2013-fast does not know every class of the data: {full.classes}")
+    columns = [order[t] for t in range(len(full.classes))]
+    out = []
+    for test in folds:
+        split = full.splits["all"].subset(test)
+        loader = torch.utils.data.DataLoader(ImageDataset(split, eval_transform(loaded.data_config)), batch_size=128)
+        probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, loaded.config.tta)
+        out.append(quick_metrics(labels, probs[:, columns].argmax(1)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shots", nargs="+", default=["5", "10", "20", "50", "all"], help="per class, or 'all'")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="which of the 5 folds to run")
+    parser.add_argument("--starts", nargs="+", default=["fer-zero", "fer", "imagenet"], choices=["fer-zero", *STARTS])
+    parser.add_argument("--all-epochs", type=int, default=15, help="epochs for the 'all' cell (the recipes' are for tens of images)")
+    parser.add_argument("--variant", action="append", default=[], metavar='"KEY=VALUE ..."',
+                        help="settings to try on top of the start's recipe (tuning rows; repeatable)")
+    parser.add_argument("--work", default="/tmp/ftkit-bench")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    data_dir = extract(work)
+    full = load_data(resolve_config(None, data=str(data_dir), cache="memory"), console=console, carve=False)
+    groups = group_keys(full.splits["all"].keys, SUBJECT)
+    all_folds = fold_indices(full.splits["all"].labels, 5, seed=0, groups=groups)
+    folds = [all_folds[k - 1] for k in args.folds]
+    console.print(f"{len(full.splits['all'])} images, {len(set(groups))} subjects, test folds of "
+                  f"{[len(f) for f in folds]} images")
+    label = f"{len(folds)} x {len(args.seeds)}"
+    if "fer-zero" in args.starts and not args.variant:
+        metrics = zero_shot(folds, full)
+        row = (f"| fer2013-fast, no fine-tuning | 0 | {len(folds)} x 1 | {mean_std([m['accuracy'] for m in metrics])} "
+               f"| {mean_std([m['macro_f1'] for m in metrics])} | 0 | 0 s | {machine()} | `{command_line()}` |")
+        emit_row(SECTION, HEADER, row, write=not args.no_write)
+    for start in [s for s in args.starts if s in STARTS]:
+        for sets in [parse_settings(v, "--variant") for v in args.variant] or [{}]:
+            for shots in args.shots:
+                cell = run_cell(args, full, groups, folds, start, sets, None if shots == "all" else int(shots))
+                if sets:
+                    settings = " ".join(f"{k}={v}" for k, v in sets.items())
+                    row = (f"| {start} | {settings} | {shots} | {label} | {mean_std(cell['val'])} | {mean_std(cell['acc'])} "
+                           f"| {mean_std(cell['f1'])} | {np.mean(cell['secs']):.0f} s | {machine()} | `{command_line()}` |")
+                    emit_row(TUNING_SECTION, TUNING_HEADER, row, write=not args.no_write)
+                else:
+                    row = (f"| {STARTS[start][1]} | {shots} | {label} | {mean_std(cell['acc'])} | {mean_std(cell['f1'])} "
+                           f"| {np.mean(cell['n']):.0f} | {np.mean(cell['secs']):.0f} s | {machine()} | `{command_line()}` |")
+                    emit_row(SECTION, HEADER, row, write=not args.no_write)
+
+
+def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, Any], shots: int | None) -> dict[str, list]:
+    recipe, _ = STARTS[start]
+    cell: dict[str, list] = {"acc": [], "f1": [], "val": [], "secs": [], "n": []}
+    tag = "".join(f"-{k}{v}" for k, v in sets.items())
+    for k, test in zip(args.folds, folds):
+        for seed in args.seeds:
+            extra = {"epochs": args.all_epochs} if shots is None else {}
+            cfg = resolve_config(recipe, data="taiwanese", project=str(Path(args.work) / "transfer-runs"), seed=seed,
+                                 name=f"{start}{tag}-{shots or 'all'}shot-fold{k}-seed{seed}", **extra, **sets)
+            data = fold_data(full, groups, test, shots, seed)
+            started = time.perf_counter()
+            result = train_on(data, replace(cfg, workers=0), console)
+            cell["secs"].append(time.perf_counter() - started)
+            cell["acc"].append(result.report["accuracy"])
+            cell["f1"].append(result.report["macro_f1"])
+            cell["val"].append(result.history[result.record["best_epoch"] - 1]["val_macro_f1"])
+            cell["n"].append(len(data.splits["train"]))
+    return cell
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""Named expression models: the ones ftkit ships in ``weights/`` and the ones a user saves.
+
+A named model is one safetensors file (fp16 by default, to keep it small) whose header
+metadata carries what is needed to use it: backbone, classes in order, preprocessing and
+the config it was trained with. A manifest beside it lists each file with its sha256,
+the recipe and commit that trained it, its measured accuracy and the data's terms.
+
+Two places hold such models, listed apart by ``ftkit weights list``:
+
+- shipped: ``weights/shipped.json`` in the ftkit checkout, tracked in git with its files;
+- saved: ``models.json`` in the user's weight store (``ftkit weights save RUN NAME``).
+
+Wherever ftkit takes a run directory to *use* a model (predict, evaluate, export, ensemble,
+``finetune --init``), it also takes such a name. A run directory wins when both exist.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from .config import Config, load_recipe, resolve, suggest
+from .io import atomic_write, read_json, write_json
+from .runs import RunError, load_checkpoint, require_run
+from .weights import WeightsError, sha256sum, store_dir
+
+SAVED = "models.json"  # in the user's weight store (git-ignored)
+SHIPPED = "shipped.json"  # in the checkout's weights/ (tracked, with the files it lists)
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+# Class names that mean the same expression in the data sets of this field (lower case).
+CLASS_ALIASES: dict[str, str] = {
+    "anger": "angry", "angry": "angry", "mad": "angry",
+    "contempt": "contempt", "contemptuous": "contempt",
+    "disgust": "disgust", "disgusted": "disgust",
+    "fear": "fear", "fearful": "fear", "afraid": "fear", "scared": "fear",
+    "happy": "happy", "happiness": "happy", "joy": "happy", "joyful": "happy",
+    "neutral": "neutral", "neutrality": "neutral",
+    "sad": "sad", "sadness": "sad",
+    "surprise": "surprise", "surprised": "surprise",
+}
+
+
+class ModelNotFound(RunError):
+    """Neither a run directory nor a named model."""
+
+
+@dataclass
+class ModelSource:
+    """A trained model to use or to start from: its weights and what it was trained with."""
+
+    name: str  # the name or run directory given
+    kind: str  # shipped | saved | run
+    path: Path  # the safetensors file (named models) or the run directory
+    sha256: str | None
+    state_dict: dict[str, torch.Tensor]  # float32
+    meta: dict[str, Any]  # config, classes, data_config, backbone (a checkpoint's JSON)
+    entry: dict[str, Any] | None = None  # the models.json entry of a named model
+
+    def describe(self) -> dict[str, Any]:
+        """How a run records where it started."""
+        return {"kind": self.kind, "name": self.name, "path": str(self.path), "sha256": self.sha256,
+                "backbone": self.meta.get("backbone"), "classes": self.meta.get("classes")}
+
+
+# --- the manifests -----------------------------------------------------------------------
+
+
+def manifests() -> list[tuple[str, Path]]:
+    """(kind, manifest file) in lookup order: the user's saved models, then the shipped ones."""
+    return [("saved", store_dir() / SAVED), ("shipped", SHIPPED_DIR / SHIPPED)]
+
+
+def read_models(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path} is not valid JSON ({exc}); restore it (git checkout weights/) or delete it") from exc
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Every named model: its manifest entry plus ``name`` and ``kind`` (saved | shipped)."""
+    return [{"name": name, "kind": kind, **entry}
+            for kind, path in manifests() for name, entry in read_models(path).items()]
+
+
+def find_model(name: str) -> tuple[str, Path, dict[str, Any]] | None:
+    """(kind, file, entry) of the named model, or None."""
+    for kind, path in manifests():
+        entry = read_models(path).get(name)
+        if entry is not None:
+            return kind, path.parent / entry["file"], entry
+    return None
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def load_source(target: str | Path) -> ModelSource:
+    """A run directory (its best checkpoint) or a named model, with float32 weights."""
+    path = Path(target)
+    if path.is_dir():
+        run = require_run(path)
+        weights, meta = load_checkpoint(run / "checkpoints" / "best")
+        return ModelSource(str(target), "run", run, sha256sum(run / "checkpoints" / "best.safetensors"), weights, meta)
+    found = find_model(str(target))
+    if found is None:
+        names = [m["name"] for m in list_models()]
+        raise ModelNotFound(
+            f"{str(target)!r} is neither a run directory nor a named model.{suggest(str(target), names)} "
+            f"Named models: {', '.join(names) or 'none'} (see `ftkit weights list`)."
+        )
+    kind, file, entry = found
+    return _load_named(str(target), kind, file, entry)
+
+
+def _load_named(name: str, kind: str, file: Path, entry: dict[str, Any]) -> ModelSource:
+    if not file.is_file():
+        raise WeightsError(f"model {name}: file {file} is missing; restore it (git checkout weights/) or save it again")
+    digest = sha256sum(file)
+    if entry.get("sha256") and digest != entry["sha256"]:
+        raise WeightsError(f"model {name}: {file} has sha256 {digest[:16]}..., models.json expects "
+                           f"{entry['sha256'][:16]}...; the file was changed or damaged: restore it")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["ftkit"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"model {name}: {file} carries no ftkit metadata; save it with `ftkit weights save`") from exc
+    except Exception as exc:  # safetensors raises its own error type for truncated or foreign files
+        raise WeightsError(f"model {name}: cannot read {file} ({type(exc).__name__}: {exc})") from exc
+    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    return ModelSource(name, kind, file, digest, state_dict, meta, entry)
+
+
+def source_meta(target: str | Path) -> dict[str, Any]:
+    """A run's or named model's checkpoint metadata (config, classes, data_config, backbone),
+    read without loading its weights."""
+    path = Path(target)
+    if path.is_dir():
+        return read_json(require_run(path) / "checkpoints" / "best.json")
+    found = find_model(str(target))
+    if found is None:
+        return load_source(target).meta  # raises the not-found message
+    _, file, _ = found
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return json.loads((f.metadata() or {})["ftkit"])
+    except Exception:  # missing, damaged or foreign: load_source names the problem
+        return load_source(target).meta
+
+
+def source_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The config values a model fixes for whoever starts from it: backbone and preprocessing."""
+    dc = meta["data_config"]
+    return {"backbone": meta["backbone"], "input": meta["config"].get("input", "rgb224"),
+            "img_size": dc["img_size"], "channels": dc["channels"], "mean": dc["mean"], "std": dc["std"]}
+
+
+def resolve_config(recipe: str | Path | None = None, **overrides: Any) -> Config:
+    """``ftkit.config.resolve`` with ``init`` understood: defaults < the init model's backbone and
+    preprocessing < recipe < overrides, so a run from a model sees images as that model did."""
+    init = overrides.get("init") or (load_recipe(recipe).get("init") if recipe else None)
+    base = source_settings(source_meta(init)) if init else None
+    return resolve(recipe, base=base, **overrides)
+
+
+# --- saving ------------------------------------------------------------------------------
+
+
+def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.dtype = torch.float16,
+               extra: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
+    """Store a run's best model as ``<name>.safetensors`` with a manifest entry: in the user's
+    store, or with ``shipped`` among the models the checkout ships (``weights/shipped.json``).
+
+    ``extra`` adds to the entry (recipe, commit, measured accuracy, data terms...). An existing
+    entry of that name is replaced only with ``force``; its old sha256 is kept in the entry.
+    """
+    _check_name(name)
+    manifest_path = SHIPPED_DIR / SHIPPED if shipped else store_dir() / SAVED
+    run = require_run(run)
+    weights, meta = load_checkpoint(run / "checkpoints" / "best")
+    manifest = read_models(manifest_path)
+    if name in manifest and not force:
+        raise WeightsError(f"a model named {name} is already in {manifest_path}; use --force to replace it")
+    if not shipped and name in read_models(SHIPPED_DIR / SHIPPED):
+        raise WeightsError(f"{name} is the name of a model ftkit ships; choose another name")
+    tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
+    keep = {k: meta[k] for k in ("config", "classes", "data_config", "backbone", "epoch")}
+    target = manifest_path.parent / f"{name}.safetensors"
+    blob = save(tensors, metadata={"ftkit": json.dumps(keep, default=str)})
+    atomic_write(target, lambda f: f.write(blob), mode="wb")
+    dc = meta["data_config"]
+    entry = {
+        "file": target.name, "sha256": sha256sum(target), "bytes": target.stat().st_size,
+        "dtype": str(dtype).removeprefix("torch."), "backbone": meta["backbone"], "classes": meta["classes"],
+        "preprocessing": {k: dc[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")},
+        "tta": meta["config"].get("tta", "none"), "trained_from": str(run), "best_epoch": meta.get("epoch"),
+        **(extra or {}),
+    }
+    if name in manifest:
+        entry["replaced_sha256"] = manifest[name]["sha256"]
+    manifest[name] = entry
+    write_json(manifest_path, manifest)
+    return {"name": name, "kind": "shipped" if shipped else "saved", **entry}
+
+
+def annotate_model(name: str, shipped: bool = False, **fields: Any) -> dict[str, Any]:
+    """Add ``fields`` (e.g. what was measured with the stored file) to a model's manifest entry."""
+    path = SHIPPED_DIR / SHIPPED if shipped else store_dir() / SAVED
+    manifest = read_models(path)
+    if name not in manifest:
+        raise WeightsError(f"no model named {name} in {path}")
+    manifest[name].update(fields)
+    write_json(path, manifest)
+    return {"name": name, **manifest[name]}
+
+
+def _check_name(name: str) -> None:
+    if not name or any(c in name for c in "/\\") or name.startswith(".") or Path(name).suffix:
+        raise WeightsError(f"model name {name!r}: use letters, digits, '-' and '_' (no path, no extension)")
+
+
+# --- starting a run from a model -----------------------------------------------------------
+
+
+def canonical_class(name: str) -> str:
+    """Lower-case class name with the field's usual aliases folded (anger -> angry)."""
+    key = name.strip().lower()
+    return CLASS_ALIASES.get(key, key)
+
+
+def match_classes(source: list[str], target: list[str]) -> dict[int, int]:
+    """{target index: source index} for every target class the source knows by name."""
+    index = {canonical_class(c): i for i, c in enumerate(source)}
+    return {t: index[canonical_class(c)] for t, c in enumerate(target) if canonical_class(c) in index}
+
+
+def transfer_head(model: torch.nn.Module, source: ModelSource, head_names: set[str], matched: dict[int, int]) -> None:
+    """Load the source's backbone into ``model`` and copy the classifier rows of matched classes.
+
+    The model's other head rows keep their fresh initialisation. Anything else that does not
+    fit (another architecture, another input channel count) is refused by name.
+    """
+    backbone = {k: v for k, v in source.state_dict.items() if k not in head_names}
+    missing, unexpected = model.load_state_dict(backbone, strict=False)
+    wrong = sorted(set(missing) - head_names) + sorted(unexpected)
+    if wrong:
+        raise WeightsError(f"{source.name} does not fit {source.meta.get('backbone')} as configured "
+                           f"(e.g. {', '.join(wrong[:3])}); start from it with its own backbone")
+    with torch.no_grad():
+        for key in head_names:
+            if key not in source.state_dict:
+                raise WeightsError(f"{source.name} has no classifier tensor {key}")
+            ours, theirs = dict(model.named_parameters())[key], source.state_dict[key]
+            if ours.shape[1:] != theirs.shape[1:]:
+                raise WeightsError(f"{source.name}: classifier {key} {tuple(theirs.shape)} does not fit {tuple(ours.shape)}")
+            for t, s in matched.items():
+                ours[t] = theirs[s]

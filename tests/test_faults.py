@@ -1,0 +1,132 @@
+"""Faults: a run killed at any file boundary of an epoch resumes to exactly the run that was
+never interrupted; a run that fails says so in its record."""
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ftkit.runs import load_checkpoint
+from ftkit.train import finetune, resume
+from conftest import tiny_config, write_split_folder
+
+TIMING_COLUMNS = {"images_per_s", "seconds"}
+
+# Runs a tiny training in a child process that SIGKILLs itself at one file write: after write
+# number KILL_AT has been renamed into place ("after"), or in the middle of it, before the
+# rename, with the temporary file half written ("during"). LOG gets every write's path.
+DRIVER = textwrap.dedent('''
+    import os, signal, sys
+    from pathlib import Path
+    import ftkit.io, ftkit.runs
+    from ftkit.config import resolve
+    from ftkit.train import finetune
+
+    data, project, log, kill_at, mode = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+    real = ftkit.io.atomic_write
+    count = {"n": 0}
+
+    def watched(path, write, mode_="w"):
+        count["n"] += 1
+        with open(log, "a") as f:
+            f.write(Path(path).name + "\\n")
+        if count["n"] == kill_at and mode == "during":
+            def half(f):
+                f.write(b"\\0" * 64 if "b" in mode_ else "partial")
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(path, half, mode_)
+        result = real(path, write, mode_)
+        if count["n"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    ftkit.io.atomic_write = watched
+    ftkit.runs.atomic_write = watched
+    cfg = resolve(None, data=data, backbone="test_efficientnet", pretrained=False, img_size=32, epochs=3,
+                  freeze_epochs=1, batch_size=8, lr=3e-3, workers=0, project=project, name="run", augment="light")
+    finetune(cfg)
+''')
+
+
+def _metrics(run):
+    with open(run / "metrics.csv") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in csv.DictReader(f)]
+
+
+def _drive(tmp_path, data, kill_at, mode, tag):
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    project, log = tmp_path / tag, tmp_path / f"{tag}.log"
+    done = subprocess.run([sys.executable, str(driver), str(data), str(project), str(log), str(kill_at), mode],
+                          capture_output=True, text=True, timeout=300)
+    return done, project / "run", log.read_text().split()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    data = write_split_folder(tmp / "data", sizes=(("train", 8), ("val", 3), ("test", 3)))
+    done, run, writes = _drive(tmp, data, kill_at=0, mode="none", tag="reference")
+    assert done.returncode == 0, done.stderr
+    return tmp, data, run, writes
+
+
+def _epoch_two_writes(writes):
+    """Indexes (1-based) of the writes of the second epoch: from its metrics.csv to its state file."""
+    marks = [i for i, name in enumerate(writes, 1) if name == "last.state.pt"]
+    return list(range(marks[0] + 1, marks[1] + 1))
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_file_boundary_resumes_to_the_uninterrupted_run(reference, tmp_path):
+    ref_tmp, data, ref_run, writes = reference
+    boundaries = _epoch_two_writes(writes)
+    assert [writes[i - 1] for i in boundaries][0] == "metrics.csv" and len(boundaries) >= 4
+    cases = [(k, "after") for k in boundaries] + [(k, "during") for k in boundaries[-2:]]
+    want_weights = load_file(str(ref_run / "checkpoints" / "best.safetensors"))
+    for kill_at, mode in cases:
+        tag = f"kill-{kill_at}-{mode}"
+        done, run, _ = _drive(tmp_path, data, kill_at, mode, tag)
+        assert done.returncode == -9, f"{tag}: {done.stderr[-500:]}"
+        result = resume(run)
+        assert _metrics(run) == _metrics(ref_run), tag
+        got = load_file(str(run / "checkpoints" / "best.safetensors"))
+        assert got.keys() == want_weights.keys()
+        assert all(torch.equal(got[k], want_weights[k]) for k in got), tag
+        assert result.report["accuracy"] == json.loads((ref_run / "report.json").read_text())["accuracy"]
+        _, meta = load_checkpoint(run / "checkpoints" / "best")
+        assert meta == json.loads((run / "checkpoints" / "best.json").read_text())
+        leftovers = [p.name for p in run.rglob(".*.tmp")]
+        assert leftovers == [], f"{tag}: {leftovers}"
+
+
+def test_a_run_that_fails_says_so_in_its_record(split_folder, tmp_path, monkeypatch):
+    import ftkit.train as train_mod
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated crash in the loop")
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", broken)
+    with pytest.raises(RuntimeError):
+        finetune(tiny_config(split_folder, tmp_path, name="crash"))
+    record = json.loads((tmp_path / "runs" / "crash" / "run.json").read_text())
+    assert record["status"] == "failed" and "simulated crash" in record["error"]
+
+
+def test_ctrl_c_in_the_first_epoch_does_not_advise_resume(split_folder, tmp_path, monkeypatch, capsys):
+    import ftkit.train as train_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_config(split_folder, tmp_path, name="early"))
+    record = json.loads((tmp_path / "runs" / "early" / "run.json").read_text())
+    assert record["status"] == "interrupted" and "nothing to resume" in record["error"]

@@ -1,0 +1,180 @@
+"""Named expression models (ftkit.zoo): a tiny model made here and shipped into a temporary
+weights/ folder resolves by name for predict, evaluate, export and ensemble; `finetune --init`
+carries the classifier rows of classes it knows by name, bit for bit, and records its source."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ftkit import zoo
+from ftkit.cli import main
+from ftkit.predict import load_run
+from conftest import TINY, write_split_folder
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+TRAIN = ["--backbone", TINY, "--no-pretrained", "--img-size", 32, "--batch-size", 8, "--lr", 3e-3, "--workers", 0]
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+    """A tiny 'expression model': classes angry, happy, sad, 32x32 input."""
+    tmp = tmp_path_factory.mktemp("zoo")
+    write_split_folder(tmp / "data", sizes=(("train", 10), ("val", 3), ("test", 3)), classes=("angry", "happy", "sad"))
+    r = invoke("finetune", "--data", tmp / "data", *TRAIN, "--epochs", 2, "--freeze-epochs", 0,
+               "--project", tmp / "runs", "--name", "source")
+    assert r.exit_code == 0, r.output
+    return tmp / "runs" / "source"
+
+
+@pytest.fixture
+def shipped(source_run, tmp_path, monkeypatch):
+    """The source run shipped as `tiny-fer` into a temporary checkout weights/ folder, with an
+    empty user store; the test runs in tmp_path."""
+    ship_dir, store = tmp_path / "ship", tmp_path / "store"
+    ship_dir.mkdir(), store.mkdir()
+    monkeypatch.setattr(zoo, "SHIPPED_DIR", ship_dir)
+    monkeypatch.setenv("FTKIT_WEIGHTS", str(store))
+    monkeypatch.chdir(tmp_path)
+    entry = zoo.save_model(source_run, "tiny-fer", shipped=True, extra={"terms": "test data"})
+    return entry
+
+
+def test_shipped_file_is_fp16_with_its_manifest_entry(shipped, source_run, tmp_path):
+    manifest = json.loads((tmp_path / "ship" / "shipped.json").read_text())
+    entry = manifest["tiny-fer"]
+    assert entry["classes"] == ["angry", "happy", "sad"] and entry["dtype"] == "float16"
+    assert entry["preprocessing"]["img_size"] == 32 and entry["terms"] == "test data"
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "ship" / entry["file"]))
+    floats = [t for t in tensors.values() if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float16 for t in floats)
+    fp32 = load_file(str(source_run / "checkpoints" / "best.safetensors"))
+    for key, t in tensors.items():
+        if t.is_floating_point():
+            assert torch.equal(t, fp32[key].half()), key
+
+
+def test_named_model_predicts_like_its_run(shipped, source_run, tmp_path):
+    images = source_run.parent.parent / "data" / "test"
+    by_run = invoke("predict", source_run, images, "--format", "jsonl", "--topk", 3)
+    by_name = invoke("predict", "tiny-fer", images, "--format", "jsonl", "--topk", 3)
+    assert by_run.exit_code == 0 and by_name.exit_code == 0, by_name.output
+    a = [json.loads(line) for line in by_run.output.splitlines()]
+    b = [json.loads(line) for line in by_name.output.splitlines()]
+    assert len(a) == len(b) == 9
+    for ra, rb in zip(a, b):
+        pa, pb = ra["detections"][0]["probabilities"], rb["detections"][0]["probabilities"]
+        assert max(abs(pa[c] - pb[c]) for c in pa) < 2e-3  # fp16 weights
+
+
+def test_named_model_evaluates_and_exports(shipped, source_run, tmp_path):
+    data = source_run.parent.parent / "data"
+    r = invoke("evaluate", "tiny-fer", "--data", data, "--split", "test")
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "runs" / "tiny-fer" / "eval" / "data-test"
+    report = json.loads((folder / "report.json").read_text())
+    own = json.loads((source_run / "report.json").read_text())
+    assert report["n"] == own["n"] == 9
+    assert abs(report["accuracy"] - own["accuracy"]) <= 1 / 9  # fp16 may flip at most a tie-close image
+    assert json.loads((folder / "run.json").read_text())["model"]["kind"] == "shipped"
+
+    r = invoke("export", "tiny-fer", "--format", "onnx")
+    assert r.exit_code == 0, r.output
+    sidecar = json.loads((tmp_path / "exports" / "tiny-fer" / "model.onnx.json").read_text())
+    assert sidecar["classes"] == ["angry", "happy", "sad"] and sidecar["run"] == "tiny-fer"
+
+
+def test_named_model_needs_data_and_unknown_names_are_listed(shipped):
+    r = invoke("evaluate", "tiny-fer")
+    assert r.exit_code == 1 and "--data" in r.output
+    r = invoke("predict", "tiny-ferr", "x.jpg")
+    assert r.exit_code == 1 and "Did you mean 'tiny-fer'" in r.output and "weights list" in r.output
+
+
+def test_a_changed_file_is_refused(shipped, tmp_path):
+    path = tmp_path / "ship" / "tiny-fer.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        load_run("tiny-fer")
+
+
+def test_weights_list_shows_shipped_and_saved_apart(shipped, source_run):
+    r = invoke("weights", "save", source_run, "my-model")
+    assert r.exit_code == 0, r.output
+    r = invoke("weights", "save", source_run, "my-model")
+    assert r.exit_code == 1 and "--force" in r.output
+    r = invoke("weights", "save", source_run, "tiny-fer")
+    assert r.exit_code == 1 and "ships" in r.output
+    out = invoke("weights", "list").output
+    shipped_part, _, rest = out.partition("saved models")
+    assert "tiny-fer" in shipped_part and "my-model" not in shipped_part
+    saved_part, _, imported_part = rest.partition("imported backbone weights")
+    assert "my-model" in saved_part and "tiny-fer" not in saved_part
+
+
+def test_class_matching_folds_aliases_and_case():
+    source = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+    target = ["Anger", "contempt", "HAPPINESS", "sadness", "Surprised", "calm"]
+    assert zoo.match_classes(source, target) == {0: 0, 2: 3, 3: 5, 4: 6}
+
+
+def test_init_carries_matched_rows_bit_identical_and_initialises_the_others(source_run, tmp_path):
+    from ftkit.models import head_parameter_names
+    from ftkit.progress import console
+    from ftkit.train import build_from_init
+    from ftkit.zoo import load_source, resolve_config
+
+    cfg = resolve_config(None, data="x", init=str(source_run), pretrained=False)
+    assert cfg.backbone == TINY and cfg.img_size == 32  # taken from the source, not the defaults
+    target = ["Sad", "contempt", "anger"]
+    model, info = build_from_init(cfg, target, console)
+    src = load_source(str(source_run)).state_dict
+    state = model.state_dict()
+    head = head_parameter_names(model)
+    for key, tensor in src.items():
+        if key not in head:
+            assert torch.equal(state[key], tensor), key
+    weight_key = next(k for k in head if k.endswith("weight"))
+    bias_key = next(k for k in head if k.endswith("bias"))
+    # source classes: angry 0, happy 1, sad 2
+    assert torch.equal(state[weight_key][0], src[weight_key][2]) and torch.equal(state[bias_key][0], src[bias_key][2])
+    assert torch.equal(state[weight_key][2], src[weight_key][0]) and torch.equal(state[bias_key][2], src[bias_key][0])
+    fresh = state[weight_key][1]
+    assert not any(torch.equal(fresh, row) for row in src[weight_key])
+    assert float(state[bias_key][1]) == 0.0 and 0.001 < float(fresh.std()) < 0.05  # init_head: N(0, 0.01)
+    assert info.init["classes_carried"] == {"Sad": "sad", "anger": "angry"} and info.init["classes_new"] == ["contempt"]
+
+
+def test_finetune_from_a_run_records_its_source(source_run, tmp_path):
+    data = write_split_folder(tmp_path / "new", sizes=(("train", 6), ("val", 2), ("test", 2)),
+                              classes=("anger", "contempt", "happiness"), seed=3)
+    r = invoke("finetune", "--init", source_run, "--data", data, "--epochs", 1, "--freeze-epochs", 0,
+               "--batch-size", 8, "--workers", 0, "--project", tmp_path / "runs", "--name", "from-source")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "from-source"
+    record = json.loads((run / "run.json").read_text())
+    weights = record["weights"]
+    assert weights["source"] == "init" and weights["file"] == str(source_run)
+    assert weights["init"]["kind"] == "run" and weights["init"]["classes_carried"] == {"anger": "angry", "happiness": "happy"}
+    assert weights["init"]["classes_new"] == ["contempt"]
+    assert record["data_config"]["img_size"] == 32 and record["backbone"] == TINY
+    assert "init:" in r.output and "new rows for contempt" in r.output
+
+
+def test_init_refuses_another_backbone_and_weights_together(source_run, tmp_path):
+    data = write_split_folder(tmp_path / "d", sizes=(("train", 4), ("val", 2)), classes=("angry", "sad"))
+    r = invoke("finetune", "--init", source_run, "--backbone", "resnet18", "--data", data, "--project", tmp_path / "runs")
+    assert r.exit_code == 1 and "init" in r.output and "resnet18" in r.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    r = invoke("finetune", "--init", source_run, "--weights", "w.pth", "--data", data)
+    assert r.exit_code == 1 and "give one of them" in r.output
