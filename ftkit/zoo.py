@@ -28,7 +28,7 @@ from safetensors.torch import save
 from .config import Config, load_recipe, resolve, suggest
 from .io import atomic_write, read_json, write_json
 from .runs import RunError, load_checkpoint, require_run
-from .weights import WeightsError, sha256sum, store_dir
+from .weights import WeightsError, check_finite, sha256sum, store_dir
 
 SAVED = "models.json"  # in the user's weight store (git-ignored)
 SHIPPED = "shipped.json"  # in the checkout's weights/ (tracked, with the files it lists)
@@ -110,6 +110,7 @@ def load_source(target: str | Path) -> ModelSource:
     if path.is_dir():
         run = require_run(path)
         weights, meta = load_checkpoint(run / "checkpoints" / "best")
+        check_finite(weights, str(run / "checkpoints" / "best.safetensors"))
         return ModelSource(str(target), "run", run, sha256sum(run / "checkpoints" / "best.safetensors"), weights, meta)
     found = find_model(str(target))
     if found is None:
@@ -138,6 +139,7 @@ def _load_named(name: str, kind: str, file: Path, entry: dict[str, Any]) -> Mode
     except Exception as exc:  # safetensors raises its own error type for truncated or foreign files
         raise WeightsError(f"model {name}: cannot read {file} ({type(exc).__name__}: {exc})") from exc
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    check_finite(state_dict, str(file))
     return ModelSource(name, kind, file, digest, state_dict, meta, entry)
 
 

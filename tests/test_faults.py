@@ -130,3 +130,105 @@ def test_ctrl_c_in_the_first_epoch_does_not_advise_resume(split_folder, tmp_path
         finetune(tiny_config(split_folder, tmp_path, name="early"))
     record = json.loads((tmp_path / "runs" / "early" / "run.json").read_text())
     assert record["status"] == "interrupted" and "nothing to resume" in record["error"]
+
+
+# --- never replace good data with bad -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    data = write_split_folder(tmp / "data", sizes=(("train", 6), ("val", 2), ("test", 2)))
+    return finetune(tiny_config(data, tmp, epochs=1, freeze_epochs=0, name="t")).run_dir
+
+
+def test_a_failed_re_export_keeps_the_good_file(trained, tmp_path, monkeypatch):
+    from ftkit import export
+
+    good = export.export_run(trained, out=tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes(), (tmp_path / "m.onnx.json").read_text()
+    real = export._onnx_runner
+    monkeypatch.setattr(export, "_onnx_runner", lambda path: (lambda x: real(path)(x) + 0.01))
+    with pytest.raises(export.ExportError, match="unchanged"):
+        export.export_run(trained, out=tmp_path / "m.onnx")
+    assert ((tmp_path / "m.onnx").read_bytes(), (tmp_path / "m.onnx.json").read_text()) == before
+    assert (tmp_path / "m.onnx.failed").is_file() and good.max_abs_diff < 1e-3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.failed", "m.onnx.json"]
+
+
+def test_weights_import_asks_before_replacing_and_refuses_non_finite(tmp_path, monkeypatch):
+    import timm
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    monkeypatch.setenv("FTKIT_WEIGHTS", str(tmp_path / "store"))
+    state = timm.create_model("test_efficientnet", num_classes=3).state_dict()
+    torch.save(state, tmp_path / "a.pth")
+    r = CliRunner().invoke(main, ["weights", "import", str(tmp_path / "a.pth"), "--backbone", "test_efficientnet"])
+    assert r.exit_code == 0, r.output
+    first = json.loads((tmp_path / "store" / "manifest.json").read_text())["test_efficientnet"]["sha256"]
+    state[next(iter(state))].mul_(1.5)
+    torch.save(state, tmp_path / "b.pth")
+    r = CliRunner().invoke(main, ["weights", "import", str(tmp_path / "b.pth"), "--backbone", "test_efficientnet"])
+    assert r.exit_code == 1 and "--force" in r.output
+    r = CliRunner().invoke(main, ["weights", "import", str(tmp_path / "b.pth"), "--backbone", "test_efficientnet", "--force"])
+    entry = json.loads((tmp_path / "store" / "manifest.json").read_text())["test_efficientnet"]
+    assert r.exit_code == 0 and entry["replaced_sha256"] == first != entry["sha256"]
+    state[next(iter(state))][0] = float("nan")
+    torch.save(state, tmp_path / "nan.pth")
+    r = CliRunner().invoke(main, ["weights", "import", str(tmp_path / "nan.pth"), "--backbone", "test_efficientnet", "--force"])
+    assert r.exit_code == 1 and "NaN" in r.output and "nan.pth" in r.output
+    (tmp_path / "empty.pth").write_bytes(b"")
+    r = CliRunner().invoke(main, ["weights", "import", str(tmp_path / "empty.pth"), "--backbone", "test_efficientnet"])
+    assert r.exit_code == 1 and "empty" in r.output and "Traceback" not in r.output
+
+
+def test_a_diverging_run_stops_failed_and_keeps_its_checkpoint(split_folder, tmp_path, monkeypatch):
+    import ftkit.train as train_mod
+
+    real, calls = train_mod.nn.CrossEntropyLoss.forward, {"n": 0}
+
+    def nan_in_epoch_two(self, logits, target):
+        calls["n"] += 1
+        loss = real(self, logits, target)
+        return loss * float("nan") if calls["n"] > 5 else loss  # epoch 1 has 36 / 8 -> 4 steps
+
+    monkeypatch.setattr(train_mod.nn.CrossEntropyLoss, "forward", nan_in_epoch_two)
+    with pytest.raises(train_mod.TrainingDiverged, match="lower --lr"):
+        finetune(tiny_config(split_folder, tmp_path, epochs=3, name="nan"))
+    run = tmp_path / "runs" / "nan"
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "failed" and "diverged" in record["error"]
+    weights, meta = load_checkpoint(run / "checkpoints" / "last")
+    assert meta["epoch"] == 1 and all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "0"], "lr must be a finite number above 0"),
+    (["--lr", "nan"], "lr must be a finite number above 0"),
+    (["--lr", "-0.1"], "lr must be a finite number above 0"),
+    (["--val-split", "0.6", "--test-split", "0.5"], "leave no training data"),
+    (["--img-size", "2"], "img_size must be at least 8"),
+    (["--patience", "-1"], "patience must be at least 0"),
+    (["--face-margin", "-0.5"], "face_margin must be a finite number 0 or more"),
+])
+def test_numeric_options_out_of_range_are_refused_before_any_work(flags, message, split_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    r = CliRunner().invoke(main, ["finetune", "--data", str(split_folder), "--project", str(tmp_path / "runs"), *flags])
+    assert r.exit_code == 1 and message in r.output, r.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_predict_fails_when_no_input_could_be_read(trained, tmp_path):
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    (tmp_path / "a.jpg").write_bytes(b"not an image")
+    (tmp_path / "b.png").write_bytes(b"")
+    r = CliRunner().invoke(main, ["predict", str(trained), str(tmp_path / "a.jpg"), str(tmp_path / "b.png")])
+    assert r.exit_code == 1 and "none of the 2 input image(s) could be read" in r.output
