@@ -14,6 +14,7 @@ Every source ends up as a :class:`DataSplits`: class names plus, per split, a li
 from __future__ import annotations
 
 import csv
+import os
 import re
 import warnings
 from collections import Counter
@@ -273,9 +274,31 @@ def read_split_listing(path: Path) -> dict[str, list[tuple[str, str]]]:
         reader = csv.DictReader(f)
         if reader.fieldnames != ["path", "class", "split"]:
             raise DataError(f"{path}: expected the header path,class,split, got {reader.fieldnames}")
-        for row in reader:
-            out.setdefault(row["split"], []).append((row["path"], row["class"]))
+        seen: dict[str, str] = {}
+        for line, row in enumerate(reader, 2):
+            name, key = row["split"], row["path"]
+            if name not in SPLITS and name != "all":
+                raise DataError(f"{path}, line {line}: unknown split {name!r} (valid: {', '.join(SPLITS)}, all)")
+            if key in seen:
+                raise DataError(f"{path}, line {line}: {key} is listed twice ({seen[key]} and {name}); "
+                                "an image belongs to one split")
+            seen[key] = name
+            out.setdefault(name, []).append((key, row["class"]))
+    if "train" not in out and "all" not in out:
+        raise DataError(f"{path} lists no train split")
     return out
+
+
+def check_listing_files(items: dict[str, list[tuple[str, str]]], root: Path, listing: str) -> None:
+    """Every file a split listing names must exist, inside the data folder it is used with."""
+    base = Path(os.path.abspath(root))  # not resolve(): a data folder may hold symlinked splits
+    for rows in items.values():
+        for key, _ in rows:
+            file = Path(key)
+            if not file.is_file():
+                raise DataError(f"{listing}: {key} no longer exists; the listing does not describe the data as it is now")
+            if root.is_dir() and base not in Path(os.path.abspath(file)).parents:
+                raise DataError(f"{listing}: {key} is not inside --data {root}; the listing belongs to another data set")
 
 
 # --- class selection ---------------------------------------------------------------------
@@ -382,8 +405,12 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
         source = "csv"
         if cfg.splits:
             items = read_split_listing(Path(cfg.splits))
+            missing = next((k for rows in items.values() for k, _ in rows if k not in preloaded), None)
+            if missing is not None:
+                raise DataError(f"{cfg.splits}: row {missing} is not in {root}; the listing belongs to another CSV")
     elif cfg.splits:
         items, source = read_split_listing(Path(cfg.splits)), "splits-file"
+        check_listing_files(items, root, cfg.splits)
     else:
         items, source = _folder_items(root, cfg, skipped)
     names = sorted({c for rows in items.values() for _, c in rows})

@@ -232,3 +232,28 @@ def test_predict_fails_when_no_input_could_be_read(trained, tmp_path):
     (tmp_path / "b.png").write_bytes(b"")
     r = CliRunner().invoke(main, ["predict", str(trained), str(tmp_path / "a.jpg"), str(tmp_path / "b.png")])
     assert r.exit_code == 1 and "none of the 2 input image(s) could be read" in r.output
+
+
+def test_a_split_listing_gives_exactly_its_split_or_refuses(flat_folder, tmp_path):
+    from ftkit.data import DataError, load_data
+
+    data = load_data(tiny_config(flat_folder, tmp_path))
+    from ftkit.data import write_split_listing
+
+    listing = tmp_path / "split.csv"
+    write_split_listing(data, listing)
+    lines = listing.read_text().splitlines()
+
+    def refused(text, message, data_root=flat_folder):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("\n".join(text) + "\n")
+        with pytest.raises(DataError, match=message):
+            load_data(tiny_config(data_root, tmp_path, splits=str(bad)))
+
+    refused([lines[0], lines[1].rsplit(",", 1)[0] + ",holdout", *lines[2:]], "unknown split 'holdout'")
+    refused([*lines, lines[1].rsplit(",", 1)[0] + ",test"], "listed twice")
+    refused([lines[0], lines[1].replace(".png", "-gone.png"), *lines[2:]], "no longer exists")
+    other = write_split_folder(tmp_path / "other", sizes=(("train", 4),))
+    refused(lines, "not inside --data", data_root=other)
+    again = load_data(tiny_config(flat_folder, tmp_path, splits=str(listing)))
+    assert {n: s.keys for n, s in again.splits.items()} == {n: s.keys for n, s in data.splits.items()}
