@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from sklearn.metrics import (
     accuracy_score,
-    balanced_accuracy_score,
     classification_report,
     confusion_matrix,
     f1_score,
+    recall_score,
 )
 
 from .config import CHOICES
@@ -78,11 +78,14 @@ def predict_probs(model, loader, device, tta: str = "none", autocast=nullcontext
 
 
 def quick_metrics(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
-    """The metrics tracked every epoch (and used for early stopping)."""
+    """The metrics tracked every epoch (and used for early stopping). Macro-F1 averages over the
+    classes present in ``labels``: a class with no image to score is not a zero."""
     return {
         "accuracy": float(accuracy_score(labels, preds)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, preds)),
-        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
+        # balanced accuracy = mean recall over the classes present (sklearn's, without its warning
+        # when a prediction names a class that has no image here)
+        "balanced_accuracy": float(recall_score(labels, preds, labels=np.unique(labels), average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(labels, preds, labels=np.unique(labels), average="macro", zero_division=0)),
     }
 
 
@@ -119,13 +122,19 @@ def compute_report(predictions: Path) -> dict[str, Any]:
     p = np.array([index[t] for t in pred], dtype=np.int64)
     labels = list(range(len(classes)))
     per = classification_report(y, p, labels=labels, target_names=classes, output_dict=True, zero_division=0)
+    # Macro averages over the classes that have images in this split: a class with no support
+    # has no recall to speak of, and counting it as 0 would understate every other class.
+    present = [c for c in classes if per[c]["support"] > 0]
+    macro = {k: float(np.mean([per[c][k] for c in present])) if present else 0.0 for k in ("precision", "recall", "f1-score")}
+    macro["support"] = int(len(y))
     return {
         "n": int(len(y)),
         "accuracy": float(accuracy_score(y, p)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, p)),
-        "macro_f1": float(per["macro avg"]["f1-score"]),
+        "balanced_accuracy": macro["recall"],
+        "macro_f1": macro["f1-score"],
         "per_class": {c: _prf(per[c]) for c in classes},
-        "macro_avg": _prf(per["macro avg"]),
+        "no_support": [c for c in classes if c not in present],
+        "macro_avg": _prf(macro),
         "weighted_avg": _prf(per["weighted avg"]),
         "classes": classes,
         "confusion_matrix": confusion_matrix(y, p, labels=labels).tolist(),

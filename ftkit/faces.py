@@ -172,11 +172,14 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
     """Crop the largest face of every image under ``src`` into the same tree under ``dst``
     (PNG). ``size`` > 0 resizes crops to size x size."""
     from .data import IMAGE_EXTENSIONS, DataError, read_image
-    from .io import atomic_write
+    from .io import atomic_write, refuse_inside
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise DataError(f"{src} is not a folder")
+    refuse_inside(dst, [src], "the crop folder")
+    if margin < 0 or size < 0:
+        raise DataError(f"--margin and --size must be 0 or more, got margin {margin}, size {size}")
     if dst.exists() and any(dst.iterdir()):
         raise DataError(f"{dst} already holds files; give an empty or new folder")
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -43,6 +43,17 @@ def _umask() -> int:
 _UMASK = _umask()
 
 
+def refuse_inside(output: str | Path, inputs: list[str | Path], what: str) -> None:
+    """Refuse an output folder inside an input folder (or the same folder): what a command
+    writes there would be read back as input by the next run. Raised before anything is written."""
+    out = Path(os.path.abspath(output))
+    for source in inputs:
+        src = Path(os.path.abspath(source))
+        if src.is_dir() and (out == src or src in out.parents):
+            raise ValueError(f"{what} {output} lies inside the input folder {source}: its files would be read as "
+                             "input next time; choose a folder outside it")
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text))
 

@@ -13,7 +13,7 @@ import torch
 from .config import Config, config_from_dict
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
 from .evaluation import predict_probs, tta_probs, write_predictions
-from .io import read_json, write_json, write_yaml
+from .io import read_json, refuse_inside, write_json, write_yaml
 from .models import DataConfig, create
 from .runs import load_checkpoint, require_run
 from .train import resolve_device
@@ -272,6 +272,8 @@ def predict_paths(pred: Predictor, paths: list[str], topk: int = 3, tta: str = "
                   annotate_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """One result per image: {path, detections} or {path, error} for an unreadable file."""
     faces = faces or ("crop" if pred.faces in ("crop", "require") else "none")
+    if annotate_dir:
+        refuse_inside(annotate_dir, paths, "--annotate folder")
     results, images = [], []
     for f in expand_paths(paths):
         try:

@@ -76,7 +76,10 @@ def report_markdown(report: dict[str, Any], record: dict[str, Any]) -> str:
     elif record:
         lines += [
             f"- backbone: {record.get('backbone')} ({record.get('parameters', 0):,} parameters)",
-            f"- weights: {record.get('weights', {}).get('source')} {record.get('weights', {}).get('file') or ''}",
+            f"- weights: {record.get('weights', {}).get('source')} {record.get('weights', {}).get('file') or ''}"
+            + (f" (started from {record['weights']['init']['kind']} {record['weights']['init']['name']}; classifier rows "
+               f"carried for {', '.join(record['weights']['init']['classes_carried']) or 'no class'})"
+               if (record.get("weights") or {}).get("init") else ""),
             f"- split reported: {report.get('split')} ({report['n']} images)"
             + (f" - {record['eval_note']}" if record.get("eval_note") else ""),
             f"- phases: {', '.join(_phase_text(p) for p in record.get('phases', []))}",
@@ -89,6 +92,9 @@ def report_markdown(report: dict[str, Any], record: dict[str, Any]) -> str:
         f"accuracy **{report['accuracy']:.4f}**, balanced accuracy **{report['balanced_accuracy']:.4f}**, "
         f"macro-F1 **{report['macro_f1']:.4f}**",
         "",
+        *([f"No image of {', '.join(report['no_support'])} in this split: macro averages are over the "
+           f"{len(report['classes']) - len(report['no_support'])} classes that have images.", ""]
+          if report.get("no_support") else []),
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
     ]

@@ -28,7 +28,7 @@ from . import __version__
 from .config import Config, ConfigError, choice_error
 from .data import DataSplits, ImageDataset, load_data, write_split_listing
 from .evaluation import predict_probs, quick_metrics, write_predictions
-from .io import write_json, write_yaml
+from .io import refuse_inside, write_json, write_yaml
 from .models import (
     backbone_and_head_params,
     create,
@@ -323,6 +323,7 @@ def finetune(cfg: Config, console: Console | None = None, allow_download: bool =
     """Fine-tune ``cfg.backbone`` on ``cfg.data`` and write a complete run directory
     (with ``cfg.folds``, one run per fold plus the cross-validated report)."""
     out = console or default_console
+    refuse_inside(cfg.out or cfg.project, [cfg.data], "the run directory's folder")
     if cfg.folds:
         from .crossval import cross_validate
 

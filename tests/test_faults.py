@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -257,3 +258,36 @@ def test_a_split_listing_gives_exactly_its_split_or_refuses(flat_folder, tmp_pat
     refused(lines, "not inside --data", data_root=other)
     again = load_data(tiny_config(flat_folder, tmp_path, splits=str(listing)))
     assert {n: s.keys for n, s in again.splits.items()} == {n: s.keys for n, s in data.splits.items()}
+
+
+def test_classes_without_images_are_named_not_averaged_in_as_zero(tmp_path):
+    from ftkit.evaluation import compute_report, quick_metrics, write_predictions
+    from ftkit.report import report_markdown
+
+    classes = ["angry", "happy", "sad"]
+    labels = np.array([0, 0, 1, 1])  # no "sad" image
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
+    write_predictions(tmp_path / "p.csv", ["a", "b", "c", "d"], labels, probs, classes)
+    report = compute_report(tmp_path / "p.csv")
+    f1 = {c: report["per_class"][c]["f1"] for c in ("angry", "happy")}
+    assert report["no_support"] == ["sad"]
+    assert report["macro_f1"] == pytest.approx((f1["angry"] + f1["happy"]) / 2)
+    assert quick_metrics(labels, probs.argmax(1))["macro_f1"] == pytest.approx(report["macro_f1"])
+    assert "No image of sad in this split" in report_markdown({**report, "run": "x"}, {})
+
+
+def test_an_output_folder_inside_its_input_folder_is_refused_before_writing(split_folder, trained, tmp_path):
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    before = sorted(p.relative_to(split_folder) for p in split_folder.rglob("*"))
+    r = CliRunner().invoke(main, ["finetune", "--data", str(split_folder), "--project", str(split_folder / "runs")])
+    assert r.exit_code == 1 and "inside the input folder" in r.output
+    r = CliRunner().invoke(main, ["data", "faces", str(split_folder), str(split_folder / "train" / "crops")])
+    assert r.exit_code == 1 and "inside the input folder" in r.output
+    r = CliRunner().invoke(main, ["predict", str(trained), str(split_folder), "--annotate", str(split_folder / "a")])
+    assert r.exit_code == 1 and "inside the input folder" in r.output
+    r = CliRunner().invoke(main, ["data", "faces", str(split_folder), str(tmp_path / "crops"), "--margin", "-1"])
+    assert r.exit_code == 1 and "--margin" in r.output
+    assert sorted(p.relative_to(split_folder) for p in split_folder.rglob("*")) == before
