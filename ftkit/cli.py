@@ -131,6 +131,10 @@ def finetune(recipe, resume_run, **kwargs):
     from .zoo import resolve_config
 
     if resume_run:
+        ignored = (["--recipe"] if recipe else []) + ["--" + k.replace("_", "-") for k in _overrides(kwargs)]
+        if ignored:
+            raise click.UsageError(f"--resume continues a run with its own settings (args.yaml); it would ignore "
+                                   f"{', '.join(ignored)}: leave them out, or start a new run")
         result = resume(resume_run, console=console)
     else:
         cfg = resolve_config(recipe, **_overrides(kwargs))

@@ -135,13 +135,30 @@ def _check_type(key: str, value: Any) -> Any:
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if base is list and isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
+        value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise ConfigError(
             f"config key {key!r} expects {getattr(base, '__name__', base)}, "
             f"got {value!r} ({type(value).__name__})"
         )
+    if base is list:
+        return _check_items(key, value, (typing.get_args(hint) or (Any,))[0])
     return value
+
+
+def _check_items(key: str, values: list, item: Any) -> list:
+    """A list's elements, of the element type its field names ("0.5" in a float list is 0.5)."""
+    if item is float:
+        try:
+            out = [float(v) for v in values if not isinstance(v, bool)]
+        except (TypeError, ValueError):
+            out = []
+        if len(out) != len(values) or not all(math.isfinite(v) for v in out):
+            raise ConfigError(f"config key {key!r} expects numbers, got {values!r}")
+        return out
+    if item is str and not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"config key {key!r} expects names, got {values!r}")
+    return [str(v) for v in values] if item is str else values
 
 
 def validate(cfg: Config) -> Config:

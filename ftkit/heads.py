@@ -98,6 +98,4 @@ def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: 
             "backbone": resolve_name(cfg.backbone), "epoch": 1, "metrics": row, "logreg": {"C": best_c, "val_scores": scores}}
     for stem in ("best", "last"):
         save_checkpoint(run / "checkpoints" / stem, model, meta)
-    # predictions use the same flip averaging that the embeddings used
-    cfg_eval = Config(**{**cfg.to_dict(), "tta": "flip"})
-    return _finish(run, cfg_eval, data, model, loaders, device, nullcontext, [row], out)
+    return _finish(run, cfg, data, model, loaders, device, nullcontext, [row], out)

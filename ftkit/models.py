@@ -91,6 +91,11 @@ def create(cfg: Config, num_classes: int, state_dict: dict | None = None) -> nn.
     name = resolve_name(cfg.backbone)
     channels = cfg.channels or INPUT_MODES[cfg.input][1]
     kwargs = dict(num_classes=num_classes, in_chans=channels, drop_rate=cfg.drop_rate)
+    pretrained_cfg = timm.models.get_pretrained_cfg(name)
+    if pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        # ViT, Swin...: position embeddings and windows are built for one size, so timm must be
+        # told the input size (it resamples pretrained position embeddings to it)
+        kwargs["img_size"] = cfg.img_size or INPUT_MODES[cfg.input][0]
     if state_dict is None:
         model = timm.create_model(name, pretrained=False, **kwargs)
         init_head(model)
@@ -118,8 +123,8 @@ def init_head(model: nn.Module) -> None:
 
 def _classifier_rows(name: str, state_dict: dict) -> int:
     """Number of classes of the head stored in ``state_dict`` (timm keeps it when it matches)."""
-    probe = timm.create_model(name, pretrained=False, num_classes=1)
-    head = probe.pretrained_cfg.get("classifier", "classifier")
+    pretrained = timm.models.get_pretrained_cfg(name)  # read from timm's registry: no model is built
+    head = pretrained.classifier if pretrained and isinstance(pretrained.classifier, str) else "classifier"
     weight = state_dict.get(f"{head}.weight")
     return int(weight.shape[0]) if weight is not None else 0
 

@@ -282,11 +282,25 @@ def predict_paths(pred: Predictor, paths: list[str], topk: int = 3, tta: str = "
         except DataError as exc:
             results.append({"path": str(f), "error": str(exc)})
     good = [r for r in results if "error" not in r]
-    for r, image, detections in zip(good, images, classify_images(pred, images, faces, topk, tta)):
+    names = annotated_names([r["path"] for r in good])
+    for r, image, detections, name in zip(good, images, classify_images(pred, images, faces, topk, tta), names):
         r["detections"] = detections
         if annotate_dir:
-            _write_annotated(Path(annotate_dir) / (Path(r["path"]).stem + ".png"), image, detections)
+            r["annotated"] = str(Path(annotate_dir) / name)
+            _write_annotated(Path(r["annotated"]), image, detections)
     return results
+
+
+def annotated_names(paths: list[str]) -> list[str]:
+    """One output file name per input: its stem, with -2, -3... where stems repeat (a/1.jpg and
+    b/1.jpg must not overwrite each other)."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+    return names
 
 
 def draw_detections(image: np.ndarray, detections: list[dict[str, Any]]) -> np.ndarray:

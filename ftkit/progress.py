@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -12,7 +14,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+# Output that is not a terminal (a pipe, a log, CI) gets whole lines: no width to fold or cut
+# table cells at (`ftkit weights list 2>&1 | grep NAME` must find the name), and no live bars.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 1000)
 
 
 class _Progress(Progress):
@@ -30,4 +34,5 @@ def progress_bar(out: Console | None = None) -> Progress:
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=out or console,
+        disable=not (out or console).is_terminal,
     )

@@ -28,7 +28,7 @@ from . import __version__
 from .config import Config, ConfigError, choice_error
 from .data import DataSplits, ImageDataset, load_data, write_split_listing
 from .evaluation import predict_probs, quick_metrics, write_predictions
-from .io import refuse_inside, write_json, write_yaml
+from .io import read_json, refuse_inside, write_json, write_yaml
 from .models import (
     backbone_and_head_params,
     create,
@@ -190,7 +190,7 @@ def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device):
     common = dict(num_workers=_workers(cfg, train.images is not None), pin_memory=device.type == "cuda")
     train_loader = torch.utils.data.DataLoader(
         ImageDataset(train, train_tf), batch_size=cfg.batch_size, sampler=sampler,
-        drop_last=len(train) > cfg.batch_size, **common,
+        drop_last=len(train) > cfg.batch_size, worker_init_fn=seed_worker, **common,
     )
     eval_tf = eval_transform(dc)
     eval_loaders = {
@@ -198,6 +198,16 @@ def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device):
         for name, split in data.splits.items()
     }
     return train_loader, eval_loaders, generator, train_tf
+
+
+def seed_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream. Workers start with copies of
+    one Albumentations pipeline, which would otherwise replay the same random choices; torch's
+    per-worker seed (drawn from the global RNG, which every epoch re-seeds) keeps it repeatable."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "reseed"):
+        transform.reseed(info.seed % 2**32)
 
 
 def class_weight_tensor(data: DataSplits, cfg: Config) -> torch.Tensor | None:
@@ -230,12 +240,23 @@ def make_mixer(cfg: Config, n_classes: int):
     return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=0.0, num_classes=n_classes)
 
 
+def mix_batch(mixer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed images and soft targets. timm's Mixup pairs image i with image n-1-i and needs an
+    even batch: with an odd one (an odd --batch-size, or a last short batch) the last image
+    stays as it is, with its one-hot target."""
+    if len(y) % 2 == 0:
+        return mixer(x, y)
+    mixed, soft = mixer(x[:-1].clone(), y[:-1])
+    last = torch.nn.functional.one_hot(y[-1:], soft.shape[1]).to(soft.dtype)
+    return torch.cat([mixed, x[-1:]]), torch.cat([soft, last])
+
+
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, step_when, device, autocast, scaler,
                     memory_format=None, bar=None, task=None, mixer=None):
     """One pass over the training data; returns mean loss, accuracy and images/s.
 
-    With a ``mixer`` (see ``make_mixer``) each batch is mixed; an odd-sized last batch, which
-    timm's Mixup cannot pair up, is trained unmixed. Accuracy is then against the unmixed labels.
+    With a ``mixer`` (see ``make_mixer``) each batch is mixed (see ``mix_batch`` for odd sizes).
+    Accuracy is then against the unmixed labels.
     """
     model.train()
     freeze_bn_of_frozen(model)
@@ -243,8 +264,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, step_when, d
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         target = y
-        if mixer is not None and len(y) % 2 == 0:
-            x, target = mixer(x, y)
+        if mixer is not None and len(y) > 1:
+            x, target = mix_batch(mixer, x, y)
         if memory_format is not None:
             x = x.contiguous(memory_format=memory_format)
         with autocast():
@@ -336,6 +357,11 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
     """Build the model and train it on ``data``, writing everything into a new run directory
     (claimed only once the model exists, so a missing weights file leaves nothing behind)."""
     seed_everything(cfg.seed)
+    if cfg.head == "logreg" and cfg.tta == "none":
+        # the regression is fitted on flip-averaged embeddings: predict the same way, and say so
+        # in args.yaml and the checkpoint, so that `ftkit evaluate` repeats the run's own report
+        cfg = replace(cfg, tta="flip")
+        out.print("head logreg: tta set to flip, as its embeddings are flip-averaged")
     model, weights = build_model(cfg, data.classes, out, allow_download)
     run = new_run_dir(cfg)
     if weights.mean and cfg.mean is None and cfg.std is None:
@@ -359,6 +385,13 @@ def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
     run = Path(run_dir)
     cfg = load_run_config(run)
     cfg.splits = str(run / "split.csv")
+    record = read_json(run / "run.json") if (run / "run.json").is_file() else {}
+    if record.get("status") == "finished":
+        stopped = "stopped early" if record.get("epochs_run", cfg.epochs) < cfg.epochs else "finished"
+        raise RunError(f"{run} has {stopped} (epoch {record.get('epochs_run')} of {cfg.epochs}): there is nothing to "
+                       f"resume; to train longer, start a new run with --init {run}")
+    if cfg.head == "logreg":
+        raise RunError(f"{run} is a --head logreg run, fitted in one step: there is no epoch to resume; start it again")
     state = load_train_state(run / "checkpoints" / "last.state.pt")
     for stale in remove_partial_files(run):
         out.print(f"removed {stale.name}, left by an interrupted write")

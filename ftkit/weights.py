@@ -101,7 +101,7 @@ def fit_to_model(state_dict: dict[str, torch.Tensor], timm_name: str, ordered: b
     first tensor that differs. Safetensors files do not keep tensor order (``ordered=False``),
     so a foreign one cannot be remapped.
     """
-    head_rows = _head_rows(state_dict)
+    head_rows = _head_rows(state_dict, timm_name)
     reference = timm.create_model(timm_name, pretrained=False, num_classes=head_rows or 1000).state_dict()
     if set(state_dict) <= set(reference) and all(state_dict[k].shape == reference[k].shape for k in state_dict):
         return state_dict
@@ -127,8 +127,15 @@ def fit_to_model(state_dict: dict[str, torch.Tensor], timm_name: str, ordered: b
     return out
 
 
-def _head_rows(state_dict: dict[str, torch.Tensor]) -> int | None:
-    """The classifier size of a checkpoint: the first dim of its last 2-D weight."""
+def _head_rows(state_dict: dict[str, torch.Tensor], timm_name: str | None = None) -> int | None:
+    """The classifier size of a checkpoint: the rows of the tensor timm's pretrained config names
+    as the classifier (``head.fc`` for ConvNeXt/Swin, ``classifier`` for MobileNet...). A foreign
+    checkpoint uses its own names: then the last 2-D weight in its own order."""
+    pretrained = timm.models.get_pretrained_cfg(timm_name) if timm_name else None
+    heads = pretrained.classifier if pretrained and pretrained.classifier else ()
+    for head in (heads,) if isinstance(heads, str) else heads:
+        if f"{head}.weight" in state_dict:
+            return int(state_dict[f"{head}.weight"].shape[0])
     matrices = [v for k, v in state_dict.items() if k.endswith("weight") and v.dim() == 2]
     return int(matrices[-1].shape[0]) if matrices else None
 
@@ -174,7 +181,7 @@ def import_weights(path: str | Path, backbone: str, source: str | None = None, s
         sha256=sha256sum(target),
         source=source or str(path),
         parameters=int(sum(v.numel() for k, v in tensors.items() if "num_batches" not in k)),
-        classes=_head_rows(tensors),
+        classes=_head_rows(tensors, name),
         mean=mean,
         std=std,
     )

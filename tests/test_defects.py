@@ -1,0 +1,129 @@
+"""Defects found by a code review (issue 15), each pinned by a test that failed before its fix."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ftkit.cli import main
+from ftkit.train import finetune, mix_batch, make_mixer
+from conftest import TINY, tiny_config, write_split_folder
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.slow
+def test_a_logreg_run_reports_what_evaluate_repeats(split_folder, tmp_path):
+    result = finetune(tiny_config(split_folder, tmp_path, head="logreg", name="lr"))
+    run = result.run_dir
+    assert "tta: flip" in (run / "args.yaml").read_text()
+    r = invoke("evaluate", run, "--split", "test", "--name", "again")
+    assert r.exit_code == 0, r.output
+    again = json.loads((run / "eval" / "again" / "report.json").read_text())
+    assert again["accuracy"] == result.report["accuracy"] and again["macro_f1"] == result.report["macro_f1"]
+
+
+def test_mixup_also_mixes_odd_batches(split_folder, tmp_path):
+    mixer = make_mixer(tiny_config(split_folder, tmp_path, mixup=0.4), 3)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    x, y = torch.rand(7, 3, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    mixed, target = mix_batch(mixer, x.clone(), y)
+    assert mixed.shape == x.shape and target.shape == (7, 3)
+    assert torch.allclose(target.sum(1), torch.ones(7))
+    assert not torch.equal(mixed[:6], x[:6])  # the first six are mixed
+    assert torch.equal(mixed[6], x[6]) and torch.equal(target[6], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_list_settings_are_typed_element_by_element(tmp_path):
+    from ftkit.config import ConfigError, resolve
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('mean: "0.5,0.5,0.5"\nstd: ["0.25", 0.25, 1]\n')
+    cfg = resolve(str(recipe))
+    assert cfg.mean == [0.5, 0.5, 0.5] and cfg.std == [0.25, 0.25, 1.0]
+    recipe.write_text("mean: [a, b, c]\n")
+    with pytest.raises(ConfigError, match="'mean' expects numbers"):
+        resolve(str(recipe))
+
+
+def test_weights_of_models_whose_classifier_is_not_the_last_matrix(tmp_path):
+    """ConvNeXt's classifier is head.fc; sorted by name, head.fc.weight is not the last 2-D weight."""
+    import timm
+    from safetensors.torch import save_file
+
+    from ftkit.weights import fit_to_model
+
+    state = timm.create_model("convnext_atto", num_classes=7).state_dict()
+    save_file({k: v.contiguous() for k, v in sorted(state.items())}, str(tmp_path / "c.safetensors"))
+    from ftkit.weights import load_state_dict
+
+    fitted = fit_to_model(load_state_dict(tmp_path / "c.safetensors"), "convnext_atto", ordered=False)
+    assert fitted["head.fc.weight"].shape == (7, 320)
+
+
+@pytest.mark.slow
+def test_fixed_size_backbones_train_at_any_input_size(tmp_path):
+    data = write_split_folder(tmp_path / "d", sizes=(("train", 4), ("val", 2)))
+    r = invoke("finetune", "--data", data, "--backbone", "vit_tiny_patch16_224", "--input", "gray48", "--no-pretrained",
+               "--epochs", 1, "--batch-size", 4, "--workers", 0, "--project", tmp_path / "runs", "--name", "vit")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "runs" / "vit" / "run.json").read_text())["data_config"]["img_size"] == 48
+
+
+def test_annotated_outputs_of_same_named_images_do_not_overwrite_each_other():
+    from ftkit.predict import annotated_names
+
+    assert annotated_names(["a/1.jpg", "b/1.jpg", "c/2.png", "d/1.jpeg"]) == ["1.png", "1-2.png", "2.png", "1-3.png"]
+
+
+@pytest.mark.slow
+def test_resume_refuses_finished_runs_and_flags_it_would_ignore(split_folder, tmp_path):
+    run = finetune(tiny_config(split_folder, tmp_path, epochs=1, freeze_epochs=0, name="done")).run_dir
+    r = invoke("finetune", "--resume", run)
+    assert r.exit_code == 1 and "nothing to resume" in r.output
+    r = invoke("finetune", "--resume", run, "--epochs", 5)
+    assert r.exit_code == 2 and "--epochs" in r.output
+    logreg = finetune(tiny_config(split_folder, tmp_path, head="logreg", name="lr")).run_dir
+    json_path = logreg / "run.json"
+    json_path.write_text(json.dumps({**json.loads(json_path.read_text()), "status": "interrupted"}))
+    r = invoke("finetune", "--resume", logreg)
+    assert r.exit_code == 1 and "logreg" in r.output
+
+
+def test_dataloader_workers_draw_different_augmentations(tmp_path):
+    """Two workers start from one Albumentations pipeline; each must get its own stream."""
+    from ftkit.data import ImageDataset, Split
+    from ftkit.models import DataConfig
+    from ftkit.train import seed_worker
+    from ftkit.transforms import train_transform
+
+    image = (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)
+    split = Split([f"k{i}" for i in range(8)], np.zeros(8, dtype=np.int64), [image] * 8)
+    dc = DataConfig(32, 3, False, [0.5] * 3, [0.5] * 3, "bilinear")
+
+    def batches(seed):
+        torch.manual_seed(seed)
+        loader = torch.utils.data.DataLoader(ImageDataset(split, train_transform(dc, "strong", seed=0)), batch_size=4,
+                                             num_workers=2, worker_init_fn=seed_worker)
+        return [x for x, _ in loader]
+
+    first, second = batches(0)
+    assert not torch.equal(first, second)  # worker 0 and worker 1 did not replay one stream
+    again = batches(0)
+    assert torch.equal(again[0], first) and torch.equal(again[1], second)  # and --seed still fixes them
+
+
+def test_tables_through_a_pipe_keep_whole_names(tmp_path, monkeypatch):
+    from ftkit.io import write_json
+
+    name = "a_very_long_timm_model_name_that_a_terminal_would_cut_short_v2_100"
+    write_json(tmp_path / "manifest.json", {name: {"file": f"{name}.safetensors", "sha256": "0" * 64,
+                                                   "source": "test", "parameters": 1}})
+    monkeypatch.setenv("FTKIT_WEIGHTS", str(tmp_path))
+    out = invoke("weights", "list").output
+    assert any(name in line for line in out.splitlines())
