@@ -531,7 +531,7 @@ def _number(value) -> str:
 @click.argument("name")
 @click.option("--force", is_flag=True, help="Replace a saved model of that name (its old sha256 is kept in the entry).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Weights precision in the file (float16 halves its size; measured to change no prediction of the shipped models).")
+              help="Weights precision in the file (float16 halves its size; for fer2013-fast it moved PublicTest accuracy by +0.06 points).")
 @_friendly
 def weights_save(run, name, force, dtype):
     """Save a run's best model in the store under NAME, usable wherever a run is.

@@ -178,3 +178,24 @@ def test_init_refuses_another_backbone_and_weights_together(source_run, tmp_path
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     r = invoke("finetune", "--init", source_run, "--weights", "w.pth", "--data", data)
     assert r.exit_code == 1 and "give one of them" in r.output
+
+
+def test_the_shipped_model_labels_the_face_in_a_photo_offline(tmp_path, monkeypatch):
+    """A fresh clone plus one command: the tracked weights/fer2013-fast.safetensors, no network."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    entry = json.loads((zoo.SHIPPED_DIR / zoo.SHIPPED).read_text())["fer2013-fast"]
+    assert entry["bytes"] <= 16e6 and "research use" in entry["terms"]
+    assert entry["measured"]["split"] == "PublicTest" and entry["measured"]["accuracy"] >= 0.66
+    Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.png")
+    monkeypatch.chdir(tmp_path)
+    r = invoke("predict", "fer2013-fast", tmp_path / "astronaut.png", "--faces", "all", "--format", "jsonl",
+               "--annotate", tmp_path / "annotated")
+    assert r.exit_code == 0, r.output
+    (result,) = [json.loads(line) for line in r.output.splitlines()]
+    (face,) = result["detections"]
+    assert face["box"] is not None and set(face["probabilities"]) == set(entry["classes"])
+    assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert face["top"][0]["class"] == "happy"  # she smiles
+    assert (tmp_path / "annotated" / "astronaut.png").is_file()
