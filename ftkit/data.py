@@ -40,6 +40,11 @@ class DataError(ValueError):
 # --- reading one image -------------------------------------------------------------------
 
 
+# What PIL raises for a file it cannot or will not decode (a decompression bomb is refused
+# like a corrupt file: skipped with its name, never fatal to the whole run).
+UNREADABLE = (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Decode any common image file to an RGB ``uint8`` array of shape (H, W, 3).
 
@@ -55,7 +60,9 @@ def read_image(path: str | Path) -> np.ndarray:
                 gray = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
                 return np.repeat(gray[:, :, None], 3, axis=2)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:  # far larger than any photo: refused like a corrupt file
+        raise DataError(f"cannot decode image {path}: too large to decode safely ({exc})") from exc
+    except UNREADABLE as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from exc
 
 
@@ -90,7 +97,7 @@ def verify_image(path: str) -> str | None:
         with Image.open(path) as im:
             im.verify()
         return None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UNREADABLE as exc:
         return str(exc)
 
 
@@ -530,7 +537,7 @@ def _estimate_mb(data: DataSplits, probe: int = 16) -> float:
         try:
             with Image.open(key) as im:
                 sizes.append(im.width * im.height * 3)
-        except (OSError, UnidentifiedImageError, ValueError):
+        except UNREADABLE:
             continue
     mean = np.mean(sizes) if sizes else 0.0
     return mean * len(keys) / 2**20

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,28 @@ def new_run_dir(cfg: Config) -> Path:
         except FileExistsError:
             continue
     raise RunError(f"too many runs named {stem} in {cfg.project}")
+
+
+@contextmanager
+def run_lock(run: Path):
+    """Hold ``RUN/.lock`` while a process trains in RUN: a second ``--resume RUN`` is refused
+    instead of writing into the same files. The operating system drops the lock when the
+    process ends, however it ends, so a killed run can be resumed at once."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; runs are not guarded
+        yield
+        return
+    with open(run / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{run} is in use by another ftkit process (training or resuming it); "
+                           "wait for it to end") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def require_run(path: str | Path) -> Path:

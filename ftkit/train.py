@@ -49,6 +49,7 @@ from .runs import (
     load_train_state,
     new_run_dir,
     remove_partial_files,
+    run_lock,
     save_checkpoint,
     save_train_state,
     update_record,
@@ -363,16 +364,18 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
         cfg = replace(cfg, tta="flip")
         out.print("head logreg: tta set to flip, as its embeddings are flip-averaged")
     model, weights = build_model(cfg, data.classes, out, allow_download)
+    resolve_device(cfg.device)  # a device that is not there fails here, before any folder exists
     run = new_run_dir(cfg)
     if weights.mean and cfg.mean is None and cfg.std is None:
         # the weights were trained with another normalisation than timm's config says
         cfg = Config(**{**cfg.to_dict(), "mean": weights.mean, "std": weights.std})
-    _write_run_inputs(run, cfg, data, model, weights)
-    if cfg.head == "logreg":
-        from .heads import fit_logreg
+    with run_lock(run):
+        _write_run_inputs(run, cfg, data, model, weights)
+        if cfg.head == "logreg":
+            from .heads import fit_logreg
 
-        return fit_logreg(run, cfg, data, model, out)
-    return _train(run, cfg, data, model, state=None, out=out)
+            return fit_logreg(run, cfg, data, model, out)
+        return _train(run, cfg, data, model, state=None, out=out)
 
 
 def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
@@ -385,6 +388,11 @@ def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
     run = Path(run_dir)
     cfg = load_run_config(run)
     cfg.splits = str(run / "split.csv")
+    with run_lock(run):
+        return _resume_locked(run, cfg, out)
+
+
+def _resume_locked(run: Path, cfg: Config, out: Console) -> RunResult:
     record = read_json(run / "run.json") if (run / "run.json").is_file() else {}
     if record.get("status") == "finished":
         stopped = "stopped early" if record.get("epochs_run", cfg.epochs) < cfg.epochs else "finished"

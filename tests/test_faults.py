@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
@@ -291,3 +292,37 @@ def test_an_output_folder_inside_its_input_folder_is_refused_before_writing(spli
     r = CliRunner().invoke(main, ["data", "faces", str(split_folder), str(tmp_path / "crops"), "--margin", "-1"])
     assert r.exit_code == 1 and "--margin" in r.output
     assert sorted(p.relative_to(split_folder) for p in split_folder.rglob("*")) == before
+
+
+def test_a_run_in_use_cannot_be_resumed_twice(trained, tmp_path):
+    import fcntl
+
+    from ftkit.runs import RunError
+
+    record = trained / "run.json"
+    saved = record.read_text()
+    record.write_text(json.dumps({**json.loads(saved), "status": "interrupted"}))
+    try:
+        with open(trained / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process trains in it
+            with pytest.raises(RunError, match="in use by another ftkit process"):
+                resume(trained)
+    finally:
+        record.write_text(saved)
+
+
+def test_a_decompression_bomb_is_skipped_like_any_unreadable_file(tmp_path):
+    from PIL import Image
+
+    from ftkit.data import load_data
+
+    data = write_split_folder(tmp_path / "d", sizes=(("train", 6), ("val", 2)))
+    bomb = data / "train" / "alpha" / "bomb.png"
+    Image.new("L", (1, 1)).save(bomb)
+    raw = bytearray(bomb.read_bytes())
+    raw[16:24] = (30000).to_bytes(4, "big") * 2  # IHDR width and height: 900 megapixels claimed
+    raw[29:33] = zlib.crc32(bytes(raw[12:29])).to_bytes(4, "big")  # a valid header, so PIL believes it
+    bomb.write_bytes(bytes(raw))
+    loaded = load_data(tiny_config(data, tmp_path))
+    assert any("bomb.png" in path and "decompression bomb" in reason for path, reason in loaded.skipped)
+    assert len(loaded.splits["train"]) == 18
