@@ -2,6 +2,8 @@
 
 The Python API mirrors the CLI: ``ftkit.resolve(...)`` builds a config, ``ftkit.finetune(cfg)``
 trains and writes a run directory, ``ftkit.evaluate_run`` / ``ftkit.predict_paths`` use it.
+Named expression models (shipped in ``weights/`` or saved with ``ftkit weights save``) and
+``--init`` live in ``ftkit.zoo``.
 """
 
 __version__ = "0.1.0"

@@ -177,7 +177,7 @@ def test_bad_inputs_give_clear_messages(trained, tmp_path):
     r = invoke("report", tmp_path)
     assert r.exit_code == 1 and "predictions.csv" in r.output
     r = invoke("predict", tmp_path / "nope", "x.png")
-    assert r.exit_code == 1 and "not an ftkit run directory" in r.output
+    assert r.exit_code == 1 and "neither a run directory nor a named model" in r.output
     r = invoke("finetune", "--data", tmp / "data", *tiny_flags(tmp), "--out", run)
     assert r.exit_code == 1 and "already holds files" in r.output
     assert (run / "report.json").is_file()  # nothing of the earlier run was touched

@@ -139,7 +139,7 @@ def test_video_predictions_and_annotated_video(run, tmp_path):
 
 def test_bad_inputs_for_predict_and_export(run, tmp_path):
     r = CliRunner().invoke(main, ["predict", str(tmp_path / "missing-run"), "x.png"])
-    assert r.exit_code == 1 and "not an ftkit run directory" in r.output
+    assert r.exit_code == 1 and "neither a run directory nor a named model" in r.output
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     r = CliRunner().invoke(main, ["predict", str(run), "--video", str(tmp_path / "broken.mp4")])
     assert r.exit_code == 1 and "cannot open video" in r.output
@@ -148,4 +148,4 @@ def test_bad_inputs_for_predict_and_export(run, tmp_path):
     r = CliRunner().invoke(main, ["predict", str(tmp_path / "missing.onnx"), "x.png"])
     assert r.exit_code == 1 and "not found" in r.output
     r = CliRunner().invoke(main, ["export", str(tmp_path / "missing-run")])
-    assert r.exit_code == 1 and "not an ftkit run directory" in r.output
+    assert r.exit_code == 1 and "neither a run directory nor a named model" in r.output

