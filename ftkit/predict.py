@@ -15,10 +15,9 @@ from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_ima
 from .evaluation import predict_probs, tta_probs, write_predictions
 from .io import read_json, refuse_inside, write_json, write_yaml
 from .models import DataConfig, create
-from .runs import load_checkpoint, require_run
 from .train import resolve_device
 from .transforms import eval_transform
-from .weights import check_finite, sha256sum
+from .weights import sha256sum
 from .zoo import load_source
 
 
@@ -41,15 +40,10 @@ class LoadedRun:
 def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") -> LoadedRun:
     """A run's best (or last) model, or a named model (``ftkit weights list``), in eval mode,
     with its classes and preprocessing."""
-    if Path(run).is_dir():
-        folder = require_run(run)
-        weights, meta = load_checkpoint(folder / "checkpoints" / checkpoint)
-        check_finite(weights, str(folder / "checkpoints" / f"{checkpoint}.safetensors"))
-        origin = None
-    else:
-        named = load_source(run)
-        folder, weights, meta = None, named.state_dict, named.meta
-        origin = {**named.describe(), "entry": named.entry}
+    source = load_source(run, checkpoint)
+    weights, meta = source.state_dict, source.meta
+    folder = source.path if source.kind == "run" else None
+    origin = None if folder else {**source.describe(), "entry": source.entry}
     cfg = config_from_dict(meta["config"])
     model = create(replace(cfg, pretrained=False, weights=None, init=None), len(meta["classes"]))
     model.load_state_dict(weights)

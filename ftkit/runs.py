@@ -26,6 +26,7 @@ from safetensors.torch import save
 
 from .config import Config, config_from_dict
 from .io import atomic_write, read_json, write_json
+from .weights import check_finite
 
 
 class RunError(ValueError):
@@ -91,14 +92,32 @@ def require_run(path: str | Path) -> Path:
 # --- checkpoints -------------------------------------------------------------------------
 
 
+def write_weights(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """A safetensors file with ``meta`` (config, classes, preprocessing...) in its header, written
+    atomically: checkpoints and named models (ftkit.zoo) are such files."""
+    blob = save(tensors, metadata={"ftkit": json.dumps(meta, default=str)})
+    atomic_write(path, lambda f: f.write(blob), mode="wb")
+
+
+def read_weights(path: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The tensors (none with ``tensors=False``) and header metadata of a file ``write_weights``
+    wrote (None for a file without it). Damaged files and non-finite weights are refused."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = (f.metadata() or {}).get("ftkit")
+            state = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+    except Exception as exc:  # safetensors' own error types: truncated or not a safetensors file
+        raise RunError(f"{path} cannot be read ({type(exc).__name__}: {exc}); it is damaged") from exc
+    check_finite(state, str(path))
+    return state, json.loads(header) if header else None
+
+
 def save_checkpoint(stem: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
     """Write ``stem.safetensors`` (weights, with ``meta`` in its header) and ``stem.json`` (the
     same metadata for people and tools). The safetensors file is the checkpoint: it carries
     its own metadata, so a stop between the two writes cannot pair weights with another
     epoch's description."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = save(tensors, metadata={"ftkit": json.dumps(meta, default=str)})
-    atomic_write(stem.with_suffix(".safetensors"), lambda f: f.write(blob), mode="wb")
+    write_weights(stem.with_suffix(".safetensors"), {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, meta)
     write_json(stem.with_suffix(".json"), meta)
 
 
@@ -108,13 +127,8 @@ def load_checkpoint(stem: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     weights = stem.with_suffix(".safetensors")
     if not weights.is_file():
         raise RunError(f"checkpoint {weights} is missing")
-    try:
-        with safe_open(str(weights), framework="pt") as f:
-            header = (f.metadata() or {}).get("ftkit")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors' own error types: truncated or not a safetensors file
-        raise RunError(f"checkpoint {weights} cannot be read ({type(exc).__name__}: {exc}); it is damaged") from exc
-    return tensors, json.loads(header) if header else read_json(stem.with_suffix(".json"))
+    tensors, meta = read_weights(weights)
+    return tensors, meta if meta is not None else read_json(stem.with_suffix(".json"))
 
 
 def save_train_state(path: Path, state: dict[str, Any]) -> None:

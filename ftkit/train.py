@@ -12,7 +12,7 @@ import math
 import platform
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -262,7 +262,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, step_when, d
     model.train()
     freeze_bn_of_frozen(model)
     seen, correct, loss_sum, start = 0, 0, 0.0, time.perf_counter()
-    for x, y in loader:
+    for step, (x, y) in enumerate(loader, 1):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         target = y
         if mixer is not None and len(y) > 1:
@@ -286,7 +286,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, step_when, d
         value = loss.item()
         if not math.isfinite(value):
             # the checkpoints on disk are from before this epoch; nothing diverged is saved
-            raise TrainingDiverged(f"the training loss became {value} at step {seen // max(len(y), 1) + 1} of this epoch "
+            raise TrainingDiverged(f"the training loss became {value} at step {step} of this epoch "
                                    "(diverged): lower --lr, or check the data; the last good checkpoint is kept")
         loss_sum += value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
@@ -369,7 +369,7 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
     if weights.mean and cfg.mean is None and cfg.std is None:
         # the weights were trained with another normalisation than timm's config says
         cfg = Config(**{**cfg.to_dict(), "mean": weights.mean, "std": weights.std})
-    with run_lock(run):
+    with training_session(run, out):
         _write_run_inputs(run, cfg, data, model, weights)
         if cfg.head == "logreg":
             from .heads import fit_logreg
@@ -388,11 +388,6 @@ def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
     run = Path(run_dir)
     cfg = load_run_config(run)
     cfg.splits = str(run / "split.csv")
-    with run_lock(run):
-        return _resume_locked(run, cfg, out)
-
-
-def _resume_locked(run: Path, cfg: Config, out: Console) -> RunResult:
     record = read_json(run / "run.json") if (run / "run.json").is_file() else {}
     if record.get("status") == "finished":
         stopped = "stopped early" if record.get("epochs_run", cfg.epochs) < cfg.epochs else "finished"
@@ -400,6 +395,32 @@ def _resume_locked(run: Path, cfg: Config, out: Console) -> RunResult:
                        f"resume; to train longer, start a new run with --init {run}")
     if cfg.head == "logreg":
         raise RunError(f"{run} is a --head logreg run, fitted in one step: there is no epoch to resume; start it again")
+    with training_session(run, out):
+        return _resume_locked(run, cfg, out)
+
+
+@contextmanager
+def training_session(run: Path, out: Console):
+    """While this process trains in ``run``: hold its lock, and if training ends by an exception,
+    leave run.json saying so (interrupted, or failed with the reason), never "running"."""
+    with run_lock(run):
+        try:
+            yield
+        except KeyboardInterrupt:
+            if not (run / "checkpoints" / "last.state.pt").is_file():
+                update_record(run, status="interrupted", error="stopped before the first epoch ended: nothing to resume")
+                out.print(f"[yellow]interrupted before the first epoch ended: nothing to resume; start again "
+                          f"(with another --out, or after deleting {run})")
+            else:
+                update_record(run, status="interrupted")
+                out.print(f"[yellow]interrupted; continue with: ftkit finetune --resume {run}")
+            raise
+        except Exception as exc:
+            update_record(run, status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+
+
+def _resume_locked(run: Path, cfg: Config, out: Console) -> RunResult:
     state = load_train_state(run / "checkpoints" / "last.state.pt")
     for stale in remove_partial_files(run):
         out.print(f"removed {stale.name}, left by an interrupted write")
@@ -460,51 +481,37 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
     update_record(run, status="running", device=str(device), phases=describe_phases(phases, cfg), data_config=dc.to_dict())
     _print_plan(out, run, cfg, data, phases, device, dc)
 
-    try:
-        with progress_bar(out) as bar:
-            for epoch in range(start_epoch, cfg.epochs):
-                phase = phases[epoch]
-                set_trainable(model, phase.unfrozen_stages)
-                # Re-seed per epoch so that a resumed run repeats the uninterrupted one exactly.
-                seed_everything(cfg.seed + 1000 * (epoch + 1))
-                generator.manual_seed(cfg.seed + epoch)
-                train_tf.reseed(cfg.seed + epoch)
-                epoch_started = time.perf_counter()
-                task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}]", total=len(train_loader), info="")
-                stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, step_when, device,
-                                        autocast, scaler, memory_format, bar, task, mixer)
-                probs, labels, val_loss = predict_probs(model, eval_loaders["val"], device, "none", autocast)
-                row = {"epoch": epoch + 1, "phase": phase.name, **stats, "val_loss": val_loss,
-                       **{f"val_{k}": v for k, v in quick_metrics(labels, probs.argmax(1)).items()},
-                       "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - epoch_started}
-                history.append(row)
-                score = row[f"val_{cfg.metric}"]
-                if step_when == "epoch":
-                    scheduler.step(score)
-                improved = best is None or (score < best if cfg.metric == "loss" else score > best)
-                bar.update(task, info=f"loss {stats['train_loss']:.3f} val {cfg.metric} {score:.3f}{' *' if improved else ''} ({stats['images_per_s']:.0f} img/s)")
-                if not out.is_terminal:  # logs and CI have no live bars: one line per epoch
-                    out.print(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}] train loss {stats['train_loss']:.4f} "
-                              f"val loss {val_loss:.4f} val accuracy {row['val_accuracy']:.4f} "
-                              f"val macro-F1 {row['val_macro_f1']:.4f} ({stats['images_per_s']:.0f} img/s)")
-                best, bad_epochs = (score, 0) if improved else (best, bad_epochs + 1)
-                _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, best, bad_epochs)
-                if cfg.patience and bad_epochs >= cfg.patience:
-                    out.print(f"early stop: val {cfg.metric} did not improve for {cfg.patience} epochs")
-                    break
-    except KeyboardInterrupt:
-        if not (run / "checkpoints" / "last.state.pt").is_file():
-            update_record(run, status="interrupted", error="stopped before the first epoch ended: nothing to resume")
-            out.print(f"[yellow]interrupted before the first epoch ended: nothing to resume; start again "
-                      f"(with another --out, or after deleting {run})")
-        else:
-            update_record(run, status="interrupted")
-            out.print(f"[yellow]interrupted; continue with: ftkit finetune --resume {run}")
-        raise
-    except Exception as exc:
-        # the record must not say "running" for a run that no process trains any more
-        update_record(run, status="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
+    with progress_bar(out) as bar:
+        for epoch in range(start_epoch, cfg.epochs):
+            phase = phases[epoch]
+            set_trainable(model, phase.unfrozen_stages)
+            # Re-seed per epoch so that a resumed run repeats the uninterrupted one exactly.
+            seed_everything(cfg.seed + 1000 * (epoch + 1))
+            generator.manual_seed(cfg.seed + epoch)
+            train_tf.reseed(cfg.seed + epoch)
+            epoch_started = time.perf_counter()
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}]", total=len(train_loader), info="")
+            stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, step_when, device,
+                                    autocast, scaler, memory_format, bar, task, mixer)
+            probs, labels, val_loss = predict_probs(model, eval_loaders["val"], device, "none", autocast)
+            row = {"epoch": epoch + 1, "phase": phase.name, **stats, "val_loss": val_loss,
+                   **{f"val_{k}": v for k, v in quick_metrics(labels, probs.argmax(1)).items()},
+                   "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - epoch_started}
+            history.append(row)
+            score = row[f"val_{cfg.metric}"]
+            if step_when == "epoch":
+                scheduler.step(score)
+            improved = best is None or (score < best if cfg.metric == "loss" else score > best)
+            bar.update(task, info=f"loss {stats['train_loss']:.3f} val {cfg.metric} {score:.3f}{' *' if improved else ''} ({stats['images_per_s']:.0f} img/s)")
+            if not out.is_terminal:  # logs and CI have no live bars: one line per epoch
+                out.print(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}] train loss {stats['train_loss']:.4f} "
+                          f"val loss {val_loss:.4f} val accuracy {row['val_accuracy']:.4f} "
+                          f"val macro-F1 {row['val_macro_f1']:.4f} ({stats['images_per_s']:.0f} img/s)")
+            best, bad_epochs = (score, 0) if improved else (best, bad_epochs + 1)
+            _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, best, bad_epochs)
+            if cfg.patience and bad_epochs >= cfg.patience:
+                out.print(f"early stop: val {cfg.metric} did not improve for {cfg.patience} epochs")
+                break
     return _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out)
 
 

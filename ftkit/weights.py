@@ -66,9 +66,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file {path} is empty (0 bytes); copy it again")
     if path.suffix == ".safetensors":
         try:
-            return load_file(str(path))
+            state_dict = load_file(str(path))
         except Exception as exc:  # safetensors' own error type for truncated or foreign files
             raise WeightsError(f"cannot read {path} as safetensors ({exc}); the file is damaged or not safetensors") from exc
+        check_finite(state_dict, str(path))
+        return state_dict
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError and friends carry the reason
@@ -82,6 +84,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path} is not a state dict (a mapping of names to tensors)")
+    check_finite(obj, str(path))
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -168,7 +171,6 @@ def import_weights(path: str | Path, backbone: str, source: str | None = None, s
     store = store or store_dir()
     name = resolve_name(backbone)
     state_dict = fit_to_model(load_state_dict(path), name, ordered=Path(path).suffix != ".safetensors")
-    check_finite(state_dict, str(path))
     previous = read_manifest(store).get(name)
     if previous and not force:
         raise WeightsError(f"{name} is already in the store ({previous['file']}, sha256 {previous['sha256'][:16]}..., "
@@ -201,16 +203,12 @@ def find_pretrained(backbone: str, weights_file: str | None, allow_download: boo
     name = resolve_name(backbone)
     if weights_file:
         ordered = Path(weights_file).suffix != ".safetensors"
-        state_dict = fit_to_model(load_state_dict(weights_file), name, ordered)
-        check_finite(state_dict, str(weights_file))
-        return state_dict, WeightsInfo("file", str(weights_file), sha256sum(weights_file))
+        return fit_to_model(load_state_dict(weights_file), name, ordered), WeightsInfo("file", str(weights_file), sha256sum(weights_file))
     stored = store_dir() / f"{name}.safetensors"
     if stored.is_file():
         entry = read_manifest(stored.parent).get(name, {})
         info = WeightsInfo("store", str(stored), sha256sum(stored), entry.get("mean"), entry.get("std"))
-        state_dict = load_state_dict(stored)
-        check_finite(state_dict, str(stored))
-        return state_dict, info
+        return load_state_dict(stored), info
     cached = _timm_cached_file(name)
     if cached:
         return load_state_dict(cached), WeightsInfo("timm-cache", cached, sha256sum(cached))

@@ -22,13 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save
 
 from .config import Config, load_recipe, resolve, suggest
-from .io import atomic_write, read_json, write_json
-from .runs import RunError, load_checkpoint, require_run
-from .weights import WeightsError, check_finite, sha256sum, store_dir
+from .io import read_json, write_json
+from .runs import RunError, load_checkpoint, read_weights, require_run, write_weights
+from .weights import WeightsError, sha256sum, store_dir
 
 SAVED = "models.json"  # in the user's weight store (git-ignored)
 SHIPPED = "shipped.json"  # in the checkout's weights/ (tracked, with the files it lists)
@@ -104,14 +102,14 @@ def find_model(name: str) -> tuple[str, Path, dict[str, Any]] | None:
 # --- loading -----------------------------------------------------------------------------
 
 
-def load_source(target: str | Path) -> ModelSource:
-    """A run directory (its best checkpoint) or a named model, with float32 weights."""
+def load_source(target: str | Path, checkpoint: str = "best") -> ModelSource:
+    """A run directory (its best, or last, checkpoint) or a named model, with float32 weights."""
     path = Path(target)
     if path.is_dir():
         run = require_run(path)
-        weights, meta = load_checkpoint(run / "checkpoints" / "best")
-        check_finite(weights, str(run / "checkpoints" / "best.safetensors"))
-        return ModelSource(str(target), "run", run, sha256sum(run / "checkpoints" / "best.safetensors"), weights, meta)
+        weights, meta = load_checkpoint(run / "checkpoints" / checkpoint)
+        return ModelSource(str(target), "run", run, sha256sum(run / "checkpoints" / f"{checkpoint}.safetensors"),
+                           weights, meta)
     found = find_model(str(target))
     if found is None:
         names = [m["name"] for m in list_models()]
@@ -130,16 +128,10 @@ def _load_named(name: str, kind: str, file: Path, entry: dict[str, Any]) -> Mode
     if entry.get("sha256") and digest != entry["sha256"]:
         raise WeightsError(f"model {name}: {file} has sha256 {digest[:16]}..., models.json expects "
                            f"{entry['sha256'][:16]}...; the file was changed or damaged: restore it")
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["ftkit"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"model {name}: {file} carries no ftkit metadata; save it with `ftkit weights save`") from exc
-    except Exception as exc:  # safetensors raises its own error type for truncated or foreign files
-        raise WeightsError(f"model {name}: cannot read {file} ({type(exc).__name__}: {exc})") from exc
+    tensors, meta = read_weights(file)
+    if meta is None:
+        raise WeightsError(f"model {name}: {file} carries no ftkit metadata; save it with `ftkit weights save`")
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    check_finite(state_dict, str(file))
     return ModelSource(name, kind, file, digest, state_dict, meta, entry)
 
 
@@ -154,10 +146,10 @@ def source_meta(target: str | Path) -> dict[str, Any]:
         return load_source(target).meta  # raises the not-found message
     _, file, _ = found
     try:
-        with safe_open(str(file), framework="pt") as f:
-            return json.loads((f.metadata() or {})["ftkit"])
-    except Exception:  # missing, damaged or foreign: load_source names the problem
-        return load_source(target).meta
+        meta = read_weights(file, tensors=False)[1]
+    except RunError:  # damaged: load_source names the problem
+        meta = None
+    return meta if meta is not None else load_source(target).meta
 
 
 def source_settings(meta: dict[str, Any]) -> dict[str, Any]:
@@ -198,8 +190,7 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
     keep = {k: meta[k] for k in ("config", "classes", "data_config", "backbone", "epoch")}
     target = manifest_path.parent / f"{name}.safetensors"
-    blob = save(tensors, metadata={"ftkit": json.dumps(keep, default=str)})
-    atomic_write(target, lambda f: f.write(blob), mode="wb")
+    write_weights(target, tensors, keep)
     dc = meta["data_config"]
     entry = {
         "file": target.name, "sha256": sha256sum(target), "bytes": target.stat().st_size,
