@@ -22,10 +22,11 @@ from rich.table import Table
 
 from . import __version__
 from .config import CHOICES, Config, ConfigError
+from .errors import FtkitError
 from .progress import console, progress_bar
 
 # Exceptions the library raises for bad input; they become readable CLI errors.
-_USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ValueError, FileNotFoundError)
+_USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ValueError, FileNotFoundError, FtkitError)
 
 
 def _friendly(fn):
@@ -115,9 +116,12 @@ def main():
 @main.command()
 @click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe (recipes/*.yaml); flags override it.")
 @click.option("--resume", "resume_run", type=click.Path(file_okay=False), help="Continue an interrupted run directory.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train in this many processes on this machine (one per GPU, or CPU processes) with DDP: "
+                   "ftkit starts torchrun itself. --batch-size stays the global batch.")
 @config_options
 @_friendly
-def finetune(recipe, resume_run, **kwargs):
+def finetune(recipe, resume_run, nproc, **kwargs):
     """Fine-tune a backbone on an image folder or FER2013 CSV and write a run directory.
 
     \b
@@ -125,23 +129,52 @@ def finetune(recipe, resume_run, **kwargs):
       ftkit finetune --data faces/ --backbone mobilenetv2 --input gray48 --epochs 10
       ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013.csv
       ftkit finetune --init fer2013-fast --data my_faces/ --epochs 15
+      ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013/ --nproc 4
+      torchrun --nproc-per-node 4 -m ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013/
     """
+    from .distributed import from_env
     from .train import finetune as run_finetune
     from .train import resume
     from .zoo import resolve_config
 
+    launched = nproc > 1 and not from_env().active
     if resume_run:
         ignored = (["--recipe"] if recipe else []) + ["--" + k.replace("_", "-") for k in _overrides(kwargs)]
         if ignored:
             raise click.UsageError(f"--resume continues a run with its own settings (args.yaml); it would ignore "
                                    f"{', '.join(ignored)}: leave them out, or start a new run")
+        if launched:
+            _launch_torchrun(nproc, ["finetune", "--resume", resume_run])
         result = resume(resume_run, console=console)
     else:
         cfg = resolve_config(recipe, **_overrides(kwargs))
         if not cfg.data:
             raise click.UsageError("--data is required (an image folder or a FER2013 CSV), directly or in the recipe")
+        if launched:
+            _launch_torchrun(nproc, ["finetune"], cfg)
         result = run_finetune(cfg, console=console)
-    click.echo(str(result.run_dir))
+    if from_env().main:
+        click.echo(str(result.run_dir))
+
+
+def _launch_torchrun(nproc: int, args: list[str], cfg: Config | None = None):
+    """Run the command again in ``nproc`` processes under torchrun, and exit with its code. A new
+    run's settings, resolved and checked here, travel as a recipe file, so every process starts
+    from exactly this config."""
+    import os
+    import tempfile
+
+    from .distributed import launch
+    from .io import write_yaml
+
+    if cfg is None:
+        raise SystemExit(launch(nproc, args))
+    with tempfile.TemporaryDirectory(prefix="ftkit-launch-") as tmp:
+        recipe = Path(tmp) / "resolved.yaml"
+        write_yaml(recipe, cfg.to_dict())
+        code = launch(nproc, [*args, "--recipe", str(recipe)], env={"OMP_NUM_THREADS": os.environ.get(
+            "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))})
+    raise SystemExit(code)
 
 
 @main.command()

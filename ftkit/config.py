@@ -78,6 +78,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = False  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
     channels_last: bool = False  # channels-last memory format (faster on recent GPUs, and for MobileNetV2 on a CPU)
+    sync_bn: bool = False  # with several CUDA processes (torchrun, --nproc): BatchNorm statistics over the global batch
     seed: int = 0  # seeds splits, sampling, augmentation and initialisation
     project: str = "runs"  # parent folder of run directories
     name: str | None = None  # run directory name (default: <data>-<backbone>, numbered if taken)

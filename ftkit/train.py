@@ -13,20 +13,23 @@ import platform
 import random
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import timm
 import torch
 from rich.console import Console
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
+from . import distributed
 from .config import Config, ConfigError, choice_error
 from .data import DataSplits, ImageDataset, load_data, write_split_listing
+from .distributed import SINGLE, Context
 from .evaluation import predict_probs, quick_metrics, write_predictions
 from .io import read_json, refuse_inside, write_json, write_yaml
 from .models import (
@@ -178,8 +181,13 @@ def _workers(cfg: Config, cached: bool) -> int:
     return 0 if cached else min(4, max(1, (torch.get_num_threads() or 2) - 1))
 
 
-def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device):
-    """Train loader (augmented, seeded sampler) and eval loaders for every split."""
+def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device, ctx: Context = SINGLE):
+    """Train loader (augmented, seeded sampler) and eval loaders for every split.
+
+    Under DDP every rank draws the same global order (one generator, one seed) and takes its
+    slice of each global batch (``distributed.RankBatches``); each eval loader serves the rank's
+    contiguous shard of its split (``distributed.shard``), gathered back after prediction.
+    """
     train = data.splits["train"]
     generator = torch.Generator().manual_seed(cfg.seed)
     if cfg.sampler == "balanced":
@@ -187,28 +195,46 @@ def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device):
         sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights), len(train), generator=generator)
     else:
         sampler = torch.utils.data.RandomSampler(train, generator=generator)
+    batches = torch.utils.data.BatchSampler(sampler, cfg.batch_size, drop_last=len(train) > cfg.batch_size)
+    if ctx.active:
+        batches = distributed.RankBatches(batches, ctx)
     train_tf = train_transform(dc, cfg.augment, cfg.augment_pipeline, seed=cfg.seed)
     common = dict(num_workers=_workers(cfg, train.images is not None), pin_memory=device.type == "cuda")
     train_loader = torch.utils.data.DataLoader(
-        ImageDataset(train, train_tf), batch_size=cfg.batch_size, sampler=sampler,
-        drop_last=len(train) > cfg.batch_size, worker_init_fn=seed_worker, **common,
+        ImageDataset(train, train_tf), batch_sampler=batches,
+        worker_init_fn=partial(seed_worker, rank=ctx.rank), **common,
     )
     eval_tf = eval_transform(dc)
-    eval_loaders = {
-        name: torch.utils.data.DataLoader(ImageDataset(split, eval_tf), batch_size=cfg.batch_size * 2, **common)
-        for name, split in data.splits.items()
-    }
+    eval_loaders = {}
+    for name, split in data.splits.items():
+        dataset = ImageDataset(split, eval_tf)
+        if ctx.active:
+            dataset = torch.utils.data.Subset(dataset, distributed.shard(len(split), ctx))
+        eval_loaders[name] = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size * 2, **common)
     return train_loader, eval_loaders, generator, train_tf
 
 
-def seed_worker(worker_id: int) -> None:
+RANK_STRIDE = 1_000_003  # seed offset between ranks: their augmentations and dropout differ
+
+
+def seed_worker(worker_id: int, rank: int = 0) -> None:
     """Give each DataLoader worker its own augmentation stream. Workers start with copies of
     one Albumentations pipeline, which would otherwise replay the same random choices; torch's
-    per-worker seed (drawn from the global RNG, which every epoch re-seeds) keeps it repeatable."""
+    per-worker seed (drawn from the global RNG, which every epoch re-seeds) keeps it repeatable,
+    and the rank keeps worker k of two processes apart."""
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if hasattr(transform, "reseed"):
-        transform.reseed(info.seed % 2**32)
+        transform.reseed((info.seed + RANK_STRIDE * rank) % 2**32)
+
+
+def seed_epoch(seed: int, epoch: int, ctx: Context, generator: torch.Generator, train_tf) -> None:
+    """Re-seed every random stream at the start of an epoch, so that a resumed run repeats the
+    uninterrupted one exactly. The sampler's generator is the same on every rank (one global
+    order of images); the augmentation and dropout streams differ between ranks."""
+    seed_everything(seed + 1000 * (epoch + 1) + RANK_STRIDE * ctx.rank)
+    generator.manual_seed(seed + epoch)
+    train_tf.reseed(seed + epoch + RANK_STRIDE * ctx.rank)
 
 
 def class_weight_tensor(data: DataSplits, cfg: Config) -> torch.Tensor | None:
@@ -252,49 +278,75 @@ def mix_batch(mixer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
     return torch.cat([mixed, x[-1:]]), torch.cat([soft, last])
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, step_when, device, autocast, scaler,
-                    memory_format=None, bar=None, task=None, mixer=None):
-    """One pass over the training data; returns mean loss, accuracy and images/s.
+@dataclass
+class StepParts:
+    """What an optimisation step needs, travelling together."""
 
-    With a ``mixer`` (see ``make_mixer``) each batch is mixed (see ``mix_batch`` for odd sizes).
-    Accuracy is then against the unmixed labels.
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any = None
+    step_when: str | None = None  # "step": the scheduler steps after every batch
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    autocast: Callable = nullcontext
+    scaler: Any = None  # fp16 gradient scaler
+    memory_format: torch.memory_format | None = None
+    mixer: Any = None  # timm Mixup/CutMix (see make_mixer)
+
+
+def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, task=None) -> dict[str, float]:
+    """One pass over the training data; returns mean loss, accuracy and images/s, over all ranks.
+
+    With a mixer each batch is mixed (see ``mix_batch`` for odd sizes); accuracy is then
+    against the unmixed labels.
     """
-    model.train()
-    freeze_bn_of_frozen(model)
+    net, p = parts.net, parts
+    net.train()
+    freeze_bn_of_frozen(net)
     seen, correct, loss_sum, start = 0, 0, 0.0, time.perf_counter()
     for step, (x, y) in enumerate(loader, 1):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
         target = y
-        if mixer is not None and len(y) > 1:
-            x, target = mix_batch(mixer, x, y)
-        if memory_format is not None:
-            x = x.contiguous(memory_format=memory_format)
-        with autocast():
-            logits = model(x)
-            loss = criterion(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        if p.mixer is not None and len(y) > 1:
+            x, target = mix_batch(p.mixer, x, y)
+        if p.memory_format is not None:
+            x = x.contiguous(memory_format=p.memory_format)
+        with p.autocast():
+            logits = net(x)
+            loss = p.criterion(logits.float(), target)
+        p.optimizer.zero_grad(set_to_none=True)
+        if p.scaler is not None:
+            p.scaler.scale(loss).backward()
+            p.scaler.step(p.optimizer)
+            p.scaler.update()
         else:
             loss.backward()
-            optimizer.step()
-        if step_when == "step":
-            scheduler.step()
+            p.optimizer.step()
+        if p.step_when == "step":
+            p.scheduler.step()
         # .item() is a CPU-GPU sync point; once per step is cheap next to the step itself.
-        value = loss.item()
-        if not math.isfinite(value):
+        # Under DDP the step's sums travel in one small all-reduce, so every rank sees a
+        # diverged loss at the same step and they stop together.
+        batch_loss, batch_correct, n = distributed.sum_across(
+            [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], ctx)
+        if not math.isfinite(batch_loss):
             # the checkpoints on disk are from before this epoch; nothing diverged is saved
-            raise TrainingDiverged(f"the training loss became {value} at step {step} of this epoch "
+            raise TrainingDiverged(f"the training loss became {batch_loss / n} at step {step} of this epoch "
                                    "(diverged): lower --lr, or check the data; the last good checkpoint is kept")
-        loss_sum += value * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
+        loss_sum, correct, seen = loss_sum + batch_loss, correct + int(batch_correct), seen + int(n)
         if bar is not None:
             bar.update(task, advance=1, info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
     elapsed = time.perf_counter() - start
     return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9)}
+
+
+def predict_split(model: nn.Module, loader, device, tta: str, autocast, ctx: Context = SINGLE):
+    """``predict_probs`` over this rank's shard, gathered: every image of the split once, in order."""
+    probs, labels, loss = predict_probs(model, loader, device, tta, autocast)
+    if not ctx.active:
+        return probs, labels, loss
+    probs, labels, loss_sums = distributed.gather_arrays(ctx, probs, labels, np.array([loss * len(labels)]))
+    return probs, labels, float(loss_sums.sum()) / max(len(labels), 1)
 
 
 # --- the whole run -----------------------------------------------------------------------
@@ -343,20 +395,48 @@ def build_from_init(cfg: Config, classes: list[str], out: Console):
 
 def finetune(cfg: Config, console: Console | None = None, allow_download: bool = True) -> RunResult:
     """Fine-tune ``cfg.backbone`` on ``cfg.data`` and write a complete run directory
-    (with ``cfg.folds``, one run per fold plus the cross-validated report)."""
+    (with ``cfg.folds``, one run per fold plus the cross-validated report).
+
+    Started by torchrun (WORLD_SIZE > 1), each process trains its share with DDP and rank 0
+    writes the one run directory; see ftkit/distributed.py."""
     out = console or default_console
     refuse_inside(cfg.out or cfg.project, [cfg.data], "the run directory's folder")
+    device = resolve_device(cfg.device)  # a device that is not there fails before anything else
+    with distributed.process_group(device.type) as ctx:
+        check_distributed(cfg, ctx, device)
+        out = out if ctx.main else Console(quiet=True)
+        if cfg.folds:
+            from .crossval import cross_validate
+
+            return cross_validate(cfg, console=out, allow_download=allow_download)
+        data = load_data(cfg, console=out)
+        return train_on(data, cfg, out, allow_download, ctx)
+
+
+def check_distributed(cfg: Config, ctx: Context, device: torch.device) -> None:
+    """What DDP cannot do with this config, said before any folder exists."""
+    if cfg.sync_bn and device.type != "cuda":
+        raise ConfigError(f"--sync-bn needs CUDA (PyTorch's SyncBatchNorm has no {device.type} kernel); on the CPU "
+                          "each process normalises its own share of the batch: leave --sync-bn out")
+    if not ctx.active:
+        return
     if cfg.folds:
-        from .crossval import cross_validate
+        raise ConfigError("--folds runs its folds one after another in one process; leave out --nproc/torchrun, "
+                          "or train each fold's split (--splits) as its own distributed run")
+    if cfg.head == "logreg":
+        raise ConfigError("--head logreg is fitted in one step by scikit-learn in one process; leave out --nproc/torchrun")
+    if cfg.batch_size % ctx.world:
+        lower, upper = cfg.batch_size - cfg.batch_size % ctx.world, cfg.batch_size + ctx.world - cfg.batch_size % ctx.world
+        raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch and must divide among {ctx.world} processes "
+                          f"(each takes an equal share, so that a step weighs every image alike): use "
+                          f"{', '.join(str(b) for b in (lower, upper) if b)}")
 
-        return cross_validate(cfg, console=out, allow_download=allow_download)
-    data = load_data(cfg, console=out)
-    return train_on(data, cfg, out, allow_download)
 
-
-def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool = True) -> RunResult:
+def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool = True,
+             ctx: Context | None = None) -> RunResult:
     """Build the model and train it on ``data``, writing everything into a new run directory
     (claimed only once the model exists, so a missing weights file leaves nothing behind)."""
+    ctx = ctx or distributed.current()
     seed_everything(cfg.seed)
     if cfg.head == "logreg" and cfg.tta == "none":
         # the regression is fitted on flip-averaged embeddings: predict the same way, and say so
@@ -365,17 +445,18 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
         out.print("head logreg: tta set to flip, as its embeddings are flip-averaged")
     model, weights = build_model(cfg, data.classes, out, allow_download)
     resolve_device(cfg.device)  # a device that is not there fails here, before any folder exists
-    run = new_run_dir(cfg)
+    run = distributed.on_main(lambda: new_run_dir(cfg), ctx)  # one folder, made by rank 0
     if weights.mean and cfg.mean is None and cfg.std is None:
         # the weights were trained with another normalisation than timm's config says
         cfg = Config(**{**cfg.to_dict(), "mean": weights.mean, "std": weights.std})
-    with training_session(run, out):
-        _write_run_inputs(run, cfg, data, model, weights)
+    with training_session(run, out) if ctx.main else nullcontext():
+        if ctx.main:
+            _write_run_inputs(run, cfg, data, model, weights)
         if cfg.head == "logreg":
             from .heads import fit_logreg
 
             return fit_logreg(run, cfg, data, model, out)
-        return _train(run, cfg, data, model, state=None, out=out)
+        return _train(run, cfg, data, model, state=None, out=out, ctx=ctx)
 
 
 def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
@@ -395,8 +476,16 @@ def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
                        f"resume; to train longer, start a new run with --init {run}")
     if cfg.head == "logreg":
         raise RunError(f"{run} is a --head logreg run, fitted in one step: there is no epoch to resume; start it again")
-    with training_session(run, out):
-        return _resume_locked(run, cfg, out)
+    # Any number of processes may resume a run (its state does not depend on how many trained
+    # it); under torchrun every rank reads the run directory, so on several machines it must be
+    # on storage they share, as with timm's --resume.
+    device = resolve_device(cfg.device)
+    with distributed.process_group(device.type) as ctx:
+        check_distributed(cfg, ctx, device)
+        if not ctx.main:
+            return _resume_locked(run, cfg, Console(quiet=True), ctx)
+        with training_session(run, out):
+            return _resume_locked(run, cfg, out, ctx)
 
 
 @contextmanager
@@ -416,13 +505,16 @@ def training_session(run: Path, out: Console):
                 out.print(f"[yellow]interrupted; continue with: ftkit finetune --resume {run}")
             raise
         except Exception as exc:
-            update_record(run, status="failed", error=f"{type(exc).__name__}: {exc}")
+            reason = distributed.explain(exc)
+            update_record(run, status="failed", error=f"{type(reason).__name__}: {reason}")
+            if reason is not exc:
+                raise reason from exc
             raise
 
 
-def _resume_locked(run: Path, cfg: Config, out: Console) -> RunResult:
+def _resume_locked(run: Path, cfg: Config, out: Console, ctx: Context = SINGLE) -> RunResult:
     state = load_train_state(run / "checkpoints" / "last.state.pt")
-    for stale in remove_partial_files(run):
+    for stale in remove_partial_files(run) if ctx.main else []:
         out.print(f"removed {stale.name}, left by an interrupted write")
     data = load_data(cfg, console=out)
     if "model" in state:
@@ -436,7 +528,7 @@ def _resume_locked(run: Path, cfg: Config, out: Console) -> RunResult:
     model = create(cfg_model, len(data.classes))
     model.load_state_dict(weights)
     out.print(f"resuming {run} after epoch {state['epoch']} of {cfg.epochs}")
-    return _train(run, cfg, data, model, state=state, out=out)
+    return _train(run, cfg, data, model, state=state, out=out, ctx=ctx)
 
 
 def _write_run_inputs(run: Path, cfg: Config, data: DataSplits, model: nn.Module, weights: WeightsInfo) -> None:
@@ -455,19 +547,28 @@ def _write_run_inputs(run: Path, cfg: Config, data: DataSplits, model: nn.Module
     )
 
 
-def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: dict | None, out: Console) -> RunResult:
-    device = resolve_device(cfg.device)
+def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: dict | None, out: Console,
+           ctx: Context = SINGLE) -> RunResult:
+    # --- set up: device, data, loss, optimiser, schedule, phases
+    device = distributed.device_for(resolve_device(cfg.device), ctx)
     model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else None
     if memory_format is not None:
         model.to(memory_format=memory_format)
+    if cfg.sync_bn and ctx.active:
+        # BatchNorm statistics over the global batch; same parameter names, so the checkpoints
+        # load into a plain model
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     dc = resolve_data_config(model, cfg)
-    train_loader, eval_loaders, generator, train_tf = make_loaders(data, dc, cfg, device)
-    criterion = nn.CrossEntropyLoss(weight=_to(class_weight_tensor(data, cfg), device), label_smoothing=cfg.label_smoothing)
-    mixer = make_mixer(cfg, len(data.classes))
+    train_loader, eval_loaders, generator, train_tf = make_loaders(data, dc, cfg, device, ctx)
     optimizer = build_optimizer(model, cfg)
     scheduler, step_when = build_scheduler(optimizer, cfg, len(train_loader))
     autocast, scaler = autocast_for(device, cfg.amp)
+    parts = StepParts(
+        net=model, optimizer=optimizer, scheduler=scheduler, step_when=step_when, device=device,
+        criterion=nn.CrossEntropyLoss(weight=_to(class_weight_tensor(data, cfg), device), label_smoothing=cfg.label_smoothing),
+        autocast=autocast, scaler=scaler, memory_format=memory_format, mixer=make_mixer(cfg, len(data.classes)),
+    )
     freeze_epochs = cfg.epochs if cfg.head == "linear" else cfg.freeze_epochs  # linear: a frozen backbone throughout
     phases = plan_phases(cfg.epochs, freeze_epochs, cfg.unfreeze, len(stage_groups(model)))
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(), "backbone": resolve_name(cfg.backbone)}
@@ -478,44 +579,53 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         history, best, bad_epochs, start_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"]
-    update_record(run, status="running", device=str(device), phases=describe_phases(phases, cfg), data_config=dc.to_dict())
-    _print_plan(out, run, cfg, data, phases, device, dc)
+    if ctx.main:
+        update_record(run, status="running", device=str(device), phases=describe_phases(phases, cfg), data_config=dc.to_dict(),
+                      distributed=ctx.describe(distributed.backend(), cfg.batch_size) if ctx.active else None)
+    _print_plan(out, run, cfg, data, phases, device, dc, ctx)
 
+    # --- per epoch: train, evaluate, save
+    wrapped_for = None
     with progress_bar(out) as bar:
         for epoch in range(start_epoch, cfg.epochs):
             phase = phases[epoch]
             set_trainable(model, phase.unfrozen_stages)
-            # Re-seed per epoch so that a resumed run repeats the uninterrupted one exactly.
-            seed_everything(cfg.seed + 1000 * (epoch + 1))
-            generator.manual_seed(cfg.seed + epoch)
-            train_tf.reseed(cfg.seed + epoch)
+            if ctx.active and phase != wrapped_for:
+                # DDP reduces the gradients of the parameters that train when it is built:
+                # wrap again whenever a phase changes which ones do
+                parts.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+                wrapped_for = phase
+            seed_epoch(cfg.seed, epoch, ctx, generator, train_tf)
             epoch_started = time.perf_counter()
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}]", total=len(train_loader), info="")
-            stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, step_when, device,
-                                    autocast, scaler, memory_format, bar, task, mixer)
-            probs, labels, val_loss = predict_probs(model, eval_loaders["val"], device, "none", autocast)
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} \\[{phase.name}]", total=len(train_loader), info="")
+            stats = train_one_epoch(parts, train_loader, ctx, bar, task)
+            distributed.broadcast_model(model, ctx)  # every rank evaluates (and rank 0 saves) the same weights
+            probs, labels, val_loss = predict_split(model, eval_loaders["val"], device, "none", autocast, ctx)
             row = {"epoch": epoch + 1, "phase": phase.name, **stats, "val_loss": val_loss,
                    **{f"val_{k}": v for k, v in quick_metrics(labels, probs.argmax(1)).items()},
                    "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - epoch_started}
             history.append(row)
-            score = row[f"val_{cfg.metric}"]
+            score = row[f"val_{cfg.metric}"]  # the same on every rank: computed from the gathered predictions
             if step_when == "epoch":
                 scheduler.step(score)
             improved = best is None or (score < best if cfg.metric == "loss" else score > best)
             bar.update(task, info=f"loss {stats['train_loss']:.3f} val {cfg.metric} {score:.3f}{' *' if improved else ''} ({stats['images_per_s']:.0f} img/s)")
             if not out.is_terminal:  # logs and CI have no live bars: one line per epoch
-                out.print(f"epoch {epoch + 1}/{cfg.epochs} [{phase.name}] train loss {stats['train_loss']:.4f} "
+                out.print(f"epoch {epoch + 1}/{cfg.epochs} \\[{phase.name}] train loss {stats['train_loss']:.4f} "
                           f"val loss {val_loss:.4f} val accuracy {row['val_accuracy']:.4f} "
                           f"val macro-F1 {row['val_macro_f1']:.4f} ({stats['images_per_s']:.0f} img/s)")
             best, bad_epochs = (score, 0) if improved else (best, bad_epochs + 1)
-            _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, best, bad_epochs)
+            if ctx.main:
+                _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, best, bad_epochs)
             if cfg.patience and bad_epochs >= cfg.patience:
                 out.print(f"early stop: val {cfg.metric} did not improve for {cfg.patience} epochs")
                 break
-    return _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out)
+    # --- finish: the best epoch's predictions and the report
+    return _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out, ctx)
 
 
-def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: list[Phase], device, dc) -> None:
+def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: list[Phase], device, dc,
+                ctx: Context = SINGLE) -> None:
     """The run at a glance, before the first epoch: data, model, input, schedule."""
     from rich.table import Table
 
@@ -526,6 +636,9 @@ def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: 
     table.add_row("data", f"{cfg.data} ({data.source}): {counts}")
     table.add_row("classes", ", ".join(data.classes))
     table.add_row("backbone", f"{resolve_name(cfg.backbone)} on {device}" + (" (amp)" if cfg.amp else ""))
+    if ctx.active:
+        table.add_row("processes", f"{ctx.world} ({distributed.backend()}), batch {cfg.batch_size} = {ctx.world} x "
+                                   f"{cfg.batch_size // ctx.world}" + (", SyncBatchNorm" if cfg.sync_bn else ""))
     table.add_row("input", f"{dc.img_size}x{dc.img_size}, {dc.channels} channel(s){', grayscale' if dc.grayscale else ''}, "
                            f"mean {[round(m, 3) for m in dc.mean]}, std {[round(s, 3) for s in dc.std]}")
     table.add_row("phases", "; ".join(
@@ -558,23 +671,31 @@ def _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, 
     })
 
 
-def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out) -> RunResult:
-    """Reload the best checkpoint, predict on the eval split, write every report file."""
+def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out, ctx: Context = SINGLE) -> RunResult:
+    """Reload the best checkpoint, predict on the eval split, write every report file (rank 0)."""
     from .report import print_report, write_report
 
-    weights, best_meta = load_checkpoint(run / "checkpoints" / "best")
-    model.load_state_dict(weights)
+    best_epoch = distributed.on_main(lambda: _load_best(run, model), ctx)
+    distributed.broadcast_model(model, ctx)
     split = data.eval_split
-    probs, labels, _ = predict_probs(model, eval_loaders[split], device, cfg.tta, autocast)
+    probs, labels, _ = predict_split(model, eval_loaders[split], device, cfg.tta, autocast, ctx)
+    if not ctx.main:  # the run directory and its report are rank 0's
+        return RunResult(run, {}, history, {})
     write_predictions(run / "predictions.csv", data.splits[split].keys, labels, probs, data.classes)
     images_per_s = float(np.mean([h["images_per_s"] for h in history])) if history else 0.0
     # summed over epochs (training and validation), so a resumed run counts every segment
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
     record = update_record(
-        run, status="finished", best_epoch=best_meta["epoch"], epochs_run=len(history), eval_split=split,
+        run, status="finished", best_epoch=best_epoch, epochs_run=len(history), eval_split=split,
         eval_note=None if split == "test" else "no test split: reported on val, which also chose the best epoch",
         train_seconds=round(train_seconds, 1), train_images_per_s=round(images_per_s, 1),
     )
     report = write_report(run)
-    print_report(report, out, title=f"{run} ({split} split, best epoch {best_meta['epoch']})")
+    print_report(report, out, title=f"{run} ({split} split, best epoch {best_epoch})")
     return RunResult(run, report, history, record)
+
+
+def _load_best(run: Path, model: nn.Module) -> int:
+    weights, best_meta = load_checkpoint(run / "checkpoints" / "best")
+    model.load_state_dict(weights)
+    return best_meta["epoch"]

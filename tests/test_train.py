@@ -45,8 +45,7 @@ def _one_epoch(model, cfg, data_root, tmp_path, unfrozen):
     loader, _, _, _ = train_mod.make_loaders(data, dc, cfg, torch.device("cpu"))
     set_trainable(model, unfrozen)
     opt = build_optimizer(model, cfg)
-    train_mod.train_one_epoch(model, loader, torch.nn.CrossEntropyLoss(), opt, None, None,
-                              torch.device("cpu"), train_mod.nullcontext, None)
+    train_mod.train_one_epoch(train_mod.StepParts(model, torch.nn.CrossEntropyLoss(), opt), loader)
 
 
 def test_head_phase_freezes_backbone_weights_and_batchnorm(split_folder, tmp_path):
