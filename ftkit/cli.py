@@ -57,12 +57,15 @@ def _field_help() -> dict[str, str]:
     return dict(re.findall(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", source, flags=re.M))
 
 
-def config_options(fn):
-    """Add one option per Config field (default None: only flags given override)."""
+def config_options(fn=None, *, only: tuple[str, ...] | None = None):
+    """Add one option per Config field (default None: only flags given override); with
+    ``only``, just those fields' options (``@config_options(only=(...))``)."""
+    if fn is None:
+        return functools.partial(config_options, only=only)
     helps = _field_help()
     hints = typing.get_type_hints(Config)
     for f in reversed(dataclasses.fields(Config)):
-        if f.name in _HIDDEN:
+        if f.name in _HIDDEN or (only is not None and f.name not in only):
             continue
         flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
         hint = hints[f.name]
@@ -420,7 +423,7 @@ def backbones(show_all, pattern):
 
 @main.group()
 def data():
-    """Data utilities: synthetic faces, FER2013 CSV conversion, inspection."""
+    """Data utilities: synthetic faces, FER2013 CSV conversion, WebDataset shards, inspection."""
 
 
 @data.command("synth")
@@ -483,6 +486,40 @@ def data_convert(csv_path, dest, strict):
 
     counts = convert_csv(csv_path, dest, strict=strict, console=console)
     console.print(_counts_table(counts, f"{dest}"))
+
+
+@data.command("shards")
+@click.argument("src", type=click.Path())
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--shard-size", default=10_000, show_default=True, type=click.IntRange(min=1), help="Images per tar shard.")
+@config_options(only=("val_split", "test_split", "splits", "classes", "drop_classes", "merge_classes", "strict", "faces",
+                      "face_margin", "group_by", "seed"))
+@_friendly
+def data_shards(src, dest, shard_size, **kwargs):
+    """Write any data source as WebDataset tar shards, streamed by `finetune --data DEST`.
+
+    The split (carved as finetune would, or given with --splits), the class list and the labels
+    ride along in DEST/dataset.json; images stay encoded (files as they are, CSV rows and face
+    crops as PNG).
+
+    \b
+    Example:
+      ftkit data shards fer2013.csv fer2013-shards/ --shard-size 5000
+      ftkit data shards film_frames/ frames-shards/ --faces crop --val-split 0.1
+      ftkit finetune --data fer2013-shards/ --recipe recipes/fer2013-fast.yaml
+    """
+    from .config import resolve
+    from .shards import write_shards
+
+    cfg = resolve(None, data=src, **_overrides(kwargs))
+    index = write_shards(cfg, dest, shard_size=shard_size, console=console)
+    table = Table(title=f"{dest}: {len(index['classes'])} classes")
+    for column in ("split", "images", "shards"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for name, entry in index["splits"].items():
+        table.add_row(name, f"{entry['count']:,}", str(len(entry["shards"])))
+    console.print(table)
+    click.echo(dest)
 
 
 @data.command("inspect")

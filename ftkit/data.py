@@ -107,6 +107,7 @@ class Split:
     keys: list[str]  # file paths (or CSV row ids) in a fixed order
     labels: np.ndarray  # integer class index per key
     images: list[np.ndarray] | None = None  # decoded RGB uint8 images when cached
+    shards: list[tuple[str, int]] | None = None  # WebDataset tar files and their image counts, when streamed from shards
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import shards
 from .config import Config, config_from_dict
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
 from .evaluation import predict_probs, tta_probs, write_predictions
@@ -104,6 +105,8 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     if loaded.run is None and not data:
         raise DataError(f"{loaded.name} is a named model with no data of its own: give the images to score with --data")
     cfg = replace(loaded.config, data=data or loaded.config.data, splits=None if data else str(loaded.run / "split.csv"))
+    if shards.shard_root(cfg.data):
+        return _score_shards(loaded, cfg, split, tta, progress)
     if datasets is None:
         dataset = load_data(cfg, console=console, classes=loaded.classes, carve=False)
     else:
@@ -121,6 +124,29 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
                                      progress=progress and (lambda n: progress(advance=n)))
     return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta)
 
+
+def _score_shards(loaded: LoadedRun, cfg: Config, split: str, tta: str | None, progress) -> Scored:
+    """score_run on streamed shards: their split as written, labels in the model's class order."""
+    dataset = shards.load_shards(replace(cfg, **{f: getattr(Config(), f) for f in _SHARD_FIXED}))
+    unknown = [c for c in dataset.classes if c not in loaded.classes]
+    if unknown:
+        raise DataError(f"class(es) {', '.join(unknown)} in {cfg.data} are unknown to the model (it knows {', '.join(loaded.classes)})")
+    if split not in dataset.splits:
+        raise DataError(f"split {split!r} not found in {cfg.data}; it has: {', '.join(dataset.splits)}")
+    chosen = dataset.splits[split]
+    loader = torch.utils.data.DataLoader(shards.ShardStream(chosen, eval_transform(loaded.data_config)), batch_size=128)
+    if progress:
+        progress(total=len(chosen))
+    positions: list[np.ndarray] = []
+    probs, labels, _ = predict_probs(loaded.model, shards.strip_positions(loader, positions), loaded.device,
+                                     tta or loaded.config.tta, progress=progress and (lambda n: progress(advance=n)))
+    probs, labels = shards.in_order(positions, probs, labels)
+    to_model = np.array([loaded.classes.index(c) for c in dataset.classes])
+    return Scored(chosen.keys, to_model[labels], probs, split, cfg.data, tta or loaded.config.tta)
+
+
+# Fixed when shards are written: a model's own settings for them do not apply to shards.
+_SHARD_FIXED = ("classes", "drop_classes", "merge_classes", "faces", "shots", "folds", "group_by", "sampler", "head")
 
 # The settings load_data reads when it carves no split (carve=False, as in scoring).
 _SCORING_DATA_FIELDS = ("data", "splits", "strict", "classes", "drop_classes", "merge_classes", "faces", "face_margin",

@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from . import __version__
 from . import distributed
 from .config import Config, ConfigError, choice_error
-from .data import DataSplits, ImageDataset, load_data, write_split_listing
+from . import shards
+from .data import DataSplits, ImageDataset, write_split_listing
 from .distributed import SINGLE, Context
 from .evaluation import predict_probs, quick_metrics, write_predictions
 from .io import read_json, refuse_inside, write_json, write_yaml
@@ -190,6 +191,11 @@ def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device, ctx: C
     """
     train = data.splits["train"]
     generator = torch.Generator().manual_seed(cfg.seed)
+    train_tf = train_transform(dc, cfg.augment, cfg.augment_pipeline, seed=cfg.seed)
+    if train.shards is not None:  # streamed: never decoded whole
+        train_loader, eval_loaders = shards.stream_loaders(data, train_tf, eval_transform(dc), cfg, ctx,
+                                                           _workers(cfg, False), device.type == "cuda")
+        return train_loader, eval_loaders, generator, train_tf
     if cfg.sampler == "balanced":
         weights = 1.0 / np.bincount(train.labels, minlength=len(data.classes))[train.labels]
         sampler = torch.utils.data.WeightedRandomSampler(torch.as_tensor(weights), len(train), generator=generator)
@@ -198,7 +204,6 @@ def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device, ctx: C
     batches = torch.utils.data.BatchSampler(sampler, cfg.batch_size, drop_last=len(train) > cfg.batch_size)
     if ctx.active:
         batches = distributed.RankBatches(batches, ctx)
-    train_tf = train_transform(dc, cfg.augment, cfg.augment_pipeline, seed=cfg.seed)
     common = dict(num_workers=_workers(cfg, train.images is not None), pin_memory=device.type == "cuda")
     train_loader = torch.utils.data.DataLoader(
         ImageDataset(train, train_tf), batch_sampler=batches,
@@ -341,12 +346,15 @@ def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, t
 
 
 def predict_split(model: nn.Module, loader, device, tta: str, autocast, ctx: Context = SINGLE):
-    """``predict_probs`` over this rank's shard, gathered: every image of the split once, in order."""
-    probs, labels, loss = predict_probs(model, loader, device, tta, autocast)
-    if not ctx.active:
-        return probs, labels, loss
-    probs, labels, loss_sums = distributed.gather_arrays(ctx, probs, labels, np.array([loss * len(labels)]))
-    return probs, labels, float(loss_sums.sum()) / max(len(labels), 1)
+    """``predict_probs`` over this rank's share, gathered: every image of the split once, in order."""
+    positions: list[np.ndarray] = []  # a streamed split's image positions (workers interleave shards)
+    probs, labels, loss = predict_probs(model, shards.strip_positions(loader, positions), device, tta, autocast)
+    count = np.array([loss * len(labels)])
+    position = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
+    if ctx.active:
+        probs, labels, count, position = distributed.gather_arrays(ctx, probs, labels, count, position)
+    probs, labels = shards.in_order([position] if len(position) else [], probs, labels)
+    return probs, labels, float(count.sum()) / max(len(labels), 1)
 
 
 # --- the whole run -----------------------------------------------------------------------
@@ -408,8 +416,12 @@ def finetune(cfg: Config, console: Console | None = None, allow_download: bool =
         if cfg.folds:
             from .crossval import cross_validate
 
+            if shards.shard_root(cfg.data):
+                raise ConfigError(f"--folds needs random access to the images; {cfg.data} is streamed from shards: "
+                                  "cross-validate on the image folder the shards were written from")
+
             return cross_validate(cfg, console=out, allow_download=allow_download)
-        data = load_data(cfg, console=out)
+        data = shards.load(cfg, console=out)
         return train_on(data, cfg, out, allow_download, ctx)
 
 
@@ -516,7 +528,7 @@ def _resume_locked(run: Path, cfg: Config, out: Console, ctx: Context = SINGLE) 
     state = load_train_state(run / "checkpoints" / "last.state.pt")
     for stale in remove_partial_files(run) if ctx.main else []:
         out.print(f"removed {stale.name}, left by an interrupted write")
-    data = load_data(cfg, console=out)
+    data = shards.load(cfg, console=out)
     if "model" in state:
         weights = state["model"]
     else:  # runs written before the state file carried the weights: they must be of the same epoch
@@ -596,6 +608,8 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
                 parts.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
                 wrapped_for = phase
             seed_epoch(cfg.seed, epoch, ctx, generator, train_tf)
+            if isinstance(train_loader, shards.StreamBatches):
+                train_loader.set_epoch(epoch)
             epoch_started = time.perf_counter()
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} \\[{phase.name}]", total=len(train_loader), info="")
             stats = train_one_epoch(parts, train_loader, ctx, bar, task)
