@@ -18,6 +18,7 @@ import torch
 from common import ROOT, command_line, emit_row, machine
 
 from ftkit.config import resolve
+from ftkit.zoo import resolve_config
 from ftkit.export import _export_onnx
 from ftkit.models import INPUT_MODES, create, resolve_name
 
@@ -30,7 +31,7 @@ def recipe_models() -> dict[tuple[str, int, int], list[str]]:
     """(timm name, side, channels) -> the recipes that use it."""
     found: dict[tuple[str, int, int], list[str]] = {}
     for path in sorted((ROOT / "recipes").glob("*.yaml")):
-        cfg = resolve(path)
+        cfg = resolve_config(path)  # a recipe with init: takes the init model's backbone and input
         side, channels, _ = INPUT_MODES[cfg.input]
         key = (resolve_name(cfg.backbone), cfg.img_size or side, cfg.channels or channels)
         found.setdefault(key, []).append(path.stem)
