@@ -9,7 +9,8 @@ alone. The plain loop is forward, loss, backward, step (DDP-wrapped when there a
 processes). ftkit's loop is ``train_one_epoch`` as ``finetune`` runs it: with its progress
 bar, the per-step loss/accuracy read-out (an all-reduce under DDP) and the learning-rate
 schedule; a third row runs it without the bar to show what the bar costs. Repetitions are
-interleaved (plain, ftkit, ftkit without bar, plain, ...) and the median is reported, so that
+interleaved (plain, ftkit, ftkit without bar, plain, ...); the ratios are taken within each
+round, whose variants ran back to back, and their median is reported with the range, so that
 load on the shared machine hits every variant alike.
 """
 
@@ -37,7 +38,7 @@ from ftkit.progress import progress_bar
 from ftkit.shards import load_shards, write_shards
 from ftkit.train import StepParts, build_optimizer, build_scheduler, make_loaders, seed_epoch, train_one_epoch
 
-HEADER = ("| path | processes | ftkit img/s | plain img/s | ftkit / plain | ftkit without bar / plain | per process img/s "
+HEADER = ("| path | processes | ftkit img/s | plain img/s | ftkit / plain (range over rounds) | ftkit without bar / plain | per process img/s "
           "| model, input, batch, steps | machine | command |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -51,14 +52,17 @@ def synthetic(n: int, classes: int = 7, seed: int = 0) -> DataSplits:
     return DataSplits([f"c{i}" for i in range(classes)], {"train": train, "val": val}, "synthetic")
 
 
-def plain_steps(model, loader, optimizer, steps: int) -> float:
-    """A plain timm loop: forward, loss, backward, step. Returns images/s over ``steps`` batches."""
+def plain_steps(model, loader, optimizer, steps: int, channels_last: bool) -> float:
+    """A plain timm loop (as timm's train.py: channels-last input when the model is), forward,
+    loss, backward, step. Returns images/s over ``steps`` batches."""
     criterion = torch.nn.CrossEntropyLoss()
     model.train()
     seen, start = 0, time.perf_counter()
     for step, (x, y) in enumerate(loader):
         if step == steps:
             break
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -106,7 +110,7 @@ def measure(path: str, data: DataSplits, args, ctx) -> dict[str, float]:
                 loader.set_epoch(rep)
             limited = Limited(loader, args.steps)
             if variant == "plain":
-                rate = plain_steps(net, limited, optimizer, args.steps)
+                rate = plain_steps(net, limited, optimizer, args.steps, args.channels_last)
             elif variant == "ftkit":
                 with progress_bar(quiet) as bar:
                     task = bar.add_task(f"{path} rep {rep}", total=args.steps, info="")
@@ -117,7 +121,11 @@ def measure(path: str, data: DataSplits, args, ctx) -> dict[str, float]:
                 rate *= ctx.world
             if rep:
                 results[variant].append(rate)
-    return {k: statistics.median(v) for k, v in results.items()}
+    # ratios of neighbours in time (one round), whose conditions on a shared machine are alike
+    ratios = {k: [r / p for r, p in zip(results[k], results["plain"])] for k in ("ftkit", "ftkit_nobar")}
+    return {**{k: statistics.median(v) for k, v in results.items()},
+            **{f"{k}_ratio": statistics.median(v) for k, v in ratios.items()},
+            **{f"{k}_spread": (min(v), max(v)) for k, v in ratios.items()}}
 
 
 def main() -> None:
@@ -126,7 +134,7 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per repetition")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: ftkit's choice)")
     parser.add_argument("--channels-last", action="store_true", default=True)
@@ -153,8 +161,9 @@ def main() -> None:
             source = data if path == "cached" else load_shards(resolve(None, data=str(shards)))
             rates = measure(path, source, args, ctx)
             if ctx.main:
+                low, high = rates["ftkit_spread"]
                 row = (f"| {path} | {ctx.world} | {rates['ftkit']:.1f} | {rates['plain']:.1f} | "
-                       f"{rates['ftkit'] / rates['plain']:.3f}x | {rates['ftkit_nobar'] / rates['plain']:.3f}x | "
+                       f"{rates['ftkit_ratio']:.3f}x ({low:.3f}-{high:.3f}) | {rates['ftkit_nobar_ratio']:.3f}x | "
                        f"{rates['ftkit'] / ctx.world:.1f} | {args.backbone} {args.img_size}x{args.img_size}, batch "
                        f"{args.batch_size} (global), {args.steps} steps x {args.repeats} | {machine()}, "
                        f"{torch.get_num_threads()} thread(s) per process | "

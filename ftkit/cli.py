@@ -21,16 +21,14 @@ import click
 from rich.table import Table
 
 from . import __version__
-from .config import CHOICES, Config, ConfigError
+from .config import CHOICES, Config
 from .errors import FtkitError
 from .progress import console, progress_bar
 
-# Exceptions the library raises for bad input; they become readable CLI errors.
-_USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, ValueError, FileNotFoundError, FtkitError)
-
-
 def _friendly(fn):
-    """Turn library errors into click errors (a message, exit code 1, no traceback)."""
+    """ftkit's own errors (FtkitError) and the operating system's (a missing file, a read-only
+    or full disk) become one line naming the file or option, exit code 1. Anything else is a
+    bug: it keeps its traceback, under a line asking to report it."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -39,8 +37,18 @@ def _friendly(fn):
                 warnings.simplefilter("always")
                 warnings.showwarning = lambda msg, *a, **k: console.print(f"[yellow]warning:[/] {msg}")
                 return fn(*args, **kwargs)
-        except _USER_ERRORS as exc:
+        except FtkitError as exc:
             raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
+            raise click.ClickException(f"{where}: {exc.strerror or exc} (check the path, its permissions and the free "
+                                       "disk space)") from exc
+        except Exception:
+            click.echo("ftkit stopped on an unexpected error, which is a bug: please report it with the command "
+                       "line and the traceback below.", err=True)
+            raise
 
     return wrapper
 
@@ -81,6 +89,8 @@ def config_options(fn=None, *, only: tuple[str, ...] | None = None):
         elif base is list or inner is list:
             multiple = f.name in _FLAG_NAMES
             fn = click.option(flag, f.name, multiple=multiple, metavar="A,B,...", help=text)(fn)
+        elif f.name in CHOICES:  # --help lists the values, and Click catches a typo
+            fn = click.option(flag, f.name, type=click.Choice(CHOICES[f.name]), default=None, help=text)(fn)
         else:
             kind = {int: int, float: float}.get(inner if args else base, str)
             fn = click.option(flag, f.name, type=kind, default=None, help=text)(fn)
@@ -105,6 +115,11 @@ def _overrides(kwargs: dict) -> dict:
             value = [float(v) for v in value] if key in ("mean", "std") else value
         out[key] = value
     return out
+
+
+# Every command spells --device the same, with the config's choices.
+device_option = click.option("--device", type=click.Choice(CHOICES["device"]), default="auto", show_default=True,
+                             help="Where to run: auto picks CUDA, then MPS, then the CPU.")
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -223,7 +238,7 @@ def report(runs, html_out):
 @click.option("--split", default="test", show_default=True, help="Split to score (a flat folder is scored whole).")
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), help="Test-time augmentation [default: the run's].")
 @click.option("--name", help="Subfolder name under RUN/eval/.")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @_friendly
 def evaluate(run, data, split, tta, name, device):
     """Score a trained run, or a named model, on another folder or split; writes RUN/eval/<name>/
@@ -248,7 +263,7 @@ def evaluate(run, data, split, tta, name, device):
 @click.option("--data", help="Image folder or CSV to score on [default: each run's own data and split file; they must give the same images].")
 @click.option("--split", default="test", show_default=True, help="Split to score (a flat folder is scored whole).")
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), help="Test-time augmentation for every run [default: each run's].")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @_friendly
 def ensemble(runs, out, data, split, tta, device):
     """Average the class probabilities of several runs on the same images and report on them.
@@ -302,7 +317,7 @@ def ensemble(runs, out, data, split, tta, device):
 @click.option("--out", "video_out", type=click.Path(dir_okay=False), help="With --video/--camera: the annotated video (.mp4); a .jsonl track goes beside it.")
 @click.option("--every", default=1, show_default=True, help="With --video/--camera: analyse every N-th frame.")
 @click.option("--max-frames", type=int, help="With --video/--camera: stop after this many frames.")
-@click.option("--device", default="auto", show_default=True)
+@device_option
 @_friendly
 def predict(model, paths, topk, tta, faces, annotate_dir, fmt, output, video, camera, video_out, every, max_frames, device):
     """Top-k classes for images, folders, a video or a camera; MODEL is a run, a named model

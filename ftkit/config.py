@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
+from .errors import UsageError
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError):
     """A configuration value or key that ftkit cannot use; the message says what to do."""
 
 

@@ -28,12 +28,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import Config, suggest
+from .errors import FtkitError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(FtkitError, ValueError):
     """Input data that ftkit cannot use; the message names the file or folder and what to do."""
 
 

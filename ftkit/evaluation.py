@@ -21,7 +21,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from .config import CHOICES
+from .config import CHOICES, ConfigError
 from .io import atomic_write
 
 
@@ -37,7 +37,7 @@ def tta_views(x: torch.Tensor, mode: str = "none") -> list[torch.Tensor]:
     FER literature's ten-crop without shrinking the face.
     """
     if mode not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {mode!r}; choose from {', '.join(TTA_MODES)}")
+        raise ConfigError(f"unknown test-time augmentation {mode!r}; choose from {', '.join(TTA_MODES)}")
     views = [x] if mode == "none" else [x, x.flip(-1)]
     if mode == "shift":
         h, w = x.shape[-2:]

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import FtkitError
 from .io import atomic_write, write_json
 from .predict import load_run
 
 FORMATS = ("onnx", "torchscript")
 
 
-class ExportError(ValueError):
+class ExportError(FtkitError, ValueError):
     """An export that failed or does not match PyTorch within tolerance."""
 
 

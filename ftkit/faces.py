@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class Box:
@@ -37,11 +39,11 @@ class Box:
 @functools.lru_cache(maxsize=None)
 def _cascade(name: str) -> cv2.CascadeClassifier:
     if not hasattr(cv2, "CascadeClassifier"):
-        raise RuntimeError("this OpenCV has no CascadeClassifier (OpenCV 5); install opencv-python-headless<5")
+        raise UsageError("this OpenCV has no CascadeClassifier (OpenCV 5); install opencv-python-headless<5")
     path = os.path.join(cv2.data.haarcascades, f"haarcascade_{name}.xml")
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
-        raise RuntimeError(f"cannot load the face cascade {path}")
+        raise UsageError(f"cannot load the face cascade {path}")
     return cascade
 
 

@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from .config import Config
+from .config import Config, ConfigError
 from .data import DataSplits, ImageDataset
 from .evaluation import quick_metrics
 from .models import resolve_data_config, resolve_name
@@ -61,7 +61,7 @@ def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: 
 
     classifier = model.get_classifier()
     if not isinstance(classifier, nn.Linear):
-        raise ValueError(f"--head logreg needs a backbone whose classifier is one linear layer; "
+        raise ConfigError(f"--head logreg needs a backbone whose classifier is one linear layer; "
                          f"{resolve_name(cfg.backbone)} has {type(classifier).__name__}")
     device = resolve_device(cfg.device)
     model.to(device)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 
 from .evaluation import read_predictions
 from .io import read_json, write_text
+from .plots import new_figure, png_bytes
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -59,10 +59,8 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 
 def _calibration_png(rows, ece: float) -> bytes:
-    from .report import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.2, 4))
+    fig = new_figure((4.2, 4))
+    ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     if rows:
         conf, acc, n = zip(*rows)
@@ -71,10 +69,7 @@ def _calibration_png(rows, ece: float) -> bytes:
     ax.set_ylabel("accuracy")
     ax.set_title(f"calibration, ECE = {ece:.3f}")
     ax.legend(loc="upper left")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig, dpi=110)
 
 
 def _thumbnail(key: str, data_path: str | None, size: int = 142) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+from .errors import UsageError
 
 
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> Path:
@@ -19,8 +21,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+    fd, tmp = _new_temp(path)
     try:
         kwargs = {"newline": ""} if "b" not in mode else {}
         with os.fdopen(fd, mode, **kwargs) as f:
@@ -34,13 +35,17 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A new ``.NAME.<random>.tmp`` beside ``path``, created with mode 0666 so that the
+    process's umask gives it the usual permissions (mkstemp would make it 0600, and reading
+    the umask means setting it, which changes process-wide state)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
 def refuse_inside(output: str | Path, inputs: list[str | Path], what: str) -> None:
@@ -50,7 +55,7 @@ def refuse_inside(output: str | Path, inputs: list[str | Path], what: str) -> No
     for source in inputs:
         src = Path(os.path.abspath(source))
         if src.is_dir() and (out == src or src in out.parents):
-            raise ValueError(f"{what} {output} lies inside the input folder {source}: its files would be read as "
+            raise UsageError(f"{what} {output} lies inside the input folder {source}: its files would be read as "
                              "input next time; choose a folder outside it")
 
 

@@ -16,6 +16,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from .config import Config, suggest
+from .errors import FtkitError
 
 ALIASES: dict[str, str] = {
     "mobilenetv2": "mobilenetv2_100",
@@ -35,7 +36,7 @@ INPUT_MODES: dict[str, tuple[int, int, bool]] = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(FtkitError, ValueError):
     """An unknown backbone or an unusable model setting."""
 
 

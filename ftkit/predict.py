@@ -15,6 +15,7 @@ from .config import Config, config_from_dict
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
 from .evaluation import predict_probs, tta_probs, write_predictions
 from .io import read_json, refuse_inside, write_json, write_yaml
+from .runs import RunError
 from .models import DataConfig, create
 from .train import resolve_device
 from .transforms import eval_transform
@@ -170,7 +171,7 @@ def _new_eval_dir(run: Path, name: str) -> Path:
             return folder
         except FileExistsError:
             continue
-    raise RuntimeError(f"too many evaluations named {name} in {run}")
+    raise RunError(f"too many evaluations named {name} in {run}")
 
 
 def expand_paths(paths: list[str]) -> list[Path]:

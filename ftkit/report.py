@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .evaluation import compute_report
 from .io import atomic_write, read_json, write_json, write_text
+from .plots import new_figure, png_bytes
 from .runs import RunError
 
 METRIC_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -117,34 +118,21 @@ def _phase_text(phase: dict[str, Any]) -> str:
 # --- plots -------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save_figure(fig, path: Path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()), mode="wb")
+    png = png_bytes(fig)
+    atomic_write(path, lambda f: f.write(png), mode="wb")
 
 
 def plot_confusion(report: dict[str, Any], folder: Path) -> None:
     """confusion_matrix.png (counts) and confusion_matrix_normalized.png (rows sum to 1)."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    plt = _pyplot()
     cm = np.array(report["confusion_matrix"], dtype=float)
     normalized = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     for matrix, name, fmt in ((cm, "confusion_matrix.png", "d"), (normalized, "confusion_matrix_normalized.png", ".2f")):
         size = 1.2 + 0.75 * len(report["classes"])
-        fig, ax = plt.subplots(figsize=(size, size))
+        fig = new_figure((size, size))
+        ax = fig.subplots()
         values = matrix.astype(int) if fmt == "d" else matrix
         ConfusionMatrixDisplay(values, display_labels=report["classes"]).plot(
             ax=ax, cmap="Blues", values_format=fmt, colorbar=False, xticks_rotation=45)
@@ -154,9 +142,9 @@ def plot_confusion(report: dict[str, Any], folder: Path) -> None:
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     """Loss and accuracy/macro-F1 per epoch, with phase changes marked."""
-    plt = _pyplot()
     epochs = [h["epoch"] for h in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = new_figure((11, 4))
+    left, right = fig.subplots(1, 2)
     left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     left.plot(epochs, [h["val_loss"] for h in history], "o-", label="val loss")
     right.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train accuracy")

@@ -25,11 +25,12 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from .config import Config, config_from_dict
+from .errors import FtkitError
 from .io import atomic_write, read_json, write_json
 from .weights import check_finite
 
 
-class RunError(ValueError):
+class RunError(FtkitError, ValueError):
     """A run directory that is missing, incomplete, or would be overwritten."""
 
 

@@ -31,6 +31,7 @@ from .config import Config, ConfigError, choice_error
 from . import shards
 from .data import DataSplits, ImageDataset, write_split_listing
 from .distributed import SINGLE, Context
+from .errors import FtkitError
 from .evaluation import predict_probs, quick_metrics, write_predictions
 from .io import read_json, refuse_inside, write_json, write_yaml
 from .models import (
@@ -154,7 +155,7 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA GPU; use --device auto or cpu")
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device auto or cpu")
     return torch.device(name)
 
 
@@ -252,7 +253,7 @@ def class_weight_tensor(data: DataSplits, cfg: Config) -> torch.Tensor | None:
     return torch.tensor(compute_class_weight("balanced", classes=classes, y=labels), dtype=torch.float32)
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(FtkitError, ValueError):
     """The loss became NaN or infinite: the run stops instead of saving a broken model."""
 
 

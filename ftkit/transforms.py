@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from .config import choice_error
+from .config import ConfigError, choice_error
 from .models import DataConfig
 
 INTERPOLATIONS = {
@@ -68,12 +68,12 @@ def augmentations(preset: str, pipeline: list[Any] | None = None) -> list[A.Basi
 
 def _from_spec(spec: Any) -> A.BasicTransform:
     if not (isinstance(spec, dict) and len(spec) == 1):
-        raise ValueError(f"augment_pipeline entries must look like {{HorizontalFlip: {{p: 0.5}}}}, got {spec!r}")
+        raise ConfigError(f"augment_pipeline entries must look like {{HorizontalFlip: {{p: 0.5}}}}, got {spec!r}")
     (name, kwargs), = spec.items()
     if not isinstance(getattr(A, name, None), type):
         from .config import suggest
 
-        raise ValueError(f"unknown Albumentations transform {name!r} in augment_pipeline.{suggest(name, dir(A))}")
+        raise ConfigError(f"unknown Albumentations transform {name!r} in augment_pipeline.{suggest(name, dir(A))}")
     return A.from_dict({"transform": {"__class_fullname__": name, **(kwargs or {})}})
 
 

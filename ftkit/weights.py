@@ -17,13 +17,14 @@ import timm
 import torch
 from safetensors.torch import load_file, save
 
+from .errors import FtkitError
 from .io import atomic_write, read_json, write_json
 from .models import resolve_name
 
 MANIFEST = "manifest.json"
 
 
-class WeightsError(ValueError):
+class WeightsError(FtkitError, ValueError):
     """Weights that cannot be found or do not fit the model; the message says what to do."""
 
 

@@ -25,11 +25,10 @@ from safetensors.torch import load_file
 import ftkit.train as train_mod
 from ftkit.cli import main
 from ftkit.config import ConfigError
-from ftkit.data import ImageDataset, Split
+from ftkit.data import Split
 from ftkit.distributed import Context, RankBatches, gather_arrays, shard
 from ftkit.models import DataConfig
-from ftkit.train import check_distributed, finetune, make_loaders, resume, seed_epoch
-from ftkit.transforms import train_transform
+from ftkit.train import check_distributed, finetune, make_loaders, seed_epoch
 
 # Same losses to float32 rounding; weights after a few AdamW steps within this (the two runs sum
 # the same gradients in another order).

@@ -1,0 +1,116 @@
+"""How ftkit behaves as a library and a command (issue 15): one error family, choices that Click
+checks, no process-wide state changed by importing or plotting."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import ftkit.data
+import ftkit.export
+import ftkit.models
+import ftkit.runs
+import ftkit.train
+import ftkit.weights
+from ftkit.cli import finetune, main
+from ftkit.config import CHOICES, ConfigError
+from ftkit.errors import DistributedError, FtkitError, UsageError
+
+
+def test_every_user_facing_error_is_an_ftkit_error():
+    for error in (ConfigError, UsageError, DistributedError, ftkit.data.DataError, ftkit.runs.RunError,
+                  ftkit.models.ModelError, ftkit.weights.WeightsError, ftkit.export.ExportError,
+                  ftkit.train.TrainingDiverged):
+        assert issubclass(error, FtkitError), error
+
+
+def test_a_bug_keeps_its_traceback_and_asks_to_be_reported(monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("internal")
+
+    monkeypatch.setattr("ftkit.predict.evaluate_run", broken)
+    r = CliRunner().invoke(main, ["evaluate", "runs/x"])
+    assert isinstance(r.exception, KeyError)  # not turned into a friendly one-liner
+    assert "bug: please report it" in r.output
+
+
+def test_an_ftkit_error_is_one_line_with_exit_code_1(tmp_path):
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "missing-run")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.startswith("Error: ") and str(tmp_path / "missing-run") in r.output
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")
+def test_a_read_only_output_folder_is_one_line(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        r = CliRunner().invoke(main, ["data", "synth", str(locked / "faces"), "--train", "1", "--val", "1", "--test", "1"])
+    finally:
+        locked.chmod(0o700)
+    assert r.exit_code == 1 and "Permission denied" in r.output and "faces" in r.output
+
+
+def test_enumerated_options_are_click_choices():
+    params = {p.name: p for p in finetune.params}
+    for name, values in CHOICES.items():
+        assert isinstance(params[name].type, click.Choice), name
+        assert tuple(params[name].type.choices) == values
+    r = CliRunner().invoke(main, ["finetune", "--data", "x", "--optimizer", "adamm"])
+    assert r.exit_code == 2 and "'adamm' is not one of 'adamw'" in r.output
+    for command in ("evaluate", "ensemble", "predict"):
+        device = next(p for p in main.commands[command].params if p.name == "device")
+        assert tuple(device.type.choices) == CHOICES["device"], command
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def test_reports_leave_pyplot_and_the_backend_alone(tmp_path):
+    """A notebook user's backend and figures are theirs: ftkit draws through Figure objects."""
+    code = f"""
+        import sys, matplotlib
+        matplotlib.use("svg")
+        from ftkit.report import plot_curves, plot_confusion
+        from pathlib import Path
+        out = Path({str(tmp_path)!r})
+        history = [dict(epoch=e, phase="full", train_loss=1.0 / e, val_loss=1.1 / e, train_accuracy=0.5,
+                        val_accuracy=0.4, val_macro_f1=0.3) for e in (1, 2)]
+        plot_curves(history, out / "curves.png")
+        plot_confusion({{"confusion_matrix": [[3, 1], [0, 4]], "classes": ["a", "b"], "split": "test"}}, out)
+        # scikit-learn's ConfusionMatrixDisplay imports pyplot, but is handed ftkit's own axes
+        figures = sys.modules["matplotlib.pyplot"].get_fignums() if "matplotlib.pyplot" in sys.modules else []
+        print(matplotlib.get_backend(), len(figures))
+    """
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["svg", "0"]  # the backend as the user set it, no figure left open
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "confusion_matrix_normalized.png").is_file()
+
+
+def test_importing_ftkit_leaves_the_umask_alone_and_files_follow_it(tmp_path):
+    code = f"""
+        import os
+        os.umask(0o027)
+        calls = []
+        real = os.umask
+        os.umask = lambda mask: calls.append(mask) or real(mask)
+        import ftkit, ftkit.cli, ftkit.train, ftkit.io
+        path = ftkit.io.write_text({str(tmp_path / "a.txt")!r}, "x")
+        print(len(calls), oct(os.stat(path).st_mode & 0o777))
+    """
+    result = _python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", oct(0o640)]
+    assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == 0o640
