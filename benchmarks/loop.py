@@ -1,7 +1,7 @@
 """ftkit's training loop against a plain timm loop, on the same model, data, batch and steps.
 
     python benchmarks/loop.py                     # 1 process: cached and streamed paths
-    python benchmarks/loop.py --nproc 2           # the same under torchrun, DDP over Gloo
+    python benchmarks/loop.py --processes 2       # the same under torchrun, DDP over Gloo
 
 Both loops draw batches from the same DataLoader (ftkit's, built by ``make_loaders`` for the
 cached path and by ``stream_loaders`` for WebDataset shards), so the ratio measures the loop
@@ -128,6 +128,40 @@ def measure(path: str, data: DataSplits, args, ctx) -> dict[str, float]:
             **{f"{k}_spread": (min(v), max(v)) for k, v in ratios.items()}}
 
 
+def per_step_extras(args) -> dict[str, float]:
+    """Microseconds per step of what ftkit's loop does beyond the plain one, each timed alone
+    over many calls (the loop ratios above cannot resolve a few per cent on a shared machine)."""
+    import io
+
+    from rich.console import Console as RichConsole
+
+    cfg = resolve(None, data="synthetic", backbone=args.backbone, pretrained=False, img_size=args.img_size,
+                  batch_size=args.batch_size)
+    model = create(cfg, 7)
+    optimizer = build_optimizer(model, cfg)
+    scheduler, _ = build_scheduler(optimizer, cfg, 10_000)
+    logits, y = torch.randn(args.batch_size, 7), torch.randint(0, 7, (args.batch_size,))
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    live = RichConsole(file=io.StringIO(), force_terminal=True, width=120)  # a terminal's live bar
+    calls = 2000
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls * 1e6
+
+    with progress_bar(live) as bar:
+        task = bar.add_task("bench", total=calls * 10, info="")
+        bar_us = timed(lambda: bar.update(task, advance=1, info=f"loss {1.2345:.3f} acc {0.5:.3f}"))
+    return {
+        "progress bar update (live terminal)": bar_us,
+        "learning-rate schedule step": timed(scheduler.step),
+        "loss and accuracy read-out (.item() x2)": timed(lambda: (loss.item(), (logits.argmax(1) == y).sum().item())),
+        "cross-rank sum (one process: none)": timed(lambda: distributed.sum_across([1.0, 2.0, 3.0], distributed.SINGLE)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="mobilenetv2")
@@ -139,13 +173,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: ftkit's choice)")
     parser.add_argument("--channels-last", action="store_true", default=True)
     parser.add_argument("--paths", nargs="+", default=["cached", "streamed"], choices=["cached", "streamed"])
-    parser.add_argument("--nproc", type=int, default=1, help="processes (the script restarts itself under torchrun)")
+    parser.add_argument("--processes", type=int, default=1, help="processes (the script restarts itself under torchrun)")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ftkit-loop"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    if args.nproc > 1 and not distributed.from_env().active:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+    if args.processes > 1 and not distributed.from_env().active:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.processes}",
                    *sys.argv]
         os.environ["FTKIT_LOOP_COMMAND"] = command_line()
         raise SystemExit(os.spawnv(os.P_WAIT, sys.executable, command))
@@ -169,6 +203,10 @@ def main() -> None:
                        f"{torch.get_num_threads()} thread(s) per process | "
                        f"`{os.environ.get('FTKIT_LOOP_COMMAND', command_line())}` |")
                 emit_row("Training loop: ftkit against a plain timm loop", HEADER, row, write=not args.no_write)
+                step_ms = args.batch_size / rates["plain"] * 1e3
+                print(f"{path}: a plain step takes {step_ms:.0f} ms; ftkit's extras per step, each timed alone:")
+                for what, us in per_step_extras(args).items():
+                    print(f"  {what}: {us:.1f} us ({us / 1e3 / step_ms:.3%} of a step)")
 
 
 def write_shards_from(data: DataSplits, work: Path, dest: Path) -> None:

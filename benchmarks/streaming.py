@@ -7,7 +7,8 @@
 The set is FER-like: 48x48 grayscale PNG files in class folders, written once to WORK, and
 written again as shards by ``ftkit data shards``. Each path then runs in a fresh process that
 loads the data as ``finetune`` would and draws one epoch of training batches through ftkit's
-loaders (decoding, augmentation, 64x64 tensors; no model, so that memory is the data's).
+loaders (decoding, augmentation, 64x64 tensors; no model, so that memory is the data's), with
+no DataLoader workers, so that the one process holds everything that is measured.
 Peak RSS is the process's maximum resident set (``getrusage``), next to that of a process
 that only imported ftkit and torch.
 """
@@ -57,16 +58,17 @@ def child(path: str, data: str, batch: int) -> None:
     from ftkit.train import make_loaders
 
     imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # workers=0: everything in this one process, whose peak RSS is then the whole story (a forked
+    # worker's RSS would count the parent's shared pages a second time)
     cfg = resolve(None, data=data, val_split=0.01, test_split=0.0, cache="memory" if path == "memory" else "auto",
-                  batch_size=batch, augment="fer", workers=-1)
+                  batch_size=batch, augment="fer", workers=0)
     started = time.perf_counter()
     splits = load(cfg)
     dc = DataConfig(64, 3, True, [0.5] * 3, [0.5] * 3, "bilinear")
     loader, _, _, _ = make_loaders(splits, dc, cfg, torch.device("cpu"))
     seen = sum(len(y) for _, y in loader)
     seconds = time.perf_counter() - started
-    # ru_maxrss counts this process; DataLoader workers (streamed path) are children
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"imported_kb": imported, "peak_kb": peak, "seen": seen, "seconds": seconds}))
 
 

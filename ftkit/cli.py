@@ -207,29 +207,27 @@ def report(runs, html_out):
       ftkit report runs/faces-mobilenetv2
       ftkit report runs/a runs/b runs/c --html comparison.html
     """
-    from .report import compare_table, print_report, write_report
-
-    from .report import print_cv_report
+    from .io import write_text
+    from .report import compare_table, print_cv_report, print_report, write_comparison_html, write_report
 
     reports = {}
     for run in runs:
+        reports[run] = write_report(Path(run))  # a cross-validated run: its pooled report and fold table
         if (Path(run) / "cv_report.json").is_file():
             print_cv_report(Path(run), console)
-            continue
-        reports[run] = write_report(Path(run))
-    if not reports:
-        return
+        elif len(runs) == 1:
+            print_report(reports[run], console, title=f"{run} ({reports[run].get('split')} split)")
     if len(reports) == 1:
-        (run, rep), = reports.items()
-        print_report(rep, console, title=f"{run} ({rep.get('split')} split)")
-        console.print(f"report: {Path(run) / 'report.html'}")
-    else:
-        console.print(compare_table(reports))
-        if html_out:
-            from .report import write_comparison_html
-
-            write_comparison_html(reports, Path(html_out))
-            console.print(f"comparison: {html_out}")
+        page = Path(runs[0]) / "report.html"
+        console.print(f"report: {page}")
+        if html_out:  # one run has no comparison: its own page goes where it was asked for
+            write_text(html_out, page.read_text())
+            console.print(f"copied to {html_out}")
+        return
+    console.print(compare_table(reports))
+    if html_out:
+        write_comparison_html(reports, Path(html_out))
+        console.print(f"comparison: {html_out}")
 
 
 @main.command()

@@ -189,6 +189,9 @@ def detect_layout(root: Path) -> str:
         raise DataError(f"{root} is not a folder or a .csv file")
     if (root / "train").is_dir():
         return "folders"
+    top = {d.name for d in _class_dirs(root)}
+    if top and top <= set(SPLITS):  # val/ and/or test/ only: scored as they are, never trained on
+        return "folders"
     if not _class_dirs(root):
         raise DataError(f"{root} has no class folders: expected {root}/<class>/*.jpg or {root}/train/<class>/*.jpg")
     return "flat"
@@ -260,15 +263,25 @@ def _split_from_listing(items: list[tuple[str, str]], classes: list[str]) -> Spl
     return Split([p for p, _ in items], np.array([index[c] for _, c in items], dtype=np.int64))
 
 
-def write_split_listing(data: DataSplits, path: Path) -> None:
-    """Write split.csv (path, class, split): the exact split, reusable with --splits."""
+def write_split_listing(data: DataSplits, path: Path, root: str | Path | None = None) -> None:
+    """Write split.csv (path, class, split): the exact split, reusable with --splits. Files inside
+    the data folder ``root`` are written relative to it, so that the listing (and the run holding
+    it) works from any working directory and after the run directory moves."""
     from .io import atomic_write
+
+    base = Path(os.path.abspath(root)) if root and Path(root).is_dir() else None
+
+    def relative(key: str) -> str:
+        if base is None:
+            return key
+        file = Path(os.path.abspath(key))
+        return file.relative_to(base).as_posix() if base in file.parents else key
 
     def rows():
         yield ["path", "class", "split"]
         for name, split in data.splits.items():
             for key, label in zip(split.keys, split.labels):
-                yield [key, data.classes[label], name]
+                yield [relative(key), data.classes[label], name]
 
     atomic_write(path, lambda f: csv.writer(f).writerows(rows()), mode="w")
 
@@ -296,6 +309,18 @@ def read_split_listing(path: Path) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
+def resolve_listing(items: dict[str, list[tuple[str, str]]], root: Path) -> dict[str, list[tuple[str, str]]]:
+    """A listing's relative paths are relative to the data folder (listings written before
+    were relative to the working directory: those still resolve when run from there)."""
+    def resolve(key: str) -> str:
+        if Path(key).is_absolute() or not root.is_dir():
+            return key
+        inside = root / key
+        return str(inside) if inside.exists() or not Path(key).exists() else key
+
+    return {name: [(resolve(k), c) for k, c in rows] for name, rows in items.items()}
+
+
 def check_listing_files(items: dict[str, list[tuple[str, str]]], root: Path, listing: str) -> None:
     """Every file a split listing names must exist, inside the data folder it is used with."""
     base = Path(os.path.abspath(root))  # not resolve(): a data folder may hold symlinked splits
@@ -311,15 +336,17 @@ def check_listing_files(items: dict[str, list[tuple[str, str]]], root: Path, lis
 # --- class selection ---------------------------------------------------------------------
 
 
-def select_classes(cfg: Config, names: list[str]) -> dict[str, str | None]:
+def select_classes(cfg: Config, names: list[str], scoring: bool = False) -> dict[str, str | None]:
     """Map each original class name to the class it becomes (None: dropped).
 
     Applies ``merge_classes`` first, then ``drop_classes``, then the ``classes`` whitelist.
-    Unknown names fail with suggestions: a typo must not silently keep a class.
+    Unknown names fail with suggestions: a typo must not silently keep a class. When
+    ``scoring`` a trained model's data, the settings are the run's own and the folder may lack
+    some of those classes (or hold just one): what is there is scored.
     """
     known = set(names)
     asked = list(cfg.merge_classes) + list(cfg.drop_classes) + list(cfg.classes or [])
-    for name in asked:
+    for name in asked if not scoring else []:
         if name not in known and name not in cfg.merge_classes.values():
             raise DataError(f"unknown class {name!r}.{suggest(name, names)} Classes in the data: {', '.join(names)}")
     mapping: dict[str, str | None] = {}
@@ -330,8 +357,8 @@ def select_classes(cfg: Config, names: list[str]) -> dict[str, str | None]:
         if cfg.classes and target not in cfg.classes:
             target = None
         mapping[name] = target
-    if len({t for t in mapping.values() if t}) < 2:
-        raise DataError(f"fewer than 2 classes left after class selection: {mapping}")
+    if len({t for t in mapping.values() if t}) < (1 if scoring else 2):
+        raise DataError(f"fewer than {1 if scoring else 2} classes left after class selection: {mapping}")
     return mapping
 
 
@@ -353,6 +380,8 @@ def _folder_items(root: Path, cfg: Config, skipped: list) -> tuple[dict[str, lis
     for name in SPLITS:
         if (root / name).is_dir():
             items[name] = _flatten(_scan_class_folders(root / name, skipped))
+    if "train" not in items:  # val/ or test/ alone: only to score a trained model on
+        return items, layout
     train_classes = {c for _, c in items["train"]}
     for name in ("val", "test"):
         extra = sorted({c for _, c in items.get(name, [])} - train_classes)
@@ -373,6 +402,9 @@ def _flatten(found: dict[str, list[str]]) -> list[tuple[str, str]]:
 
 def _assign_splits(items: dict[str, list[tuple[str, str]]], classes: list[str], cfg: Config):
     """Turn raw (key, class) lists into train/val/test Splits, carving missing ones out of train."""
+    if "all" not in items and "train" not in items:
+        raise DataError(f"{cfg.data} has {'/, '.join(items)}/ but no train/ folder: training needs train/<class>/ images "
+                        "(a folder of val/ or test/ alone can only be scored: ftkit evaluate RUN --data ...)")
     if "all" in items:
         pool, fractions = items.pop("all"), {"val": cfg.val_split, "test": cfg.test_split}
     elif "val" not in items:
@@ -416,12 +448,12 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
             if missing is not None:
                 raise DataError(f"{cfg.splits}: row {missing} is not in {root}; the listing belongs to another CSV")
     elif cfg.splits:
-        items, source = read_split_listing(Path(cfg.splits)), "splits-file"
+        items, source = resolve_listing(read_split_listing(Path(cfg.splits)), root), "splits-file"
         check_listing_files(items, root, cfg.splits)
     else:
         items, source = _folder_items(root, cfg, skipped)
     names = sorted({c for rows in items.values() for _, c in rows})
-    mapping = select_classes(cfg, names)
+    mapping = select_classes(cfg, names, scoring=classes is not None)
     items = _apply_class_map(items, mapping)
     kept = sorted({c for c in mapping.values() if c})
     if classes is not None:

@@ -9,6 +9,7 @@ classifier for ``freeze_epochs``; then "full" unfreezes the whole backbone at
 from __future__ import annotations
 
 import math
+import os
 import platform
 import random
 import time
@@ -410,6 +411,8 @@ def finetune(cfg: Config, console: Console | None = None, allow_download: bool =
     writes the one run directory; see ftkit/distributed.py."""
     out = console or default_console
     refuse_inside(cfg.out or cfg.project, [cfg.data], "the run directory's folder")
+    # an absolute data path: the run directory then works from any working directory
+    cfg = replace(cfg, data=os.path.abspath(cfg.data) if cfg.data else cfg.data)
     device = resolve_device(cfg.device)  # a device that is not there fails before anything else
     with distributed.process_group(device.type) as ctx:
         check_distributed(cfg, ctx, device)
@@ -547,7 +550,7 @@ def _resume_locked(run: Path, cfg: Config, out: Console, ctx: Context = SINGLE) 
 def _write_run_inputs(run: Path, cfg: Config, data: DataSplits, model: nn.Module, weights: WeightsInfo) -> None:
     write_yaml(run / "args.yaml", cfg.to_dict())
     write_json(run / "classes.json", data.classes)
-    write_split_listing(data, run / "split.csv")
+    write_split_listing(data, run / "split.csv", root=cfg.data)
     update_record(
         run,
         status="running",

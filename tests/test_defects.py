@@ -127,3 +127,79 @@ def test_tables_through_a_pipe_keep_whole_names(tmp_path, monkeypatch):
     monkeypatch.setenv("FTKIT_WEIGHTS", str(tmp_path))
     out = invoke("weights", "list").output
     assert any(name in line for line in out.splitlines())
+
+
+def test_a_run_directory_works_after_moving_it_and_from_another_directory(split_folder, tmp_path, monkeypatch):
+    """split.csv used to hold paths relative to the working directory of the training."""
+    import shutil
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    result = finetune(tiny_config(Path("split_data"), tmp_path, project="runs", name="here", epochs=1))
+    rows = (result.run_dir / "split.csv").read_text().splitlines()[1:]
+    assert rows and all(row.split(",")[0].split("/")[0] in ("train", "val", "test") for row in rows)  # relative to the data
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.move(str(result.run_dir), str(moved))
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    r = CliRunner().invoke(main, ["evaluate", str(moved), "--name", "again", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    again = json.loads((moved / "eval" / "again" / "report.json").read_text())
+    assert again["accuracy"] == pytest.approx(result.report["accuracy"]) and again["n"] == result.report["n"]
+    r = CliRunner().invoke(main, ["report", str(moved)])
+    assert r.exit_code == 0, r.output
+
+
+def test_evaluate_scores_what_a_folder_holds_one_class_or_a_test_folder_alone(split_folder, tmp_path):
+    """Scoring used to demand two classes, every class the run dropped, and a train/ folder."""
+    import shutil
+
+    run = finetune(tiny_config(split_folder, tmp_path, drop_classes=["gamma"], epochs=1)).run_dir
+    shutil.copytree(split_folder / "test" / "alpha", tmp_path / "one" / "alpha")  # no gamma to drop, one class
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(tmp_path / "one"), "--name", "one"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "eval" / "one" / "report.json").read_text())["n"] == 4
+    shutil.copytree(split_folder / "test", tmp_path / "alone" / "test")  # test/ without train/
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--data", str(tmp_path / "alone"), "--name", "alone"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "eval" / "alone" / "report.json").read_text())["n"] == 8  # gamma dropped, as in the run
+    r = CliRunner().invoke(main, ["finetune", "--data", str(tmp_path / "alone"), "--backbone", TINY, "--no-pretrained"])
+    assert r.exit_code == 1 and "no train/ folder" in r.output
+
+
+def test_report_regenerates_a_cross_validated_run_and_html_with_one_run(flat_folder, tmp_path):
+    """`ftkit report` on a --folds run used to only print, and --html with one run did nothing."""
+    cv_run = finetune(tiny_config(flat_folder, tmp_path, folds=2, epochs=1, name="cv")).run_dir
+    for name in ("report.html", "report.json", "confusion_matrix.png"):
+        (cv_run / name).unlink()
+    r = CliRunner().invoke(main, ["report", str(cv_run), "--html", str(tmp_path / "page.html")])
+    assert r.exit_code == 0, r.output
+    assert "2-fold cross-validation" in r.output
+    assert (cv_run / "report.json").is_file() and (cv_run / "confusion_matrix.png").is_file()
+    page = (cv_run / "report.html").read_text()
+    assert "fold" in page and (tmp_path / "page.html").read_text() == page
+
+
+def test_report_thumbnails_of_csv_rows_read_the_csv_once(tmp_path, monkeypatch):
+    """Each thumbnail of a FER2013-CSV run used to re-read the CSV from its first line."""
+    import builtins
+
+    import ftkit.html_report as html_report
+    from ftkit.report import write_report
+    from test_fer2013 import _pixels, _write_csv
+
+    rows = [(label, _pixels(label * 10 + i), usage) for label in range(7)
+            for usage, n in (("Training", 4), ("PublicTest", 2), ("PrivateTest", 2)) for i in range(n)]
+    csv = _write_csv(tmp_path / "fer.csv", rows)
+    run = finetune(tiny_config(csv, tmp_path, epochs=1, name="csv")).run_dir
+    opened = []
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(html_report, "open", counting_open, raising=False)
+    write_report(run)
+    page = (run / "report.html").read_text()
+    assert page.count('class="thumb"') >= 5 and "image not found" not in page
+    assert opened.count(str(csv)) == 1

@@ -114,3 +114,17 @@ def test_importing_ftkit_leaves_the_umask_alone_and_files_follow_it(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", oct(0o640)]
     assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == 0o640
+
+
+def test_the_public_api_is_what_the_package_promises_and_import_stays_light():
+    import ftkit
+    import ftkit.predict
+    import ftkit.train
+
+    assert ftkit.finetune is ftkit.train.finetune and ftkit.evaluate_run is ftkit.predict.evaluate_run
+    for name in ftkit.__all__:
+        assert getattr(ftkit, name) is not None, name
+    with pytest.raises(AttributeError):
+        ftkit.no_such_function
+    result = _python("import sys, ftkit, ftkit.cli; print('torch' in sys.modules)")
+    assert result.returncode == 0 and result.stdout.split() == ["False"]  # `ftkit --help` does not load torch
