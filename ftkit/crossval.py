@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Callable, Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -19,7 +19,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from .config import Config
 from .data import DataError, DataSplits, Split, group_keys, grouped_split, load_data, stratified_split
 from .io import read_json, write_json, write_text, write_yaml
-from .runs import new_run_dir, update_record
+from .report import write_report
+from .runs import RunResult, new_run_dir, update_record
 
 
 def fold_indices(labels: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
@@ -95,10 +96,9 @@ def _pool_predictions(root: Path, folds: int) -> None:
     write_text(root / "predictions.csv", "".join(lines))
 
 
-def cross_validate(cfg: Config, console=None, allow_download: bool = True):
-    from .report import write_report
-    from .train import RunResult, train_on
-
+def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None, allow_download: bool = True) -> RunResult:
+    """Train one run per fold with ``train_on`` (ftkit.train.train_on: the training is handed in, so
+    that cross-validation sits beside training rather than on both sides of it) and pool them."""
     data = load_data(replace(cfg, shots=0), console=console, carve=False)
     pool = concat(list(data.splits.values()))
     groups = group_keys(pool.keys, cfg.group_by) if cfg.group_by else None

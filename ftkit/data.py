@@ -18,86 +18,22 @@ import os
 import re
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
+from . import fer2013
 from .config import Config, suggest
-from .errors import FtkitError
+from .faces import BoxCache, crop_faces
+from .images import IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, read_image, verify_image  # noqa: F401 (re-exported)
+from .io import atomic_write
+from .progress import progress_bar
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
 SPLITS = ("train", "val", "test")
-
-
-class DataError(FtkitError, ValueError):
-    """Input data that ftkit cannot use; the message names the file or folder and what to do."""
-
-
-# --- reading one image -------------------------------------------------------------------
-
-
-# What PIL raises for a file it cannot or will not decode (a decompression bomb is refused
-# like a corrupt file: skipped with its name, never fatal to the whole run).
-UNREADABLE = (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError)
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode any common image file to an RGB ``uint8`` array of shape (H, W, 3).
-
-    Handles EXIF orientation, palette and alpha modes, and 16-bit / float grayscale
-    (rescaled to 0-255). Raises DataError naming the file when it cannot be decoded.
-    """
-    try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-                arr = np.asarray(im, dtype=np.float32)
-                top = 65535.0 if arr.max() > 255 else 255.0
-                gray = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
-                return np.repeat(gray[:, :, None], 3, axis=2)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except UNREADABLE as exc:
-        raise DataError(f"cannot decode image {path}: {exc}") from exc
-
-
-def decode_all(paths: list[str], threads: int = 4, progress: Callable[[int], None] | None = None):
-    """Decode many files with a thread pool (PIL releases the GIL while decoding).
-
-    Returns (images, failures) where images[i] is None for a file that failed and
-    failures lists (path, reason).
-    """
-
-    def one(path: str):
-        try:
-            return read_image(path), None
-        except DataError as exc:
-            return None, str(exc.__cause__ or exc)
-
-    images: list[np.ndarray | None] = []
-    failures: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        for path, (img, err) in zip(paths, pool.map(one, paths, chunksize=64)):
-            images.append(img)
-            if err is not None:
-                failures.append((path, err))
-            if progress:
-                progress(1)
-    return images, failures
-
-
-def verify_image(path: str) -> str | None:
-    """Cheap header check for streamed data; returns the reason a file is unusable, or None."""
-    try:
-        with Image.open(path) as im:
-            im.verify()
-        return None
-    except UNREADABLE as exc:
-        return str(exc)
 
 
 # --- the data set in memory --------------------------------------------------------------
@@ -267,7 +203,6 @@ def write_split_listing(data: DataSplits, path: Path, root: str | Path | None = 
     """Write split.csv (path, class, split): the exact split, reusable with --splits. Files inside
     the data folder ``root`` are written relative to it, so that the listing (and the run holding
     it) works from any working directory and after the run directory moves."""
-    from .io import atomic_write
 
     base = Path(os.path.abspath(root)) if root and Path(root).is_dir() else None
 
@@ -438,9 +373,7 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     skipped: list[tuple[str, str]] = []
     preloaded = None
     if root.suffix.lower() == ".csv":
-        from .fer2013 import read_fer_csv
-
-        items, preloaded, skipped = read_fer_csv(root, strict=cfg.strict, console=console)
+        items, preloaded, skipped = fer2013.read_fer_csv(root, strict=cfg.strict, console=console)
         source = "csv"
         if cfg.splits:
             items = read_split_listing(Path(cfg.splits))
@@ -501,8 +434,6 @@ def apply_shots(data: DataSplits, shots: int, seed: int) -> None:
 
 
 def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
-    from .faces import BoxCache, crop_faces
-    from .progress import progress_bar
 
     cache = BoxCache()
     totals = {"found": 0, "fallback": 0, "skipped": 0, "fallback_files": [], "skipped_files": []}
@@ -527,7 +458,6 @@ def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
 
 def _decode_or_verify(data: DataSplits, cfg: Config, console=None, force_cache: bool = False) -> None:
     """Decode every image into memory (cache) or header-check them (stream); drop bad files."""
-    from .progress import progress_bar
 
     total = sum(len(s) for s in data.splits.values())
     cache = force_cache or cfg.cache == "memory" or (cfg.cache == "auto" and _estimate_mb(data) <= cfg.cache_mb)
@@ -580,9 +510,7 @@ def inspect_source(path: str | Path, console=None) -> tuple[dict[str, dict[str, 
     cfg = Config(data=str(path), cache="stream")
     root = Path(path)
     if root.suffix.lower() == ".csv":
-        from .fer2013 import read_fer_csv
-
-        items, _, skipped = read_fer_csv(root, console=console)
+        items, _, skipped = fer2013.read_fer_csv(root, console=console)
     else:
         skipped = []
         items, _ = _folder_items(root, cfg, skipped)

@@ -20,6 +20,7 @@ import numpy as np
 from .evaluation import quick_metrics, write_predictions
 from .io import write_json
 from .predict import LoadedRun, Scored, load_run, run_record, score_run
+from .report import write_report
 from .runs import RunError
 
 
@@ -31,8 +32,6 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
     ``progress(run_index, total=None, advance=None)`` follows the scoring. Returns (out, report).
     The folder appears only when complete; an existing, non-empty ``out`` is never touched.
     """
-    from .report import write_report
-
     if len(runs) < 2:
         raise RunError("an ensemble needs at least two runs")
     out = Path(out)

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .config import choice_error
 from .errors import FtkitError
 from .io import atomic_write, write_json
-from .predict import load_run
+from .zoo import load_run
 
 FORMATS = ("onnx", "torchscript")
 
@@ -54,8 +55,6 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
                opset: int = 17) -> ExportResult:
     """Write ``RUN/export/model.onnx`` (or ``.ts``) and its sidecar JSON; fail on a parity gap."""
     if fmt not in FORMATS:
-        from .config import choice_error
-
         raise choice_error("export format", fmt, FORMATS)
     loaded = load_run(run, device="cpu")
     model = loaded.model.float().eval()

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 
 from .errors import UsageError
+from .images import IMAGE_EXTENSIONS, DataError, read_image
+from .io import atomic_write, refuse_inside, write_json
 
 
 @dataclass(frozen=True)
@@ -127,8 +129,6 @@ class BoxCache:
         return [Box(*b) for b in table[key]]
 
     def save(self) -> None:
-        from .io import write_json
-
         for file in self._dirty:
             write_json(file, self._loaded[file])
         self._dirty.clear()
@@ -173,8 +173,6 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
                 size: int = 0, progress=None) -> FaceStats:
     """Crop the largest face of every image under ``src`` into the same tree under ``dst``
     (PNG). ``size`` > 0 resizes crops to size x size."""
-    from .data import IMAGE_EXTENSIONS, DataError, read_image
-    from .io import atomic_write, refuse_inside
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():

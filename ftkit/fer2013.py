@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError
+from .images import DataError
+from .io import atomic_write
+from .progress import progress_bar
 
 KAGGLE_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
@@ -59,7 +61,6 @@ def read_fer_csv(path: str | Path, strict: bool = False, console=None):
     an RGB uint8 (48, 48, 3) array (a read-only view of the gray plane), skipped lists (key, reason) for malformed rows. Keys are
     ``<file>:<line>``. With ``strict`` the first malformed row raises DataError.
     """
-    from .progress import progress_bar
 
     path = Path(path)
     if not path.is_file():
@@ -100,7 +101,6 @@ def convert_csv(path: str | Path, dest: str | Path, strict: bool = False, consol
     """Write the folder form DEST/<split>/<class>/<Usage>_<line>.png, losslessly (PNG)."""
     import cv2
 
-    from .io import atomic_write
 
     dest = Path(dest)
     if dest.exists() and any(dest.iterdir()):

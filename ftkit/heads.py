@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,10 +22,11 @@ from torch import nn
 
 from .config import Config, ConfigError
 from .data import DataSplits, ImageDataset
+from .device import resolve_device
 from .evaluation import quick_metrics
 from .models import resolve_data_config, resolve_name
-from .runs import save_checkpoint, update_record
-from .train import RunResult, _finish, resolve_device
+from .report import write_metrics_csv
+from .runs import RunResult, save_checkpoint, update_record
 from .transforms import eval_transform
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -56,9 +58,10 @@ def fold_into_linear(classifier: nn.Linear, clf: LogisticRegression, scaler: Sta
         classifier.bias.copy_(torch.as_tensor(bias, dtype=classifier.bias.dtype))
 
 
-def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: Console) -> RunResult:
-    from .report import write_metrics_csv
-
+def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: Console,
+               finish: Callable[..., RunResult]) -> RunResult:
+    """Fit the classifier on frozen embeddings, fold it into the model, and let ``finish`` (the
+    training loop's own ending, handed in by ftkit.train) write the predictions and report."""
     classifier = model.get_classifier()
     if not isinstance(classifier, nn.Linear):
         raise ConfigError(f"--head logreg needs a backbone whose classifier is one linear layer; "
@@ -98,4 +101,4 @@ def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: 
             "backbone": resolve_name(cfg.backbone), "epoch": 1, "metrics": row, "logreg": {"C": best_c, "val_scores": scores}}
     for stem in ("best", "last"):
         save_checkpoint(run / "checkpoints" / stem, model, meta)
-    return _finish(run, cfg, data, model, loaders, device, nullcontext, [row], out)
+    return finish(run, cfg, data, model, loaders, device, nullcontext, [row], out)

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from .evaluation import read_predictions
+from .fer2013 import SIDE
+from .images import read_image
 from .io import read_json, write_text
 from .plots import new_figure, png_bytes
 
@@ -81,8 +83,6 @@ def _thumbnail(key: str, csv_images: dict[str, np.ndarray], size: int = 142) -> 
         if key in csv_images:
             image = csv_images[key]
         else:
-            from .data import read_image
-
             image = read_image(key)
         scale = size / max(image.shape[:2])
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST)
@@ -95,8 +95,6 @@ def _thumbnail(key: str, csv_images: dict[str, np.ndarray], size: int = 142) -> 
 def _csv_images(keys: list[str], data_path: str | None) -> dict[str, np.ndarray]:
     """The images of the CSV row ids among ``keys`` (``name.csv:LINE``), in one pass over each
     CSV (a 290 MB FER2013 file is read once for the whole gallery, not once per thumbnail)."""
-    from .fer2013 import SIDE
-
     wanted: dict[Path, dict[int, str]] = {}
     for key in keys:
         name, _, line = key.rpartition(":")

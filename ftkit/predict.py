@@ -11,47 +11,18 @@ import numpy as np
 import torch
 
 from . import shards
-from .config import Config, config_from_dict
+from .config import Config
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
 from .evaluation import predict_probs, tta_probs, write_predictions
-from .io import read_json, refuse_inside, write_json, write_yaml
+from .export import read_onnx_metadata
+from .faces import centre_crop, detect_faces, square_crop
+from .io import atomic_write, read_json, refuse_inside, write_json, write_text, write_yaml
+from .models import DataConfig
+from .report import write_report
 from .runs import RunError
-from .models import DataConfig, create
-from .train import resolve_device
 from .transforms import eval_transform
 from .weights import sha256sum
-from .zoo import load_source
-
-
-@dataclass
-class LoadedRun:
-    run: Path | None  # the run directory; None for a named model (see ftkit.zoo)
-    model: torch.nn.Module
-    classes: list[str]
-    data_config: DataConfig
-    config: Config
-    device: torch.device
-    name: str = ""  # what the user called it: the run directory or the model's name
-    source: dict[str, Any] | None = None  # for a named model: kind, file, sha256, manifest entry
-
-    @property
-    def label(self) -> str:
-        return str(self.run) if self.run is not None else self.name
-
-
-def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") -> LoadedRun:
-    """A run's best (or last) model, or a named model (``ftkit weights list``), in eval mode,
-    with its classes and preprocessing."""
-    source = load_source(run, checkpoint)
-    weights, meta = source.state_dict, source.meta
-    folder = source.path if source.kind == "run" else None
-    origin = None if folder else {**source.describe(), "entry": source.entry}
-    cfg = config_from_dict(meta["config"])
-    model = create(replace(cfg, pretrained=False, weights=None, init=None), len(meta["classes"]))
-    model.load_state_dict(weights)
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    return LoadedRun(folder, model, meta["classes"], DataConfig(**meta["data_config"]), cfg, dev, str(run), origin)
+from .zoo import LoadedRun, load_run
 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", tta: str | None = None,
@@ -61,8 +32,6 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     Writes predictions.csv and the report files into ``RUN/eval/<name>/`` (never over an
     earlier evaluation) and returns (that folder, the report).
     """
-    from .report import write_report
-
     loaded = load_run(run, device)
     scored = score_run(loaded, data, split, tta, console)
     # a named model has no run directory: its evaluations go under runs/<name>/eval/
@@ -220,8 +189,6 @@ class Predictor:
     def from_onnx(cls, path: str | Path) -> "Predictor":
         import onnxruntime as ort
 
-        from .export import read_onnx_metadata
-
         meta = read_onnx_metadata(path)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         fields = {k: meta[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")}
@@ -258,8 +225,6 @@ def regions(image: np.ndarray, faces: str, margin: float) -> list[tuple[list[int
     """
     if faces == "none":
         return [(None, image)]
-    from .faces import centre_crop, detect_faces, square_crop
-
     boxes = detect_faces(image)
     if faces == "all":
         return [([b.x, b.y, b.w, b.h], square_crop(image, b, margin)) for b in boxes]
@@ -345,8 +310,6 @@ def draw_detections(image: np.ndarray, detections: list[dict[str, Any]]) -> np.n
 def _write_annotated(path: Path, image: np.ndarray, detections) -> None:
     import cv2
 
-    from .io import atomic_write
-
     ok, png = cv2.imencode(".png", cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR))
     atomic_write(path, lambda f: f.write(png.tobytes()), mode="wb")
 
@@ -392,8 +355,6 @@ def predict_video(pred: Predictor, source: str | int, out: str | Path | None, ev
     if frames == 0:
         raise DataError(f"no frames could be read from {source}")
     if track_path:
-        from .io import write_text
-
         write_text(track_path, "".join(json.dumps(t) + "\n" for t in track))
     return {"frames": frames, "analysed": analysed, "fps": fps, "video": str(out) if out else None,
             "track": str(track_path) if track_path else None, "track_rows": track}
@@ -402,8 +363,6 @@ def predict_video(pred: Predictor, source: str | int, out: str | Path | None, ev
 def write_prediction_file(path: Path, results: list[dict[str, Any]], classes: list[str]) -> None:
     """Write predict results as CSV (one row per detection), JSON or JSONL, by suffix."""
     import csv
-
-    from .io import atomic_write, write_text
 
     suffix = path.suffix.lower()
     if suffix == ".json":

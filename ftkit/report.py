@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .evaluation import compute_report
+from .html_report import render_comparison, write_run_html
 from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes
 from .runs import RunError
@@ -58,8 +59,6 @@ def write_report(folder: Path, predictions: Path | None = None, name: str | None
     history = read_metrics_csv(folder / "metrics.csv")
     if history:
         plot_curves(history, folder / "curves.png")
-    from .html_report import write_run_html
-
     write_run_html(folder, report)
     return report
 
@@ -225,8 +224,6 @@ def print_cv_report(root: Path, console: Console) -> None:
 def write_comparison_html(reports: dict[str, dict[str, Any]], path: Path) -> Path:
     """The side-by-side page: metrics per run (best marked) and the differing config keys."""
     import yaml
-
-    from .html_report import render_comparison
 
     configs = {}
     for run in reports:

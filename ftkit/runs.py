@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,16 @@ class RunError(FtkitError, ValueError):
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+@dataclass
+class RunResult:
+    """What a finished training returns: its folder and, read back, its report and record."""
+
+    run_dir: Path
+    report: dict[str, Any]  # report.json contents (on the eval split)
+    history: list[dict[str, Any]]  # one row per epoch
+    record: dict[str, Any]  # run.json contents
 
 
 def new_run_dir(cfg: Config) -> Path:

@@ -28,7 +28,7 @@ import torch
 import webdataset as wds
 
 from .config import Config, ConfigError
-from .data import DataError, DataSplits, Split, load_data, read_image
+from .data import DataError, DataSplits, Split, load_data, read_image, read_split_listing
 from .distributed import SINGLE, Context
 from .io import read_json, refuse_inside, write_json
 from .progress import progress_bar
@@ -162,8 +162,6 @@ def _refuse_unsupported(cfg: Config, root: Path) -> None:
 
 def _check_listing(listing: str, splits: dict[str, Split]) -> None:
     """A split.csv (``--splits``, or a resumed run's) must be exactly the shards' split."""
-    from .data import read_split_listing
-
     items = read_split_listing(Path(listing))
     for name, split in splits.items():
         if [k for k, _ in items.get(name, [])] != split.keys:

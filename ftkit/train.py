@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 import os
 import platform
-import random
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -28,12 +27,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
 from . import distributed
-from .config import Config, ConfigError, choice_error
 from . import shards
+from .config import Config, ConfigError, choice_error
+from .crossval import cross_validate
 from .data import DataSplits, ImageDataset, write_split_listing
+from .device import autocast_for, resolve_device, seed_everything
 from .distributed import SINGLE, Context
 from .errors import FtkitError
 from .evaluation import predict_probs, quick_metrics, write_predictions
+from .heads import fit_logreg
 from .io import read_json, refuse_inside, write_json, write_yaml
 from .models import (
     backbone_and_head_params,
@@ -48,8 +50,10 @@ from .models import (
 )
 from .progress import console as default_console
 from .progress import progress_bar
+from .report import print_report, write_metrics_csv, write_report
 from .runs import (
     RunError,
+    RunResult,
     load_checkpoint,
     load_run_config,
     load_train_state,
@@ -146,33 +150,6 @@ def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
         mode = "min" if cfg.metric == "loss" else "max"
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=0.2, patience=2), "epoch"
     return None, None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device auto or cpu")
-    return torch.device(name)
-
-
-def autocast_for(device: torch.device, amp: bool):
-    """Mixed precision on CUDA (bf16 when supported, else fp16); a no-op elsewhere."""
-    if not amp or device.type != "cuda":
-        return nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return partial(torch.autocast, device_type="cuda", dtype=dtype), scaler
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # --- data loaders ------------------------------------------------------------------------
@@ -362,14 +339,6 @@ def predict_split(model: nn.Module, loader, device, tta: str, autocast, ctx: Con
 # --- the whole run -----------------------------------------------------------------------
 
 
-@dataclass
-class RunResult:
-    run_dir: Path
-    report: dict[str, Any]  # report.json contents (on the eval split)
-    history: list[dict[str, Any]]  # one row per epoch
-    record: dict[str, Any]  # run.json contents
-
-
 def build_model(cfg: Config, classes: list[str], out: Console, allow_download: bool = True):
     """The backbone with a fresh head, from pretrained weights when asked (see weights.py), or
     from a trained model (``cfg.init``) whose classifier rows carry over to classes of the same name."""
@@ -418,13 +387,11 @@ def finetune(cfg: Config, console: Console | None = None, allow_download: bool =
         check_distributed(cfg, ctx, device)
         out = out if ctx.main else Console(quiet=True)
         if cfg.folds:
-            from .crossval import cross_validate
-
             if shards.shard_root(cfg.data):
                 raise ConfigError(f"--folds needs random access to the images; {cfg.data} is streamed from shards: "
                                   "cross-validate on the image folder the shards were written from")
 
-            return cross_validate(cfg, console=out, allow_download=allow_download)
+            return cross_validate(cfg, train_on, console=out, allow_download=allow_download)
         data = shards.load(cfg, console=out)
         return train_on(data, cfg, out, allow_download, ctx)
 
@@ -469,9 +436,7 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
         if ctx.main:
             _write_run_inputs(run, cfg, data, model, weights)
         if cfg.head == "logreg":
-            from .heads import fit_logreg
-
-            return fit_logreg(run, cfg, data, model, out)
+            return fit_logreg(run, cfg, data, model, out, finish=_finish)
         return _train(run, cfg, data, model, state=None, out=out, ctx=ctx)
 
 
@@ -563,9 +528,45 @@ def _write_run_inputs(run: Path, cfg: Config, data: DataSplits, model: nn.Module
     )
 
 
-def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: dict | None, out: Console,
-           ctx: Context = SINGLE) -> RunResult:
-    # --- set up: device, data, loss, optimiser, schedule, phases
+@dataclass
+class TrainState:
+    """Where a run stands after an epoch. With the weights, optimizer and scheduler, this is what
+    ``last.state.pt`` holds, so a resumed run continues from exactly here."""
+
+    epoch: int = 0  # epochs finished
+    history: list[dict[str, Any]] = field(default_factory=list)  # one metrics row per epoch
+    best: float | None = None  # the best validation score so far
+    bad_epochs: int = 0  # epochs since it last improved (early stopping)
+
+    def add(self, row: dict[str, Any], metric: str) -> bool:
+        """Record an epoch's row; True when its score is the best so far."""
+        score = row[f"val_{metric}"]
+        improved = self.best is None or (score < self.best if metric == "loss" else score > self.best)
+        self.history.append(row)
+        self.epoch = row["epoch"]
+        self.best, self.bad_epochs = (score, 0) if improved else (self.best, self.bad_epochs + 1)
+        return improved
+
+    @classmethod
+    def restore(cls, saved: dict | None, optimizer, scheduler) -> "TrainState":
+        if saved is None:
+            return cls()
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler"):
+            scheduler.load_state_dict(saved["scheduler"])
+        return cls(saved["epoch"], saved["history"], saved["best"], saved["bad_epochs"])
+
+
+@dataclass
+class Loaders:
+    train: Any  # DataLoader, or shards.StreamBatches
+    eval: dict[str, Any]  # split name -> DataLoader of this rank's share
+    generator: torch.Generator  # the sampler's: one global order of images, re-seeded per epoch
+    train_transform: Any
+
+
+def _set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context):
+    """Device, memory format, loaders, loss, optimizer, schedule and mixed precision for ``model``."""
     device = distributed.device_for(resolve_device(cfg.device), ctx)
     model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else None
@@ -576,70 +577,77 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
         # load into a plain model
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     dc = resolve_data_config(model, cfg)
-    train_loader, eval_loaders, generator, train_tf = make_loaders(data, dc, cfg, device, ctx)
+    loaders = Loaders(*make_loaders(data, dc, cfg, device, ctx))
     optimizer = build_optimizer(model, cfg)
-    scheduler, step_when = build_scheduler(optimizer, cfg, len(train_loader))
+    scheduler, step_when = build_scheduler(optimizer, cfg, len(loaders.train))
     autocast, scaler = autocast_for(device, cfg.amp)
     parts = StepParts(
         net=model, optimizer=optimizer, scheduler=scheduler, step_when=step_when, device=device,
         criterion=nn.CrossEntropyLoss(weight=_to(class_weight_tensor(data, cfg), device), label_smoothing=cfg.label_smoothing),
         autocast=autocast, scaler=scaler, memory_format=memory_format, mixer=make_mixer(cfg, len(data.classes)),
     )
+    return parts, loaders, dc
+
+
+def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: dict | None, out: Console,
+           ctx: Context = SINGLE) -> RunResult:
+    # --- set up: device, data, loss, optimizer, schedule, phases, and where the run stands
+    parts, loaders, dc = _set_up(cfg, data, model, ctx)
     freeze_epochs = cfg.epochs if cfg.head == "linear" else cfg.freeze_epochs  # linear: a frozen backbone throughout
     phases = plan_phases(cfg.epochs, freeze_epochs, cfg.unfreeze, len(stage_groups(model)))
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(), "backbone": resolve_name(cfg.backbone)}
-
-    history, best, bad_epochs, start_epoch = [], None, 0, 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-        history, best, bad_epochs, start_epoch = state["history"], state["best"], state["bad_epochs"], state["epoch"]
+    progress = TrainState.restore(state, parts.optimizer, parts.scheduler)
     if ctx.main:
-        update_record(run, status="running", device=str(device), phases=describe_phases(phases, cfg), data_config=dc.to_dict(),
-                      distributed=ctx.describe(distributed.backend(), cfg.batch_size) if ctx.active else None)
-    _print_plan(out, run, cfg, data, phases, device, dc, ctx)
+        update_record(run, status="running", device=str(parts.device), phases=describe_phases(phases, cfg),
+                      data_config=dc.to_dict(), distributed=ctx.describe(distributed.backend(), cfg.batch_size) if ctx.active else None)
+    _print_plan(out, run, cfg, data, phases, parts.device, dc, ctx)
 
     # --- per epoch: train, evaluate, save
-    wrapped_for = None
     with progress_bar(out) as bar:
-        for epoch in range(start_epoch, cfg.epochs):
-            phase = phases[epoch]
-            set_trainable(model, phase.unfrozen_stages)
-            if ctx.active and phase != wrapped_for:
-                # DDP reduces the gradients of the parameters that train when it is built:
-                # wrap again whenever a phase changes which ones do
-                parts.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-                wrapped_for = phase
-            seed_epoch(cfg.seed, epoch, ctx, generator, train_tf)
-            if isinstance(train_loader, shards.StreamBatches):
-                train_loader.set_epoch(epoch)
-            epoch_started = time.perf_counter()
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} \\[{phase.name}]", total=len(train_loader), info="")
-            stats = train_one_epoch(parts, train_loader, ctx, bar, task)
+        for epoch in range(progress.epoch, cfg.epochs):
+            _enter_phase(model, parts, phases[epoch], ctx)
+            seed_epoch(cfg.seed, epoch, ctx, loaders.generator, loaders.train_transform)
+            if isinstance(loaders.train, shards.StreamBatches):
+                loaders.train.set_epoch(epoch)
+            started = time.perf_counter()
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} \\[{phases[epoch].name}]", total=len(loaders.train), info="")
+            stats = train_one_epoch(parts, loaders.train, ctx, bar, task)
             distributed.broadcast_model(model, ctx)  # every rank evaluates (and rank 0 saves) the same weights
-            probs, labels, val_loss = predict_split(model, eval_loaders["val"], device, "none", autocast, ctx)
-            row = {"epoch": epoch + 1, "phase": phase.name, **stats, "val_loss": val_loss,
+            probs, labels, val_loss = predict_split(model, loaders.eval["val"], parts.device, "none", parts.autocast, ctx)
+            row = {"epoch": epoch + 1, "phase": phases[epoch].name, **stats, "val_loss": val_loss,
                    **{f"val_{k}": v for k, v in quick_metrics(labels, probs.argmax(1)).items()},
-                   "lr": optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - epoch_started}
-            history.append(row)
-            score = row[f"val_{cfg.metric}"]  # the same on every rank: computed from the gathered predictions
-            if step_when == "epoch":
-                scheduler.step(score)
-            improved = best is None or (score < best if cfg.metric == "loss" else score > best)
-            bar.update(task, info=f"loss {stats['train_loss']:.3f} val {cfg.metric} {score:.3f}{' *' if improved else ''} ({stats['images_per_s']:.0f} img/s)")
-            if not out.is_terminal:  # logs and CI have no live bars: one line per epoch
-                out.print(f"epoch {epoch + 1}/{cfg.epochs} \\[{phase.name}] train loss {stats['train_loss']:.4f} "
-                          f"val loss {val_loss:.4f} val accuracy {row['val_accuracy']:.4f} "
-                          f"val macro-F1 {row['val_macro_f1']:.4f} ({stats['images_per_s']:.0f} img/s)")
-            best, bad_epochs = (score, 0) if improved else (best, bad_epochs + 1)
+                   "lr": parts.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started}
+            improved = progress.add(row, cfg.metric)  # the same on every rank: from the gathered predictions
+            if parts.step_when == "epoch":
+                parts.scheduler.step(row[f"val_{cfg.metric}"])
+            _log_epoch(out, bar, task, row, cfg, improved)
             if ctx.main:
-                _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, best, bad_epochs)
-            if cfg.patience and bad_epochs >= cfg.patience:
+                _save_epoch(run, model, meta, row, improved, parts, progress)
+            if cfg.patience and progress.bad_epochs >= cfg.patience:
                 out.print(f"early stop: val {cfg.metric} did not improve for {cfg.patience} epochs")
                 break
     # --- finish: the best epoch's predictions and the report
-    return _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out, ctx)
+    return _finish(run, cfg, data, model, loaders.eval, parts.device, parts.autocast, progress.history, out, ctx)
+
+
+def _enter_phase(model: nn.Module, parts: StepParts, phase: Phase, ctx: Context) -> None:
+    """Freeze what the phase freezes. DDP reduces the gradients of the parameters that train when
+    it is built, so under DDP the model is wrapped again whenever the trainable set changes."""
+    set_trainable(model, phase.unfrozen_stages)
+    if ctx.active and getattr(parts.net, "ftkit_phase", None) != phase:
+        device = parts.device
+        parts.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        parts.net.ftkit_phase = phase
+
+
+def _log_epoch(out: Console, bar, task, row: dict[str, Any], cfg: Config, improved: bool) -> None:
+    score = row[f"val_{cfg.metric}"]
+    bar.update(task, info=f"loss {row['train_loss']:.3f} val {cfg.metric} {score:.3f}{' *' if improved else ''} "
+                          f"({row['images_per_s']:.0f} img/s)")
+    if not out.is_terminal:  # logs and CI have no live bars: one line per epoch
+        out.print(f"epoch {row['epoch']}/{cfg.epochs} \\[{row['phase']}] train loss {row['train_loss']:.4f} "
+                  f"val loss {row['val_loss']:.4f} val accuracy {row['val_accuracy']:.4f} "
+                  f"val macro-F1 {row['val_macro_f1']:.4f} ({row['images_per_s']:.0f} img/s)")
 
 
 def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: list[Phase], device, dc,
@@ -671,28 +679,24 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
 
 
-def _save_epoch(run, model, meta, row, improved, optimizer, scheduler, history, best, bad_epochs) -> None:
+def _save_epoch(run: Path, model: nn.Module, meta: dict, row: dict, improved: bool, parts: StepParts,
+                progress: TrainState) -> None:
     """metrics.csv, last checkpoint and train state every epoch; best checkpoint on improvement."""
-    from .report import write_metrics_csv
-
-    write_metrics_csv(run / "metrics.csv", history)
+    write_metrics_csv(run / "metrics.csv", progress.history)
     ckpt = run / "checkpoints"
     epoch_meta = {**meta, "epoch": row["epoch"], "metrics": row}
     if improved:
         save_checkpoint(ckpt / "best", model, epoch_meta)
     save_checkpoint(ckpt / "last", model, epoch_meta)
     save_train_state(ckpt / "last.state.pt", {
-        "epoch": row["epoch"], "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "history": history, "best": best, "bad_epochs": bad_epochs,
+        **asdict(progress), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
     })
 
 
 def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out, ctx: Context = SINGLE) -> RunResult:
     """Reload the best checkpoint, predict on the eval split, write every report file (rank 0)."""
-    from .report import print_report, write_report
-
     best_epoch = distributed.on_main(lambda: _load_best(run, model), ctx)
     distributed.broadcast_model(model, ctx)
     split = data.eval_split

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from .config import ConfigError, choice_error
+from .config import ConfigError, choice_error, suggest
 from .models import DataConfig
 
 INTERPOLATIONS = {
@@ -71,8 +71,6 @@ def _from_spec(spec: Any) -> A.BasicTransform:
         raise ConfigError(f"augment_pipeline entries must look like {{HorizontalFlip: {{p: 0.5}}}}, got {spec!r}")
     (name, kwargs), = spec.items()
     if not isinstance(getattr(A, name, None), type):
-        from .config import suggest
-
         raise ConfigError(f"unknown Albumentations transform {name!r} in augment_pipeline.{suggest(name, dir(A))}")
     return A.from_dict({"transform": {"__class_fullname__": name, **(kwargs or {})}})
 

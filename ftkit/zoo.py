@@ -17,14 +17,16 @@ Wherever ftkit takes a run directory to *use* a model (predict, evaluate, export
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import Config, load_recipe, resolve, suggest
+from .config import Config, config_from_dict, load_recipe, resolve, suggest
+from .device import resolve_device
 from .io import read_json, write_json
+from .models import DataConfig, create
 from .runs import RunError, load_checkpoint, read_weights, require_run, write_weights
 from .weights import WeightsError, sha256sum, store_dir
 
@@ -165,6 +167,40 @@ def resolve_config(recipe: str | Path | None = None, **overrides: Any) -> Config
     init = overrides.get("init") or (load_recipe(recipe).get("init") if recipe else None)
     base = source_settings(source_meta(init)) if init else None
     return resolve(recipe, base=base, **overrides)
+
+
+# --- a model ready to predict -----------------------------------------------------------
+
+
+@dataclass
+class LoadedRun:
+    run: Path | None  # the run directory; None for a named model (see ftkit.zoo)
+    model: torch.nn.Module
+    classes: list[str]
+    data_config: DataConfig
+    config: Config
+    device: torch.device
+    name: str = ""  # what the user called it: the run directory or the model's name
+    source: dict[str, Any] | None = None  # for a named model: kind, file, sha256, manifest entry
+
+    @property
+    def label(self) -> str:
+        return str(self.run) if self.run is not None else self.name
+
+
+def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") -> LoadedRun:
+    """A run's best (or last) model, or a named model (``ftkit weights list``), in eval mode,
+    with its classes and preprocessing."""
+    source = load_source(run, checkpoint)
+    weights, meta = source.state_dict, source.meta
+    folder = source.path if source.kind == "run" else None
+    origin = None if folder else {**source.describe(), "entry": source.entry}
+    cfg = config_from_dict(meta["config"])
+    model = create(replace(cfg, pretrained=False, weights=None, init=None), len(meta["classes"]))
+    model.load_state_dict(weights)
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    return LoadedRun(folder, model, meta["classes"], DataConfig(**meta["data_config"]), cfg, dev, str(run), origin)
 
 
 # --- saving ------------------------------------------------------------------------------

@@ -128,3 +128,54 @@ def test_the_public_api_is_what_the_package_promises_and_import_stays_light():
         ftkit.no_such_function
     result = _python("import sys, ftkit, ftkit.cli; print('torch' in sys.modules)")
     assert result.returncode == 0 and result.stdout.split() == ["False"]  # `ftkit --help` does not load torch
+
+
+# The package's layers, bottom up: a module imports only from its own layer or below (checked
+# from the source by test_imports_only_go_down_and_never_in_a_circle).
+LAYERS = {
+    "foundation": {"errors", "config", "io", "progress", "device", "distributed", "plots"},
+    "data": {"images", "fer2013", "faces", "synth", "data", "shards"},
+    "model": {"models", "transforms", "weights"},
+    "run directory, evaluation and reports": {"runs", "zoo", "evaluation", "html_report", "report"},
+    "training": {"heads", "crossval", "train"},
+    "using a run": {"predict", "ensemble", "export", "demo"},
+    "command line": {"cli", "__main__", "__init__"},
+}
+
+
+def _package_imports() -> dict[str, list[tuple[str, bool]]]:
+    """module -> [(imported ftkit module, imported at the top of the file)]."""
+    import ast
+    from pathlib import Path
+
+    import ftkit
+
+    found = {}
+    for path in Path(ftkit.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        edges = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                edges += [(n.split(".")[0], node in tree.body) for n in names]
+        found[path.stem] = edges
+    return found
+
+
+def test_imports_only_go_down_and_never_in_a_circle():
+    imports = _package_imports()
+    layer = {m: i for i, modules in enumerate(LAYERS.values()) for m in modules}
+    assert set(imports) == set(layer), "every module belongs to one layer"
+    names = list(LAYERS)
+    upward = [f"{m} ({names[layer[m]]}) imports {t} ({names[layer[t]]})"
+              for m, edges in imports.items() for t, _ in edges if t in layer and layer[t] > layer[m]]
+    assert not upward
+    inside = [f"{m} imports {t} inside a function" for m, edges in imports.items() for t, top in edges
+              if not top and t in layer and m != "cli"]  # the CLI imports lazily, for its start-up time
+    assert not inside
+    graph = {m: {t for t, _ in edges if t in layer} - {"__init__"} for m, edges in imports.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen)) for n in graph[start])
+
+    assert not [m for m in graph if reaches(m, m, set())], "an import cycle"

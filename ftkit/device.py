@@ -1,0 +1,39 @@
+"""Where and how tensors run: the device by name, mixed precision, and the random seeds."""
+
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from functools import partial
+
+import numpy as np
+import torch
+
+from .config import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device auto or cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """Mixed precision on CUDA (bf16 when supported, else fp16); a no-op elsewhere."""
+    if not amp or device.type != "cuda":
+        return nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return partial(torch.autocast, device_type="cuda", dtype=dtype), scaler
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,81 @@
+"""Reading images: one decoder for every file format ftkit accepts, and the error for data it
+cannot use. The data, face and FER2013 modules all read through here."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import FtkitError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
+
+
+class DataError(FtkitError, ValueError):
+    """Input data that ftkit cannot use; the message names the file or folder and what to do."""
+
+
+# --- reading one image -------------------------------------------------------------------
+
+
+# What PIL raises for a file it cannot or will not decode (a decompression bomb is refused
+# like a corrupt file: skipped with its name, never fatal to the whole run).
+UNREADABLE = (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode any common image file to an RGB ``uint8`` array of shape (H, W, 3).
+
+    Handles EXIF orientation, palette and alpha modes, and 16-bit / float grayscale
+    (rescaled to 0-255). Raises DataError naming the file when it cannot be decoded.
+    """
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                arr = np.asarray(im, dtype=np.float32)
+                top = 65535.0 if arr.max() > 255 else 255.0
+                gray = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+                return np.repeat(gray[:, :, None], 3, axis=2)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except UNREADABLE as exc:
+        raise DataError(f"cannot decode image {path}: {exc}") from exc
+
+
+def decode_all(paths: list[str], threads: int = 4, progress: Callable[[int], None] | None = None):
+    """Decode many files with a thread pool (PIL releases the GIL while decoding).
+
+    Returns (images, failures) where images[i] is None for a file that failed and
+    failures lists (path, reason).
+    """
+
+    def one(path: str):
+        try:
+            return read_image(path), None
+        except DataError as exc:
+            return None, str(exc.__cause__ or exc)
+
+    images: list[np.ndarray | None] = []
+    failures: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for path, (img, err) in zip(paths, pool.map(one, paths, chunksize=64)):
+            images.append(img)
+            if err is not None:
+                failures.append((path, err))
+            if progress:
+                progress(1)
+    return images, failures
+
+
+def verify_image(path: str) -> str | None:
+    """Cheap header check for streamed data; returns the reason a file is unusable, or None."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return None
+    except UNREADABLE as exc:
+        return str(exc)
