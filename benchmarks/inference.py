@@ -19,7 +19,7 @@ from common import ROOT, command_line, emit_row, machine
 
 from ftkit.config import resolve
 from ftkit.zoo import resolve_config
-from ftkit.export import _export_onnx
+from ftkit.export import export_onnx
 from ftkit.models import INPUT_MODES, create, resolve_name
 
 SECTION = "Inference on the CPU (PyTorch eager vs onnxruntime, same run)"
@@ -61,7 +61,7 @@ def main() -> None:
         model = create(cfg, 7).eval()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.onnx"
-            _export_onnx(model, torch.zeros(2, channels, side, side), path, {"benchmark": True}, opset=17)
+            export_onnx(model, torch.zeros(2, channels, side, side), path, {"benchmark": True}, opset=17)
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             engines = {
                 "pytorch eager": lambda x: model(torch.from_numpy(x)),

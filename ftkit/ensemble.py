@@ -92,7 +92,7 @@ def score_members(runs: list[str | Path], data: str | None = None, split: str = 
         scored = score_run(member, data, split, tta, console, datasets=datasets,
                            progress=progress and (lambda total=None, advance=None, i=i: progress(i, total=total, advance=advance)))
         if loaded:
-            scored = _in_class_order(scored, member.classes, loaded[0].classes)
+            scored = in_class_order(scored, member.classes, loaded[0].classes)
             _check_same_images(scored, scores[0], run, runs[0])
         loaded.append(member)
         scores.append(scored)
@@ -104,7 +104,7 @@ def mean_probs(scores: list[Scored]) -> np.ndarray:
     return np.mean([s.probs for s in scores], axis=0)
 
 
-def _in_class_order(scored: Scored, have: list[str], want: list[str]) -> Scored:
+def in_class_order(scored: Scored, have: list[str], want: list[str]) -> Scored:
     """Reorder a member's probability columns (and labels) from its class order to ``want``."""
     if have == want:
         return scored

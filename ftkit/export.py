@@ -85,7 +85,7 @@ def _write_and_compare(model, loaded, fmt: str, path: Path, meta: dict, opset: i
     """Write the exported model to ``path``; the largest logit difference from PyTorch."""
     example = parity_inputs(loaded, n=2, seed=1)
     if fmt == "onnx":
-        _export_onnx(model, example, path, meta, opset)
+        export_onnx(model, example, path, meta, opset)
         exported = _onnx_runner(path)
     else:
         _export_torchscript(model, example, path, meta)
@@ -97,8 +97,10 @@ def _write_and_compare(model, loaded, fmt: str, path: Path, meta: dict, opset: i
     return float(np.abs(exported(x.numpy()) - expected).max())
 
 
-def _export_onnx(model, example, path: Path, meta: dict, opset: int) -> None:
-    import onnx
+def export_onnx(model, example, path: Path, meta: dict, opset: int) -> None:
+    """Write ``model`` as ONNX at ``path`` (batch axis dynamic), with ``meta`` as JSON metadata
+    under the key "ftkit" (see read_onnx_metadata). ``example`` is one input batch."""
+    import onnx  # optional: the export extra
 
     tmp = path.with_suffix(".tmp.onnx")
     try:

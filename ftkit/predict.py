@@ -80,7 +80,7 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     if datasets is None:
         dataset = load_data(cfg, console=console, classes=loaded.classes, carve=False)
     else:
-        key = _data_key(cfg, loaded.classes)
+        key = data_key(cfg, loaded.classes)
         if key not in datasets:
             datasets[key] = load_data(cfg, console=console, classes=loaded.classes, carve=False)
         dataset = datasets[key]
@@ -123,7 +123,7 @@ _SCORING_DATA_FIELDS = ("data", "splits", "strict", "classes", "drop_classes", "
                         "cache", "cache_mb")
 
 
-def _data_key(cfg: Config, classes: list[str]) -> str:
+def data_key(cfg: Config, classes: list[str]) -> str:
     """What load_data's result depends on when scoring: those settings, the class order, and
     the split file by content (every run keeps its own copy of the same split.csv)."""
     settings = {f: getattr(cfg, f) for f in _SCORING_DATA_FIELDS}

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from conftest import tiny_config, write_split_folder
 from ftkit.cli import main
 import ftkit.predict
-from ftkit.ensemble import _in_class_order, score_members
+from ftkit.ensemble import in_class_order, score_members
 from ftkit.evaluation import read_predictions
-from ftkit.predict import Scored, _data_key, load_run, score_run
+from ftkit.predict import Scored, data_key, load_run, score_run
 from ftkit.train import finetune
 
 
@@ -97,7 +97,7 @@ def test_ensemble_refuses_runs_with_other_classes_and_single_runs(runs):
 def test_members_in_another_class_order_are_aligned_by_name():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
     scored = Scored(["x", "y"], np.array([0, 2]), probs, "test", "d", "none")
-    aligned = _in_class_order(scored, ["a", "b", "c"], ["c", "a", "b"])
+    aligned = in_class_order(scored, ["a", "b", "c"], ["c", "a", "b"])
     np.testing.assert_array_equal(aligned.probs, [[0.1, 0.7, 0.2], [0.6, 0.1, 0.3]])
     np.testing.assert_array_equal(aligned.labels, [1, 0])  # a -> index 1, c -> index 0
 
@@ -136,10 +136,10 @@ def test_the_data_key_reads_split_files_by_content(runs, tmp_path):
     cfg = load_run(a).config
     copy = tmp_path / "split.csv"
     copy.write_bytes((a / "split.csv").read_bytes())
-    key = _data_key(replace(cfg, splits=str(a / "split.csv")), ["alpha", "beta"])
-    assert _data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"]) == key
-    assert _data_key(replace(cfg, splits=str(copy), seed=7, img_size=99), ["alpha", "beta"]) == key  # not data settings
-    assert _data_key(replace(cfg, splits=str(copy)), ["beta", "alpha"]) != key
-    assert _data_key(replace(cfg, splits=str(copy), faces="crop"), ["alpha", "beta"]) != key
+    key = data_key(replace(cfg, splits=str(a / "split.csv")), ["alpha", "beta"])
+    assert data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"]) == key
+    assert data_key(replace(cfg, splits=str(copy), seed=7, img_size=99), ["alpha", "beta"]) == key  # not data settings
+    assert data_key(replace(cfg, splits=str(copy)), ["beta", "alpha"]) != key
+    assert data_key(replace(cfg, splits=str(copy), faces="crop"), ["alpha", "beta"]) != key
     copy.write_text(copy.read_text().replace("test", "val"))
-    assert _data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"]) != key
+    assert data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"]) != key
