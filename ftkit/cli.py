@@ -286,7 +286,9 @@ def ensemble(runs, out, data, split, tta, device):
                 bar.advance(tasks[i], advance)
 
         folder, rep = ensemble_runs(list(runs), out, data, split, tta, device, console=console, progress=follow)
-    members = json.loads((folder / "run.json").read_text())["ensemble"]
+    from .io import read_json
+
+    members = read_json(folder / "run.json")["ensemble"]
     table = Table(title=f"ensemble on {rep.get('split')} ({rep['n']} images)")
     for col in ("run", "input", "TTA", "accuracy", "macro-F1"):
         table.add_column(col, justify="left" if col == "run" else "right")

@@ -117,7 +117,10 @@ class BoxCache:
     def _table(self, path: str) -> dict:
         file = self._file(path)
         if file not in self._loaded:
-            self._loaded[file] = json.loads(file.read_text()) if file.is_file() else {}
+            try:
+                self._loaded[file] = json.loads(file.read_text()) if file.is_file() else {}
+            except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged cache is only a cache: detect again
+                self._loaded[file] = {}
         return self._loaded[file]
 
     def boxes(self, path: str, image: np.ndarray) -> list[Box]:

@@ -15,7 +15,7 @@ import numpy as np
 from .evaluation import read_predictions
 from .fer2013 import SIDE
 from .images import read_image
-from .io import read_json, write_text
+from .io import read_json, read_yaml, write_text
 from .plots import new_figure, png_bytes
 
 CSS = """
@@ -221,11 +221,9 @@ def _page(title: str, body: str) -> str:
 
 def write_run_html(folder: Path, report: dict[str, Any], run_dir: Path | None = None) -> Path:
     """Write ``folder/report.html``; ``run_dir`` holds run.json/args.yaml when they live elsewhere."""
-    import yaml
-
     source = run_dir or folder
     record = read_json(source / "run.json") if (source / "run.json").is_file() else {}
-    config = yaml.safe_load((source / "args.yaml").read_text()) if (source / "args.yaml").is_file() else {}
+    config = read_yaml(source / "args.yaml") if (source / "args.yaml").is_file() else {}
     cv = read_json(folder / "cv_report.json") if (folder / "cv_report.json").is_file() else None
     path = folder / "report.html"
     write_text(path, render_run(folder, report, record, config, cv))

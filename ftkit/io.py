@@ -29,6 +29,11 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk or a read-only folder: say which file could not be written
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -71,8 +76,25 @@ def write_yaml(path: str | Path, obj: Any) -> Path:
     return write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
+class FileFormatError(UsageError):
+    """A file ftkit wrote or reads is truncated, edited or of another kind."""
+
+
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file; a truncated or edited one is refused with its name, not a parser traceback."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path} is not valid JSON ({exc}): it was truncated or edited; restore it, or "
+                              "start again from what wrote it") from exc
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file (args.yaml of a run), refused with its name when it does not parse."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path} is not valid YAML ({exc}): it was truncated or edited; restore it") from exc
 
 
 def _jsonable(obj: Any) -> Any:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .evaluation import compute_report
 from .html_report import render_comparison, write_run_html
-from .io import atomic_write, read_json, write_json, write_text
+from .io import atomic_write, read_json, read_yaml, write_json, write_text
 from .plots import new_figure, png_bytes
 from .runs import RunError
 
@@ -223,10 +223,8 @@ def print_cv_report(root: Path, console: Console) -> None:
 
 def write_comparison_html(reports: dict[str, dict[str, Any]], path: Path) -> Path:
     """The side-by-side page: metrics per run (best marked) and the differing config keys."""
-    import yaml
-
     configs = {}
     for run in reports:
         args = Path(run) / "args.yaml"
-        configs[run] = yaml.safe_load(args.read_text()) if args.is_file() else {}
+        configs[run] = read_yaml(args) if args.is_file() else {}
     return write_text(path, render_comparison(reports, configs))

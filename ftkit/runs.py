@@ -27,7 +27,7 @@ from safetensors.torch import save
 
 from .config import Config, config_from_dict
 from .errors import FtkitError
-from .io import atomic_write, read_json, write_json
+from .io import atomic_write, read_json, read_yaml, write_json
 from .weights import check_finite
 
 
@@ -168,9 +168,7 @@ def remove_partial_files(run: Path) -> list[Path]:
 
 
 def load_run_config(run: Path) -> Config:
-    import yaml
-
-    return config_from_dict(yaml.safe_load((run / "args.yaml").read_text()))
+    return config_from_dict(read_yaml(run / "args.yaml") or {})
 
 
 def update_record(run: Path, **fields: Any) -> dict[str, Any]:

@@ -179,3 +179,31 @@ def test_imports_only_go_down_and_never_in_a_circle():
         return any(n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen)) for n in graph[start])
 
     assert not [m for m in graph if reaches(m, m, set())], "an import cycle"
+
+
+def test_truncated_run_files_and_a_full_disk_are_one_line(split_folder, tmp_path, monkeypatch):
+    import errno
+
+    from conftest import tiny_config
+
+    from ftkit.train import finetune
+
+    run = finetune(tiny_config(split_folder, tmp_path, epochs=1)).run_dir
+    before = (run / "report.json").read_text()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("ftkit.io.os.fsync", full_disk)
+        r = CliRunner().invoke(main, ["report", str(run)])  # rewrites report.json, figures, report.html
+    assert r.exit_code == 1 and "No space left on device" in r.output and "Traceback" not in r.output
+    assert str(run) in r.output  # the file that could not be written is named
+    assert (run / "report.json").read_text() == before and not list(run.glob(".*.tmp"))  # old file kept, no debris
+
+    (run / "args.yaml").write_text("backbone: [unclosed\n")
+    r = CliRunner().invoke(main, ["finetune", "--resume", str(run)])  # resume reads the run's args.yaml
+    assert r.exit_code == 1 and "args.yaml is not valid YAML" in r.output and "Traceback" not in r.output
+    (run / "run.json").write_text('{"status": "runn')  # cut short
+    r = CliRunner().invoke(main, ["report", str(run)])
+    assert r.exit_code == 1 and "run.json is not valid JSON" in r.output and "Traceback" not in r.output
