@@ -7,7 +7,7 @@ from pathlib import Path
 from .config import resolve
 from .synth import write_synthetic
 from .train import RunResult, finetune
-from .weights import WeightsError, find_pretrained
+from .weights import has_offline_weights
 
 # Chosen by measurement on 2 CPU cores: from random initialisation resnet10t reached 99.5 %
 # test accuracy in 12 epochs (val macro-F1 0.99 by epoch 6), while mobilenetv3_small_100
@@ -30,11 +30,8 @@ def run_demo(out: str | None = None, data_dir: str | None = None, epochs: int | 
              backbone: str | None = None, console=None) -> RunResult:
     """Write the synthetic set, fine-tune on it and print the report; returns the run."""
     settings = {**DEMO, **({"epochs": epochs} if epochs else {}), **({"backbone": backbone} if backbone else {})}
-    try:
-        find_pretrained(settings["backbone"], None, allow_download=False)
-        pretrained = True
-    except WeightsError:
-        pretrained = False
+    pretrained = has_offline_weights(settings["backbone"])  # looked up, not loaded: finetune loads them once
+    if not pretrained:
         if console:
             console.print(f"[yellow]no pretrained {settings['backbone']} weights found offline: training from "
                           "random initialisation (import weights with `ftkit weights import`/`pull` to start from ImageNet)")

@@ -199,6 +199,12 @@ def import_weights(path: str | Path, backbone: str, source: str | None = None, s
 # --- resolution --------------------------------------------------------------------------
 
 
+def has_offline_weights(backbone: str) -> bool:
+    """Whether ``find_pretrained`` would find weights without the network (nothing is loaded)."""
+    name = resolve_name(backbone)
+    return (store_dir() / f"{name}.safetensors").is_file() or _timm_cached_file(name) is not None
+
+
 def find_pretrained(backbone: str, weights_file: str | None, allow_download: bool = True):
     """Return (state_dict, WeightsInfo) following the resolution order, or raise WeightsError."""
     name = resolve_name(backbone)

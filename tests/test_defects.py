@@ -203,3 +203,23 @@ def test_report_thumbnails_of_csv_rows_read_the_csv_once(tmp_path, monkeypatch):
     page = (run / "report.html").read_text()
     assert page.count('class="thumb"') >= 5 and "image not found" not in page
     assert opened.count(str(csv)) == 1
+
+
+def test_the_demo_reads_stored_weights_once(tmp_path, monkeypatch):
+    """It used to load them to see whether they exist, then again to train."""
+    import timm
+    from safetensors.torch import save_file
+
+    import ftkit.weights as weights
+
+    store = tmp_path / "store"
+    store.mkdir()
+    save_file(timm.create_model(TINY, pretrained=False).state_dict(), store / f"{TINY}.safetensors")
+    monkeypatch.setenv("FTKIT_WEIGHTS", str(store))
+    loads = []
+    real = weights.load_state_dict
+    monkeypatch.setattr(weights, "load_state_dict", lambda path: loads.append(path) or real(path))
+    r = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--backbone", TINY])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "demo" / "run.json").read_text())["weights"]["source"] == "store"
+    assert len(loads) == 1

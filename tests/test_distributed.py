@@ -36,13 +36,14 @@ WEIGHT_TOLERANCE = 1e-4
 LOSS_TOLERANCE = 1e-5
 
 SETTINGS = dict(backbone="test_vit", img_size=32, epochs=3, freeze_epochs=1, batch_size=8, lr=3e-3, augment="none",
-                drop_rate=0.0, device="cpu")
+                drop_rate=0.0, device="cpu", channels_last=True)  # channels-last must keep working under DDP
 
 
 def _flags(settings: dict) -> list[str]:
     out = []
     for key, value in settings.items():
-        out += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        out += [flag] if value is True else [flag, str(value)]
     return out
 
 
