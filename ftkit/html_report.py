@@ -17,6 +17,7 @@ from .fer2013 import SIDE
 from .images import read_image
 from .io import read_json, read_yaml, write_text
 from .plots import new_figure, png_bytes
+from .runs import phase_text
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -133,9 +134,7 @@ def _summary_rows(record: dict[str, Any], config: dict[str, Any]) -> list[tuple[
     data = record.get("data", {})
     counts = data.get("counts", {})
     split_text = "; ".join(f"{s}: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.items())})" for s, c in counts.items())
-    phases = ", ".join(
-        f"{p['name']} epochs {p['epochs'][0]}-{p['epochs'][1]} (head lr {p['lr_head']:g}, backbone lr {p['lr_backbone']:g})"
-        for p in record.get("phases", []))
+    phases = ", ".join(phase_text(p) for p in record.get("phases", []))
     weights = record.get("weights", {})
     rows = [
         ("data", f"{data.get('path')} ({data.get('source')})"),

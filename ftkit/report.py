@@ -16,7 +16,7 @@ from .evaluation import compute_report
 from .html_report import render_comparison, write_run_html
 from .io import atomic_write, read_json, read_yaml, write_json, write_text
 from .plots import new_figure, png_bytes
-from .runs import RunError
+from .runs import RunError, phase_text
 
 METRIC_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                   "val_balanced_accuracy", "val_macro_f1", "lr", "images_per_s", "seconds"]
@@ -82,7 +82,7 @@ def report_markdown(report: dict[str, Any], record: dict[str, Any]) -> str:
                if (record.get("weights") or {}).get("init") else ""),
             f"- split reported: {report.get('split')} ({report['n']} images)"
             + (f" - {record['eval_note']}" if record.get("eval_note") else ""),
-            f"- phases: {', '.join(_phase_text(p) for p in record.get('phases', []))}",
+            f"- phases: {', '.join(phase_text(p) for p in record.get('phases', []))}",
             f"- best epoch: {record.get('best_epoch')}, device: {record.get('device')}, "
             f"train time: {record.get('train_seconds')} s",
             f"- skipped files: {record.get('skipped', {}).get('count', 0)}",
@@ -106,12 +106,6 @@ def report_markdown(report: dict[str, Any], record: dict[str, Any]) -> str:
     for name, row in zip(report["classes"], report["confusion_matrix"]):
         lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _phase_text(phase: dict[str, Any]) -> str:
-    first, last = phase["epochs"]
-    span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
-    return f"{phase['name']} ({span}, head lr {phase['lr_head']:g}, backbone lr {phase['lr_backbone']:g})"
 
 
 # --- plots -------------------------------------------------------------------------------

@@ -171,6 +171,13 @@ def load_run_config(run: Path) -> Config:
     return config_from_dict(read_yaml(run / "args.yaml") or {})
 
 
+def phase_text(phase: dict[str, Any]) -> str:
+    """One phase of run.json's ``phases``, as every report (terminal, Markdown, HTML) says it."""
+    first, last = phase["epochs"]
+    span = f"epoch {first}" if first == last else f"epochs {first}-{last}"
+    return f"{phase['name']} ({span}, head lr {phase['lr_head']:g}, backbone lr {phase['lr_backbone']:g})"
+
+
 def update_record(run: Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into run.json (the run record) and return it."""
     path = run / "run.json"

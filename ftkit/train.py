@@ -58,6 +58,7 @@ from .runs import (
     load_run_config,
     load_train_state,
     new_run_dir,
+    phase_text,
     remove_partial_files,
     run_lock,
     save_checkpoint,
@@ -667,8 +668,7 @@ def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: 
                                    f"{cfg.batch_size // ctx.world}" + (", SyncBatchNorm" if cfg.sync_bn else ""))
     table.add_row("input", f"{dc.img_size}x{dc.img_size}, {dc.channels} channel(s){', grayscale' if dc.grayscale else ''}, "
                            f"mean {[round(m, 3) for m in dc.mean]}, std {[round(s, 3) for s in dc.std]}")
-    table.add_row("phases", "; ".join(
-        f"{p['name']} epochs {p['epochs'][0]}-{p['epochs'][1]} (backbone lr {p['lr_backbone']:g})" for p in describe_phases(phases, cfg)))
+    table.add_row("phases", "; ".join(phase_text(p) for p in describe_phases(phases, cfg)))
     table.add_row("optimisation", f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.scheduler} schedule, batch {cfg.batch_size}, "
                                   f"augment {cfg.augment if not cfg.augment_pipeline else 'recipe pipeline'}, label smoothing {cfg.label_smoothing:g}"
                                   + (f", mixup {cfg.mixup:g}" if cfg.mixup else "") + (f", cutmix {cfg.cutmix:g}" if cfg.cutmix else ""))
