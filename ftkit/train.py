@@ -391,7 +391,6 @@ def finetune(cfg: Config, console: Console | None = None, allow_download: bool =
             if shards.shard_root(cfg.data):
                 raise ConfigError(f"--folds needs random access to the images; {cfg.data} is streamed from shards: "
                                   "cross-validate on the image folder the shards were written from")
-
             return cross_validate(cfg, train_on, console=out, allow_download=allow_download)
         data = shards.load(cfg, console=out)
         return train_on(data, cfg, out, allow_download, ctx)
