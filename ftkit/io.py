@@ -20,22 +20,27 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
     one, never a partial one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _new_temp(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _new_temp(path)
         kwargs = {"newline": ""} if "b" not in mode else {}
         with os.fdopen(fd, mode, **kwargs) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:  # a full disk or a read-only folder: say which file could not be written
-        Path(tmp).unlink(missing_ok=True)
-        if exc.filename is None:
+    except OSError as exc:
+        # a full disk or a read-only folder: name the file the user asked for, not our temp file
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        named = Path(str(exc.filename)).name if exc.filename is not None else None
+        if named is None or (named.startswith(f".{path.name}.") and named.endswith(".tmp")):
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 

@@ -207,3 +207,17 @@ def test_truncated_run_files_and_a_full_disk_are_one_line(split_folder, tmp_path
     (run / "run.json").write_text('{"status": "runn')  # cut short
     r = CliRunner().invoke(main, ["report", str(run)])
     assert r.exit_code == 1 and "run.json is not valid JSON" in r.output and "Traceback" not in r.output
+
+
+def test_a_write_that_fails_names_the_file_not_the_temporary_one(tmp_path, monkeypatch):
+    import errno
+
+    from ftkit.io import write_text
+
+    def refused(path, flags, mode=0o777):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr("ftkit.io.os.open", refused)
+    with pytest.raises(PermissionError) as caught:
+        write_text(tmp_path / "report.json", "{}")
+    assert caught.value.filename == str(tmp_path / "report.json")
