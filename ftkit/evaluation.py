@@ -22,7 +22,7 @@ from sklearn.metrics import (
 )
 
 from .config import CHOICES, ConfigError
-from .io import atomic_write
+from .io import FileFormatError, atomic_write
 
 
 TTA_MODES = CHOICES["tta"]
@@ -106,9 +106,22 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], np.nd
     """Return (paths, true names, predicted names, probs, classes) from a predictions.csv."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
-        header = next(reader)
+        header = next(reader, [])
         rows = list(reader)
+    if header[:3] != ["path", "true", "predicted"]:
+        raise FileFormatError(f"{path} is not a predictions.csv (header {','.join(header[:3]) or 'missing'}); "
+                              "recreate it with `ftkit evaluate`")
     classes = [h.removeprefix("p_") for h in header[3:]]
+    for line, row in enumerate(rows, 2):
+        try:
+            if len(row) != len(header):
+                raise ValueError(f"{len(row)} fields, the header has {len(header)}")
+            total = sum(float(v) for v in row[3:])
+            if abs(total - 1) > 1e-3:  # written with 6 decimals: a row cut mid-number does not sum to 1
+                raise ValueError(f"the probabilities sum to {total:.6f}, not 1")
+        except ValueError as exc:
+            raise FileFormatError(f"{path}, line {line}: {exc} (the file was cut short or edited); recreate it "
+                                  "with `ftkit evaluate`") from exc
     probs = np.array([[float(v) for v in r[3:]] for r in rows]) if rows else np.zeros((0, len(classes)))
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], probs, classes
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .evaluation import compute_report
 from .html_report import render_comparison, write_run_html
-from .io import atomic_write, read_json, read_yaml, write_json, write_text
+from .io import FileFormatError, atomic_write, read_json, read_yaml, write_json, write_text
 from .plots import new_figure, png_bytes
 from .runs import RunError, phase_text
 
@@ -36,8 +36,11 @@ def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    # a column an older version did not write is empty in the rows it wrote: left out of those rows
-    return [{k: (v if k == "phase" else float(v)) for k, v in r.items() if v != ""} for r in rows]
+    try:
+        # a column an older version did not write is empty in the rows it wrote: left out of those rows
+        return [{k: (v if k == "phase" else float(v)) for k, v in r.items() if v != "" and k is not None} for r in rows]
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(f"{path} has a row that is not numbers ({exc}): the file was cut short or edited") from exc
 
 
 def write_report(folder: Path, predictions: Path | None = None, name: str | None = None) -> dict[str, Any]:

@@ -221,3 +221,20 @@ def test_a_write_that_fails_names_the_file_not_the_temporary_one(tmp_path, monke
     with pytest.raises(PermissionError) as caught:
         write_text(tmp_path / "report.json", "{}")
     assert caught.value.filename == str(tmp_path / "report.json")
+
+
+def test_cut_short_csv_files_of_a_run_are_one_line(split_folder, tmp_path):
+    from conftest import tiny_config
+
+    from ftkit.train import finetune
+
+    run = finetune(tiny_config(split_folder, tmp_path, epochs=1)).run_dir
+    predictions = (run / "predictions.csv").read_text()
+    (run / "predictions.csv").write_text(predictions[: len(predictions) - 7])  # the last row cut mid-number
+    r = CliRunner().invoke(main, ["report", str(run)])
+    assert r.exit_code == 1 and "predictions.csv, line" in r.output and "Traceback" not in r.output
+    (run / "predictions.csv").write_text(predictions)
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    (run / "metrics.csv").write_text("\n".join(metrics[:-1] + [metrics[-1][:12]]) + "\n")
+    r = CliRunner().invoke(main, ["report", str(run)])
+    assert r.exit_code == 1 and "metrics.csv" in r.output and "Traceback" not in r.output
