@@ -90,12 +90,28 @@ def process_group(device_type: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> Itera
         torch.cuda.set_device(ctx.local_rank)
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     # torchrun ends the other processes with SIGTERM when one fails; as an exception, it lets
-    # rank 0 record the run as failed (with the reason) instead of vanishing mid-epoch
-    previous = signal.signal(signal.SIGTERM, _stopped_by_launcher)
+    # rank 0 record the run as failed (with the reason) instead of vanishing mid-epoch. After a
+    # Ctrl-C (SIGINT reaches every process of the terminal's group) torchrun's SIGTERM follows:
+    # the run is already stopping, and stays recorded as interrupted.
+    stopping = {"now": False}
+
+    def on_sigint(signum, frame):
+        stopping["now"] = True
+        raise KeyboardInterrupt
+
+    def on_sigterm(signum, frame):
+        if not stopping["now"]:
+            stopping["now"] = True
+            raise DistributedError("stopped by torchrun (SIGTERM): another process of this run ended, or the launch "
+                                   "was stopped; see the first error above. The last finished epoch can be continued "
+                                   "with --resume")
+
+    previous = signal.signal(signal.SIGINT, on_sigint), signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield ctx
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
         dist.destroy_process_group()
 
 
@@ -110,11 +126,6 @@ def explain(exc: BaseException) -> BaseException:
     first = text.splitlines()[0] if text else type(exc).__name__
     return DistributedError(f"another process of this run stopped, so this one cannot go on ({first[:200]}); see "
                             "that process's error above. The last finished epoch can be continued with --resume")
-
-
-def _stopped_by_launcher(signum, frame):
-    raise DistributedError("stopped by torchrun (SIGTERM): another process of this run ended, or the launch was "
-                           "stopped; see the first error above. The last finished epoch can be continued with --resume")
 
 
 def backend() -> str | None:

@@ -218,3 +218,43 @@ def _rank_pid(rank: int) -> int:
         if f"RANK={rank}".encode() in environ and b"ftkit" in cmdline and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ):
             return int(entry.name)
     raise AssertionError(f"no process of rank {rank} found")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="sends SIGINT to a process group, as a terminal's Ctrl-C does")
+def test_ctrl_c_reaches_every_rank_and_the_run_can_resume(odd_data, tmp_path):
+    run = tmp_path / "stopped"
+    env = {**os.environ, "FTKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "ftkit", "finetune", "--data", str(odd_data), "--no-pretrained", *_flags(SETTINGS),
+         "--epochs", "500", "--workers", "0", "--out", str(run), "--nproc", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len((run / "metrics.csv").read_text().splitlines()) < 3 if (run / "metrics.csv").is_file() else True:
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        os.killpg(launcher.pid, signal.SIGINT)  # the terminal's Ctrl-C goes to the whole foreground group
+        output, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode != 0
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "interrupted", output[-2000:]
+    assert not _alive_in_session(launcher.pid)  # torchrun and both ranks are gone
+    assert (run / "checkpoints" / "last.state.pt").is_file()
+
+
+def _alive_in_session(session: int) -> list[int]:
+    """Processes (not zombies) of the session that the launcher started."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getsid(int(entry.name)) == session and (entry / "stat").read_text().split()[2] != "Z":
+                alive.append(int(entry.name))
+        except OSError:
+            continue
+    return alive
