@@ -78,3 +78,18 @@ def tiny_config(data: Path, tmp_path: Path, **overrides):
     )
     settings.update(overrides)
     return resolve(None, **settings)
+
+
+def interrupt_at_epoch(monkeypatch, epoch: int) -> None:
+    """Make the training loop raise KeyboardInterrupt (a Ctrl-C) when epoch ``epoch`` begins."""
+    import ftkit.train as train_mod
+
+    real, calls = train_mod.train_one_epoch, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import tiny_config, write_split_folder
+from conftest import interrupt_at_epoch, tiny_config, write_split_folder
 from safetensors.torch import load_file
 
 import ftkit.train as train_mod
@@ -158,17 +158,8 @@ def test_two_processes_give_the_run_of_one(odd_data, tmp_path):
 @pytest.mark.slow
 def test_a_run_resumes_on_another_number_of_processes(odd_data, tmp_path, monkeypatch):
     full = finetune(tiny_config(odd_data, tmp_path, **SETTINGS, name="full"))
-    real = train_mod.train_one_epoch
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        interrupt_at_epoch(patch, 3)
         finetune(tiny_config(odd_data, tmp_path, **SETTINGS, name="cut"))
     cut = tmp_path / "runs" / "cut"
     assert len(_metrics(cut)) == 2
@@ -182,11 +173,7 @@ def test_a_run_resumes_on_another_number_of_processes(odd_data, tmp_path, monkey
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
 def test_a_killed_rank_ends_the_run_with_a_message_not_a_hang(odd_data, tmp_path):
     run = tmp_path / "killed"
-    env = {**os.environ, "FTKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "ftkit", "finetune", "--data", str(odd_data), "--no-pretrained", *_flags(SETTINGS),
-         "--epochs", "500", "--workers", "0", "--out", str(run), "--nproc", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    launcher = _long_two_process_run(odd_data, run)
     try:
         deadline = time.monotonic() + 180
         while not (run / "metrics.csv").is_file():  # training has begun
@@ -204,6 +191,15 @@ def test_a_killed_rank_ends_the_run_with_a_message_not_a_hang(odd_data, tmp_path
     assert record["status"] == "failed", output[-2000:]
     assert "another process of this run stopped" in record["error"] or "stopped by torchrun" in record["error"]
     assert (run / "checkpoints" / "last.state.pt").is_file()  # the finished epochs are kept
+
+
+def _long_two_process_run(data: Path, run: Path, **popen) -> subprocess.Popen:
+    """`ftkit finetune --nproc 2` for 500 epochs (stopped by the test), output captured."""
+    env = {**os.environ, "FTKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ftkit", "finetune", "--data", str(data), "--no-pretrained", *_flags(SETTINGS),
+         "--epochs", "500", "--workers", "0", "--out", str(run), "--nproc", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, **popen)
 
 
 def _rank_pid(rank: int) -> int:
@@ -224,11 +220,7 @@ def _rank_pid(rank: int) -> int:
 @pytest.mark.skipif(os.name != "posix", reason="sends SIGINT to a process group, as a terminal's Ctrl-C does")
 def test_ctrl_c_reaches_every_rank_and_the_run_can_resume(odd_data, tmp_path):
     run = tmp_path / "stopped"
-    env = {**os.environ, "FTKIT_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "ftkit", "finetune", "--data", str(odd_data), "--no-pretrained", *_flags(SETTINGS),
-         "--epochs", "500", "--workers", "0", "--out", str(run), "--nproc", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    launcher = _long_two_process_run(odd_data, run, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while len((run / "metrics.csv").read_text().splitlines()) < 3 if (run / "metrics.csv").is_file() else True:

@@ -9,7 +9,7 @@ from ftkit import train as train_mod
 from ftkit.config import ConfigError
 from ftkit.models import create, head_parameter_names, set_trainable, stage_groups
 from ftkit.train import Phase, build_optimizer, cosine_with_warmup, finetune, plan_phases, resume
-from conftest import tiny_config
+from conftest import interrupt_at_epoch, tiny_config
 
 
 def _snapshot(model):
@@ -137,23 +137,12 @@ def test_same_seed_gives_identical_runs(split_folder, tmp_path):
 @pytest.mark.slow
 def test_resume_continues_from_the_last_epoch_exactly(split_folder, tmp_path, monkeypatch):
     full = finetune(tiny_config(split_folder, tmp_path, epochs=3, name="full"))
-
-    real = train_mod.train_one_epoch
-    calls = {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        interrupt_at_epoch(patch, 3)
         finetune(tiny_config(split_folder, tmp_path, epochs=3, name="cut"))
     cut = tmp_path / "runs" / "cut"
     assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
     assert len(_metrics(cut)) == 2
-    monkeypatch.setattr(train_mod, "train_one_epoch", real)
 
     resumed = resume(cut)
     assert resumed.run_dir == cut
