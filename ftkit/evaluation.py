@@ -21,7 +21,9 @@ from sklearn.metrics import (
     recall_score,
 )
 
+from . import distributed
 from .config import CHOICES, ConfigError
+from .distributed import SINGLE, Context
 from .io import FileFormatError, atomic_write
 
 
@@ -75,6 +77,30 @@ def predict_probs(model, loader, device, tta: str = "none", autocast=nullcontext
     probs_all = np.concatenate(probs) if probs else np.zeros((0, 0))
     labels_all = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     return probs_all, labels_all, loss_sum / max(len(labels_all), 1)
+
+
+def predict_split(model, loader, device, tta: str = "none", autocast=nullcontext, ctx: Context = SINGLE,
+                  progress=None):
+    """``predict_probs`` over a split's loader, in the split's order. A streamed loader
+    (shards.ShardStream) yields each image's position in the split, which puts its predictions
+    back in order; under DDP every rank's share is gathered, so each image of the split comes once."""
+    positions: list[np.ndarray] = []
+
+    def batches():
+        for batch in loader:
+            if len(batch) == 3:  # (images, labels, positions)
+                positions.append(batch[2].numpy())
+            yield batch[0], batch[1]
+
+    probs, labels, loss = predict_probs(model, batches(), device, tta, autocast, progress)
+    count = np.array([loss * len(labels)])
+    position = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
+    if ctx.active:
+        probs, labels, count, position = distributed.gather_arrays(ctx, probs, labels, count, position)
+    if len(position):  # DataLoader workers interleave shards, and ranks hold every world-th image
+        order = np.argsort(position, kind="stable")
+        probs, labels = probs[order], labels[order]
+    return probs, labels, float(count.sum()) / max(len(labels), 1)
 
 
 def quick_metrics(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:

@@ -13,7 +13,7 @@ import torch
 from . import shards
 from .config import Config
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
-from .evaluation import predict_probs, tta_probs, write_predictions
+from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import read_onnx_metadata
 from .faces import centre_crop, detect_faces, square_crop
 from .io import atomic_write, read_json, refuse_inside, write_json, write_text, write_yaml
@@ -107,10 +107,8 @@ def _score_shards(loaded: LoadedRun, cfg: Config, split: str, tta: str | None, p
     loader = torch.utils.data.DataLoader(shards.ShardStream(chosen, eval_transform(loaded.data_config)), batch_size=128)
     if progress:
         progress(total=len(chosen))
-    positions: list[np.ndarray] = []
-    probs, labels, _ = predict_probs(loaded.model, shards.strip_positions(loader, positions), loaded.device,
-                                     tta or loaded.config.tta, progress=progress and (lambda n: progress(advance=n)))
-    probs, labels = shards.in_order(positions, probs, labels)
+    probs, labels, _ = predict_split(loaded.model, loader, loaded.device, tta or loaded.config.tta,
+                                     progress=progress and (lambda n: progress(advance=n)))
     to_model = np.array([loaded.classes.index(c) for c in dataset.classes])
     return Scored(chosen.keys, to_model[labels], probs, split, cfg.data, tta or loaded.config.tta)
 

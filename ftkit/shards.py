@@ -240,22 +240,6 @@ class StreamBatches:
                             f"index says; write them again with `ftkit data shards`")
 
 
-def strip_positions(loader, positions: list) -> Iterator[tuple]:
-    """The (image, label) batches of an eval loader; a streamed one's positions go to ``positions``."""
-    for batch in loader:
-        if len(batch) == 3:
-            positions.append(batch[2].numpy())
-        yield batch[0], batch[1]
-
-
-def in_order(positions: list, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``arrays`` sorted by the images' positions in their split (workers interleave shards)."""
-    if not positions:
-        return arrays
-    order = np.argsort(np.concatenate(positions), kind="stable")
-    return tuple(a[order] for a in arrays)
-
-
 def load(cfg: Config, console=None) -> DataSplits:
     """``cfg.data`` as splits: streamed from shards when it names a shard folder, else ``load_data``."""
     return load_shards(cfg) if shard_root(cfg.data) else load_data(cfg, console=console)

@@ -34,7 +34,7 @@ from .data import DataSplits, ImageDataset, write_split_listing
 from .device import autocast_for, resolve_device, seed_everything
 from .distributed import SINGLE, Context
 from .errors import FtkitError
-from .evaluation import predict_probs, quick_metrics, write_predictions
+from .evaluation import predict_split, quick_metrics, write_predictions
 from .heads import fit_logreg
 from .io import read_json, refuse_inside, write_json, write_yaml
 from .models import (
@@ -323,18 +323,6 @@ def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, t
             bar.update(task, advance=1, info=f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
     elapsed = time.perf_counter() - start
     return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9)}
-
-
-def predict_split(model: nn.Module, loader, device, tta: str, autocast, ctx: Context = SINGLE):
-    """``predict_probs`` over this rank's share, gathered: every image of the split once, in order."""
-    positions: list[np.ndarray] = []  # a streamed split's image positions (workers interleave shards)
-    probs, labels, loss = predict_probs(model, shards.strip_positions(loader, positions), device, tta, autocast)
-    count = np.array([loss * len(labels)])
-    position = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
-    if ctx.active:
-        probs, labels, count, position = distributed.gather_arrays(ctx, probs, labels, count, position)
-    probs, labels = shards.in_order([position] if len(position) else [], probs, labels)
-    return probs, labels, float(count.sum()) / max(len(labels), 1)
 
 
 # --- the whole run -----------------------------------------------------------------------
