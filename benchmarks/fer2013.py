@@ -32,12 +32,11 @@ from pathlib import Path
 
 from common import ROOT, command_line, emit_row, extract_fer, heldout_layout, machine, parse_settings
 
-from ftkit.config import resolve
 from ftkit.evaluation import quick_metrics
 from ftkit.io import read_json
 from ftkit.predict import load_run, score_run
 from ftkit.train import RunResult, finetune, resume
-from ftkit.zoo import annotate_model, save_model
+from ftkit.zoo import annotate_model, resolve_config, save_model
 
 FER_TERMS = ("FER2013 (Goodfellow et al., ICML 2013 challenge): for research use only; "
              "models trained on it inherit that restriction")
@@ -75,8 +74,8 @@ def main() -> None:
     name = Path(args.recipe).stem + ("-no-" + "-".join(args.drop_class) if args.drop_class else "")
     name += "".join(f"-{key}-{value}" for key, value in settings.items())
     name += "-select-publictest" if args.select_on == "publictest" else ""
-    cfg = resolve(args.recipe, **settings, data=str(layout), val_split=val_split, drop_classes=args.drop_class,
-                  epochs=args.epochs, project=str(work / "runs"), name=name)
+    cfg = resolve_config(args.recipe, **settings, data=str(layout), val_split=val_split, drop_classes=args.drop_class,
+                         epochs=args.epochs, project=str(work / "runs"), name=name)
     recipe = Path(args.recipe).name + "".join(f" + {key}={value}" for key, value in settings.items())
     unfinished = work / "runs" / name
     started = time.perf_counter()
@@ -119,6 +118,7 @@ def ship(result: RunResult, name: str, recipe: str, fer: Path, wall: float, writ
     entry = save_model(result.run_dir, name, shipped=True, force=True, extra={
         "recipe": recipe, "commit": commit, "command": command_line(), "data": "FER2013 official Training split (28,709 images)",
         "epoch_chosen_on": "PublicTest", "terms": FER_TERMS, "train_seconds": record.get("train_seconds"),
+        "started_from": record.get("weights", {}).get("source"),
     })
     loaded = load_run(name, device="cpu")
     scored = score_run(loaded, str(fer), split="val")

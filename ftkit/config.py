@@ -76,6 +76,7 @@ class Config:
     tta: str = "none"  # none | flip (image + mirror) | shift (+ 4 small shifts of each: 10 views)
     metric: str = "macro_f1"  # macro_f1 | accuracy | balanced_accuracy | loss: picks the best epoch
     patience: int = 0  # stop after this many epochs without improvement (0: never stop early)
+    ema: float = 0.0  # average the weights over steps with this decay (0: off; 0.999-0.9999 typical): the average is what is evaluated and saved
     # --- runtime ----------------------------------------------------------------------
     device: str = "auto"  # auto | cpu | cuda | mps
     amp: bool = False  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
@@ -203,6 +204,10 @@ def validate(cfg: Config) -> Config:
     if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.label_smoothing < 1:
         raise ConfigError(f"mixup and cutmix must be >= 0 and label_smoothing in [0, 1); got mixup={cfg.mixup}, "
                           f"cutmix={cfg.cutmix}, label_smoothing={cfg.label_smoothing}")
+    if not 0.0 <= cfg.ema < 1.0:
+        raise ConfigError(f"ema is a decay in [0, 1) (0: off, 0.999-0.9999 typical), got {cfg.ema}")
+    if cfg.ema and cfg.head == "logreg":
+        raise ConfigError("ema averages the weights of gradient steps; a --head logreg run takes none: drop ema")
     if cfg.init and cfg.weights:
         raise ConfigError(f"init ({cfg.init}) and weights ({cfg.weights}) both say where to start: give one of them")
     if not 0 <= cfg.freeze_epochs <= cfg.epochs:

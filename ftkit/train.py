@@ -277,6 +277,20 @@ class StepParts:
     scaler: Any = None  # fp16 gradient scaler
     memory_format: torch.memory_format | None = None
     mixer: Any = None  # timm Mixup/CutMix (see make_mixer)
+    ema: Any = None  # timm ModelEmaV3: the weights averaged over steps (see make_ema)
+    steps: int = 0  # optimisation steps taken, for the average's warm-up
+
+
+def make_ema(model: nn.Module, cfg: Config):
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics (timm's
+    ModelEmaV3), or None when ``cfg.ema`` is 0. Its decay warms up (1 - (1 + step)^-3/4, capped at
+    ``cfg.ema``), so that a short few-shot run of a few hundred steps is averaged over its own
+    steps, not held at the starting weights."""
+    if not cfg.ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=cfg.ema, use_warmup=True, warmup_power=3 / 4)
 
 
 def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, task=None) -> dict[str, float]:
@@ -309,6 +323,9 @@ def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, t
             p.optimizer.step()
         if p.step_when == "step":
             p.scheduler.step()
+        p.steps += 1
+        if p.ema is not None:
+            p.ema.update(getattr(net, "module", net), step=p.steps)  # the model inside a DDP wrapper
         # .item() is a CPU-GPU sync point; once per step is cheap next to the step itself.
         # Under DDP the step's sums travel in one small all-reduce, so every rank sees a
         # diverged loss at the same step and they stop together.
@@ -573,6 +590,7 @@ def _set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context):
         net=model, optimizer=optimizer, scheduler=scheduler, step_when=step_when, device=device,
         criterion=nn.CrossEntropyLoss(weight=_to(class_weight_tensor(data, cfg), device), label_smoothing=cfg.label_smoothing),
         autocast=autocast, scaler=scaler, memory_format=memory_format, mixer=make_mixer(cfg, len(data.classes)),
+        ema=make_ema(model, cfg),
     )
     return parts, loaders, dc
 
@@ -585,6 +603,10 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
     phases = plan_phases(cfg.epochs, freeze_epochs, cfg.unfreeze, len(stage_groups(model)))
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(), "backbone": resolve_name(cfg.backbone)}
     progress = TrainState.restore(state, parts.optimizer, parts.scheduler)
+    parts.steps = progress.epoch * len(loaders.train)  # every epoch takes the same number of steps
+    if parts.ema is not None and state is not None:
+        parts.ema.module.load_state_dict(state["ema"])
+    scored = parts.ema.module if parts.ema is not None else model  # what is evaluated and saved
     if ctx.main:
         update_record(run, status="running", device=str(parts.device), phases=describe_phases(phases, cfg),
                       data_config=dc.to_dict(), distributed=ctx.describe(distributed.backend(), cfg.batch_size) if ctx.active else None)
@@ -601,7 +623,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} \\[{phases[epoch].name}]", total=len(loaders.train), info="")
             stats = train_one_epoch(parts, loaders.train, ctx, bar, task)
             distributed.broadcast_model(model, ctx)  # every rank evaluates (and rank 0 saves) the same weights
-            probs, labels, val_loss = predict_split(model, loaders.eval["val"], parts.device, "none", parts.autocast, ctx)
+            probs, labels, val_loss = predict_split(scored, loaders.eval["val"], parts.device, "none", parts.autocast, ctx)
             row = {"epoch": epoch + 1, "phase": phases[epoch].name, **stats, "val_loss": val_loss,
                    **{f"val_{k}": v for k, v in quick_metrics(labels, probs.argmax(1)).items()},
                    "lr": parts.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started}
@@ -610,7 +632,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
                 parts.scheduler.step(row[f"val_{cfg.metric}"])
             _log_epoch(out, bar, task, row, cfg, improved)
             if ctx.main:
-                _save_epoch(run, model, meta, row, improved, parts, progress)
+                _save_epoch(run, model, scored, meta, row, improved, parts, progress)
             if cfg.patience and progress.bad_epochs >= cfg.patience:
                 out.print(f"early stop: val {cfg.metric} did not improve for {cfg.patience} epochs")
                 break
@@ -666,20 +688,27 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
 
 
-def _save_epoch(run: Path, model: nn.Module, meta: dict, row: dict, improved: bool, parts: StepParts,
-                progress: TrainState) -> None:
-    """metrics.csv, last checkpoint and train state every epoch; best checkpoint on improvement."""
+def _save_epoch(run: Path, model: nn.Module, scored: nn.Module, meta: dict, row: dict, improved: bool,
+                parts: StepParts, progress: TrainState) -> None:
+    """metrics.csv, last checkpoint and train state every epoch; best checkpoint on improvement.
+    The checkpoints hold ``scored`` (the weight average with --ema, else the model); the state
+    file holds what resuming needs: the trained weights, and their average."""
     write_metrics_csv(run / "metrics.csv", progress.history)
     ckpt = run / "checkpoints"
     epoch_meta = {**meta, "epoch": row["epoch"], "metrics": row}
     if improved:
-        save_checkpoint(ckpt / "best", model, epoch_meta)
-    save_checkpoint(ckpt / "last", model, epoch_meta)
+        save_checkpoint(ckpt / "best", scored, epoch_meta)
+    save_checkpoint(ckpt / "last", scored, epoch_meta)
     save_train_state(ckpt / "last.state.pt", {
-        **asdict(progress), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **asdict(progress), "model": _cpu_state(model),
+        "ema": _cpu_state(parts.ema.module) if parts.ema is not None else None,
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,
     })
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out, ctx: Context = SINGLE) -> RunResult:
