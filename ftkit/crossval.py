@@ -18,9 +18,9 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .config import Config
 from .data import DataError, DataSplits, Split, group_keys, grouped_split, load_data, stratified_split
-from .io import read_json, write_json, write_text, write_yaml
-from .report import write_report
-from .runs import RunResult, new_run_dir, update_record
+from .io import write_json, write_text
+from .report import cv_markdown, write_report
+from .runs import RunResult, new_run_dir, read_record, update_record, write_args
 
 
 def fold_indices(labels: np.ndarray, k: int, seed: int, groups: np.ndarray | None = None) -> list[np.ndarray]:
@@ -73,20 +73,6 @@ def aggregate_folds(reports: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def cv_markdown(cv: dict[str, Any], root: Path) -> str:
-    lines = [f"# ftkit cross-validation: {root}", "",
-             f"{cv['folds']} folds. accuracy **{cv['accuracy']['mean']:.4f} +- {cv['accuracy']['std']:.4f}**, "
-             f"macro-F1 **{cv['macro_f1']['mean']:.4f} +- {cv['macro_f1']['std']:.4f}** (mean +- sample std over folds)", "",
-             "| fold | images | accuracy | macro-F1 |", "|---|---|---|---|"]
-    lines += [f"| {f['fold']} | {f['n']} | {f['accuracy']:.4f} | {f['macro_f1']:.4f} |" for f in cv["per_fold"]]
-    lines += ["", "| class | F1 mean | F1 std |", "|---|---|---|"]
-    lines += [f"| {c} | {s['mean']:.4f} | {s['std']:.4f} |" for c, s in cv["per_class_f1"].items()]
-    lines += ["", "Confusion matrix pooled over folds (rows: true, columns: predicted):", "",
-              "| | " + " | ".join(cv["classes"]) + " |", "|---" * (len(cv["classes"]) + 1) + "|"]
-    lines += [f"| **{c}** | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(cv["classes"], cv["confusion_matrix"])]
-    return "\n".join(lines) + "\n"
-
-
 def _pool_predictions(root: Path, folds: int) -> None:
     """root/predictions.csv: the fold predictions stacked (each image appears once)."""
     lines = []
@@ -103,7 +89,7 @@ def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None
     pool = concat(list(data.splits.values()))
     groups = group_keys(pool.keys, cfg.group_by) if cfg.group_by else None
     root = new_run_dir(cfg)
-    write_yaml(root / "args.yaml", cfg.to_dict())
+    write_args(root, cfg.to_dict())
     reports = []
     for k, test in enumerate(fold_indices(pool.labels, cfg.folds, cfg.seed, groups), 1):
         if console:
@@ -115,7 +101,7 @@ def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None
     write_json(root / "cv_report.json", cv)
     write_text(root / "cv_report.md", cv_markdown(cv, root))
     _pool_predictions(root, cfg.folds)
-    first = read_json(root / "fold-1" / "run.json")
+    first = read_record(root / "fold-1")
     record = update_record(root, **{k: first.get(k) for k in ("backbone", "parameters", "weights", "device", "phases", "data_config")},
                            data={**first.get("data", {}), "counts": data.summary()},
                            status="finished", folds=cfg.folds, group_by=cfg.group_by, eval_split="pooled folds",

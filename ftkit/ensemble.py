@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from .evaluation import quick_metrics, write_predictions
-from .io import write_json
 from .predict import LoadedRun, Scored, load_run, run_record, score_run
 from .report import write_report
-from .runs import RunError
+from .runs import RunError, update_record, write_classes
 
 
 def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = None, split: str = "test",
@@ -61,8 +60,8 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
             folder.mkdir(parents=True)
             write_predictions(folder / "predictions.csv", scored.keys, scored.labels, scored.probs, classes)
         write_predictions(work / "predictions.csv", first.keys, first.labels, probs, classes)
-        write_json(work / "run.json", record)
-        write_json(work / "classes.json", classes)
+        update_record(work, **record)
+        write_classes(work, classes)
         report = write_report(work, name=str(out))
         if out.exists():
             out.rmdir()  # empty, checked above

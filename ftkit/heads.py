@@ -25,8 +25,7 @@ from .data import DataSplits, ImageDataset
 from .device import resolve_device
 from .evaluation import quick_metrics
 from .models import resolve_data_config, resolve_name
-from .report import write_metrics_csv
-from .runs import RunResult, save_checkpoint, update_record
+from .runs import RunResult, save_checkpoint, update_record, write_metrics
 from .transforms import eval_transform
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -94,7 +93,7 @@ def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: 
            **{f"val_{k}": v for k, v in val.items()}, "lr": 0.0,
            "images_per_s": len(y["train"]) / max(seconds, 1e-9), "seconds": seconds}
     out.print(f"logreg head: C={best_c:g} chosen on val {key} ({', '.join(f'{c:g}: {s:.3f}' for c, s in scores.items())})")
-    write_metrics_csv(run / "metrics.csv", [row])
+    write_metrics(run, [row])
     update_record(run, device=str(device), data_config=dc.to_dict(),
                   phases=[{"name": row["phase"], "epochs": [1, 1], "lr_head": 0.0, "lr_backbone": 0.0}])
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(),

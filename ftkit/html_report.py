@@ -15,9 +15,10 @@ import numpy as np
 from .evaluation import read_predictions
 from .fer2013 import SIDE
 from .images import read_image
-from .io import read_json, read_yaml, write_text
+from .io import read_json, write_text
 from .plots import new_figure, png_bytes
-from .runs import phase_text
+from .runs import read_args, read_record
+from .views import CLASS_METRICS, class_rows, comparison, cv_rows, headline, run_summary, support_note
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -125,38 +126,6 @@ def _card(path: str, true: str, probs: dict[str, float], csv_images: dict[str, n
             f'<div class="muted" title="{html.escape(path)}">{html.escape(Path(path).name)}</div></div>')
 
 
-def _summary_rows(record: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str]]:
-    if record.get("ensemble"):
-        return [("ensemble", record["eval_note"]), ("data", str(record.get("eval_data")))] + [
-            (f"member {i}", f"{m['run']}: {m['backbone']} {m['input']}, TTA {m['tta']}, best epoch {m['best_epoch']}, "
-                            f"{m['train_seconds']} s training; accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
-            for i, m in enumerate(record["ensemble"], 1)]
-    data = record.get("data", {})
-    counts = data.get("counts", {})
-    split_text = "; ".join(f"{s}: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.items())})" for s, c in counts.items())
-    phases = ", ".join(phase_text(p) for p in record.get("phases", []))
-    weights = record.get("weights", {})
-    rows = [
-        ("data", f"{data.get('path')} ({data.get('source')})"),
-        ("images per split and class", split_text),
-        ("backbone", f"{record.get('backbone')} ({record.get('parameters', 0):,} parameters)"),
-        ("weights", f"{weights.get('source')} {weights.get('file') or ''} {('sha256 ' + weights['sha256'][:16]) if weights.get('sha256') else ''}"),
-        ("input", ", ".join(f"{k} {v}" for k, v in record.get("data_config", {}).items())),
-        ("schedule", phases or "-"),
-        ("optimisation", f"{config.get('optimizer')} lr {config.get('lr')}, {config.get('scheduler')}, batch {config.get('batch_size')}, "
-                         f"label smoothing {config.get('label_smoothing')}, head {config.get('head')}"),
-        ("augmentation", str(config.get("augment_pipeline") or config.get("augment"))),
-        ("faces", str(config.get("faces")) + (f" ({data['faces']['found']} found, {data['faces']['fallback']} centre-cropped, "
-                                               f"{data['faces']['skipped']} left out)" if data.get("faces") else "")),
-        ("time and device", f"{record.get('train_seconds')} s on {record.get('device')}, "
-                            f"{record.get('train_images_per_s')} train images/s, best epoch {record.get('best_epoch')}"),
-        ("skipped files", str(record.get("skipped", {}).get("count", 0))),
-    ]
-    if record.get("eval_note"):
-        rows.append(("note", record["eval_note"]))
-    return rows
-
-
 def confused_pairs(report: dict[str, Any], n: int = 5) -> list[tuple[str, str, int, float]]:
     """The most frequent (true, predicted) mistakes: count and share of the true class."""
     cm = np.array(report["confusion_matrix"])
@@ -174,20 +143,19 @@ def render_run(folder: Path, report: dict[str, Any], record: dict[str, Any], con
     title = f"ftkit report: {report.get('run') or folder}"
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="muted">{report["split"] or "eval"} split, {report["n"]} images</p>',
-             '<div class="metrics">' + "".join(
-                 f'<div class="metric">{label}<b>{report[key]:.4f}</b></div>'
-                 for label, key in (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1")))
+             '<div class="metrics">' + "".join(f'<div class="metric">{label}<b>{value:.4f}</b></div>' for label, value in headline(report))
              + f'<div class="metric">ECE<b>{ece:.4f}</b></div></div>']
+    if support_note(report):
+        parts.append(f'<p class="muted">{html.escape(support_note(report))}</p>')
     parts += ["<h2>Run</h2><table>"] + [f"<tr><td>{html.escape(k)}</td><td style='text-align:left'>{html.escape(v)}</td></tr>"
-                                       for k, v in _summary_rows(record, config)] + ["</table>"]
+                                       for k, v in run_summary(record, config)] + ["</table>"]
     if cv:
         parts += [f"<h2>Cross-validation ({cv['folds']} folds)</h2><table><tr><th>fold</th><th>images</th><th>accuracy</th><th>macro-F1</th></tr>"]
-        parts += [f"<tr><td>{f['fold']}</td><td>{f['n']}</td><td>{f['accuracy']:.4f}</td><td>{f['macro_f1']:.4f}</td></tr>" for f in cv["per_fold"]]
-        parts += [f"<tr><td><b>mean +- std</b></td><td></td><td>{cv['accuracy']['mean']:.4f} +- {cv['accuracy']['std']:.4f}</td>"
-                  f"<td>{cv['macro_f1']['mean']:.4f} +- {cv['macro_f1']['std']:.4f}</td></tr></table>"]
+        parts += ["<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in cv_rows(cv)]
+        parts += ["</table>"]
     parts += ["<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
-    for c, m in list(report["per_class"].items()) + [("macro avg", report["macro_avg"]), ("weighted avg", report["weighted_avg"])]:
-        parts.append(f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{m[k]:.3f}{_bar(m[k])}</td>" for k in ("precision", "recall", "f1"))
+    for c, m in class_rows(report):
+        parts.append(f"<tr><td>{html.escape(c)}</td>" + "".join(f"<td>{m[k]:.3f}{_bar(m[k])}</td>" for k in CLASS_METRICS)
                      + f"<td>{m['support']}</td></tr>")
     parts.append("</table>")
     parts += ["<h2>Confusion matrix</h2><div class='pair'>", _file_img(folder / "confusion_matrix.png", "confusion matrix"),
@@ -221,8 +189,7 @@ def _page(title: str, body: str) -> str:
 def write_run_html(folder: Path, report: dict[str, Any], run_dir: Path | None = None) -> Path:
     """Write ``folder/report.html``; ``run_dir`` holds run.json/args.yaml when they live elsewhere."""
     source = run_dir or folder
-    record = read_json(source / "run.json") if (source / "run.json").is_file() else {}
-    config = read_yaml(source / "args.yaml") if (source / "args.yaml").is_file() else {}
+    record, config = read_record(source), read_args(source)
     cv = read_json(folder / "cv_report.json") if (folder / "cv_report.json").is_file() else None
     path = folder / "report.html"
     write_text(path, render_run(folder, report, record, config, cv))
@@ -246,19 +213,11 @@ def config_differences(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str
 def render_comparison(reports: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]]) -> str:
     runs = list(reports)
     head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(r)}</th>" for r in runs) + "</tr>"
-    rows: list[tuple[str, list[float | None]]] = [
-        (label, [reports[r][key] for r in runs])
-        for label, key in (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1"))]
-    classes = list(dict.fromkeys(c for r in runs for c in reports[r]["classes"]))
-    for metric in ("f1", "recall", "precision"):
-        rows += [(f"{metric} {c}", [reports[r]["per_class"].get(c, {}).get(metric) for r in runs]) for c in classes]
     body = [f"<h1>ftkit comparison of {len(runs)} runs</h1>", "<h2>Metrics</h2><table>", head]
-    for label, values in rows:
-        present = [v for v in values if v is not None]
-        best = max(present) if present else None
-        cells = "".join("<td>-</td>" if v is None else f"<td class='{'best' if v == best and len(present) > 1 else ''}'>{v:.4f}</td>"
-                        for v in values)
-        body.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    for row in comparison(reports):
+        cells = "".join("<td>-</td>" if v is None else f"<td class='{'best' if row.is_best(v) else ''}'>{v:.4f}</td>"
+                        for v in row.values)
+        body.append(f"<tr><td>{html.escape(row.label)}</td>{cells}</tr>")
     body.append("</table><p class='muted'>Best value per row in green.</p>")
     diff = config_differences(configs)
     body += ["<h2>Configuration differences</h2>"]

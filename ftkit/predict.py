@@ -16,10 +16,10 @@ from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_ima
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import read_onnx_metadata
 from .faces import centre_crop, detect_faces, square_crop
-from .io import atomic_write, read_json, refuse_inside, write_json, write_text, write_yaml
+from .io import atomic_write, refuse_inside, write_json, write_text
 from .models import DataConfig
 from .report import write_report
-from .runs import RunError
+from .runs import RunError, read_record, update_record, write_args
 from .transforms import eval_transform
 from .weights import sha256sum
 from .zoo import LoadedRun, load_run
@@ -38,16 +38,16 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     home = loaded.run if loaded.run is not None else Path("runs") / loaded.name
     folder = _new_eval_dir(home, name or f"{Path(scored.data).stem}-{scored.split}")
     write_predictions(folder / "predictions.csv", scored.keys, scored.labels, scored.probs, loaded.classes)
-    write_json(folder / "run.json", {**run_record(loaded), "eval_split": scored.split,
-                                     "eval_data": scored.data, "eval_tta": scored.tta, "eval_note": None})
-    write_yaml(folder / "args.yaml", {**loaded.config.to_dict(), "data": scored.data})
+    update_record(folder, **{**run_record(loaded), "eval_split": scored.split,
+                             "eval_data": scored.data, "eval_tta": scored.tta, "eval_note": None})
+    write_args(folder, {**loaded.config.to_dict(), "data": scored.data})
     return folder, write_report(folder)
 
 
 def run_record(loaded: LoadedRun) -> dict[str, Any]:
     """run.json of a run directory; for a named model, what its manifest says about it."""
     if loaded.run is not None:
-        return read_json(loaded.run / "run.json")
+        return read_record(loaded.run)
     entry = (loaded.source or {}).get("entry") or {}
     return {"status": "finished", "backbone": entry.get("backbone"), "model": loaded.source,
             "best_epoch": entry.get("best_epoch"), "train_seconds": entry.get("train_seconds")}

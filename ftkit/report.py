@@ -4,7 +4,6 @@ and side-by-side comparison of several runs. Every number comes from predictions
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -14,33 +13,11 @@ from rich.table import Table
 
 from .evaluation import compute_report
 from .html_report import render_comparison, write_run_html
-from .io import FileFormatError, atomic_write, read_json, read_yaml, write_json, write_text
+from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes
-from .runs import RunError, phase_text
+from .runs import RunError, read_args, read_metrics, read_record
+from .views import CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, run_summary, support_note
 
-METRIC_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                  "val_balanced_accuracy", "val_macro_f1", "lr", "images_per_s", "seconds"]
-
-
-def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    def write(f):
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(history)
-
-    atomic_write(path, write)
-
-
-def read_metrics_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    try:
-        # a column an older version did not write is empty in the rows it wrote: left out of those rows
-        return [{k: (v if k == "phase" else float(v)) for k, v in r.items() if v != "" and k is not None} for r in rows]
-    except (TypeError, ValueError) as exc:
-        raise FileFormatError(f"{path} has a row that is not numbers ({exc}): the file was cut short or edited") from exc
 
 
 def write_report(folder: Path, predictions: Path | None = None, name: str | None = None) -> dict[str, Any]:
@@ -52,63 +29,49 @@ def write_report(folder: Path, predictions: Path | None = None, name: str | None
     if not predictions.is_file():
         raise RunError(f"{predictions} not found: is {folder} a finished ftkit run directory?")
     report = compute_report(predictions)
-    record_path = folder / "run.json"
-    record = read_json(record_path) if record_path.is_file() else {}
+    record = read_record(folder)
     report["split"] = record.get("eval_split")
     report["run"] = name or str(folder)
     write_json(folder / "report.json", report)
-    write_text(folder / "report.md", report_markdown(report, record))
+    write_text(folder / "report.md", report_markdown(report, record, read_args(folder)))
     plot_confusion(report, folder)
-    history = read_metrics_csv(folder / "metrics.csv")
+    history = read_metrics(folder)
     if history:
         plot_curves(history, folder / "curves.png")
     write_run_html(folder, report)
     return report
 
 
-def report_markdown(report: dict[str, Any], record: dict[str, Any]) -> str:
-    lines = [f"# ftkit report: {report['run']}", ""]
-    if record.get("ensemble"):
-        lines += [f"- ensemble: {record['eval_note']}; split reported: {report.get('split')} ({report['n']} images)",
-                  f"- data: {record.get('eval_data')}", "",
-                  "| member | backbone | input | TTA | best epoch | train time | accuracy | macro-F1 |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {m['run']} | {m['backbone']} | {m['input']} | {m['tta']} | {m['best_epoch']} "
-                  f"| {m['train_seconds']} s | {m['accuracy']:.4f} | {m['macro_f1']:.4f} |" for m in record["ensemble"]]
-        lines += [""]
-    elif record:
-        lines += [
-            f"- backbone: {record.get('backbone')} ({record.get('parameters', 0):,} parameters)",
-            f"- weights: {record.get('weights', {}).get('source')} {record.get('weights', {}).get('file') or ''}"
-            + (f" (started from {record['weights']['init']['kind']} {record['weights']['init']['name']}; classifier rows "
-               f"carried for {', '.join(record['weights']['init']['classes_carried']) or 'no class'})"
-               if (record.get("weights") or {}).get("init") else ""),
-            f"- split reported: {report.get('split')} ({report['n']} images)"
-            + (f" - {record['eval_note']}" if record.get("eval_note") else ""),
-            f"- phases: {', '.join(phase_text(p) for p in record.get('phases', []))}",
-            f"- best epoch: {record.get('best_epoch')}, device: {record.get('device')}, "
-            f"train time: {record.get('train_seconds')} s",
-            f"- skipped files: {record.get('skipped', {}).get('count', 0)}",
-            "",
-        ]
-    lines += [
-        f"accuracy **{report['accuracy']:.4f}**, balanced accuracy **{report['balanced_accuracy']:.4f}**, "
-        f"macro-F1 **{report['macro_f1']:.4f}**",
-        "",
-        *([f"No image of {', '.join(report['no_support'])} in this split: macro averages are over the "
-           f"{len(report['classes']) - len(report['no_support'])} classes that have images.", ""]
-          if report.get("no_support") else []),
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-    ]
-    rows = list(report["per_class"].items()) + [("macro avg", report["macro_avg"]), ("weighted avg", report["weighted_avg"])]
-    for name, m in rows:
-        lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
-    lines += ["", "Confusion matrix (rows: true, columns: predicted):", "",
-              "| | " + " | ".join(report["classes"]) + " |", "|---" * (len(report["classes"]) + 1) + "|"]
-    for name, row in zip(report["classes"], report["confusion_matrix"]):
-        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+def report_markdown(report: dict[str, Any], record: dict[str, Any], config: dict[str, Any] | None = None) -> str:
+    """report.md: the run summary, the headline metrics, per-class metrics and the confusion matrix."""
+    lines = [f"# ftkit report: {report['run']}", "",
+             f"- split reported: {report.get('split')} ({report['n']} images)"]
+    lines += [f"- {label}: {text}" for label, text in run_summary(record, config or {})]
+    lines += ["", ", ".join(f"{label} **{value:.4f}**" for label, value in headline(report)), ""]
+    if support_note(report):
+        lines += [support_note(report), ""]
+    lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in CLASS_METRICS) + f" | {m['support']} |"
+              for name, m in class_rows(report)]
+    lines += ["", "Confusion matrix (rows: true, columns: predicted):", ""] + _markdown_confusion(report)
     return "\n".join(lines) + "\n"
+
+
+def cv_markdown(cv: dict[str, Any], root: Path) -> str:
+    """cv_report.md: per-fold rows, per-class F1 over folds and the pooled confusion matrix."""
+    lines = [f"# ftkit cross-validation: {root}", "",
+             f"{cv['folds']} folds. accuracy **{cv_rows(cv)[-1][2]}**, macro-F1 **{cv_rows(cv)[-1][3]}** "
+             "(mean +- sample std over folds)", "",
+             "| fold | images | accuracy | macro-F1 |", "|---|---|---|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cv_rows(cv)]
+    lines += ["", "| class | F1 mean +- std |", "|---|---|"] + [f"| {c} | {s} |" for c, s in cv_class_rows(cv)]
+    lines += ["", "Confusion matrix pooled over folds (rows: true, columns: predicted):", ""] + _markdown_confusion(cv)
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_confusion(report: dict[str, Any]) -> list[str]:
+    return (["| | " + " | ".join(report["classes"]) + " |", "|---" * (len(report["classes"]) + 1) + "|"]
+            + [f"| **{name}** | " + " | ".join(str(v) for v in row) + " |" for name, row in confusion_rows(report)])
 
 
 # --- plots -------------------------------------------------------------------------------
@@ -166,35 +129,25 @@ def print_report(report: dict[str, Any], console: Console, title: str = "report"
     table = Table(title=title)
     for col in ("class", "precision", "recall", "F1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    for name, m in report["per_class"].items():
-        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
-    table.add_section()
-    for name in ("macro_avg", "weighted_avg"):
-        m = report[name]
-        table.add_row(name.replace("_", " "), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    for i, (name, m) in enumerate(class_rows(report)):
+        if i == len(report["per_class"]):
+            table.add_section()  # the averages
+        table.add_row(name, *(f"{m[k]:.3f}" for k in CLASS_METRICS), str(m["support"]))
     console.print(table)
-    console.print(
-        f"accuracy [bold]{report['accuracy']:.4f}[/]  balanced accuracy [bold]{report['balanced_accuracy']:.4f}[/]  "
-        f"macro-F1 [bold]{report['macro_f1']:.4f}[/]  (n={report['n']})"
-    )
+    console.print("  ".join(f"{label} [bold]{value:.4f}[/]" for label, value in headline(report)) + f"  (n={report['n']})")
+    if support_note(report):
+        console.print(support_note(report))
 
 
 def compare_table(reports: dict[str, dict[str, Any]]) -> Table:
-    """One column per run; overall metrics, then per-class F1, in rows; best value in bold."""
+    """One column per run; overall metrics, then per-class metrics, in rows; best value in bold."""
     table = Table(title="run comparison")
     table.add_column("metric")
     for name in reports:
         table.add_column(name, justify="right")
-    rows: list[tuple[str, list[float | None]]] = [
-        (key, [r[key] for r in reports.values()]) for key in ("accuracy", "balanced_accuracy", "macro_f1")
-    ]
-    classes = sorted({c for r in reports.values() for c in r["per_class"]}, key=lambda c: next(
-        (r["classes"].index(c) for r in reports.values() if c in r["classes"]), 0))
-    rows += [(f"F1 {c}", [r["per_class"].get(c, {}).get("f1") for r in reports.values()]) for c in classes]
-    for label, values in rows:
-        present = [v for v in values if v is not None]
-        best = max(present) if present else None
-        table.add_row(label, *["-" if v is None else (f"[bold green]{v:.4f}[/]" if v == best and len(present) > 1 else f"{v:.4f}") for v in values])
+    for row in comparison(reports):
+        table.add_row(row.label, *["-" if v is None else (f"[bold green]{v:.4f}[/]" if row.is_best(v) else f"{v:.4f}")
+                                   for v in row.values])
     return table
 
 
@@ -204,24 +157,21 @@ def print_cv_report(root: Path, console: Console) -> None:
     table = Table(title=f"{root}: {cv['folds']}-fold cross-validation")
     for col in ("fold", "images", "accuracy", "macro-F1"):
         table.add_column(col, justify="right")
-    for f in cv["per_fold"]:
-        table.add_row(str(f["fold"]), str(f["n"]), f"{f['accuracy']:.4f}", f"{f['macro_f1']:.4f}")
+    rows = cv_rows(cv)
+    for row in rows[:-1]:
+        table.add_row(*row)
     table.add_section()
-    table.add_row("mean +- std", "", f"{cv['accuracy']['mean']:.4f} +- {cv['accuracy']['std']:.4f}",
-                  f"{cv['macro_f1']['mean']:.4f} +- {cv['macro_f1']['std']:.4f}")
+    table.add_row(*rows[-1])
     console.print(table)
     per_class = Table(title="per-class F1 over folds")
     per_class.add_column("class")
     per_class.add_column("F1 mean +- std", justify="right")
-    for c, s in cv["per_class_f1"].items():
-        per_class.add_row(c, f"{s['mean']:.4f} +- {s['std']:.4f}")
+    for row in cv_class_rows(cv):
+        per_class.add_row(*row)
     console.print(per_class)
 
 
 def write_comparison_html(reports: dict[str, dict[str, Any]], path: Path) -> Path:
     """The side-by-side page: metrics per run (best marked) and the differing config keys."""
-    configs = {}
-    for run in reports:
-        args = Path(run) / "args.yaml"
-        configs[run] = read_yaml(args) if args.is_file() else {}
+    configs = {run: read_args(Path(run)) for run in reports}
     return write_text(path, render_comparison(reports, configs))

@@ -14,6 +14,7 @@ atomically.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from safetensors.torch import save
 
 from .config import Config, config_from_dict
 from .errors import FtkitError
-from .io import atomic_write, read_json, read_yaml, write_json
+from .io import FileFormatError, atomic_write, read_json, read_yaml, write_json, write_yaml
 from .weights import check_finite
 
 
@@ -167,8 +168,55 @@ def remove_partial_files(run: Path) -> list[Path]:
     return stale
 
 
+# --- the files of a run directory: one writer (and reader) each ---------------------------
+
+
+def write_args(folder: Path, config: dict[str, Any]) -> None:
+    """args.yaml: the resolved config, enough to repeat the run."""
+    write_yaml(folder / "args.yaml", config)
+
+
+def read_args(folder: Path) -> dict[str, Any]:
+    """args.yaml as written, or {} for a folder without one (e.g. an ensemble)."""
+    path = folder / "args.yaml"
+    return (read_yaml(path) or {}) if path.is_file() else {}
+
+
 def load_run_config(run: Path) -> Config:
-    return config_from_dict(read_yaml(run / "args.yaml") or {})
+    return config_from_dict(read_args(run))
+
+
+def write_classes(folder: Path, classes: list[str]) -> None:
+    """classes.json: the class names, index = label."""
+    write_json(folder / "classes.json", classes)
+
+
+METRIC_COLUMNS = ["epoch", "phase", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                  "val_balanced_accuracy", "val_macro_f1", "lr", "images_per_s", "seconds"]
+
+
+def write_metrics(folder: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.csv: one row per epoch, rewritten whole (atomically) after each."""
+    def write(f):
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(history)
+
+    atomic_write(folder / "metrics.csv", write)
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """metrics.csv's rows with numbers as floats; [] when the run has none."""
+    path = folder / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        # a column an older version did not write is empty in the rows it wrote: left out of those rows
+        return [{k: (v if k == "phase" else float(v)) for k, v in r.items() if v != "" and k is not None} for r in rows]
+    except (TypeError, ValueError) as exc:
+        raise FileFormatError(f"{path} has a row that is not numbers ({exc}): the file was cut short or edited") from exc
 
 
 def phase_text(phase: dict[str, Any]) -> str:
@@ -178,10 +226,14 @@ def phase_text(phase: dict[str, Any]) -> str:
     return f"{phase['name']} ({span}, head lr {phase['lr_head']:g}, backbone lr {phase['lr_backbone']:g})"
 
 
-def update_record(run: Path, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into run.json (the run record) and return it."""
+def read_record(run: Path) -> dict[str, Any]:
+    """run.json (the run record), or {} for a folder without one."""
     path = run / "run.json"
-    record = read_json(path) if path.is_file() else {}
-    record.update(fields)
-    write_json(path, record)
+    return read_json(path) if path.is_file() else {}
+
+
+def update_record(run: Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into run.json (the run record) and return it: the one writer of run.json."""
+    record = {**read_record(run), **fields}
+    write_json(run / "run.json", record)
     return record

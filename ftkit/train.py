@@ -36,7 +36,7 @@ from .distributed import SINGLE, Context
 from .errors import FtkitError
 from .evaluation import predict_split, quick_metrics, write_predictions
 from .heads import fit_logreg
-from .io import read_json, refuse_inside, write_json, write_yaml
+from .io import refuse_inside
 from .models import (
     backbone_and_head_params,
     create,
@@ -50,7 +50,7 @@ from .models import (
 )
 from .progress import console as default_console
 from .progress import progress_bar
-from .report import print_report, write_metrics_csv, write_report
+from .report import print_report, write_report
 from .runs import (
     RunError,
     RunResult,
@@ -59,11 +59,15 @@ from .runs import (
     load_train_state,
     new_run_dir,
     phase_text,
+    read_record,
     remove_partial_files,
     run_lock,
     save_checkpoint,
     save_train_state,
     update_record,
+    write_args,
+    write_classes,
+    write_metrics,
 )
 from .transforms import eval_transform, train_transform
 from .weights import WeightsInfo, find_pretrained
@@ -455,7 +459,7 @@ def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
     run = Path(run_dir)
     cfg = load_run_config(run)
     cfg.splits = str(run / "split.csv")
-    record = read_json(run / "run.json") if (run / "run.json").is_file() else {}
+    record = read_record(run)
     if record.get("status") == "finished":
         stopped = "stopped early" if record.get("epochs_run", cfg.epochs) < cfg.epochs else "finished"
         raise RunError(f"{run} has {stopped} (epoch {record.get('epochs_run')} of {cfg.epochs}): there is nothing to "
@@ -518,8 +522,8 @@ def _resume_locked(run: Path, cfg: Config, out: Console, ctx: Context = SINGLE) 
 
 
 def _write_run_inputs(run: Path, cfg: Config, data: DataSplits, model: nn.Module, weights: WeightsInfo) -> None:
-    write_yaml(run / "args.yaml", cfg.to_dict())
-    write_json(run / "classes.json", data.classes)
+    write_args(run, cfg.to_dict())
+    write_classes(run, data.classes)
     write_split_listing(data, run / "split.csv", root=cfg.data)
     update_record(
         run,
@@ -680,7 +684,8 @@ def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: 
     table.add_row("phases", "; ".join(phase_text(p) for p in describe_phases(phases, cfg)))
     table.add_row("optimisation", f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.scheduler} schedule, batch {cfg.batch_size}, "
                                   f"augment {cfg.augment if not cfg.augment_pipeline else 'recipe pipeline'}, label smoothing {cfg.label_smoothing:g}"
-                                  + (f", mixup {cfg.mixup:g}" if cfg.mixup else "") + (f", cutmix {cfg.cutmix:g}" if cfg.cutmix else ""))
+                                  + (f", mixup {cfg.mixup:g}" if cfg.mixup else "") + (f", cutmix {cfg.cutmix:g}" if cfg.cutmix else "")
+                                  + (f", weight average (ema) {cfg.ema:g}" if cfg.ema else ""))
     out.print(table)
 
 
@@ -693,7 +698,7 @@ def _save_epoch(run: Path, model: nn.Module, scored: nn.Module, meta: dict, row:
     """metrics.csv, last checkpoint and train state every epoch; best checkpoint on improvement.
     The checkpoints hold ``scored`` (the weight average with --ema, else the model); the state
     file holds what resuming needs: the trained weights, and their average."""
-    write_metrics_csv(run / "metrics.csv", progress.history)
+    write_metrics(run, progress.history)
     ckpt = run / "checkpoints"
     epoch_meta = {**meta, "epoch": row["epoch"], "metrics": row}
     if improved:

@@ -136,7 +136,7 @@ LAYERS = {
     "foundation": {"errors", "config", "io", "progress", "device", "distributed", "plots"},
     "data": {"images", "fer2013", "faces", "synth", "data", "shards"},
     "model": {"models", "transforms", "weights"},
-    "run directory, evaluation and reports": {"runs", "zoo", "evaluation", "html_report", "report"},
+    "run directory, evaluation and reports": {"runs", "zoo", "evaluation", "views", "html_report", "report"},
     "training": {"heads", "crossval", "train"},
     "using a run": {"predict", "ensemble", "export", "demo"},
     "command line": {"cli", "__main__", "__init__"},
@@ -238,3 +238,39 @@ def test_cut_short_csv_files_of_a_run_are_one_line(split_folder, tmp_path):
     (run / "metrics.csv").write_text("\n".join(metrics[:-1] + [metrics[-1][:12]]) + "\n")
     r = CliRunner().invoke(main, ["report", str(run)])
     assert r.exit_code == 1 and "metrics.csv" in r.output and "Traceback" not in r.output
+
+
+def _report(f1_a: float, f1_b: float) -> dict:
+    per_class = {c: {"precision": f, "recall": f, "f1": f, "support": 5} for c, f in (("a", f1_a), ("b", f1_b))}
+    mean = (f1_a + f1_b) / 2
+    avg = {"precision": mean, "recall": mean, "f1": mean, "support": 10}
+    return {"classes": ["a", "b"], "per_class": per_class, "macro_avg": avg, "weighted_avg": avg, "accuracy": mean,
+            "balanced_accuracy": mean, "macro_f1": mean, "n": 10, "confusion_matrix": [[4, 1], [2, 3]], "run": "r"}
+
+
+def test_one_view_feeds_the_terminal_markdown_and_html():
+    """Rows, labels and the best value per row come from ftkit.views; the three renderings agree."""
+    from rich.console import Console
+
+    from ftkit.html_report import render_comparison
+    from ftkit.report import compare_table, print_report, report_markdown
+    from ftkit.views import class_rows, comparison
+
+    one, two = _report(0.25, 0.75), _report(0.5, 0.7)
+    md = report_markdown(one, {})
+    console = Console(record=True, width=200)
+    print_report(one, console)
+    terminal = console.export_text()
+    for name, m in class_rows(one):
+        assert f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |" in md
+        assert name in terminal and f"{m['f1']:.3f}" in terminal
+    assert "| **b** | 2 | 3 |" in md
+
+    rows = comparison({"one": one, "two": two})
+    assert [(r.label, r.best) for r in rows[:5]] == [("accuracy", 0.6), ("balanced accuracy", 0.6), ("macro-F1", 0.6),
+                                                     ("f1 a", 0.5), ("f1 b", 0.75)]
+    page = render_comparison({"one": one, "two": two}, {"one": {}, "two": {}})
+    assert page.count("class='best'") == sum(r.is_best(v) for r in rows for v in r.values) == 9
+    console = Console(record=True, width=200)
+    console.print(compare_table({"one": one, "two": two}))
+    assert console.export_text(styles=True).count("\x1b[1;32m") == 9  # bold green: the same nine cells

@@ -4,7 +4,6 @@ carries the classifier rows of classes it knows by name, bit for bit, and record
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner

@@ -1,0 +1,127 @@
+"""What a report says, computed once for every way of showing it.
+
+The terminal (rich tables), report.md and report.html render these rows; a label, a best value
+or a summary line is decided here, in one place, and each renderer only chooses the markup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .runs import phase_text
+
+HEADLINE = (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"), ("macro-F1", "macro_f1"))
+CLASS_METRICS = ("precision", "recall", "f1")
+
+
+def headline(report: dict[str, Any]) -> list[tuple[str, float]]:
+    """The overall metrics, labelled."""
+    return [(label, report[key]) for label, key in HEADLINE]
+
+
+def class_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Each class, then the macro and weighted averages: (name, precision/recall/f1/support)."""
+    return list(report["per_class"].items()) + [("macro avg", report["macro_avg"]), ("weighted avg", report["weighted_avg"])]
+
+
+def confusion_rows(report: dict[str, Any]) -> list[tuple[str, list[int]]]:
+    """(true class, counts per predicted class), for a report or a cross-validated summary."""
+    return list(zip(report["classes"], report["confusion_matrix"]))
+
+
+def support_note(report: dict[str, Any]) -> str | None:
+    """Why the macro averages leave classes out, when the split has no image of them."""
+    if not report.get("no_support"):
+        return None
+    present = len(report["classes"]) - len(report["no_support"])
+    return (f"No image of {', '.join(report['no_support'])} in this split: macro averages are over the "
+            f"{present} classes that have images.")
+
+
+@dataclass
+class Compared:
+    """One metric across runs; ``best`` is set only when more than one run has a value."""
+
+    label: str
+    values: list[float | None]
+    best: float | None
+
+    def is_best(self, value: float | None) -> bool:
+        return value is not None and value == self.best
+
+
+def comparison(reports: dict[str, dict[str, Any]]) -> list[Compared]:
+    """The overall metrics, then F1, recall and precision per class (in the runs' class order)."""
+    runs = list(reports.values())
+    rows = [(label, [r[key] for r in runs]) for label, key in HEADLINE]
+    classes = list(dict.fromkeys(c for r in runs for c in r["classes"]))
+    for metric in ("f1", "recall", "precision"):
+        rows += [(f"{metric} {c}", [r["per_class"].get(c, {}).get(metric) for r in runs]) for c in classes]
+    out = []
+    for label, values in rows:
+        present = [v for v in values if v is not None]
+        out.append(Compared(label, values, max(present) if len(present) > 1 else None))
+    return out
+
+
+def cv_rows(cv: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(fold, images, accuracy, macro-F1) per fold, then the mean +- sample std over folds."""
+    rows = [(str(f["fold"]), str(f["n"]), f"{f['accuracy']:.4f}", f"{f['macro_f1']:.4f}") for f in cv["per_fold"]]
+    return rows + [("mean +- std", "", _spread(cv["accuracy"]), _spread(cv["macro_f1"]))]
+
+
+def cv_class_rows(cv: dict[str, Any]) -> list[tuple[str, str]]:
+    """(class, F1 mean +- std over folds)."""
+    return [(c, _spread(s)) for c, s in cv["per_class_f1"].items()]
+
+
+def _spread(stat: dict[str, float]) -> str:
+    return f"{stat['mean']:.4f} +- {stat['std']:.4f}"
+
+
+def run_summary(record: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run at a glance, from run.json and args.yaml: (label, text) rows."""
+    if record.get("ensemble"):
+        return [("ensemble", record["eval_note"]), ("data", str(record.get("eval_data")))] + [
+            (f"member {i}", f"{m['run']}: {m['backbone']} {m['input']}, TTA {m['tta']}, best epoch {m['best_epoch']}, "
+                            f"{m['train_seconds']} s training; accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
+            for i, m in enumerate(record["ensemble"], 1)]
+    if not record:
+        return []
+    data = record.get("data") or {}
+    counts = data.get("counts", {})
+    weights = record.get("weights") or {}
+    faces = data.get("faces")
+    rows = [
+        ("data", f"{data.get('path')} ({data.get('source')})"),
+        ("images per split and class", "; ".join(f"{s}: {sum(c.values())} ({', '.join(f'{k} {v}' for k, v in c.items())})"
+                                                 for s, c in counts.items())),
+        ("backbone", f"{record.get('backbone')} ({record.get('parameters', 0):,} parameters)"),
+        ("weights", _weights_text(weights)),
+        ("input", ", ".join(f"{k} {v}" for k, v in record.get("data_config", {}).items())),
+        ("schedule", ", ".join(phase_text(p) for p in record.get("phases", [])) or "-"),
+        ("optimisation", f"{config.get('optimizer')} lr {config.get('lr')}, {config.get('scheduler')}, batch {config.get('batch_size')}, "
+                         f"label smoothing {config.get('label_smoothing')}, head {config.get('head')}"
+                         + (f", weight average (ema) {config['ema']}" if config.get("ema") else "")),
+        ("augmentation", str(config.get("augment_pipeline") or config.get("augment"))),
+        ("faces", str(config.get("faces")) + (f" ({faces['found']} found, {faces['fallback']} centre-cropped, "
+                                               f"{faces['skipped']} left out)" if faces else "")),
+        ("time and device", f"{record.get('train_seconds')} s on {record.get('device')}, "
+                            f"{record.get('train_images_per_s')} train images/s, best epoch {record.get('best_epoch')}"),
+        ("skipped files", str(record.get("skipped", {}).get("count", 0))),
+    ]
+    if record.get("eval_note"):
+        rows.append(("note", record["eval_note"]))
+    return rows
+
+
+def _weights_text(weights: dict[str, Any]) -> str:
+    text = " ".join(str(part) for part in (weights.get("source"), weights.get("file")) if part)
+    if weights.get("sha256"):
+        text += f" sha256 {weights['sha256'][:16]}"
+    init = weights.get("init")
+    if init:
+        carried = ", ".join(init["classes_carried"]) or "no class"
+        text += f" (started from {init['kind']} {init['name']}; classifier rows carried for {carried})"
+    return text
