@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
-import re
 import sys
 import typing
 import warnings
@@ -59,18 +57,11 @@ _FLAG_NAMES = {"drop_classes": "--drop-class", "merge_classes": "--merge-class"}
 _HIDDEN = {"augment_pipeline"}  # only a recipe can give a full pipeline
 
 
-def _field_help() -> dict[str, str]:
-    """The one-line comment after each Config field, used as its --help text."""
-    source = inspect.getsource(Config)
-    return dict(re.findall(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", source, flags=re.M))
-
-
 def config_options(fn=None, *, only: tuple[str, ...] | None = None):
     """Add one option per Config field (default None: only flags given override); with
     ``only``, just those fields' options (``@config_options(only=(...))``)."""
     if fn is None:
         return functools.partial(config_options, only=only)
-    helps = _field_help()
     hints = typing.get_type_hints(Config)
     for f in reversed(dataclasses.fields(Config)):
         if f.name in _HIDDEN or (only is not None and f.name not in only):
@@ -81,7 +72,7 @@ def config_options(fn=None, *, only: tuple[str, ...] | None = None):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         inner = typing.get_origin(args[0]) or args[0] if args else base
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = f"{helps.get(f.name, '')} [default: {default}]"
+        text = f"{f.metadata['help']} [default: {default}]"
         if hint is bool:
             fn = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=text)(fn)
         elif base is dict:

@@ -24,68 +24,76 @@ class ConfigError(UsageError):
     """A configuration value or key that ftkit cannot use; the message says what to do."""
 
 
+def option(default: Any, help: str) -> Any:
+    """A Config field with its one-line help, kept in the field's metadata: ``ftkit finetune
+    --help`` shows it, and a mutable default ([] or {}) is copied for every Config."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Config:
     # --- data -------------------------------------------------------------------------
-    data: str = ""  # image folder (DIR/train/<class>/ or DIR/<class>/) or a FER2013 Kaggle CSV
-    val_split: float = 0.15  # fraction of train held out for validation when there is no val split
-    test_split: float = 0.15  # fraction held out for testing when a flat folder has no test split
-    splits: str | None = None  # split.csv of an earlier run: reuse exactly that split
-    classes: list[str] | None = None  # keep only these classes (others are dropped)
-    drop_classes: list[str] = field(default_factory=list)  # classes to leave out entirely
-    merge_classes: dict[str, str] = field(default_factory=dict)  # relabel SRC as DST, e.g. disgust: angry
-    strict: bool = False  # fail on the first malformed CSV row or unreadable image instead of skipping it
-    faces: str = "none"  # none | crop | require: crop the largest face (require: leave out images without one)
-    face_margin: float = 0.25  # margin added around a detected face, as a fraction of its side
-    shots: int = 0  # few-shot: train on this many images per class, hold the rest out (0: all)
-    folds: int = 0  # stratified K-fold cross-validation with this many folds (0: one split)
-    group_by: str | None = None  # regex over the path; its first group (or match) keeps groups on one side
-    cache: str = "auto"  # auto | memory | stream: decode images once into RAM, or per step
-    cache_mb: int = 3072  # with cache=auto, cache in memory when the decoded set fits in this many MB
-    workers: int = -1  # DataLoader worker processes; -1 picks 0 for cached data, else up to 4
+    data: str = option("", "image folder (DIR/train/<class>/ or DIR/<class>/) or a FER2013 Kaggle CSV")
+    val_split: float = option(0.15, "fraction of train held out for validation when there is no val split")
+    test_split: float = option(0.15, "fraction held out for testing when a flat folder has no test split")
+    splits: str | None = option(None, "split.csv of an earlier run: reuse exactly that split")
+    classes: list[str] | None = option(None, "keep only these classes (others are dropped)")
+    drop_classes: list[str] = option([], "classes to leave out entirely")
+    merge_classes: dict[str, str] = option({}, "relabel SRC as DST, e.g. disgust: angry")
+    strict: bool = option(False, "fail on the first malformed CSV row or unreadable image instead of skipping it")
+    faces: str = option("none", "none | crop | require: crop the largest face (require: leave out images without one)")
+    face_margin: float = option(0.25, "margin added around a detected face, as a fraction of its side")
+    shots: int = option(0, "few-shot: train on this many images per class, hold the rest out (0: all)")
+    folds: int = option(0, "stratified K-fold cross-validation with this many folds (0: one split)")
+    group_by: str | None = option(None, "regex over the path; its first group (or match) keeps groups on one side")
+    cache: str = option("auto", "auto | memory | stream: decode images once into RAM, or per step")
+    cache_mb: int = option(3072, "with cache=auto, cache in memory when the decoded set fits in this many MB")
+    workers: int = option(-1, "DataLoader worker processes; -1 picks 0 for cached data, else up to 4")
     # --- model ------------------------------------------------------------------------
-    backbone: str = "mobilenetv3-small"  # an alias (see `ftkit backbones`) or any timm model name
-    pretrained: bool = True  # start from pretrained weights (--weights, weights/ store, timm cache/hub)
-    weights: str | None = None  # a weights file (safetensors or state dict) to start from
-    init: str | None = None  # start from a trained model, a shipped or saved name (`ftkit weights list`) or a run directory: its backbone, preprocessing and matching classes
-    input: str = "rgb224"  # rgb224 | gray48: input size and colour; img_size/channels override
-    img_size: int | None = None  # square input side in pixels (default: from --input)
-    channels: int | None = None  # 1 or 3 input channels (default: 3, gray replicated for gray48)
-    mean: list[float] | None = None  # normalisation mean (default: the backbone's pretrained config)
-    std: list[float] | None = None  # normalisation std (default: the backbone's pretrained config)
-    drop_rate: float = 0.2  # dropout before the classifier
-    head: str = "finetune"  # finetune | linear (frozen backbone) | logreg (scikit-learn on frozen embeddings)
+    backbone: str = option("mobilenetv3-small", "an alias (see `ftkit backbones`) or any timm model name")
+    pretrained: bool = option(True, "start from pretrained weights (--weights, weights/ store, timm cache/hub)")
+    weights: str | None = option(None, "a weights file (safetensors or state dict) to start from")
+    init: str | None = option(None, "start from a trained model, a shipped or saved name (`ftkit weights list`) or a run directory: its backbone, preprocessing and matching classes")
+    input: str = option("rgb224", "rgb224 | gray48: input size and colour; img_size/channels override")
+    img_size: int | None = option(None, "square input side in pixels (default: from --input)")
+    channels: int | None = option(None, "1 or 3 input channels (default: 3, gray replicated for gray48)")
+    mean: list[float] | None = option(None, "normalisation mean (default: the backbone's pretrained config)")
+    std: list[float] | None = option(None, "normalisation std (default: the backbone's pretrained config)")
+    drop_rate: float = option(0.2, "dropout before the classifier")
+    head: str = option("finetune", "finetune | linear (frozen backbone) | logreg (scikit-learn on frozen embeddings)")
     # --- schedule ---------------------------------------------------------------------
-    epochs: int = 10  # total epochs, all phases included
-    freeze_epochs: int = 1  # phase "head": train only the classifier for this many epochs
-    unfreeze: str = "all"  # all | gradual: after the head phase, unfreeze everything or one stage per epoch
-    backbone_lr_mult: float = 0.1  # backbone learning rate = lr x this, once unfrozen
-    batch_size: int = 64  # images per optimisation step
-    lr: float = 1e-3  # peak learning rate of the classifier head
-    weight_decay: float = 0.01  # decoupled weight decay (adamw) or L2 (others)
-    optimizer: str = "adamw"  # adamw | adam | sgd | rmsprop
-    scheduler: str = "cosine"  # cosine | onecycle | plateau | none
-    warmup_epochs: float = 0.0  # linear warm-up at the start of the cosine schedule
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    mixup: float = 0.0  # mixup alpha: blend pairs of images and their labels (0: off; 0.2-0.4 typical)
-    cutmix: float = 0.0  # cutmix alpha: paste a patch of one image into another (0: off); with mixup, one of the two per batch
-    class_weights: str = "none"  # none | balanced: weight the loss by inverse class frequency
-    sampler: str = "random"  # random | balanced: draw training images class-balanced
-    augment: str = "light"  # none | light | fer | strong (see ftkit/transforms.py)
-    augment_pipeline: list[Any] | None = None  # a full Albumentations pipeline; replaces the preset
-    tta: str = "none"  # none | flip (image + mirror) | shift (+ 4 small shifts of each: 10 views)
-    metric: str = "macro_f1"  # macro_f1 | accuracy | balanced_accuracy | loss: picks the best epoch
-    patience: int = 0  # stop after this many epochs without improvement (0: never stop early)
-    ema: float = 0.0  # average the weights over steps with this decay (0: off; 0.999-0.9999 typical): the average is what is evaluated and saved
+    epochs: int = option(10, "total epochs, all phases included")
+    freeze_epochs: int = option(1, 'phase "head": train only the classifier for this many epochs')
+    unfreeze: str = option("all", "all | gradual: after the head phase, unfreeze everything or one stage per epoch")
+    backbone_lr_mult: float = option(0.1, "backbone learning rate = lr x this, once unfrozen")
+    batch_size: int = option(64, "images per optimisation step")
+    lr: float = option(1e-3, "peak learning rate of the classifier head")
+    weight_decay: float = option(0.01, "decoupled weight decay (adamw) or L2 (others)")
+    optimizer: str = option("adamw", "adamw | adam | sgd | rmsprop")
+    scheduler: str = option("cosine", "cosine | onecycle | plateau | none")
+    warmup_epochs: float = option(0.0, "linear warm-up at the start of the cosine schedule")
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing")
+    mixup: float = option(0.0, "mixup alpha: blend pairs of images and their labels (0: off; 0.2-0.4 typical)")
+    cutmix: float = option(0.0, "cutmix alpha: paste a patch of one image into another (0: off); with mixup, one of the two per batch")
+    class_weights: str = option("none", "none | balanced: weight the loss by inverse class frequency")
+    sampler: str = option("random", "random | balanced: draw training images class-balanced")
+    augment: str = option("light", "none | light | fer | strong (see ftkit/transforms.py)")
+    augment_pipeline: list[Any] | None = option(None, "a full Albumentations pipeline; replaces the preset")
+    tta: str = option("none", "none | flip (image + mirror) | shift (+ 4 small shifts of each: 10 views)")
+    metric: str = option("macro_f1", "macro_f1 | accuracy | balanced_accuracy | loss: picks the best epoch")
+    patience: int = option(0, "stop after this many epochs without improvement (0: never stop early)")
+    ema: float = option(0.0, "average the weights over steps with this decay (0: off; 0.999-0.9999 typical): the average is what is evaluated and saved")
     # --- runtime ----------------------------------------------------------------------
-    device: str = "auto"  # auto | cpu | cuda | mps
-    amp: bool = False  # mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)
-    channels_last: bool = False  # channels-last memory format (faster on recent GPUs, and for MobileNetV2 on a CPU)
-    sync_bn: bool = False  # with several CUDA processes (torchrun, --nproc): BatchNorm statistics over the global batch
-    seed: int = 0  # seeds splits, sampling, augmentation and initialisation
-    project: str = "runs"  # parent folder of run directories
-    name: str | None = None  # run directory name (default: <data>-<backbone>, numbered if taken)
-    out: str | None = None  # explicit run directory; overrides project/name
+    device: str = option("auto", "auto | cpu | cuda | mps")
+    amp: bool = option(False, "mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)")
+    channels_last: bool = option(False, "channels-last memory format (faster on recent GPUs, and for MobileNetV2 on a CPU)")
+    sync_bn: bool = option(False, "with several CUDA processes (torchrun, --nproc): BatchNorm statistics over the global batch")
+    seed: int = option(0, "seeds splits, sampling, augmentation and initialisation")
+    project: str = option("runs", "parent folder of run directories")
+    name: str | None = option(None, "run directory name (default: <data>-<backbone>, numbered if taken)")
+    out: str | None = option(None, "explicit run directory; overrides project/name")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -188,7 +188,8 @@ def backbone_rows() -> list[dict]:
     """One row per alias: timm name, parameter count (7 classes), default input, normalisation."""
     rows = []
     for alias, name in ALIASES.items():
-        model = timm.create_model(name, pretrained=False, num_classes=7)
+        with torch.device("meta"):  # shapes and the pretrained config only: nothing is allocated
+            model = timm.create_model(name, pretrained=False, num_classes=7)
         dc = timm.data.resolve_model_data_config(model)
         norm = "imagenet" if tuple(dc["mean"]) == (0.485, 0.456, 0.406) else f"{dc['mean'][0]:g}/{dc['std'][0]:g}"
         rows.append(dict(alias=alias, timm=name, parameters=count_parameters(model),

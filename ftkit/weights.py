@@ -106,7 +106,8 @@ def fit_to_model(state_dict: dict[str, torch.Tensor], timm_name: str, ordered: b
     so a foreign one cannot be remapped.
     """
     head_rows = _head_rows(state_dict, timm_name)
-    reference = timm.create_model(timm_name, pretrained=False, num_classes=head_rows or 1000).state_dict()
+    with torch.device("meta"):  # names and shapes only: no memory, no initialisation
+        reference = timm.create_model(timm_name, pretrained=False, num_classes=head_rows or 1000).state_dict()
     if set(state_dict) <= set(reference) and all(state_dict[k].shape == reference[k].shape for k in state_dict):
         return state_dict
     if not ordered:

@@ -41,6 +41,15 @@ def test_finetune_help_is_generated_from_the_config():
     for flag in ("--backbone-lr-mult", "--freeze-epochs", "--drop-class", "--merge-class", "--no-pretrained", "--amp"):
         assert flag in out
     assert "backbone learning rate = lr x this" in out
+    # the help is the field's metadata, not a comment parsed out of the source
+    import dataclasses
+
+    from ftkit.config import Config
+
+    fields = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(Config)}
+    assert all(len(text) > 10 for text in fields.values()), [name for name, text in fields.items() if len(text) <= 10]
+    flat = " ".join(out.split())
+    assert fields["ema"] in flat and fields["face_margin"] in flat
 
 
 @pytest.fixture(scope="module")
