@@ -102,8 +102,7 @@ def _overrides(kwargs: dict) -> dict:
         elif key == "drop_classes":
             value = [c for v in value for c in v.split(",") if c]
         elif key in ("classes", "mean", "std"):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-            value = [float(v) for v in value] if key in ("mean", "std") else value
+            value = [v.strip() for v in value.split(",") if v.strip()]  # numbers are checked by the config
         out[key] = value
     return out
 

@@ -196,6 +196,8 @@ def validate(cfg: Config) -> Config:
         value = getattr(cfg, key)
         if value is not None and value < low:
             raise ConfigError(f"{key} must be at least {low}, got {value}")
+    if cfg.std is not None and not all(s > 0 for s in cfg.std):
+        raise ConfigError(f"std values divide the pixels and must be above 0, got {cfg.std}")
     if cfg.channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {cfg.channels}")
     if cfg.epochs < 1 or cfg.batch_size < 1:

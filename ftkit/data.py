@@ -293,7 +293,9 @@ def select_classes(cfg: Config, names: list[str], scoring: bool = False) -> dict
             target = None
         mapping[name] = target
     if len({t for t in mapping.values() if t}) < (1 if scoring else 2):
-        raise DataError(f"fewer than {1 if scoring else 2} classes left after class selection: {mapping}")
+        kept = sorted({t for t in mapping.values() if t})
+        raise DataError(f"fewer than {1 if scoring else 2} classes left after --classes/--drop-class/--merge-class "
+                        f"(kept: {', '.join(kept) or 'none'}; the data has {', '.join(names)}): keep at least two")
     return mapping
 
 
@@ -359,6 +361,9 @@ def _assign_splits(items: dict[str, list[tuple[str, str]]], classes: list[str], 
                 splits[name] = full.subset(chosen)
     if "val" not in splits or len(splits["val"]) == 0:
         raise DataError("no validation images: raise --val-split or add a val/ folder")
+    if "train" not in splits or len(splits["train"]) == 0:
+        raise DataError(f"--val-split {cfg.val_split} and --test-split {cfg.test_split} leave no training image in "
+                        f"{cfg.data} ({len(pool or [])} images to share): lower them")
     return {name: splits[name] for name in SPLITS if name in splits}
 
 

@@ -75,6 +75,10 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
             raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.2e} > tolerance {tolerance:g}; "
                               f"kept as {failed} for inspection" + (f" ({path} is unchanged)" if path.exists() else ""))
         candidate.replace(path)
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename).name.startswith(f".{path.stem}.candidate"):  # the user's file, not ours
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         candidate.unlink(missing_ok=True)
     write_json(path.with_suffix(path.suffix + ".json"), {**meta, "parity_max_abs_diff": diff, "tolerance": tolerance})

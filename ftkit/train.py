@@ -436,7 +436,9 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
         cfg = replace(cfg, tta="flip")
         out.print("head logreg: tta set to flip, as its embeddings are flip-averaged")
     model, weights = build_model(cfg, data.classes, out, allow_download)
-    resolve_device(cfg.device)  # a device that is not there fails here, before any folder exists
+    device = resolve_device(cfg.device)  # a device that is not there fails here, before any folder exists
+    if cfg.amp and device.type != "cuda":
+        out.print(f"[yellow]--amp: mixed precision is CUDA-only in ftkit; on {device.type} this run trains in full precision")
     run = distributed.on_main(lambda: new_run_dir(cfg), ctx)  # one folder, made by rank 0
     if weights.mean and cfg.mean is None and cfg.std is None:
         # the weights were trained with another normalisation than timm's config says
@@ -457,6 +459,9 @@ def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
     state, never from weights of one epoch and optimizer state of another."""
     out = console or default_console
     run = Path(run_dir)
+    if not (run / "args.yaml").is_file():
+        raise RunError(f"{run} is not an ftkit run directory (no args.yaml): give the folder an interrupted "
+                       "`ftkit finetune` wrote")
     cfg = load_run_config(run)
     cfg.splits = str(run / "split.csv")
     record = read_record(run)
@@ -675,7 +680,7 @@ def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: 
     counts = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
     table.add_row("data", f"{cfg.data} ({data.source}): {counts}")
     table.add_row("classes", ", ".join(data.classes))
-    table.add_row("backbone", f"{resolve_name(cfg.backbone)} on {device}" + (" (amp)" if cfg.amp else ""))
+    table.add_row("backbone", f"{resolve_name(cfg.backbone)} on {device}" + (" (amp)" if cfg.amp and device.type == "cuda" else ""))
     if ctx.active:
         table.add_row("processes", f"{ctx.world} ({distributed.backend()}), batch {cfg.batch_size} = {ctx.world} x "
                                    f"{cfg.batch_size // ctx.world}" + (", SyncBatchNorm" if cfg.sync_bn else ""))

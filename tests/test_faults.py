@@ -215,6 +215,9 @@ def test_a_diverging_run_stops_failed_and_keeps_its_checkpoint(split_folder, tmp
     (["--img-size", "2"], "img_size must be at least 8"),
     (["--patience", "-1"], "patience must be at least 0"),
     (["--face-margin", "-0.5"], "face_margin must be a finite number 0 or more"),
+    (["--mean", "a,b,c"], "config key 'mean' expects numbers"),
+    (["--std", "0,0,0"], "std values divide the pixels and must be above 0"),
+    (["--ema", "1"], "ema is a decay in [0, 1)"),
 ])
 def test_numeric_options_out_of_range_are_refused_before_any_work(flags, message, split_folder, tmp_path):
     from click.testing import CliRunner
@@ -328,3 +331,55 @@ def test_a_decompression_bomb_is_skipped_like_any_unreadable_file(tmp_path):
         loaded = load_data(tiny_config(data, tmp_path))
     assert any("bomb.png" in path and "decompression bomb" in reason for path, reason in loaded.skipped)
     assert len(loaded.splits["train"]) == 18
+
+
+@pytest.mark.parametrize("flags, message", [
+    # a flat folder of 20 images per class: these fractions pass the config but leave no image to train on
+    (["--val-split", "0.99", "--test-split", "0"], "leave no training image in"),
+    (["--drop-class", "alpha,beta"], "fewer than 2 classes left after --classes/--drop-class/--merge-class (kept: gamma"),
+])
+def test_data_that_selection_or_splitting_empties_is_refused_by_option(flags, message, flat_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    r = CliRunner().invoke(main, ["finetune", "--data", str(flat_folder), "--backbone", "test_efficientnet",
+                                  "--no-pretrained", "--project", str(tmp_path / "runs"), *flags])
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resuming_a_folder_that_is_not_a_run_names_it(tmp_path):
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    r = CliRunner().invoke(main, ["finetune", "--resume", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "nope is not an ftkit run directory (no args.yaml)" in r.output, r.output
+    assert not (tmp_path / "nope").exists()  # and nothing (a lock file) was made there
+
+
+def test_an_export_that_cannot_be_written_names_the_users_file(trained, tmp_path, monkeypatch):
+    """A full disk while the candidate is written: the message names model.onnx, not our temp file."""
+    import errno
+
+    from ftkit import export
+
+    def full(model, example, path, meta, opset):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path.with_name(f"{path.stem}.tmp{path.suffix}")))  # as export_onnx names it
+
+    monkeypatch.setattr(export, "export_onnx", full)
+    with pytest.raises(OSError) as caught:
+        export.export_run(trained, out=tmp_path / "model.onnx")
+    assert caught.value.filename == str(tmp_path / "model.onnx") and caught.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_amp_on_the_cpu_is_said_not_silently_dropped(split_folder, tmp_path):
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    finetune(tiny_config(split_folder, tmp_path, epochs=1, freeze_epochs=0, amp=True), console=console)
+    text = console.export_text()
+    assert "--amp: mixed precision is CUDA-only in ftkit; on cpu this run trains in full precision" in text
+    assert "(amp)" not in text
