@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,8 +206,6 @@ def validate(cfg: Config) -> Config:
     if cfg.folds == 1 or cfg.folds < 0 or cfg.shots < 0:
         raise ConfigError(f"folds must be 0 (off) or at least 2, shots 0 or more; got folds={cfg.folds}, shots={cfg.shots}")
     if cfg.group_by:
-        import re
-
         try:
             re.compile(cfg.group_by)
         except re.error as exc:

@@ -9,6 +9,7 @@ goes into the file itself (ONNX ``metadata_props`` key ``ftkit``; TorchScript ex
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -140,8 +141,6 @@ def _quiet_jit():
 def _export_torchscript(model, example, path: Path, meta: dict) -> None:
     with _quiet_jit():
         traced = torch.jit.trace(model, example)
-        import io
-
         buffer = io.BytesIO()
         torch.jit.save(traced, buffer, _extra_files={"ftkit.json": json.dumps(meta)})
     atomic_write(path, lambda f: f.write(buffer.getvalue()), mode="wb")

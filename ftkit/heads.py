@@ -57,6 +57,19 @@ def fold_into_linear(classifier: nn.Linear, clf: LogisticRegression, scaler: Sta
         classifier.bias.copy_(torch.as_tensor(bias, dtype=classifier.bias.dtype))
 
 
+# what only gradient training uses: a logreg run takes no step, so these change nothing in it
+GRADIENT_ONLY = ("epochs", "freeze_epochs", "unfreeze", "backbone_lr_mult", "lr", "weight_decay", "optimizer",
+                 "scheduler", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "class_weights", "sampler",
+                 "augment", "augment_pipeline", "patience", "drop_rate")
+
+
+def ignored_by_logreg(cfg: Config) -> list[str]:
+    """The gradient-training settings that differ from their defaults (given by a flag or a
+    recipe) and that a --head logreg run would therefore silently not use."""
+    default = Config()
+    return [f"{key}={getattr(cfg, key)}" for key in GRADIENT_ONLY if getattr(cfg, key) != getattr(default, key)]
+
+
 def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: Console,
                finish: Callable[..., RunResult]) -> RunResult:
     """Fit the classifier on frozen embeddings, fold it into the model, and let ``finish`` (the

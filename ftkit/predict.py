@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -360,8 +361,6 @@ def predict_video(pred: Predictor, source: str | int, out: str | Path | None, ev
 
 def write_prediction_file(path: Path, results: list[dict[str, Any]], classes: list[str]) -> None:
     """Write predict results as CSV (one row per detection), JSON or JSONL, by suffix."""
-    import csv
-
     suffix = path.suffix.lower()
     if suffix == ".json":
         write_json(path, results)

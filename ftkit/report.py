@@ -16,8 +16,8 @@ from .html_report import render_comparison, write_run_html
 from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes
 from .runs import RunError, read_args, read_metrics, read_record
-from .views import CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, run_summary, support_note
-
+from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, run_summary,
+                    support_note)
 
 
 def write_report(folder: Path, predictions: Path | None = None, name: str | None = None) -> dict[str, Any]:

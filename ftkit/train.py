@@ -22,6 +22,10 @@ import numpy as np
 import timm
 import torch
 from rich.console import Console
+from rich.table import Table
+from sklearn.utils.class_weight import compute_class_weight
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -35,7 +39,7 @@ from .device import autocast_for, resolve_device, seed_everything
 from .distributed import SINGLE, Context
 from .errors import FtkitError
 from .evaluation import predict_split, quick_metrics, write_predictions
-from .heads import fit_logreg
+from .heads import fit_logreg, ignored_by_logreg
 from .io import refuse_inside
 from .models import (
     backbone_and_head_params,
@@ -229,8 +233,6 @@ def seed_epoch(seed: int, epoch: int, ctx: Context, generator: torch.Generator, 
 def class_weight_tensor(data: DataSplits, cfg: Config) -> torch.Tensor | None:
     if cfg.class_weights != "balanced":
         return None
-    from sklearn.utils.class_weight import compute_class_weight
-
     labels = data.splits["train"].labels
     classes = np.arange(len(data.classes))
     return torch.tensor(compute_class_weight("balanced", classes=classes, y=labels), dtype=torch.float32)
@@ -251,8 +253,6 @@ def make_mixer(cfg: Config, n_classes: int):
     """
     if not (cfg.mixup or cfg.cutmix):
         return None
-    from timm.data import Mixup
-
     return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=0.0, num_classes=n_classes)
 
 
@@ -284,6 +284,16 @@ class StepParts:
     ema: Any = None  # timm ModelEmaV3: the weights averaged over steps (see make_ema)
     steps: int = 0  # optimisation steps taken, for the average's warm-up
 
+    @property
+    def model(self) -> nn.Module:
+        """The model itself, inside a DDP wrapper or not."""
+        return getattr(self.net, "module", self.net)
+
+    @property
+    def scored(self) -> nn.Module:
+        """What each epoch is evaluated with and the checkpoints hold: the weight average with --ema."""
+        return self.ema.module if self.ema is not None else self.model
+
 
 def make_ema(model: nn.Module, cfg: Config):
     """An exponential moving average of ``model``'s weights and BatchNorm statistics (timm's
@@ -292,8 +302,6 @@ def make_ema(model: nn.Module, cfg: Config):
     steps, not held at the starting weights."""
     if not cfg.ema:
         return None
-    from timm.utils import ModelEmaV3
-
     return ModelEmaV3(model, decay=cfg.ema, use_warmup=True, warmup_power=3 / 4)
 
 
@@ -329,7 +337,7 @@ def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, t
             p.scheduler.step()
         p.steps += 1
         if p.ema is not None:
-            p.ema.update(getattr(net, "module", net), step=p.steps)  # the model inside a DDP wrapper
+            p.ema.update(p.model, step=p.steps)
         # .item() is a CPU-GPU sync point; once per step is cheap next to the step itself.
         # Under DDP the step's sums travel in one small all-reduce, so every rank sees a
         # diverged loss at the same step and they stop together.
@@ -430,6 +438,9 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
     (claimed only once the model exists, so a missing weights file leaves nothing behind)."""
     ctx = ctx or distributed.current()
     seed_everything(cfg.seed)
+    if cfg.head == "logreg" and ignored_by_logreg(cfg):
+        out.print(f"[yellow]head logreg fits scikit-learn on frozen embeddings and takes no gradient step: "
+                  f"{', '.join(ignored_by_logreg(cfg))} do not apply and are not used")
     if cfg.head == "logreg" and cfg.tta == "none":
         # the regression is fitted on flip-averaged embeddings: predict the same way, and say so
         # in args.yaml and the checkpoint, so that `ftkit evaluate` repeats the run's own report
@@ -562,12 +573,16 @@ class TrainState:
         return improved
 
     @classmethod
-    def restore(cls, saved: dict | None, optimizer, scheduler) -> "TrainState":
+    def restore(cls, saved: dict | None, parts: StepParts, steps_per_epoch: int) -> TrainState:
+        """Where a saved run stands; the optimizer, schedule and weight average continue from it."""
         if saved is None:
             return cls()
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None and saved.get("scheduler"):
-            scheduler.load_state_dict(saved["scheduler"])
+        parts.optimizer.load_state_dict(saved["optimizer"])
+        if parts.scheduler is not None and saved.get("scheduler"):
+            parts.scheduler.load_state_dict(saved["scheduler"])
+        if parts.ema is not None:
+            parts.ema.module.load_state_dict(saved["ema"])
+        parts.steps = saved["epoch"] * steps_per_epoch  # every epoch takes the same number of steps
         return cls(saved["epoch"], saved["history"], saved["best"], saved["bad_epochs"])
 
 
@@ -611,11 +626,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
     freeze_epochs = cfg.epochs if cfg.head == "linear" else cfg.freeze_epochs  # linear: a frozen backbone throughout
     phases = plan_phases(cfg.epochs, freeze_epochs, cfg.unfreeze, len(stage_groups(model)))
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(), "backbone": resolve_name(cfg.backbone)}
-    progress = TrainState.restore(state, parts.optimizer, parts.scheduler)
-    parts.steps = progress.epoch * len(loaders.train)  # every epoch takes the same number of steps
-    if parts.ema is not None and state is not None:
-        parts.ema.module.load_state_dict(state["ema"])
-    scored = parts.ema.module if parts.ema is not None else model  # what is evaluated and saved
+    progress = TrainState.restore(state, parts, steps_per_epoch=len(loaders.train))
     if ctx.main:
         update_record(run, status="running", device=str(parts.device), phases=describe_phases(phases, cfg),
                       data_config=dc.to_dict(), distributed=ctx.describe(distributed.backend(), cfg.batch_size) if ctx.active else None)
@@ -632,7 +643,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} \\[{phases[epoch].name}]", total=len(loaders.train), info="")
             stats = train_one_epoch(parts, loaders.train, ctx, bar, task)
             distributed.broadcast_model(model, ctx)  # every rank evaluates (and rank 0 saves) the same weights
-            probs, labels, val_loss = predict_split(scored, loaders.eval["val"], parts.device, "none", parts.autocast, ctx)
+            probs, labels, val_loss = predict_split(parts.scored, loaders.eval["val"], parts.device, "none", parts.autocast, ctx)
             row = {"epoch": epoch + 1, "phase": phases[epoch].name, **stats, "val_loss": val_loss,
                    **{f"val_{k}": v for k, v in quick_metrics(labels, probs.argmax(1)).items()},
                    "lr": parts.optimizer.param_groups[-1]["lr"], "seconds": time.perf_counter() - started}
@@ -641,7 +652,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
                 parts.scheduler.step(row[f"val_{cfg.metric}"])
             _log_epoch(out, bar, task, row, cfg, improved)
             if ctx.main:
-                _save_epoch(run, model, scored, meta, row, improved, parts, progress)
+                _save_epoch(run, meta, row, improved, parts, progress)
             if cfg.patience and progress.bad_epochs >= cfg.patience:
                 out.print(f"early stop: val {cfg.metric} did not improve for {cfg.patience} epochs")
                 break
@@ -672,8 +683,6 @@ def _log_epoch(out: Console, bar, task, row: dict[str, Any], cfg: Config, improv
 def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: list[Phase], device, dc,
                 ctx: Context = SINGLE) -> None:
     """The run at a glance, before the first epoch: data, model, input, schedule."""
-    from rich.table import Table
-
     table = Table(title=f"ftkit finetune -> {run}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
@@ -698,19 +707,18 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
 
 
-def _save_epoch(run: Path, model: nn.Module, scored: nn.Module, meta: dict, row: dict, improved: bool,
-                parts: StepParts, progress: TrainState) -> None:
+def _save_epoch(run: Path, meta: dict, row: dict, improved: bool, parts: StepParts, progress: TrainState) -> None:
     """metrics.csv, last checkpoint and train state every epoch; best checkpoint on improvement.
-    The checkpoints hold ``scored`` (the weight average with --ema, else the model); the state
-    file holds what resuming needs: the trained weights, and their average."""
+    The checkpoints hold what was scored (the weight average with --ema, else the model); the
+    state file holds what resuming needs: the trained weights, and their average."""
     write_metrics(run, progress.history)
     ckpt = run / "checkpoints"
     epoch_meta = {**meta, "epoch": row["epoch"], "metrics": row}
     if improved:
-        save_checkpoint(ckpt / "best", scored, epoch_meta)
-    save_checkpoint(ckpt / "last", scored, epoch_meta)
+        save_checkpoint(ckpt / "best", parts.scored, epoch_meta)
+    save_checkpoint(ckpt / "last", parts.scored, epoch_meta)
     save_train_state(ckpt / "last.state.pt", {
-        **asdict(progress), "model": _cpu_state(model),
+        **asdict(progress), "model": _cpu_state(parts.model),
         "ema": _cpu_state(parts.ema.module) if parts.ema is not None else None,
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict() if parts.scheduler is not None else None,

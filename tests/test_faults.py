@@ -383,3 +383,12 @@ def test_amp_on_the_cpu_is_said_not_silently_dropped(split_folder, tmp_path):
     text = console.export_text()
     assert "--amp: mixed precision is CUDA-only in ftkit; on cpu this run trains in full precision" in text
     assert "(amp)" not in text
+
+
+def test_a_logreg_run_names_the_training_options_it_does_not_use(split_folder, tmp_path):
+    from rich.console import Console
+
+    console = Console(record=True, width=300)
+    finetune(tiny_config(split_folder, tmp_path, head="logreg", epochs=5, lr=0.01, mixup=0.2), console=console)
+    text = " ".join(console.export_text().split())
+    assert "epochs=5, lr=0.01, mixup=0.2 do not apply and are not used" in text
