@@ -118,7 +118,7 @@ def ship(result: RunResult, name: str, recipe: str, fer: Path, wall: float, writ
     entry = save_model(result.run_dir, name, shipped=True, force=True, extra={
         "recipe": recipe, "commit": commit, "command": command_line(), "data": "FER2013 official Training split (28,709 images)",
         "epoch_chosen_on": "PublicTest", "terms": FER_TERMS, "train_seconds": record.get("train_seconds"),
-        "started_from": record.get("weights", {}).get("source"),
+        "started_from": _started_from(record.get("weights") or {}),
     })
     loaded = load_run(name, device="cpu")
     scored = score_run(loaded, str(fer), split="val")
@@ -130,6 +130,12 @@ def ship(result: RunResult, name: str, recipe: str, fer: Path, wall: float, writ
            f"| {measured['accuracy']:.4f} | {measured['macro_f1']:.4f} | {result.report['accuracy']:.4f} "
            f"| {entry['best_epoch']} | {wall / 60:.1f} min | {machine()} | `{command_line()}` |")
     emit_row("Shipped expression models (trained on all of Training, epoch chosen on PublicTest)", SHIPPED_HEADER, row, write=write)
+
+
+def _started_from(weights: dict) -> str | None:
+    """What the run started from: the init model's name and file, or the weights' source."""
+    init = weights.get("init")
+    return f"{init['kind']} {init['name']} (sha256 {init['sha256'][:12]})" if init else weights.get("source")
 
 
 def _finished(run: Path) -> bool:
