@@ -145,8 +145,9 @@ def render_run(folder: Path, report: dict[str, Any], record: dict[str, Any], con
              f'<p class="muted">{report["split"] or "eval"} split, {report["n"]} images</p>',
              '<div class="metrics">' + "".join(f'<div class="metric">{label}<b>{value:.4f}</b></div>' for label, value in headline(report))
              + f'<div class="metric">ECE<b>{ece:.4f}</b></div></div>']
-    if support_note(report):
-        parts.append(f'<p class="muted">{html.escape(support_note(report))}</p>')
+    note = support_note(report)
+    if note:
+        parts.append(f'<p class="muted">{html.escape(note)}</p>')
     parts += ["<h2>Run</h2><table>"] + [f"<tr><td>{html.escape(k)}</td><td style='text-align:left'>{html.escape(v)}</td></tr>"
                                        for k, v in run_summary(record, config)] + ["</table>"]
     if cv:

@@ -48,8 +48,9 @@ def report_markdown(report: dict[str, Any], record: dict[str, Any], config: dict
              f"- split reported: {report.get('split')} ({report['n']} images)"]
     lines += [f"- {label}: {text}" for label, text in run_summary(record, config or {})]
     lines += ["", ", ".join(f"{label} **{value:.4f}**" for label, value in headline(report)), ""]
-    if support_note(report):
-        lines += [support_note(report), ""]
+    note = support_note(report)
+    if note:
+        lines += [note, ""]
     lines += ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in CLASS_METRICS) + f" | {m['support']} |"
               for name, m in class_rows(report)]
@@ -59,11 +60,12 @@ def report_markdown(report: dict[str, Any], record: dict[str, Any], config: dict
 
 def cv_markdown(cv: dict[str, Any], root: Path) -> str:
     """cv_report.md: per-fold rows, per-class F1 over folds and the pooled confusion matrix."""
+    rows = cv_rows(cv)
     lines = [f"# ftkit cross-validation: {root}", "",
-             f"{cv['folds']} folds. accuracy **{cv_rows(cv)[-1][2]}**, macro-F1 **{cv_rows(cv)[-1][3]}** "
+             f"{cv['folds']} folds. accuracy **{rows[-1][2]}**, macro-F1 **{rows[-1][3]}** "
              "(mean +- sample std over folds)", "",
              "| fold | images | accuracy | macro-F1 |", "|---|---|---|---|"]
-    lines += ["| " + " | ".join(row) + " |" for row in cv_rows(cv)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "| class | F1 mean +- std |", "|---|---|"] + [f"| {c} | {s} |" for c, s in cv_class_rows(cv)]
     lines += ["", "Confusion matrix pooled over folds (rows: true, columns: predicted):", ""] + _markdown_confusion(cv)
     return "\n".join(lines) + "\n"
@@ -135,8 +137,9 @@ def print_report(report: dict[str, Any], console: Console, title: str = "report"
         table.add_row(name, *(f"{m[k]:.3f}" for k in CLASS_METRICS), str(m["support"]))
     console.print(table)
     console.print("  ".join(f"{label} [bold]{value:.4f}[/]" for label, value in headline(report)) + f"  (n={report['n']})")
-    if support_note(report):
-        console.print(support_note(report))
+    note = support_note(report)
+    if note:
+        console.print(note)
 
 
 def compare_table(reports: dict[str, dict[str, Any]]) -> Table:
