@@ -33,6 +33,7 @@ from pathlib import Path
 from common import ROOT, command_line, emit_row, extract_fer, heldout_layout, machine, parse_settings
 
 from ftkit.evaluation import quick_metrics
+from ftkit.fer2013 import FACE_MARGIN
 from ftkit.io import read_json
 from ftkit.predict import load_run, score_run
 from ftkit.train import RunResult, finetune, resume
@@ -119,7 +120,7 @@ def ship(result: RunResult, name: str, recipe: str, fer: Path, wall: float, writ
         "recipe": recipe, "commit": commit, "command": command_line(), "data": "FER2013 official Training split (28,709 images)",
         "epoch_chosen_on": "PublicTest", "terms": FER_TERMS, "train_seconds": record.get("train_seconds"),
         "started_from": _started_from(record.get("weights") or {}),
-    })
+    }, face_margin=FACE_MARGIN)
     loaded = load_run(name, device="cpu")
     scored = score_run(loaded, str(fer), split="val")
     measured = {"split": "PublicTest", "images": len(scored.keys), "tta": scored.tta,

@@ -118,35 +118,43 @@ def main() -> None:
     parser.add_argument("--all-epochs", type=int, default=15, help="epochs for the 'all' cell (the recipes' are for tens of images)")
     parser.add_argument("--variant", action="append", default=[], metavar='"KEY=VALUE ..."',
                         help="settings to try on top of the start's recipe (tuning rows; repeatable)")
+    parser.add_argument("--tune", action="store_true",
+                        help="write tuning rows (with the validation macro-F1) even without --variant")
+    parser.add_argument("--faces", choices=["none", "crop"], default="none",
+                        help="crop every image to its largest face first (ftkit's --faces crop), for every start")
+    parser.add_argument("--face-margin", type=float, default=0.25, help="margin around a detected face (--faces crop)")
     parser.add_argument("--work", default="/tmp/ftkit-bench")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
     work = Path(args.work)
     data_dir = extract(work)
-    full = load_data(resolve_config(None, data=str(data_dir), cache="memory"), console=console, carve=False)
+    faces = {"faces": args.faces, "face_margin": args.face_margin} if args.faces != "none" else {}
+    full = load_data(resolve_config(None, data=str(data_dir), cache="memory", **faces), console=console, carve=False)
+    crop_note = f", faces cropped (margin {args.face_margin:g})" if faces else ""
     groups = group_keys(full.splits["all"].keys, SUBJECT)
     all_folds = fold_indices(full.splits["all"].labels, 5, seed=0, groups=groups)
     folds = [all_folds[k - 1] for k in args.folds]
     console.print(f"{len(full.splits['all'])} images, {len(set(groups))} subjects, test folds of "
                   f"{[len(f) for f in folds]} images")
     label = f"{len(folds)} x {len(args.seeds)}"
-    if "fer-zero" in args.starts and not args.variant:
+    if "fer-zero" in args.starts and not (args.variant or args.tune):
         metrics = zero_shot(folds, full)
-        row = (f"| fer2013-fast, no fine-tuning | 0 | {len(folds)} x 1 | {mean_std([m['accuracy'] for m in metrics])} "
+        row = (f"| fer2013-fast, no fine-tuning{crop_note} | 0 | {len(folds)} x 1 | {mean_std([m['accuracy'] for m in metrics])} "
                f"| {mean_std([m['macro_f1'] for m in metrics])} | 0 | 0 s | {machine()} | `{command_line()}` |")
         emit_row(SECTION, HEADER, row, write=not args.no_write)
     for start in [s for s in args.starts if s in STARTS]:
         for sets in [parse_settings(v, "--variant") for v in args.variant] or [{}]:
             for shots in args.shots:
                 cell = run_cell(args, full, groups, folds, start, sets, None if shots == "all" else int(shots))
-                if sets:
-                    settings = " ".join(f"{k}={v}" for k, v in sets.items())
+                console.print(f"{start} {shots}/class: validation macro-F1 {mean_std(cell['val'])} (what settings are chosen on)")
+                if sets or args.tune:
+                    settings = " ".join(f"{k}={v}" for k, v in {**faces, **sets}.items()) or "the recipe as it is"
                     row = (f"| {start} | {settings} | {shots} | {label} | {mean_std(cell['val'])} | {mean_std(cell['acc'])} "
                            f"| {mean_std(cell['f1'])} | {np.mean(cell['secs']):.0f} s | {machine()} | `{command_line()}` |")
                     emit_row(TUNING_SECTION, TUNING_HEADER, row, write=not args.no_write)
                 else:
-                    row = (f"| {STARTS[start][1]} | {shots} | {label} | {mean_std(cell['acc'])} | {mean_std(cell['f1'])} "
+                    row = (f"| {STARTS[start][1]}{crop_note} | {shots} | {label} | {mean_std(cell['acc'])} | {mean_std(cell['f1'])} "
                            f"| {np.mean(cell['n']):.0f} | {np.mean(cell['secs']):.0f} s | {machine()} | `{command_line()}` |")
                     emit_row(SECTION, HEADER, row, write=not args.no_write)
 
@@ -158,8 +166,9 @@ def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, 
     for k, test in zip(args.folds, folds):
         for seed in args.seeds:
             extra = {"epochs": args.all_epochs} if shots is None else {}
+            faces = {"faces": args.faces, "face_margin": args.face_margin} if args.faces != "none" else {}
             cfg = resolve_config(recipe, data="taiwanese", project=str(Path(args.work) / "transfer-runs"), seed=seed,
-                                 name=f"{start}{tag}-{shots or 'all'}shot-fold{k}-seed{seed}", **extra, **sets)
+                                 name=f"{start}{tag}-{shots or 'all'}shot-fold{k}-seed{seed}", **faces, **extra, **sets)
             data = fold_data(full, groups, test, shots, seed)
             started = time.perf_counter()
             result = train_on(data, replace(cfg, workers=0), console)

@@ -298,6 +298,8 @@ def ensemble(runs, out, data, split, tta, device):
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), default="none", show_default=True)
 @click.option("--faces", type=click.Choice(["none", "crop", "all"]),
               help="Classify the whole image, the largest face, or every face [default: as the model was trained].")
+@click.option("--face-margin", type=click.FloatRange(min=0),
+              help="Margin around a detected face, as a fraction of its side [default: the model's].")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write copies of the images with boxes and labels here.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True,
               help="How results are printed.")
@@ -309,7 +311,8 @@ def ensemble(runs, out, data, split, tta, device):
 @click.option("--max-frames", type=int, help="With --video/--camera: stop after this many frames.")
 @device_option
 @_friendly
-def predict(model, paths, topk, tta, faces, annotate_dir, fmt, output, video, camera, video_out, every, max_frames, device):
+def predict(model, paths, topk, tta, faces, face_margin, annotate_dir, fmt, output, video, camera, video_out, every,
+            max_frames, device):
     """Top-k classes for images, folders, a video or a camera; MODEL is a run, a named model
     (`ftkit weights list`) or an exported .onnx.
 
@@ -324,6 +327,8 @@ def predict(model, paths, topk, tta, faces, annotate_dir, fmt, output, video, ca
     from .predict import open_predictor, predict_paths, predict_video, prediction_rows, write_prediction_file
 
     pred = open_predictor(model, device)
+    if face_margin is not None:
+        pred.face_margin = face_margin
     if video or camera is not None:
         with progress_bar(console) as bar:
             task = bar.add_task("frames", total=max_frames)

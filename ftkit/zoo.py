@@ -134,7 +134,14 @@ def _load_named(name: str, kind: str, file: Path, entry: dict[str, Any]) -> Mode
     if meta is None:
         raise WeightsError(f"model {name}: {file} carries no ftkit metadata; save it with `ftkit weights save`")
     state_dict = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    return ModelSource(name, kind, file, digest, state_dict, meta, entry)
+    return ModelSource(name, kind, file, digest, state_dict, _with_entry(meta, entry), entry)
+
+
+def _with_entry(meta: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A named model's metadata with its manifest's face margin, which says how to crop faces
+    for it (a model trained on ready-cropped faces, like FER2013's, has none in its config)."""
+    margin = entry.get("preprocessing", {}).get("face_margin")
+    return meta if margin is None else {**meta, "config": {**meta["config"], "face_margin": margin}}
 
 
 def source_meta(target: str | Path) -> dict[str, Any]:
@@ -146,19 +153,21 @@ def source_meta(target: str | Path) -> dict[str, Any]:
     found = find_model(str(target))
     if found is None:
         return load_source(target).meta  # raises the not-found message
-    _, file, _ = found
+    _, file, entry = found
     try:
         meta = read_weights(file, tensors=False)[1]
     except RunError:  # damaged: load_source names the problem
         meta = None
-    return meta if meta is not None else load_source(target).meta
+    return _with_entry(meta, entry) if meta is not None else load_source(target).meta
 
 
 def source_settings(meta: dict[str, Any]) -> dict[str, Any]:
-    """The config values a model fixes for whoever starts from it: backbone and preprocessing."""
-    dc = meta["data_config"]
-    return {"backbone": meta["backbone"], "input": meta["config"].get("input", "rgb224"),
-            "img_size": dc["img_size"], "channels": dc["channels"], "mean": dc["mean"], "std": dc["std"]}
+    """The config values a model fixes for whoever starts from it: backbone and preprocessing
+    (with the face margin, used when the run crops faces)."""
+    dc, cfg = meta["data_config"], meta["config"]
+    return {"backbone": meta["backbone"], "input": cfg.get("input", "rgb224"), "img_size": dc["img_size"],
+            "channels": dc["channels"], "mean": dc["mean"], "std": dc["std"],
+            **({"face_margin": cfg["face_margin"]} if "face_margin" in cfg else {})}
 
 
 def resolve_config(recipe: str | Path | None = None, **overrides: Any) -> Config:
@@ -207,12 +216,15 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") ->
 
 
 def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.dtype = torch.float16,
-               extra: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
+               extra: dict[str, Any] | None = None, force: bool = False,
+               face_margin: float | None = None) -> dict[str, Any]:
     """Store a run's best model as ``<name>.safetensors`` with a manifest entry: in the user's
     store, or with ``shipped`` among the models the checkout ships (``weights/shipped.json``).
 
-    ``extra`` adds to the entry (recipe, commit, measured accuracy, data terms...). An existing
-    entry of that name is replaced only with ``force``; its old sha256 is kept in the entry.
+    ``extra`` adds to the entry (recipe, commit, measured accuracy, data terms...). ``face_margin``
+    is how to crop faces for the model (default: its run's ``face_margin``); a model trained on
+    faces cropped elsewhere, like FER2013's, needs the margin that reproduces that framing. An
+    existing entry of that name is replaced only with ``force``; its old sha256 is kept in the entry.
     """
     _check_name(name)
     manifest_path = SHIPPED_DIR / SHIPPED if shipped else store_dir() / SAVED
@@ -231,7 +243,8 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
     entry = {
         "file": target.name, "sha256": sha256sum(target), "bytes": target.stat().st_size,
         "dtype": str(dtype).removeprefix("torch."), "backbone": meta["backbone"], "classes": meta["classes"],
-        "preprocessing": {k: dc[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")},
+        "preprocessing": {**{k: dc[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")},
+                          "face_margin": config_from_dict(meta["config"]).face_margin if face_margin is None else face_margin},
         "tta": meta["config"].get("tta", "none"), "trained_from": str(run), "best_epoch": meta.get("epoch"),
         **(extra or {}),
     }

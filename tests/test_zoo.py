@@ -199,3 +199,34 @@ def test_the_shipped_model_labels_the_face_in_a_photo_offline(name, target, tmp_
     assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert face["top"][0]["class"] == "happy"  # she smiles
     assert (tmp_path / "annotated" / "astronaut.png").is_file()
+
+
+def test_the_manifest_face_margin_is_how_faces_are_cropped_for_the_model(source_run, tmp_path, monkeypatch):
+    """A model trained on faces cropped elsewhere (FER2013) carries the margin that reproduces
+    that framing in its manifest: predict crops with it, --face-margin overrides it, and a run
+    started from the model inherits it."""
+    ship_dir = tmp_path / "ship"
+    ship_dir.mkdir()
+    monkeypatch.setattr(zoo, "SHIPPED_DIR", ship_dir)
+    monkeypatch.setenv("FTKIT_WEIGHTS", str(tmp_path / "store"))
+    entry = zoo.save_model(source_run, "tiny-fer", shipped=True, face_margin=0.0)
+    assert entry["preprocessing"]["face_margin"] == 0.0
+    assert load_run(source_run, device="cpu").config.face_margin == 0.25  # the run's own: the default
+    assert load_run("tiny-fer", device="cpu").config.face_margin == 0.0
+    assert zoo.resolve_config(None, init="tiny-fer", data="x").face_margin == 0.0
+    assert zoo.resolve_config(None, init="tiny-fer", data="x", face_margin=0.3).face_margin == 0.3
+
+    from ftkit import predict as predict_module
+
+    margins = []
+    real = predict_module.square_crop
+    monkeypatch.setattr(predict_module, "square_crop", lambda image, box, margin: margins.append(margin) or real(image, box, margin))
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.png")
+    for extra, expected in (([], 0.0), (["--face-margin", 0.4], 0.4)):
+        margins.clear()
+        r = invoke("predict", "tiny-fer", tmp_path / "astronaut.png", "--faces", "all", "--format", "jsonl", *extra)
+        assert r.exit_code == 0, r.output
+        assert margins == [expected]
