@@ -8,6 +8,9 @@ Protocol (no subject is ever on two sides):
 - In the other subjects, 15 % of the subjects form the validation split that picks the epoch
   (and, in a --variant run, the settings); the shots are drawn from the rest, per class and per
   seed. ``all`` trains on every non-validation image (``--all-epochs`` epochs).
+- Every image is cropped to its largest face first (``--faces crop --face-margin 0``, the shipped
+  models' margin; ``--faces none`` keeps the whole 256x256 head-and-shoulders frame), the same
+  for every start.
 - Starts: ``imagenet`` (recipes/fewshot-imagenet.yaml: MobileNetV2 ImageNet weights),
   ``fer`` (recipes/fewshot.yaml: ``init: fer2013-fast``), ``fer-zero`` (the shipped model,
   classes matched by name, no training: scored on the same test folds).
@@ -120,9 +123,10 @@ def main() -> None:
                         help="settings to try on top of the start's recipe (tuning rows; repeatable)")
     parser.add_argument("--tune", action="store_true",
                         help="write tuning rows (with the validation macro-F1) even without --variant")
-    parser.add_argument("--faces", choices=["none", "crop"], default="none",
+    parser.add_argument("--faces", choices=["none", "crop"], default="crop",
                         help="crop every image to its largest face first (ftkit's --faces crop), for every start")
-    parser.add_argument("--face-margin", type=float, default=0.25, help="margin around a detected face (--faces crop)")
+    parser.add_argument("--face-margin", type=float, default=0.0,
+                        help="margin around a detected face (--faces crop); 0 is the shipped models' (face_margin.py)")
     parser.add_argument("--work", default="/tmp/ftkit-bench")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -166,7 +170,7 @@ def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, 
     for k, test in zip(args.folds, folds):
         for seed in args.seeds:
             extra = {"epochs": args.all_epochs} if shots is None else {}
-            faces = {"faces": args.faces, "face_margin": args.face_margin} if args.faces != "none" else {}
+            faces = {"faces": args.faces, **({"face_margin": args.face_margin} if args.faces != "none" else {})}
             cfg = resolve_config(recipe, data="taiwanese", project=str(Path(args.work) / "transfer-runs"), seed=seed,
                                  name=f"{start}{tag}-{shots or 'all'}shot-fold{k}-seed{seed}", **faces, **extra, **sets)
             data = fold_data(full, groups, test, shots, seed)

@@ -585,7 +585,8 @@ def weights_list():
         table = _table(title, ("name", "backbone", "input", "classes", "accuracy", "macro-F1", "evaluated on", "size", "sha256"))
         for m in rows:
             pre, measured = m["preprocessing"], m.get("measured") or {}
-            table.add_row(m["name"], m["backbone"], f"{pre['img_size']}x{pre['img_size']}{' gray' if pre['grayscale'] else ''}",
+            margin = f", face margin {pre['face_margin']:g}" if "face_margin" in pre else ""
+            table.add_row(m["name"], m["backbone"], f"{pre['img_size']}x{pre['img_size']}{' gray' if pre['grayscale'] else ''}{margin}",
                           ",".join(m["classes"]), _number(measured.get("accuracy")), _number(measured.get("macro_f1")),
                           measured.get("split", ""), f"{m['bytes'] / 1e6:.1f} MB", m["sha256"][:16] + "...")
         console.print(table)
