@@ -234,7 +234,7 @@ def test_the_manifest_face_margin_is_how_faces_are_cropped_for_the_model(source_
 
 def test_the_fewshot_recipe_crops_faces_as_the_shipped_model_expects():
     """recipes/fewshot.yaml starts from fer2013-fast: its input and its manifest's face margin."""
-    entry = json.loads((zoo.SHIPPED_DIR / zoo.SHIPPED).read_text())["fer2013-fast"]
+    entry = zoo.read_models(zoo.SHIPPED_DIR / zoo.SHIPPED)["fer2013-fast"]
     cfg = zoo.resolve_config(zoo.SHIPPED_DIR.parent / "recipes" / "fewshot.yaml", data="x")
     assert cfg.init == "fer2013-fast" and cfg.faces == "crop"
     assert cfg.face_margin == entry["preprocessing"]["face_margin"] == 0.0
