@@ -298,8 +298,9 @@ def ensemble(runs, out, data, split, tta, device):
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), default="none", show_default=True)
 @click.option("--faces", type=click.Choice(["none", "crop", "all"]),
               help="Classify the whole image, the largest face, or every face [default: as the model was trained].")
-@click.option("--face-margin", type=click.FloatRange(min=0),
-              help="Margin around a detected face, as a fraction of its side [default: the model's].")
+@click.option("--face-margin", type=click.FloatRange(min=-0.5, min_open=True),
+              help="Margin around a detected face, as a fraction of its side; negative crops inside the "
+                   "detector's box [default: the model's].")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write copies of the images with boxes and labels here.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True,
               help="How results are printed.")
@@ -460,7 +461,8 @@ def data_synth(dest, train, val, test, size, seed):
 @data.command("faces")
 @click.argument("src", type=click.Path(file_okay=False))
 @click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--margin", default=0.25, show_default=True, help="Margin around the face, as a fraction of its side.")
+@click.option("--margin", default=0.25, show_default=True,
+              help="Margin around the face, as a fraction of its side (negative, above -0.5: inside the detector's box).")
 @click.option("--require", is_flag=True, help="Leave out images without a face (default: centre crop).")
 @click.option("--size", default=0, show_default=True, help="Resize crops to SIZE x SIZE (0: keep).")
 @_friendly

@@ -45,7 +45,8 @@ class Config:
     merge_classes: dict[str, str] = option({}, "relabel SRC as DST, e.g. disgust: angry")
     strict: bool = option(False, "fail on the first malformed CSV row or unreadable image instead of skipping it")
     faces: str = option("none", "none | crop | require: crop the largest face (require: leave out images without one)")
-    face_margin: float = option(0.25, "margin added around a detected face, as a fraction of its side")
+    face_margin: float = option(0.25, "margin added around a detected face, as a fraction of its side "
+                                      "(negative, above -0.5: a crop inside the detector's box)")
     shots: int = option(0, "few-shot: train on this many images per class, hold the rest out (0: all)")
     folds: int = option(0, "stratified K-fold cross-validation with this many folds (0: one split)")
     group_by: str | None = option(None, "regex over the path; its first group (or match) keeps groups on one side")
@@ -187,10 +188,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"val_split ({cfg.val_split}) + test_split ({cfg.test_split}) leave no training data: "
                           "their sum must be below 1")
     for key, low, high in (("lr", 0.0, None), ("backbone_lr_mult", -1e-12, None), ("weight_decay", -1e-12, None),
-                           ("warmup_epochs", -1e-12, None), ("drop_rate", -1e-12, 1.0), ("face_margin", -1e-12, None)):
+                           ("warmup_epochs", -1e-12, None), ("drop_rate", -1e-12, 1.0), ("face_margin", -0.5, None)):
         value = getattr(cfg, key)
         if not math.isfinite(value) or value <= low or (high is not None and value >= high):
-            bound = "above 0" if low == 0.0 else "0 or more"
+            bound = "0 or more" if low == -1e-12 else f"above {low:g}"
             raise ConfigError(f"{key} must be a finite number {bound}" + (f" and below {high:g}" if high else "") +
                               f", got {value}")
     for key, low in (("patience", 0), ("workers", -1), ("cache_mb", 0), ("img_size", 8)):

@@ -68,10 +68,14 @@ def detect_faces(image: np.ndarray, min_size: float = 0.06) -> list[Box]:
     return []
 
 
+MIN_MARGIN = -0.5  # the margin at which the crop shrinks to nothing
+
+
 def square_crop(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
     """The box grown by ``margin`` (a fraction of its side) on every side, squared around its
-    centre; parts outside the image are filled by replicating the border."""
-    side = int(round(max(box.w, box.h) * (1 + 2 * margin)))
+    centre; parts outside the image are filled by replicating the border. A negative margin
+    (above -0.5) crops inside the box."""
+    side = max(1, int(round(max(box.w, box.h) * (1 + 2 * margin))))
     cx, cy = box.x + box.w / 2, box.y + box.h / 2
     x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     pad = max(0, -x0, -y0, x0 + side - image.shape[1], y0 + side - image.shape[0])
@@ -181,8 +185,8 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
     if not src.is_dir():
         raise DataError(f"{src} is not a folder")
     refuse_inside(dst, [src], "the crop folder")
-    if margin < 0 or size < 0:
-        raise DataError(f"--margin and --size must be 0 or more, got margin {margin}, size {size}")
+    if not margin > MIN_MARGIN or size < 0:
+        raise DataError(f"--margin must be above {MIN_MARGIN:g} and --size 0 or more, got margin {margin}, size {size}")
     if dst.exists() and any(dst.iterdir()):
         raise DataError(f"{dst} already holds files; give an empty or new folder")
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -56,6 +56,8 @@ def test_square_crop_size_and_margin():
     assert np.array_equal(crop[45, 45], img[50 + 30, 100 + 20])
     edge = square_crop(img, Box(0, 0, 40, 40), margin=0.5)  # reaches outside: padded, still square
     assert edge.shape == (80, 80, 3)
+    inside = square_crop(img, Box(100, 50, 40, 60), margin=-0.1)  # negative: inside the box
+    assert inside.shape == (48, 48, 3) and np.array_equal(inside[24, 24], img[50 + 30, 100 + 20])
     assert centre_crop(img).shape == (200, 200, 3)
 
 

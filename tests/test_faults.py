@@ -214,7 +214,7 @@ def test_a_diverging_run_stops_failed_and_keeps_its_checkpoint(split_folder, tmp
     (["--val-split", "0.6", "--test-split", "0.5"], "leave no training data"),
     (["--img-size", "2"], "img_size must be at least 8"),
     (["--patience", "-1"], "patience must be at least 0"),
-    (["--face-margin", "-0.5"], "face_margin must be a finite number 0 or more"),
+    (["--face-margin", "-0.5"], "face_margin must be a finite number above -0.5"),
     (["--mean", "a,b,c"], "config key 'mean' expects numbers"),
     (["--std", "0,0,0"], "std values divide the pixels and must be above 0"),
     (["--ema", "1"], "ema is a decay in [0, 1)"),
