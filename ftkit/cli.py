@@ -19,7 +19,7 @@ import click
 from rich.table import Table
 
 from . import __version__
-from .config import CHOICES, Config
+from .config import CHOICES, MIN_FACE_MARGIN, Config
 from .errors import FtkitError
 from .progress import console, progress_bar
 
@@ -298,7 +298,7 @@ def ensemble(runs, out, data, split, tta, device):
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), default="none", show_default=True)
 @click.option("--faces", type=click.Choice(["none", "crop", "all"]),
               help="Classify the whole image, the largest face, or every face [default: as the model was trained].")
-@click.option("--face-margin", type=click.FloatRange(min=-0.5, min_open=True),
+@click.option("--face-margin", type=click.FloatRange(min=MIN_FACE_MARGIN, min_open=True),
               help="Margin around a detected face, as a fraction of its side; negative crops inside the "
                    "detector's box [default: the model's].")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write copies of the images with boxes and labels here.")

@@ -33,6 +33,8 @@ def option(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+MIN_FACE_MARGIN = -0.5  # a face margin (fraction of the box side per edge) at which the crop shrinks to nothing
+
 @dataclass
 class Config:
     # --- data -------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"val_split ({cfg.val_split}) + test_split ({cfg.test_split}) leave no training data: "
                           "their sum must be below 1")
     for key, low, high in (("lr", 0.0, None), ("backbone_lr_mult", -1e-12, None), ("weight_decay", -1e-12, None),
-                           ("warmup_epochs", -1e-12, None), ("drop_rate", -1e-12, 1.0), ("face_margin", -0.5, None)):
+                           ("warmup_epochs", -1e-12, None), ("drop_rate", -1e-12, 1.0), ("face_margin", MIN_FACE_MARGIN, None)):
         value = getattr(cfg, key)
         if not math.isfinite(value) or value <= low or (high is not None and value >= high):
             bound = "0 or more" if low == -1e-12 else f"above {low:g}"

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .config import MIN_FACE_MARGIN
 from .errors import UsageError
 from .images import IMAGE_EXTENSIONS, DataError, read_image
 from .io import atomic_write, refuse_inside, write_json
@@ -66,9 +67,6 @@ def detect_faces(image: np.ndarray, min_size: float = 0.06) -> list[Box]:
             sure = [Box(*map(int, b)) for b, w in zip(found, weights) if w >= 0.25 * weights.max()]
             return sorted(sure, key=lambda b: -b.area)
     return []
-
-
-MIN_MARGIN = -0.5  # the margin at which the crop shrinks to nothing
 
 
 def square_crop(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
@@ -185,8 +183,8 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
     if not src.is_dir():
         raise DataError(f"{src} is not a folder")
     refuse_inside(dst, [src], "the crop folder")
-    if not margin > MIN_MARGIN or size < 0:
-        raise DataError(f"--margin must be above {MIN_MARGIN:g} and --size 0 or more, got margin {margin}, size {size}")
+    if not margin > MIN_FACE_MARGIN or size < 0:
+        raise DataError(f"--margin must be above {MIN_FACE_MARGIN:g} and --size 0 or more, got margin {margin}, size {size}")
     if dst.exists() and any(dst.iterdir()):
         raise DataError(f"{dst} already holds files; give an empty or new folder")
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
