@@ -79,8 +79,11 @@ class Preprocess:
     """Callable turning an RGB uint8 HxWx3 array into a normalised CHW float tensor."""
 
     def __init__(self, dc: DataConfig, augment: list[A.BasicTransform] | None = None, seed: int | None = None):
+        # Shrinking uses pixel areas (INTER_AREA), as PIL's antialiased resize does for timm: cubic or
+        # linear interpolation alone aliases a 256-pixel face shrunk to 80. Enlarging uses the model's own.
         steps: list[A.BasicTransform] = [
-            A.Resize(dc.img_size, dc.img_size, interpolation=INTERPOLATIONS.get(dc.interpolation, cv2.INTER_LINEAR)),
+            A.Resize(dc.img_size, dc.img_size, interpolation=INTERPOLATIONS.get(dc.interpolation, cv2.INTER_LINEAR),
+                     area_for_downscale="image"),
         ]
         if dc.grayscale:
             steps.append(A.ToGray(num_output_channels=dc.channels, p=1.0))

@@ -142,3 +142,21 @@ def test_class_drop_merge_and_whitelist(split_folder, tmp_path):
     assert kept.classes == ["beta", "gamma"]
     with pytest.raises(DataError, match="unknown class 'gama'.*Did you mean 'gamma'"):
         load_data(tiny_config(split_folder, tmp_path, drop_classes=["gama"]))
+
+
+def test_shrinking_averages_pixels_and_enlarging_keeps_the_models_interpolation():
+    import cv2
+
+    from ftkit.models import DataConfig
+    from ftkit.transforms import eval_transform
+
+    tf = eval_transform(DataConfig(80, 3, False, [0.0] * 3, [1.0] * 3, "bicubic"))
+    stripes = np.zeros((320, 320, 3), np.uint8)
+    stripes[:, ::4] = 255  # one white column in four: every 4x4 block of the 320-pixel image averages to 63.75
+    small = tf(stripes).numpy() * 255
+    assert small.shape == (3, 80, 80)
+    assert np.abs(small - 63.75).max() < 1.0  # bicubic alone samples between the white columns: black
+    rng = np.random.default_rng(0)
+    tiny = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    enlarged = tf(tiny).numpy().transpose(1, 2, 0) * 255
+    assert np.abs(enlarged - cv2.resize(tiny, (80, 80), interpolation=cv2.INTER_CUBIC)).max() < 1e-3
