@@ -462,7 +462,7 @@ def data_synth(dest, train, val, test, size, seed):
 @click.argument("src", type=click.Path(file_okay=False))
 @click.argument("dst", type=click.Path(file_okay=False))
 @click.option("--margin", default=0.25, show_default=True,
-              help="Margin around the face, as a fraction of its side (negative, above -0.5: inside the detector's box).")
+              help=f"Margin around the face, as a fraction of its side (negative, above {MIN_FACE_MARGIN:g}: inside the detector's box).")
 @click.option("--require", is_flag=True, help="Leave out images without a face (default: centre crop).")
 @click.option("--size", default=0, show_default=True, help="Resize crops to SIZE x SIZE (0: keep).")
 @_friendly

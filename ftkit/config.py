@@ -35,6 +35,7 @@ def option(default: Any, help: str) -> Any:
 
 MIN_FACE_MARGIN = -0.5  # a face margin (fraction of the box side per edge) at which the crop shrinks to nothing
 
+
 @dataclass
 class Config:
     # --- data -------------------------------------------------------------------------
@@ -48,7 +49,7 @@ class Config:
     strict: bool = option(False, "fail on the first malformed CSV row or unreadable image instead of skipping it")
     faces: str = option("none", "none | crop | require: crop the largest face (require: leave out images without one)")
     face_margin: float = option(0.25, "margin added around a detected face, as a fraction of its side "
-                                      "(negative, above -0.5: a crop inside the detector's box)")
+                                      f"(negative, above {MIN_FACE_MARGIN:g}: a crop inside the detector's box)")
     shots: int = option(0, "few-shot: train on this many images per class, hold the rest out (0: all)")
     folds: int = option(0, "stratified K-fold cross-validation with this many folds (0: one split)")
     group_by: str | None = option(None, "regex over the path; its first group (or match) keeps groups on one side")

@@ -25,8 +25,9 @@ SIDE = 48
 # for a model trained on FER2013's ready-made crops. FER2013's own frame is about the box + 0.1
 # (median over Training images where the detector finds a face), but on the validation subjects
 # of another face set the shipped models, untrained, labelled faces best inside the box: macro-F1
-# 0.46 / 0.49 (fast / best) at -0.1, 0.43 / 0.44 at 0, 0.35 / 0.36 at 0.1, and falling again at
-# -0.2: `python benchmarks/face_margin.py`.
+# 0.475 / 0.504 (fast / best) at -0.1 against 0.471 / 0.492 at 0 since 826dafe's antialiased shrink
+# (0.46 / 0.49 against 0.43 / 0.44 before it; 0.35 / 0.36 at 0.1, falling again at -0.2):
+# `python benchmarks/face_margin.py` (BENCHMARKS.md, "Face margin").
 FACE_MARGIN = -0.1
 HEADER = ["emotion", "pixels", "Usage"]
 
