@@ -301,6 +301,8 @@ def ensemble(runs, out, data, split, tta, device):
 @click.option("--face-margin", type=click.FloatRange(min=MIN_FACE_MARGIN, min_open=True),
               help="Margin around a detected face, as a fraction of its side; negative crops inside the "
                    "detector's box [default: the model's].")
+@click.option("--face-align/--no-face-align", default=None,
+              help="Level each face's eyes before cropping [default: as the model was trained].")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write copies of the images with boxes and labels here.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True,
               help="How results are printed.")
@@ -312,7 +314,7 @@ def ensemble(runs, out, data, split, tta, device):
 @click.option("--max-frames", type=int, help="With --video/--camera: stop after this many frames.")
 @device_option
 @_friendly
-def predict(model, paths, topk, tta, faces, face_margin, annotate_dir, fmt, output, video, camera, video_out, every,
+def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_dir, fmt, output, video, camera, video_out, every,
             max_frames, device):
     """Top-k classes for images, folders, a video or a camera; MODEL is a run, a named model
     (`ftkit weights list`) or an exported .onnx.
@@ -330,6 +332,8 @@ def predict(model, paths, topk, tta, faces, face_margin, annotate_dir, fmt, outp
     pred = open_predictor(model, device)
     if face_margin is not None:
         pred.face_margin = face_margin
+    if face_align is not None:
+        pred.face_align = face_align
     if video or camera is not None:
         with progress_bar(console) as bar:
             task = bar.add_task("frames", total=max_frames)
@@ -465,17 +469,18 @@ def data_synth(dest, train, val, test, size, seed):
               help=f"Margin around the face, as a fraction of its side (negative, above {MIN_FACE_MARGIN:g}: inside the detector's box).")
 @click.option("--require", is_flag=True, help="Leave out images without a face (default: centre crop).")
 @click.option("--size", default=0, show_default=True, help="Resize crops to SIZE x SIZE (0: keep).")
+@click.option("--align", is_flag=True, help="Turn each face so its eyes are level, and place the crop by them.")
 @_friendly
-def data_faces(src, dst, margin, require, size):
+def data_faces(src, dst, margin, require, size, align):
     """Crop the largest face of every image once, keeping the folder structure.
 
     \b
     Example:
-      ftkit data faces film_frames/ film_faces/ --margin 0.2 --size 96
+      ftkit data faces film_frames/ film_faces/ --margin 0.2 --size 96 --align
     """
     from .faces import crop_folder
 
-    stats = crop_folder(src, dst, margin=margin, require=require, size=size)
+    stats = crop_folder(src, dst, margin=margin, require=require, size=size, align=align)
     console.print(f"faces found in {stats.found} image(s); centre-cropped {len(stats.fallback)}; left out {len(stats.skipped)}")
     for path in (stats.fallback + stats.skipped)[:10]:
         console.print(f"  no face: {path}")
@@ -505,7 +510,7 @@ def data_convert(csv_path, dest, strict):
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--shard-size", default=10_000, show_default=True, type=click.IntRange(min=1), help="Images per tar shard.")
 @config_options(only=("val_split", "test_split", "splits", "classes", "drop_classes", "merge_classes", "strict", "faces",
-                      "face_margin", "group_by", "seed"))
+                      "face_margin", "face_align", "group_by", "seed"))
 @_friendly
 def data_shards(src, dest, shard_size, **kwargs):
     """Write any data source as WebDataset tar shards, streamed by `finetune --data DEST`.

@@ -50,6 +50,8 @@ class Config:
     faces: str = option("none", "none | crop | require: crop the largest face (require: leave out images without one)")
     face_margin: float = option(0.25, "margin added around a detected face, as a fraction of its side "
                                       f"(negative, above {MIN_FACE_MARGIN:g}: a crop inside the detector's box)")
+    face_align: bool = option(False, "turn each face so its eyes are level and place the crop by them (OpenCV eye "
+                                     "cascade; a face whose eyes are not found is cropped by its box)")
     shots: int = option(0, "few-shot: train on this many images per class, hold the rest out (0: all)")
     folds: int = option(0, "stratified K-fold cross-validation with this many folds (0: one split)")
     group_by: str | None = option(None, "regex over the path; its first group (or match) keeps groups on one side")

@@ -446,7 +446,7 @@ def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
         task = bar.add_task("finding faces", total=sum(len(s) for s in data.splits.values()))
         for name, split in list(data.splits.items()):
             crops, stats = crop_faces(split.keys, split.images, cfg.faces, cfg.face_margin, cache,
-                                      progress=lambda n: bar.advance(task, n))
+                                      progress=lambda n: bar.advance(task, n), align=cfg.face_align)
             split.images = crops
             keep = [i for i, c in enumerate(crops) if c is not None]
             data.splits[name] = split.subset(keep) if len(keep) < len(crops) else split

@@ -46,7 +46,7 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
     path = os.path.join(cv2.data.haarcascades, f"haarcascade_{name}.xml")
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
-        raise UsageError(f"cannot load the face cascade {path}")
+        raise UsageError(f"cannot load the OpenCV cascade {path}")
     return cascade
 
 
@@ -81,6 +81,55 @@ def square_crop(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
         image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         x0, y0 = x0 + pad, y0 + pad
     return np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side])
+
+
+# Where OpenCV's frontal-face box puts the eyes: medians over the 257 faces of every third image
+# of the posed taiwanese set (../shared/data) in which both eyes were found, no labels used.
+# The eyes are 0.41 of the box's side apart, their midpoint at 0.40 of its height (quartiles
+# 0.39-0.44 and 0.40-0.41).
+EYE_SPAN, EYE_HEIGHT = 0.41, 0.40
+
+
+def find_eyes(image: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray] | None:
+    """The centres (x, y) of the image-left and image-right eye inside a face box, or None
+    when the eye cascade does not find one eye in each half of the box's upper 60 %."""
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    x0, y0 = max(box.x, 0), max(box.y, 0)
+    roi = gray[y0:box.y + int(box.h * 0.6), x0:box.x + box.w]
+    if roi.size == 0:
+        return None
+    found = _cascade("eye").detectMultiScale(cv2.equalizeHist(roi), scaleFactor=1.05, minNeighbors=3,
+                                             minSize=(max(8, box.w // 10),) * 2, maxSize=(box.w // 3,) * 2)
+    centres = [np.array([x0 + x + w / 2, y0 + y + h / 2, w * h]) for x, y, w, h in found]
+    middle = box.x + box.w / 2
+    left = [c for c in centres if c[0] < middle]
+    right = [c for c in centres if c[0] >= middle]
+    if not left or not right:
+        return None
+    return max(left, key=lambda c: c[2])[:2], max(right, key=lambda c: c[2])[:2]
+
+
+def aligned_crop(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
+    """Like ``square_crop``, but the face is first turned so that its eyes are level, and the
+    square is placed and sized from the eyes (where the detector's box puts them on average),
+    so that every face has its eyes at the same place. Falls back to ``square_crop`` when the
+    eyes are not found, or when they are tilted more than 30 degrees or implausibly far apart."""
+    eyes = find_eyes(image, box)
+    if eyes is None:
+        return square_crop(image, box, margin)
+    left, right = eyes
+    dx, dy = right - left
+    span = float(np.hypot(dx, dy))
+    if abs(np.degrees(np.arctan2(dy, dx))) > 30 or not 0.25 < span / max(box.w, box.h) < 0.6:
+        return square_crop(image, box, margin)
+    cos, sin = dx / span, dy / span
+    face = span / EYE_SPAN  # the side of the box these eyes imply
+    side = max(1, int(round(face * (1 + 2 * margin))))
+    rotate = np.array([[cos, -sin], [sin, cos]])
+    centre = (left + right) / 2 + rotate @ np.array([0.0, (0.5 - EYE_HEIGHT) * face])
+    to_source = np.hstack([rotate, (centre - rotate @ np.array([side / 2, side / 2]))[:, None]])
+    return cv2.warpAffine(image, to_source, (side, side), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def centre_crop(image: np.ndarray) -> np.ndarray:
@@ -151,15 +200,17 @@ class FaceStats:
 
 
 def crop_faces(keys: list[str], images: list[np.ndarray], mode: str, margin: float,
-               cache: BoxCache | None = None, progress=None) -> tuple[list[np.ndarray | None], FaceStats]:
-    """Crop the largest face of every image. With ``mode='require'`` an image without a face
-    becomes None (to be left out); otherwise it falls back to a centre crop."""
+               cache: BoxCache | None = None, progress=None, align: bool = False) -> tuple[list[np.ndarray | None], FaceStats]:
+    """Crop the largest face of every image (``align``: level its eyes first). With
+    ``mode='require'`` an image without a face becomes None (to be left out); otherwise it
+    falls back to a centre crop."""
     stats = FaceStats(0, [], [])
     out: list[np.ndarray | None] = []
+    crop = aligned_crop if align else square_crop
     for key, image in zip(keys, images):
         boxes = cache.boxes(key, image) if cache and os.path.isfile(key) else detect_faces(image)
         if boxes:
-            out.append(square_crop(image, boxes[0], margin))
+            out.append(crop(image, boxes[0], margin))
             stats.found += 1
         elif mode == "require":
             out.append(None)
@@ -175,9 +226,9 @@ def crop_faces(keys: list[str], images: list[np.ndarray], mode: str, margin: flo
 
 
 def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require: bool = False,
-                size: int = 0, progress=None) -> FaceStats:
+                size: int = 0, progress=None, align: bool = False) -> FaceStats:
     """Crop the largest face of every image under ``src`` into the same tree under ``dst``
-    (PNG). ``size`` > 0 resizes crops to size x size."""
+    (PNG). ``size`` > 0 resizes crops to size x size; ``align`` levels the eyes first."""
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -197,7 +248,7 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
         except DataError:
             stats.skipped.append(str(path))
             continue
-        crops, one = crop_faces([str(path)], [image], "require" if require else "crop", margin, cache)
+        crops, one = crop_faces([str(path)], [image], "require" if require else "crop", margin, cache, align=align)
         stats.found += one.found
         stats.fallback += one.fallback
         stats.skipped += one.skipped

@@ -16,7 +16,7 @@ from .config import Config
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import read_onnx_metadata
-from .faces import centre_crop, detect_faces, square_crop
+from .faces import aligned_crop, centre_crop, detect_faces, square_crop
 from .io import atomic_write, refuse_inside, write_json, write_text
 from .models import DataConfig
 from .report import write_report
@@ -119,7 +119,7 @@ _SHARD_FIXED = ("classes", "drop_classes", "merge_classes", "faces", "shots", "f
 
 # The settings load_data reads when it carves no split (carve=False, as in scoring).
 _SCORING_DATA_FIELDS = ("data", "splits", "strict", "classes", "drop_classes", "merge_classes", "faces", "face_margin",
-                        "cache", "cache_mb")
+                        "face_align",                         "cache", "cache_mb")
 
 
 def data_key(cfg: Config, classes: list[str]) -> str:
@@ -164,7 +164,7 @@ class Predictor:
     """Class probabilities for RGB uint8 images, from a run directory or an ONNX file."""
 
     def __init__(self, classes: list[str], data_config: DataConfig, forward, name: str, faces: str = "none",
-                 face_margin: float = 0.25):
+                 face_margin: float = 0.25, face_align: bool = False):
         self.classes = classes
         self.data_config = data_config
         self.transform = eval_transform(data_config)
@@ -172,6 +172,7 @@ class Predictor:
         self.name = name
         self.faces = faces  # the face setting the model was trained with
         self.face_margin = face_margin
+        self.face_align = face_align  # level the eyes before cropping, as the model's training did
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto") -> "Predictor":
@@ -182,7 +183,8 @@ class Predictor:
         def forward(x: np.ndarray) -> np.ndarray:
             return loaded.model(torch.from_numpy(x).to(loaded.device)).float().cpu().numpy()
 
-        return cls(loaded.classes, loaded.data_config, forward, loaded.label, loaded.config.faces, loaded.config.face_margin)
+        return cls(loaded.classes, loaded.data_config, forward, loaded.label, loaded.config.faces, loaded.config.face_margin,
+                   loaded.config.face_align)
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "Predictor":
@@ -192,7 +194,7 @@ class Predictor:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         fields = {k: meta[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")}
         return cls(meta["classes"], DataConfig(**fields), lambda x: session.run(None, {"input": x})[0], str(path),
-                   meta.get("faces", "none"), meta.get("face_margin", 0.25))
+                   meta.get("faces", "none"), meta.get("face_margin", 0.25), meta.get("face_align", False))
 
     def probs(self, images: list[np.ndarray], tta: str = "none", batch_size: int = 64) -> np.ndarray:
         out = []
@@ -216,8 +218,9 @@ def open_predictor(target: str | Path, device: str = "auto") -> Predictor:
 # --- faces in, predictions out -----------------------------------------------------------
 
 
-def regions(image: np.ndarray, faces: str, margin: float) -> list[tuple[list[int] | None, np.ndarray]]:
-    """(box, crop) pairs to classify: the whole image, the largest face, or every face.
+def regions(image: np.ndarray, faces: str, margin: float, align: bool = False) -> list[tuple[list[int] | None, np.ndarray]]:
+    """(box, crop) pairs to classify: the whole image, the largest face, or every face
+    (``align``: each face turned so its eyes are level, see ``ftkit.faces.aligned_crop``).
 
     ``faces='crop'`` falls back to a centre crop (box None) when no face is found;
     ``faces='all'`` returns no region at all then.
@@ -225,18 +228,18 @@ def regions(image: np.ndarray, faces: str, margin: float) -> list[tuple[list[int
     if faces == "none":
         return [(None, image)]
     boxes = detect_faces(image)
+    crop = aligned_crop if align else square_crop
     if faces == "all":
-        return [([b.x, b.y, b.w, b.h], square_crop(image, b, margin)) for b in boxes]
+        return [([b.x, b.y, b.w, b.h], crop(image, b, margin)) for b in boxes]
     if not boxes:
         return [(None, centre_crop(image))]
     b = boxes[0]
-    return [([b.x, b.y, b.w, b.h], square_crop(image, b, margin))]
+    return [([b.x, b.y, b.w, b.h], crop(image, b, margin))]
 
 
 def classify_images(pred: Predictor, images: list[np.ndarray], faces: str, topk: int = 3, tta: str = "none"):
     """Per image, a list of detections: {box, top: [{class, probability}...], probabilities}."""
-    margin = pred.face_margin
-    found = [regions(img, faces, margin) for img in images]
+    found = [regions(img, faces, pred.face_margin, pred.face_align) for img in images]
     crops = [crop for per in found for _, crop in per]
     probs = pred.probs(crops, tta)
     k = min(topk, len(pred.classes))

@@ -80,6 +80,15 @@ def _spread(stat: dict[str, float]) -> str:
     return f"{stat['mean']:.4f} +- {stat['std']:.4f}"
 
 
+def _faces_line(config: dict[str, Any], faces: dict[str, Any] | None) -> str:
+    line = str(config.get("faces"))
+    if config.get("faces") not in (None, "none"):
+        line += f", margin {config.get('face_margin')}" + (", eyes levelled" if config.get("face_align") else "")
+    if faces:
+        line += f" ({faces['found']} found, {faces['fallback']} centre-cropped, {faces['skipped']} left out)"
+    return line
+
+
 def run_summary(record: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, str]]:
     """The run at a glance, from run.json and args.yaml: (label, text) rows."""
     if record.get("ensemble"):
@@ -105,8 +114,7 @@ def run_summary(record: dict[str, Any], config: dict[str, Any]) -> list[tuple[st
                          f"label smoothing {config.get('label_smoothing')}, head {config.get('head')}"
                          + (f", weight average (ema) {config['ema']}" if config.get("ema") else "")),
         ("augmentation", str(config.get("augment_pipeline") or config.get("augment"))),
-        ("faces", str(config.get("faces")) + (f" ({faces['found']} found, {faces['fallback']} centre-cropped, "
-                                               f"{faces['skipped']} left out)" if faces else "")),
+        ("faces", _faces_line(config, faces)),
         ("time and device", f"{record.get('train_seconds')} s on {record.get('device')}, "
                             f"{record.get('train_images_per_s')} train images/s, best epoch {record.get('best_epoch')}"),
         ("skipped files", str(record.get("skipped", {}).get("count", 0))),

@@ -167,7 +167,8 @@ def source_settings(meta: dict[str, Any]) -> dict[str, Any]:
     dc, cfg = meta["data_config"], meta["config"]
     return {"backbone": meta["backbone"], "input": cfg.get("input", "rgb224"), "img_size": dc["img_size"],
             "channels": dc["channels"], "mean": dc["mean"], "std": dc["std"],
-            **({"face_margin": cfg["face_margin"]} if "face_margin" in cfg else {})}
+            **({"face_margin": cfg["face_margin"]} if "face_margin" in cfg else {}),
+            **({"face_align": True} if cfg.get("face_align") else {})}
 
 
 def resolve_config(recipe: str | Path | None = None, **overrides: Any) -> Config:

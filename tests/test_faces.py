@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftkit.faces import Box, BoxCache, centre_crop, crop_faces, detect_faces, square_crop
+from ftkit.faces import EYE_HEIGHT, Box, BoxCache, aligned_crop, centre_crop, crop_faces, detect_faces, find_eyes, square_crop
 
 skimage_data = pytest.importorskip("skimage.data")
 ASTRONAUT_FACE = (177, 66, 95)  # x, y, side of the face in skimage's astronaut photo (detected once, checked by eye)
@@ -101,3 +101,46 @@ def test_data_faces_cli(tmp_path):
     assert [p.name for p in out] == ["a.png"]
     assert Image.open(out[0]).size == (64, 64)
     assert "empty.jpg" in r.output
+
+
+def tilt(angle: float) -> np.ndarray:
+    """The astronaut's frame turned by ``angle`` degrees about its centre."""
+    frame, _ = framed(1.0, 0.5, 0.5)
+    h, w = frame.shape[:2]
+    turned = cv2.warpAffine(frame, cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0), (w, h), borderMode=cv2.BORDER_REPLICATE)
+    return turned
+
+
+def eye_angle(image: np.ndarray) -> float:
+    box = detect_faces(image)[0]
+    eyes = find_eyes(image, box)
+    assert eyes is not None, "eyes not found"
+    (lx, ly), (rx, ry) = eyes
+    return float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+
+
+@pytest.mark.parametrize("angle", [0, 10, 15])
+def test_aligned_crop_levels_the_eyes(angle):
+    # (turned clockwise the frame makes the face detector prefer a false face on the suit)
+    turned = tilt(angle)
+    if angle:
+        assert eye_angle(turned) < -5  # tilted as the photo was turned (cv2 turns counter-clockwise)
+    box = detect_faces(turned)[0]
+    crop = aligned_crop(turned, box, 0.2)
+    assert crop.shape[0] == crop.shape[1] and crop.shape[2] == 3
+    assert abs(eye_angle(crop)) < 4  # level after alignment
+    eyes = find_eyes(crop, detect_faces(crop)[0])
+    middle = (eyes[0] + eyes[1]) / 2 / crop.shape[0]
+    # the eyes sit where the detector's box puts them on average, inside the margin
+    assert abs(middle[0] - 0.5) < 0.06 and abs(middle[1] - (0.2 + EYE_HEIGHT) / 1.4) < 0.06
+
+
+def test_aligned_crop_falls_back_to_the_box_without_eyes():
+    blank = np.full((200, 200, 3), 128, np.uint8)
+    box = Box(50, 50, 100, 100)
+    assert find_eyes(blank, box) is None
+    assert np.array_equal(aligned_crop(blank, box, 0.1), square_crop(blank, box, 0.1))
+    frame, _ = framed(0.8, 0.5, 0.5)
+    plain, _ = crop_faces(["a"], [frame], "crop", 0.1)
+    levelled, stats = crop_faces(["a"], [frame], "crop", 0.1, align=True)
+    assert stats.found == 1 and not np.array_equal(plain[0], levelled[0])

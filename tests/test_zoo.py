@@ -244,3 +244,34 @@ def test_the_fewshot_recipe_crops_faces_as_the_shipped_model_expects():
     assert cfg.face_margin == 0.0
     assert zoo.resolve_config(None, init="fer2013-fast", data="x").face_margin == FACE_MARGIN
     assert cfg.img_size == entry["preprocessing"]["img_size"]
+
+
+def test_a_model_trained_on_levelled_faces_is_used_the_same_way(tmp_path, monkeypatch):
+    """--face-align at training is remembered: predict levels the eyes as training did (unless
+    --no-face-align), an ONNX export carries it, and a run started from the model inherits it."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    from ftkit import predict as predict_module
+    from ftkit.export import export_metadata
+
+    data = write_split_folder(tmp_path / "data", sizes=(("train", 6), ("val", 2)), classes=("angry", "happy"))
+    r = invoke("finetune", "--data", data, *TRAIN, "--epochs", 1, "--freeze-epochs", 0, "--faces", "crop",
+               "--face-margin", 0.1, "--face-align", "--project", tmp_path / "runs", "--name", "aligned")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "aligned"
+    assert "faces: crop, margin 0.1, eyes levelled" in (run / "report.md").read_text()  # how faces were cropped
+    loaded = load_run(run, device="cpu")
+    assert loaded.config.face_align is True and export_metadata(loaded)["face_align"] is True
+    assert zoo.resolve_config(None, init=str(run), data="x").face_align is True
+
+    calls = []
+    for name in ("aligned_crop", "square_crop"):
+        real = getattr(predict_module, name)
+        monkeypatch.setattr(predict_module, name, lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a))
+    Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.png")
+    for extra, expected in (([], "aligned_crop"), (["--no-face-align"], "square_crop")):
+        calls.clear()
+        r = invoke("predict", run, tmp_path / "astronaut.png", "--faces", "all", "--format", "jsonl", *extra)
+        assert r.exit_code == 0, r.output
+        assert calls == [expected]
