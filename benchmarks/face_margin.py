@@ -29,7 +29,7 @@ from transfer import SUBJECT, extract
 from ftkit.crossval import fold_indices
 from ftkit.data import ImageDataset, group_keys, grouped_split, load_data
 from ftkit.evaluation import predict_probs, quick_metrics
-from ftkit.faces import centre_crop, detect_faces, square_crop
+from ftkit.faces import aligned_crop, centre_crop, detect_faces, square_crop
 from ftkit.images import read_image
 from ftkit.predict import load_run
 from ftkit.progress import console
@@ -71,6 +71,7 @@ def main() -> None:
                         help="negative: inside the detector's box")
     parser.add_argument("--models", nargs="+", default=["fer2013-fast", "fer2013-best"])
     parser.add_argument("--fer-images", type=int, default=1500, help="FER2013 Training images to detect faces in (0: skip that measurement)")
+    parser.add_argument("--align", action="store_true", help="level each face's eyes before cropping (ftkit's face_align)")
     parser.add_argument("--work", default="/tmp/ftkit-bench")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -87,17 +88,18 @@ def main() -> None:
     classes, split = validation_subjects(work)
     boxes = [detect_faces(image) for image in split.images]
     originals = list(split.images)
+    crop, levelled = (aligned_crop, ", eyes levelled") if args.align else (square_crop, "")
     for name in args.models:
         loaded = load_run(name, device="cpu")
         order = match_classes(loaded.classes, classes)
         columns = [order[t] for t in range(len(classes))]
         for margin in args.margins:
             started = time.perf_counter()
-            split.images = [square_crop(im, b[0], margin) if b else centre_crop(im) for im, b in zip(originals, boxes)]
+            split.images = [crop(im, b[0], margin) if b else centre_crop(im) for im, b in zip(originals, boxes)]
             loader = torch.utils.data.DataLoader(ImageDataset(split, eval_transform(loaded.data_config)), batch_size=128)
             probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, loaded.config.tta)
             m = quick_metrics(labels, probs[:, columns].argmax(1))
-            emit_row(SECTION, HEADER, f"| {name}, no training, taiwanese validation subjects | {margin:g} | {len(labels)} "
+            emit_row(SECTION, HEADER, f"| {name}, no training, taiwanese validation subjects{levelled} | {margin:g} | {len(labels)} "
                      f"| accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} ({time.perf_counter() - started:.0f} s) "
                      f"| {machine()} | `{command_line()}` |", write=not args.no_write)
     console.print(f"faces found in {sum(bool(b) for b in boxes)} of {len(boxes)} taiwanese images (the rest centre-cropped)")

@@ -129,15 +129,16 @@ def main() -> None:
     parser.add_argument("--face-margin", type=float, default=0.0,
                         help="margin around a detected face (--faces crop); 0 is recipes/fewshot.yaml's, -0.1 the "
                              "shipped models' (face_margin.py)")
+    parser.add_argument("--face-align", action="store_true", help="level each face's eyes before cropping (ftkit's face_align)")
     parser.add_argument("--work", default="/tmp/ftkit-bench")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
     work = Path(args.work)
     data_dir = extract(work)
-    faces = {"faces": args.faces, "face_margin": args.face_margin} if args.faces != "none" else {}
+    faces = face_settings(args)
     full = load_data(resolve_config(None, data=str(data_dir), cache="memory", **faces), console=console, carve=False)
-    crop_note = f", faces cropped (margin {args.face_margin:g})" if faces else ""
+    crop_note = f", faces cropped (margin {args.face_margin:g}{', eyes levelled' if args.face_align else ''})" if faces else ""
     groups = group_keys(full.splits["all"].keys, SUBJECT)
     all_folds = fold_indices(full.splits["all"].labels, 5, seed=0, groups=groups)
     folds = [all_folds[k - 1] for k in args.folds]
@@ -165,16 +166,23 @@ def main() -> None:
                     emit_row(SECTION, HEADER, row, write=not args.no_write)
 
 
+def face_settings(args) -> dict[str, Any]:
+    """How every start's images are cropped (the same for all of them)."""
+    if args.faces == "none":
+        return {}
+    return {"faces": args.faces, "face_margin": args.face_margin, **({"face_align": True} if args.face_align else {})}
+
+
 def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, Any], shots: int | None) -> dict[str, list]:
     recipe, _ = STARTS[start]
     cell: dict[str, list] = {"acc": [], "f1": [], "val": [], "secs": [], "n": []}
-    tag = "".join(f"-{k}{v}" for k, v in sets.items())
+    tag = "".join(f"-{k}{v}" for k, v in sets.items()) + ("-aligned" if args.face_align else "")
     for k, test in zip(args.folds, folds):
         for seed in args.seeds:
             extra = {"epochs": args.all_epochs} if shots is None else {}
-            faces = {"faces": args.faces, **({"face_margin": args.face_margin} if args.faces != "none" else {})}
             cfg = resolve_config(recipe, data="taiwanese", project=str(Path(args.work) / "transfer-runs"), seed=seed,
-                                 name=f"{start}{tag}-{shots or 'all'}shot-fold{k}-seed{seed}", **faces, **extra, **sets)
+                                 name=f"{start}{tag}-{shots or 'all'}shot-fold{k}-seed{seed}",
+                                 **{"faces": args.faces, **face_settings(args)}, **extra, **sets)
             data = fold_data(full, groups, test, shots, seed)
             started = time.perf_counter()
             result = train_on(data, replace(cfg, workers=0), console)
