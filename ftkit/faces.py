@@ -93,11 +93,12 @@ EYE_SPAN, EYE_HEIGHT = 0.41, 0.40
 def find_eyes(image: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray] | None:
     """The centres (x, y) of the image-left and image-right eye inside a face box, or None
     when the eye cascade does not find one eye in each half of the box's upper 60 %."""
-    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     x0, y0 = max(box.x, 0), max(box.y, 0)
-    roi = gray[y0:box.y + int(box.h * 0.6), x0:box.x + box.w]
+    roi = image[y0:box.y + int(box.h * 0.6), x0:box.x + box.w]  # only this part is made gray, once per face
     if roi.size == 0:
         return None
+    if roi.ndim == 3:
+        roi = cv2.cvtColor(roi, cv2.COLOR_RGB2GRAY)
     found = _cascade("eye").detectMultiScale(cv2.equalizeHist(roi), scaleFactor=1.05, minNeighbors=3,
                                              minSize=(max(8, box.w // 10),) * 2, maxSize=(box.w // 3,) * 2)
     centres = [np.array([x0 + x + w / 2, y0 + y + h / 2, w * h]) for x, y, w, h in found]

@@ -119,7 +119,7 @@ _SHARD_FIXED = ("classes", "drop_classes", "merge_classes", "faces", "shots", "f
 
 # The settings load_data reads when it carves no split (carve=False, as in scoring).
 _SCORING_DATA_FIELDS = ("data", "splits", "strict", "classes", "drop_classes", "merge_classes", "faces", "face_margin",
-                        "face_align",                         "cache", "cache_mb")
+                        "face_align", "cache", "cache_mb")
 
 
 def data_key(cfg: Config, classes: list[str]) -> str:

@@ -107,8 +107,7 @@ def tilt(angle: float) -> np.ndarray:
     """The astronaut's frame turned by ``angle`` degrees about its centre."""
     frame, _ = framed(1.0, 0.5, 0.5)
     h, w = frame.shape[:2]
-    turned = cv2.warpAffine(frame, cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0), (w, h), borderMode=cv2.BORDER_REPLICATE)
-    return turned
+    return cv2.warpAffine(frame, cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0), (w, h), borderMode=cv2.BORDER_REPLICATE)
 
 
 def eye_angle(image: np.ndarray) -> float:
