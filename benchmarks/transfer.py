@@ -161,7 +161,7 @@ def main() -> None:
                            f"| {mean_std(cell['f1'])} | {np.mean(cell['secs']):.0f} s | {machine()} | `{command_line()}` |")
                     emit_row(TUNING_SECTION, TUNING_HEADER, row, write=not args.no_write)
                 else:
-                    row = (f"| {STARTS[start][1]}{crop_note} | {shots} | {label} | {mean_std(cell['acc'])} | {mean_std(cell['f1'])} "
+                    row = (f"| {STARTS[start][1]}, {cell['size']}x{cell['size']}{crop_note} | {shots} | {label} | {mean_std(cell['acc'])} | {mean_std(cell['f1'])} "
                            f"| {np.mean(cell['n']):.0f} | {np.mean(cell['secs']):.0f} s | {machine()} | `{command_line()}` |")
                     emit_row(SECTION, HEADER, row, write=not args.no_write)
 
@@ -173,9 +173,9 @@ def face_settings(args) -> dict[str, Any]:
     return {"faces": args.faces, "face_margin": args.face_margin, **({"face_align": True} if args.face_align else {})}
 
 
-def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, Any], shots: int | None) -> dict[str, list]:
+def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, Any], shots: int | None) -> dict[str, Any]:
     recipe, _ = STARTS[start]
-    cell: dict[str, list] = {"acc": [], "f1": [], "val": [], "secs": [], "n": []}
+    cell: dict[str, Any] = {"acc": [], "f1": [], "val": [], "secs": [], "n": []}
     tag = "".join(f"-{k}{v}" for k, v in sets.items()) + ("-aligned" if args.face_align else "")
     for k, test in zip(args.folds, folds):
         for seed in args.seeds:
@@ -191,6 +191,7 @@ def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, 
             cell["f1"].append(result.report["macro_f1"])
             cell["val"].append(result.history[result.record["best_epoch"] - 1]["val_macro_f1"])
             cell["n"].append(len(data.splits["train"]))
+    cell["size"] = cfg.img_size
     return cell
 
 
