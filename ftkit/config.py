@@ -78,6 +78,7 @@ class Config:
     batch_size: int = option(64, "images per optimisation step")
     lr: float = option(1e-3, "peak learning rate of the classifier head")
     weight_decay: float = option(0.01, "decoupled weight decay (adamw) or L2 (others)")
+    l2sp: float = option(0.0, "pull the backbone's weights toward their pretrained start instead of toward 0 (L2-SP), decoupled like adamw's decay: each step w -= backbone lr x this x (w - start); 0: off")
     optimizer: str = option("adamw", "adamw | adam | sgd | rmsprop")
     scheduler: str = option("cosine", "cosine | onecycle | plateau | none")
     warmup_epochs: float = option(0.0, "linear warm-up at the start of the cosine schedule")
@@ -192,7 +193,7 @@ def validate(cfg: Config) -> Config:
     if cfg.val_split + cfg.test_split >= 1.0:
         raise ConfigError(f"val_split ({cfg.val_split}) + test_split ({cfg.test_split}) leave no training data: "
                           "their sum must be below 1")
-    for key, low, high in (("lr", 0.0, None), ("backbone_lr_mult", -1e-12, None), ("weight_decay", -1e-12, None),
+    for key, low, high in (("lr", 0.0, None), ("backbone_lr_mult", -1e-12, None), ("weight_decay", -1e-12, None), ("l2sp", -1e-12, None),
                            ("warmup_epochs", -1e-12, None), ("drop_rate", -1e-12, 1.0), ("face_margin", MIN_FACE_MARGIN, None)):
         value = getattr(cfg, key)
         if not math.isfinite(value) or value <= low or (high is not None and value >= high):
@@ -223,6 +224,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"ema is a decay in [0, 1) (0: off, 0.999-0.9999 typical), got {cfg.ema}")
     if cfg.ema and cfg.head == "logreg":
         raise ConfigError("ema averages the weights of gradient steps; a --head logreg run takes none: drop ema")
+    if cfg.l2sp and not (cfg.init or cfg.weights or cfg.pretrained):
+        raise ConfigError("l2sp pulls the backbone toward its pretrained start, and this run has none (pretrained off, "
+                          "no init or weights): drop l2sp, or start from pretrained weights")
     if cfg.init and cfg.weights:
         raise ConfigError(f"init ({cfg.init}) and weights ({cfg.weights}) both say where to start: give one of them")
     if not 0 <= cfg.freeze_epochs <= cfg.epochs:

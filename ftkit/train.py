@@ -64,6 +64,7 @@ from .runs import (
     new_run_dir,
     phase_text,
     read_record,
+    read_weights,
     remove_partial_files,
     run_lock,
     save_checkpoint,
@@ -72,6 +73,7 @@ from .runs import (
     write_args,
     write_classes,
     write_metrics,
+    write_weights,
 )
 from .transforms import eval_transform, train_transform
 from .weights import WeightsInfo, find_pretrained
@@ -129,6 +131,7 @@ OPTIMIZERS = {
 
 def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     """Backbone and head groups (backbone lr x mult), no weight decay on biases and norms.
+    With ``cfg.l2sp`` the backbone's weights decay toward their start instead (L2-SP).
 
     Frozen parameters stay in the optimizer: they get no gradient, so they do not move,
     and unfreezing needs no rebuild (which keeps --resume simple).
@@ -140,9 +143,33 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     for name, params, lr in (("backbone", backbone, cfg.lr * cfg.backbone_lr_mult), ("head", head, cfg.lr)):
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
+        if name == "backbone" and cfg.l2sp:  # pulled toward the start (see pull_to_start), not toward 0
+            groups.append({"params": decay, "lr": lr, "weight_decay": 0.0, "l2sp": cfg.l2sp, "name": name})
+            continue
         groups.append({"params": decay, "lr": lr, "name": name})
         groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}-no-decay"})
     return OPTIMIZERS[cfg.optimizer]([g for g in groups if g["params"]], cfg)
+
+
+def start_weights(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """A copy of every weight that --l2sp pulls back (the backbone's), by parameter name: the
+    start that ``pull_to_start`` pulls toward, saved with the run so that --resume pulls toward
+    the same one."""
+    pulled = {id(p) for group in optimizer.param_groups if group.get("l2sp") for p in group["params"]}
+    return {name: p.detach().clone() for name, p in model.named_parameters() if id(p) in pulled}
+
+
+@torch.no_grad()
+def pull_to_start(optimizer: torch.optim.Optimizer, anchors: dict[int, torch.Tensor]) -> None:
+    """L2-SP, decoupled as AdamW decouples its decay: each pulled weight moves toward its start by
+    lr x l2sp of the distance, after the optimizer's step. Frozen weights (no gradient) have not
+    left their start and are skipped."""
+    for group in optimizer.param_groups:
+        rate = group["lr"] * group.get("l2sp", 0.0)
+        if rate:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.sub_(p - anchors[id(p)], alpha=rate)
 
 
 def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):
@@ -282,6 +309,7 @@ class StepParts:
     memory_format: torch.memory_format | None = None
     mixer: Any = None  # timm Mixup/CutMix (see make_mixer)
     ema: Any = None  # timm ModelEmaV3: the weights averaged over steps (see make_ema)
+    anchors: dict[int, torch.Tensor] | None = None  # id(parameter) -> its start, with --l2sp (see pull_to_start)
     steps: int = 0  # optimisation steps taken, for the average's warm-up
 
     @property
@@ -333,6 +361,8 @@ def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, t
         else:
             loss.backward()
             p.optimizer.step()
+        if p.anchors is not None:
+            pull_to_start(p.optimizer, p.anchors)
         if p.step_when == "step":
             p.scheduler.step()
         p.steps += 1
@@ -623,6 +653,8 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
            ctx: Context = SINGLE) -> RunResult:
     # --- set up: device, data, loss, optimizer, schedule, phases, and where the run stands
     parts, loaders, dc = _set_up(cfg, data, model, ctx)
+    if cfg.l2sp:
+        parts.anchors = _anchors(run, parts.model, parts.optimizer, resuming=state is not None, ctx=ctx)
     freeze_epochs = cfg.epochs if cfg.head == "linear" else cfg.freeze_epochs  # linear: a frozen backbone throughout
     phases = plan_phases(cfg.epochs, freeze_epochs, cfg.unfreeze, len(stage_groups(model)))
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(), "backbone": resolve_name(cfg.backbone)}
@@ -658,6 +690,27 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
                 break
     # --- finish: the best epoch's predictions and the report
     return _finish(run, cfg, data, model, loaders.eval, parts.device, parts.autocast, progress.history, out, ctx)
+
+
+def _anchors(run: Path, model: nn.Module, optimizer, resuming: bool, ctx: Context) -> dict[int, torch.Tensor]:
+    """What --l2sp pulls toward: the weights the run started from, kept in
+    checkpoints/start.safetensors (written once, by rank 0, before the first step)."""
+    path = run / "checkpoints" / "start.safetensors"
+    if resuming:
+        if not path.is_file():
+            raise RunError(f"{path} is missing: the run trains with l2sp and needs the weights it started from to go on; "
+                           "start it again")
+        start, _ = read_weights(path)
+    else:
+        start = start_weights(model, optimizer)
+        if ctx.main:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_weights(path, {k: v.cpu().contiguous() for k, v in start.items()}, {"what": "l2sp start"})
+    params = dict(model.named_parameters())
+    if set(start) - set(params):
+        raise RunError(f"{path} holds weights this model does not have ({', '.join(sorted(set(start) - set(params))[:3])}): "
+                       "it belongs to another run")
+    return {id(params[name]): weight.to(params[name].device, params[name].dtype) for name, weight in start.items()}
 
 
 def _enter_phase(model: nn.Module, parts: StepParts, phase: Phase, ctx: Context) -> None:
@@ -699,7 +752,8 @@ def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: 
     table.add_row("optimisation", f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.scheduler} schedule, batch {cfg.batch_size}, "
                                   f"augment {cfg.augment if not cfg.augment_pipeline else 'recipe pipeline'}, label smoothing {cfg.label_smoothing:g}"
                                   + (f", mixup {cfg.mixup:g}" if cfg.mixup else "") + (f", cutmix {cfg.cutmix:g}" if cfg.cutmix else "")
-                                  + (f", weight average (ema) {cfg.ema:g}" if cfg.ema else ""))
+                                  + (f", weight average (ema) {cfg.ema:g}" if cfg.ema else "")
+                                  + (f", backbone pulled to its start (l2sp {cfg.l2sp:g})" if cfg.l2sp else ""))
     out.print(table)
 
 

@@ -258,3 +258,70 @@ def test_ema_warms_up_so_a_short_run_moves_off_its_start(split_folder, tmp_path)
 def test_ema_values_that_cannot_work_are_refused(split_folder, tmp_path, settings, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         tiny_config(split_folder, tmp_path, **settings)
+
+
+# --- l2sp: the backbone pulled toward its pretrained start -------------------------------
+
+
+def _start_file(split_folder, tmp_path) -> str:
+    """A tiny model's weights as a state-dict file: the 'pretrained' start of the l2sp runs."""
+    torch.manual_seed(7)
+    path = tmp_path / "start.pth"
+    torch.save(create(tiny_config(split_folder, tmp_path), 3).state_dict(), path)
+    return str(path)
+
+
+def _conv_distance(run_dir, start: dict[str, torch.Tensor]) -> dict[str, float]:
+    from ftkit.runs import load_train_state
+
+    trained = load_train_state(run_dir / "checkpoints" / "last.state.pt")["model"]
+    return {k: (trained[k] - start[k]).abs().max().item() for k in start if start[k].ndim == 4}
+
+
+def test_l2sp_pulls_the_backbone_to_its_start_and_leaves_the_head_free(split_folder, tmp_path):
+    start_file = _start_file(split_folder, tmp_path)
+    start = torch.load(start_file)
+    settings = dict(weights=start_file, epochs=2, freeze_epochs=0, scheduler="none", lr=3e-3, backbone_lr_mult=1.0,
+                    augment="none")
+    free = finetune(tiny_config(split_folder, tmp_path, name="free", **settings))
+    # lr x l2sp = 1: every step ends with the backbone's weights back at their start
+    held = finetune(tiny_config(split_folder, tmp_path, name="held", l2sp=1 / 3e-3, **settings))
+    some = finetune(tiny_config(split_folder, tmp_path, name="some", l2sp=30.0, **settings))
+    moved, back, pulled = (_conv_distance(r.run_dir, start) for r in (free, held, some))
+    assert max(moved.values()) > 1e-3
+    assert max(back.values()) < 1e-6
+    assert sum(pulled.values()) < 0.8 * sum(moved.values())
+    # the classifier (3 rows, as in the start file, so loaded from it) is not pulled: it trains
+    from ftkit.runs import load_train_state
+
+    model = load_train_state(held.run_dir / "checkpoints" / "last.state.pt")["model"]
+    assert (model["classifier.weight"] - start["classifier.weight"]).abs().max() > 1e-3
+    assert "l2sp" in (held.run_dir / "args.yaml").read_text()
+    assert (held.run_dir / "checkpoints" / "start.safetensors").is_file()
+    assert not (free.run_dir / "checkpoints" / "start.safetensors").exists()
+
+
+def test_l2sp_resumes_toward_the_same_start(split_folder, tmp_path, monkeypatch):
+    start_file = _start_file(split_folder, tmp_path)
+    settings = dict(weights=start_file, epochs=3, freeze_epochs=1, l2sp=20.0)
+    full = finetune(tiny_config(split_folder, tmp_path, name="full", **settings))
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        interrupt_at_epoch(patch, 3)
+        finetune(tiny_config(split_folder, tmp_path, name="cut", **settings))
+    cut = tmp_path / "runs" / "cut"
+    resume(cut)
+    assert _metrics(cut) == _metrics(full.run_dir)
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        interrupt_at_epoch(patch, 2)
+        finetune(tiny_config(split_folder, tmp_path, name="lost", **settings))
+    (tmp_path / "runs" / "lost" / "checkpoints" / "start.safetensors").unlink()
+    with pytest.raises(train_mod.RunError, match="start.safetensors is missing"):
+        resume(tmp_path / "runs" / "lost")
+
+
+def test_l2sp_without_a_start_or_below_zero_is_refused(split_folder, tmp_path):
+    with pytest.raises(ConfigError, match="l2sp pulls the backbone toward its pretrained start"):
+        tiny_config(split_folder, tmp_path, l2sp=1.0)  # tiny_config trains from random weights
+    with pytest.raises(ConfigError, match="l2sp must be a finite number 0 or more"):
+        tiny_config(split_folder, tmp_path, l2sp=-1.0, pretrained=True)
