@@ -798,7 +798,7 @@ def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out,
     record = update_record(
         run, status="finished", best_epoch=best_epoch, epochs_run=len(history), eval_split=split,
         eval_note=None if split == "test" else "no test split: reported on val, which also chose the best epoch",
-        train_seconds=round(train_seconds, 1), train_images_per_s=round(images_per_s, 1),
+        train_seconds=round(train_seconds, 3), train_images_per_s=round(images_per_s, 1),
     )
     report = write_report(run)
     print_report(report, out, title=f"{run} ({split} split, best epoch {best_epoch})")
