@@ -143,10 +143,9 @@ def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     for name, params, lr in (("backbone", backbone, cfg.lr * cfg.backbone_lr_mult), ("head", head, cfg.lr)):
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
-        if name == "backbone" and cfg.l2sp:  # pulled toward the start (see pull_to_start), not toward 0
-            groups.append({"params": decay, "lr": lr, "weight_decay": 0.0, "l2sp": cfg.l2sp, "name": name})
-            continue
-        groups.append({"params": decay, "lr": lr, "name": name})
+        # with l2sp the backbone's weights are pulled toward their start (see pull_to_start), not toward 0
+        to_start = {"weight_decay": 0.0, "l2sp": cfg.l2sp} if name == "backbone" and cfg.l2sp else {}
+        groups.append({"params": decay, "lr": lr, "name": name, **to_start})
         groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}-no-decay"})
     return OPTIMIZERS[cfg.optimizer]([g for g in groups if g["params"]], cfg)
 
@@ -169,7 +168,7 @@ def pull_to_start(optimizer: torch.optim.Optimizer, anchors: dict[int, torch.Ten
         if rate:
             for p in group["params"]:
                 if p.grad is not None:
-                    p.sub_(p - anchors[id(p)], alpha=rate)
+                    p.lerp_(anchors[id(p)], rate)  # p - rate x (p - start), without a temporary
 
 
 def build_scheduler(optimizer, cfg: Config, steps_per_epoch: int):

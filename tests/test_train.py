@@ -301,6 +301,18 @@ def test_l2sp_pulls_the_backbone_to_its_start_and_leaves_the_head_free(split_fol
     assert not (free.run_dir / "checkpoints" / "start.safetensors").exists()
 
 
+def test_l2sp_keeps_every_parameter_training(split_folder, tmp_path):
+    """Only the backbone's weights change their decay; its biases and norms still train."""
+    cfg = tiny_config(split_folder, tmp_path, weights=_start_file(split_folder, tmp_path), l2sp=10.0)
+    model = create(cfg, 3)
+    optimizer = build_optimizer(model, cfg)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in model.parameters()}
+    pulled = [g for g in optimizer.param_groups if g.get("l2sp")]
+    assert [g["name"] for g in pulled] == ["backbone"] and pulled[0]["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in pulled[0]["params"])
+
+
 def test_l2sp_resumes_toward_the_same_start(split_folder, tmp_path, monkeypatch):
     start_file = _start_file(split_folder, tmp_path)
     settings = dict(weights=start_file, epochs=3, freeze_epochs=1, l2sp=20.0)
