@@ -19,7 +19,7 @@ import click
 from rich.table import Table
 
 from . import __version__
-from .config import CHOICES, MIN_FACE_MARGIN, Config
+from .config import CHOICES, DATA_OVERRIDES, MIN_FACE_MARGIN, Config
 from .errors import FtkitError
 from .progress import console, progress_bar
 
@@ -57,11 +57,12 @@ _FLAG_NAMES = {"drop_classes": "--drop-class", "merge_classes": "--merge-class"}
 _HIDDEN = {"augment_pipeline"}  # only a recipe can give a full pipeline
 
 
-def config_options(fn=None, *, only: tuple[str, ...] | None = None):
+def config_options(fn=None, *, only: tuple[str, ...] | None = None, default: str | None = None):
     """Add one option per Config field (default None: only flags given override); with
-    ``only``, just those fields' options (``@config_options(only=(...))``)."""
+    ``only``, just those fields' options (``@config_options(only=(...))``). ``default`` says in
+    the help what an option not given means, when that is not the Config default."""
     if fn is None:
-        return functools.partial(config_options, only=only)
+        return functools.partial(config_options, only=only, default=default)
     hints = typing.get_type_hints(Config)
     for f in reversed(dataclasses.fields(Config)):
         if f.name in _HIDDEN or (only is not None and f.name not in only):
@@ -71,8 +72,8 @@ def config_options(fn=None, *, only: tuple[str, ...] | None = None):
         base = typing.get_origin(hint) or hint
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         inner = typing.get_origin(args[0]) or args[0] if args else base
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = f"{f.metadata['help']} [default: {default}]"
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        text = f"{f.metadata['help']} [default: {default or value}]"
         if hint is bool:
             fn = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=text)(fn)
         elif base is dict:
@@ -227,20 +228,25 @@ def report(runs, html_out):
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), help="Test-time augmentation [default: the run's].")
 @click.option("--name", help="Subfolder name under RUN/eval/.")
 @device_option
+@config_options(only=DATA_OVERRIDES, default="the run's")
 @_friendly
-def evaluate(run, data, split, tta, name, device):
+def evaluate(run, data, split, tta, name, device, **kwargs):
     """Score a trained run, or a named model, on another folder or split; writes RUN/eval/<name>/
     (runs/<model name>/eval/<name>/ for a named model).
+
+    Faces are cropped and classes selected as the run was trained unless the options below say
+    otherwise; class folders named by a usual alias of the model's classes (anger, happiness,
+    Sad...) are scored as those classes.
 
     \b
     Examples:
       ftkit evaluate runs/faces-mobilenetv2 --data other_faces/ --split test --tta flip
-      ftkit evaluate fer2013-fast --data my_faces/
+      ftkit evaluate fer2013-fast --data my_photos/ --faces crop --drop-class contempt
     """
     from .predict import evaluate_run
     from .report import print_report
 
-    folder, rep = evaluate_run(run, data, split, tta, name, device, console=console)
+    folder, rep = evaluate_run(run, data, split, tta, name, device, console=console, overrides=_overrides(kwargs))
     print_report(rep, console, title=f"{folder} ({rep.get('split')})")
     click.echo(str(folder))
 

@@ -181,6 +181,10 @@ def _check_items(key: str, values: list, item: Any) -> list:
     return [str(v) for v in values] if item is str else values
 
 
+# The data settings of a trained run that scoring it on other images may replace (ftkit evaluate).
+DATA_OVERRIDES = ("faces", "face_margin", "face_align", "classes", "drop_classes", "merge_classes", "strict")
+
+
 def validate(cfg: Config) -> Config:
     """Check choice fields and ranges; raise ConfigError naming the field."""
     for key, options in CHOICES.items():

@@ -271,6 +271,25 @@ def check_listing_files(items: dict[str, list[tuple[str, str]]], root: Path, lis
 # --- class selection ---------------------------------------------------------------------
 
 
+# Class names that mean the same expression in the data sets of this field (lower case).
+CLASS_ALIASES: dict[str, str] = {
+    "anger": "angry", "angry": "angry", "mad": "angry",
+    "contempt": "contempt", "contemptuous": "contempt",
+    "disgust": "disgust", "disgusted": "disgust",
+    "fear": "fear", "fearful": "fear", "afraid": "fear", "scared": "fear",
+    "happy": "happy", "happiness": "happy", "joy": "happy", "joyful": "happy",
+    "neutral": "neutral", "neutrality": "neutral",
+    "sad": "sad", "sadness": "sad",
+    "surprise": "surprise", "surprised": "surprise",
+}
+
+
+def canonical_class(name: str) -> str:
+    """Lower-case class name with the field's usual aliases folded (anger -> angry)."""
+    key = name.strip().lower()
+    return CLASS_ALIASES.get(key, key)
+
+
 def select_classes(cfg: Config, names: list[str], scoring: bool = False) -> dict[str, str | None]:
     """Map each original class name to the class it becomes (None: dropped).
 
@@ -297,6 +316,14 @@ def select_classes(cfg: Config, names: list[str], scoring: bool = False) -> dict
         raise DataError(f"fewer than {1 if scoring else 2} classes left after --classes/--drop-class/--merge-class "
                         f"(kept: {', '.join(kept) or 'none'}; the data has {', '.join(names)}): keep at least two")
     return mapping
+
+
+def fold_to_model(mapping: dict[str, str | None], model_classes: list[str]) -> dict[str, str | None]:
+    """Scoring a model: a class it knows under another usual name (anger for angry, Happy for
+    happy) is scored as the model's class."""
+    known = {canonical_class(c): c for c in model_classes}
+    return {src: target if target is None or target in model_classes else known.get(canonical_class(target), target)
+            for src, target in mapping.items()}
 
 
 def _apply_class_map(items: dict[str, list[tuple[str, str]]], mapping: dict[str, str | None]):
@@ -392,12 +419,16 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
         items, source = _folder_items(root, cfg, skipped)
     names = sorted({c for rows in items.values() for _, c in rows})
     mapping = select_classes(cfg, names, scoring=classes is not None)
+    if classes is not None:
+        mapping = fold_to_model(mapping, classes)
     items = _apply_class_map(items, mapping)
     kept = sorted({c for c in mapping.values() if c})
     if classes is not None:
         unknown = [c for c in kept if c not in classes]
         if unknown:
-            raise DataError(f"class(es) {', '.join(unknown)} in {root} are unknown to the model (it knows {', '.join(classes)})")
+            raise DataError(f"class(es) {', '.join(unknown)} in {root} are unknown to the model (it knows "
+                            f"{', '.join(classes)}): leave them out with --drop-class {unknown[0]}, or score them as one "
+                            f"of its classes with --merge-class {unknown[0]}=CLASS")
     classes = classes or kept
     splits = _assign_splits(items, classes, cfg) if carve else {n: _split_from_listing(r, classes) for n, r in items.items()}
     data = DataSplits(classes, splits, source, skipped, {k: v for k, v in mapping.items() if v != k})

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import shards
-from .config import Config
+from .config import DATA_OVERRIDES, Config, ConfigError, validate
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import read_onnx_metadata
@@ -27,21 +27,24 @@ from .zoo import LoadedRun, load_run
 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", tta: str | None = None,
-                 name: str | None = None, device: str = "auto", console=None) -> tuple[Path, dict[str, Any]]:
+                 name: str | None = None, device: str = "auto", console=None,
+                 overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Score a trained run on another folder / CSV (or a split of its own data).
 
-    Writes predictions.csv and the report files into ``RUN/eval/<name>/`` (never over an
-    earlier evaluation) and returns (that folder, the report).
+    ``overrides`` replaces the run's own data settings for the scored images (DATA_OVERRIDES:
+    face cropping, class selection), e.g. ``{"faces": "crop"}`` for photos scored by a model
+    trained on ready-cropped faces. Writes predictions.csv and the report files into
+    ``RUN/eval/<name>/`` (never over an earlier evaluation) and returns (that folder, the report).
     """
     loaded = load_run(run, device)
-    scored = score_run(loaded, data, split, tta, console)
+    scored = score_run(loaded, data, split, tta, console, overrides=overrides)
     # a named model has no run directory: its evaluations go under runs/<name>/eval/
     home = loaded.run if loaded.run is not None else Path("runs") / loaded.name
     folder = _new_eval_dir(home, name or f"{Path(scored.data).stem}-{scored.split}")
     write_predictions(folder / "predictions.csv", scored.keys, scored.labels, scored.probs, loaded.classes)
-    update_record(folder, **{**run_record(loaded), "eval_split": scored.split,
-                             "eval_data": scored.data, "eval_tta": scored.tta, "eval_note": None})
-    write_args(folder, {**loaded.config.to_dict(), "data": scored.data})
+    update_record(folder, **{**run_record(loaded), "eval_split": scored.split, "eval_data": scored.data,
+                             "eval_tta": scored.tta, "eval_note": None, "eval_settings": scored.settings})
+    write_args(folder, {**scored.config.to_dict(), "data": scored.data})
     return folder, write_report(folder)
 
 
@@ -64,19 +67,34 @@ class Scored:
     split: str
     data: str
     tta: str
+    config: Config | None = None  # the run's config with the data settings the images were scored with
+    settings: dict[str, Any] | None = None  # what was overridden, classes renamed, face-cropping counts
 
 
 def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", tta: str | None = None,
-              console=None, progress=None, datasets: dict | None = None) -> Scored:
+              console=None, progress=None, datasets: dict | None = None,
+              overrides: dict[str, Any] | None = None) -> Scored:
     """Class probabilities of a loaded run on ``split`` of ``data`` (default: its own data and split).
 
     ``progress(total=None, advance=None)`` is told the split's size once, then each batch's.
     ``datasets``, a dict the caller keeps, lets runs whose data settings and split file say the
-    same thing share one decoded copy of the data (an ensemble decodes a 290 MB CSV once)."""
+    same thing share one decoded copy of the data (an ensemble decodes a 290 MB CSV once).
+    ``overrides`` replaces data settings of the run (only DATA_OVERRIDES)."""
     if loaded.run is None and not data:
         raise DataError(f"{loaded.name} is a named model with no data of its own: give the images to score with --data")
-    cfg = replace(loaded.config, data=data or loaded.config.data, splits=None if data else str(loaded.run / "split.csv"))
+    overrides = dict(overrides or {})
+    other = sorted(set(overrides) - set(DATA_OVERRIDES))
+    if other:
+        raise ConfigError(f"scoring can replace only the data settings {', '.join(DATA_OVERRIDES)}; not {', '.join(other)}")
+    cfg = validate(replace(loaded.config, data=data or loaded.config.data,
+                           splits=None if data else str(loaded.run / "split.csv"), **overrides))
+    if overrides.get("face_align") and cfg.faces == "none":
+        raise ConfigError("face_align levels the eyes of detected faces: give faces crop or require with it")
     if shards.shard_root(cfg.data):
+        fixed = sorted(set(overrides) & set(_SHARD_FIXED))
+        if fixed:
+            raise ConfigError(f"{cfg.data} holds shards, whose {', '.join(fixed)} were fixed when they were written: "
+                              "score the source folder instead, or write the shards with these settings")
         return _score_shards(loaded, cfg, split, tta, progress)
     if datasets is None:
         dataset = load_data(cfg, console=console, classes=loaded.classes, carve=False)
@@ -93,7 +111,9 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
         progress(total=len(dataset.splits[chosen].keys))
     probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, tta or loaded.config.tta,
                                      progress=progress and (lambda n: progress(advance=n)))
-    return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta)
+    settings = {"overridden": overrides, "class_map": dataset.class_map, "faces": dataset.faces,
+                "skipped": len(dataset.skipped)}
+    return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta, cfg, settings)
 
 
 def _score_shards(loaded: LoadedRun, cfg: Config, split: str, tta: str | None, progress) -> Scored:
@@ -111,7 +131,8 @@ def _score_shards(loaded: LoadedRun, cfg: Config, split: str, tta: str | None, p
     probs, labels, _ = predict_split(loaded.model, loader, loaded.device, tta or loaded.config.tta,
                                      progress=progress and (lambda n: progress(advance=n)))
     to_model = np.array([loaded.classes.index(c) for c in dataset.classes])
-    return Scored(chosen.keys, to_model[labels], probs, split, cfg.data, tta or loaded.config.tta)
+    return Scored(chosen.keys, to_model[labels], probs, split, cfg.data, tta or loaded.config.tta, cfg,
+                  {"overridden": {}, "class_map": {}, "faces": None, "skipped": 0})
 
 
 # Fixed when shards are written: a model's own settings for them do not apply to shards.

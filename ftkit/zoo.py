@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .config import Config, config_from_dict, load_recipe, resolve, suggest
+from .data import canonical_class
 from .device import resolve_device
 from .io import read_json, write_json
 from .models import DataConfig, create
@@ -33,18 +34,6 @@ from .weights import WeightsError, sha256sum, store_dir
 SAVED = "models.json"  # in the user's weight store (git-ignored)
 SHIPPED = "shipped.json"  # in the checkout's weights/ (tracked, with the files it lists)
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-# Class names that mean the same expression in the data sets of this field (lower case).
-CLASS_ALIASES: dict[str, str] = {
-    "anger": "angry", "angry": "angry", "mad": "angry",
-    "contempt": "contempt", "contemptuous": "contempt",
-    "disgust": "disgust", "disgusted": "disgust",
-    "fear": "fear", "fearful": "fear", "afraid": "fear", "scared": "fear",
-    "happy": "happy", "happiness": "happy", "joy": "happy", "joyful": "happy",
-    "neutral": "neutral", "neutrality": "neutral",
-    "sad": "sad", "sadness": "sad",
-    "surprise": "surprise", "surprised": "surprise",
-}
 
 
 class ModelNotFound(RunError):
@@ -273,12 +262,6 @@ def _check_name(name: str) -> None:
 
 
 # --- starting a run from a model -----------------------------------------------------------
-
-
-def canonical_class(name: str) -> str:
-    """Lower-case class name with the field's usual aliases folded (anger -> angry)."""
-    key = name.strip().lower()
-    return CLASS_ALIASES.get(key, key)
 
 
 def match_classes(source: list[str], target: list[str]) -> dict[int, int]:

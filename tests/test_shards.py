@@ -147,6 +147,8 @@ def test_a_run_on_shards_trains_evaluates_and_resumes_like_a_folder(flat, tmp_pa
     assert r.exit_code == 0, r.output
     again = json.loads((result.run_dir / "eval" / "again" / "report.json").read_text())
     assert again["accuracy"] == pytest.approx(result.report["accuracy"])
+    r = CliRunner().invoke(main, ["evaluate", str(result.run_dir), "--faces", "crop", "--device", "cpu"])
+    assert r.exit_code == 1 and "faces were fixed when they were written" in r.output
 
 
 def test_shards_refuse_what_they_cannot_do(flat, tmp_path):

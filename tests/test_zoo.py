@@ -92,6 +92,34 @@ def test_named_model_evaluates_and_exports(shipped, source_run, tmp_path):
     assert sidecar["classes"] == ["angry", "happy", "sad"] and sidecar["run"] == "tiny-fer"
 
 
+def test_evaluate_scores_aliased_class_folders_and_takes_data_settings(shipped, source_run, tmp_path):
+    """Folders named by the field's aliases (Anger, HAPPINESS) are scored as the model's classes;
+    a class it does not know is refused with the options that fix it; --faces and --drop-class
+    replace the model's own data settings, and the evaluation records what it changed."""
+    import shutil
+
+    test = source_run.parent.parent / "data" / "test"
+    renamed = tmp_path / "renamed"
+    for old, new in (("angry", "Anger"), ("happy", "HAPPINESS"), ("sad", "sad"), ("sad", "contempt")):
+        shutil.copytree(test / old, renamed / new)
+    r = invoke("evaluate", "tiny-fer", "--data", renamed)
+    assert r.exit_code == 1 and "contempt" in r.output and "--drop-class contempt" in r.output
+
+    r = invoke("evaluate", "tiny-fer", "--data", renamed, "--drop-class", "contempt", "--faces", "crop", "--name", "renamed")
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "runs" / "tiny-fer" / "eval" / "renamed"
+    settings = json.loads((folder / "run.json").read_text())["eval_settings"]
+    assert settings["class_map"] == {"Anger": "angry", "HAPPINESS": "happy", "contempt": None}
+    assert settings["overridden"] == {"drop_classes": ["contempt"], "faces": "crop"}
+    assert settings["faces"]["fallback"] == 9  # synthetic images hold no face: all centre-cropped
+    assert "faces: crop" in (folder / "args.yaml").read_text()
+    rows = (folder / "predictions.csv").read_text().splitlines()[1:]
+    assert len(rows) == 9 and {row.split(",")[1] for row in rows} == {"angry", "happy", "sad"}
+
+    r = invoke("evaluate", "tiny-fer", "--data", renamed, "--drop-class", "contempt", "--face-align")
+    assert r.exit_code == 1 and "faces crop or require" in r.output
+
+
 def test_named_model_needs_data_and_unknown_names_are_listed(shipped):
     r = invoke("evaluate", "tiny-fer")
     assert r.exit_code == 1 and "--data" in r.output
