@@ -313,6 +313,9 @@ def select_classes(cfg: Config, names: list[str], scoring: bool = False) -> dict
         mapping[name] = target
     if len({t for t in mapping.values() if t}) < (1 if scoring else 2):
         kept = sorted({t for t in mapping.values() if t})
+        if not asked:
+            raise DataError(f"the data has {len(names)} class ({', '.join(names) or 'none'}): a classifier needs at least "
+                            "two, one folder of images per class")
         raise DataError(f"fewer than {1 if scoring else 2} classes left after --classes/--drop-class/--merge-class "
                         f"(kept: {', '.join(kept) or 'none'}; the data has {', '.join(names)}): keep at least two")
     return mapping

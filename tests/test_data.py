@@ -115,7 +115,7 @@ def test_empty_class_folder_fails(split_folder, tmp_path):
 
 def test_single_class_fails(tmp_path):
     write_images(tmp_path / "one" / "only", 0, 5, np.random.default_rng(0))
-    with pytest.raises(DataError, match="fewer than 2 classes"):
+    with pytest.raises(DataError, match=r"the data has 1 class \(only\): a classifier needs at least two"):
         load_data(tiny_config(tmp_path / "one", tmp_path))
 
 
