@@ -271,16 +271,17 @@ def check_listing_files(items: dict[str, list[tuple[str, str]]], root: Path, lis
 # --- class selection ---------------------------------------------------------------------
 
 
-# Class names that mean the same expression in the data sets of this field (lower case).
+# Class names that mean the same expression in the data sets of this field (lower case),
+# with the two-letter codes that JAFFE and KDEF name their expressions by (AN, HA, AF/FE...).
 CLASS_ALIASES: dict[str, str] = {
-    "anger": "angry", "angry": "angry", "mad": "angry",
+    "anger": "angry", "angry": "angry", "mad": "angry", "an": "angry",
     "contempt": "contempt", "contemptuous": "contempt",
-    "disgust": "disgust", "disgusted": "disgust",
-    "fear": "fear", "fearful": "fear", "afraid": "fear", "scared": "fear",
-    "happy": "happy", "happiness": "happy", "joy": "happy", "joyful": "happy",
-    "neutral": "neutral", "neutrality": "neutral",
-    "sad": "sad", "sadness": "sad",
-    "surprise": "surprise", "surprised": "surprise",
+    "disgust": "disgust", "disgusted": "disgust", "di": "disgust",
+    "fear": "fear", "fearful": "fear", "afraid": "fear", "scared": "fear", "fe": "fear", "af": "fear",
+    "happy": "happy", "happiness": "happy", "joy": "happy", "joyful": "happy", "ha": "happy",
+    "neutral": "neutral", "neutrality": "neutral", "ne": "neutral",
+    "sad": "sad", "sadness": "sad", "sa": "sad",
+    "surprise": "surprise", "surprised": "surprise", "su": "surprise",
 }
 
 

@@ -154,6 +154,8 @@ def test_class_matching_folds_aliases_and_case():
     source = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
     target = ["Anger", "contempt", "HAPPINESS", "sadness", "Surprised", "calm"]
     assert zoo.match_classes(source, target) == {0: 0, 2: 3, 3: 5, 4: 6}
+    jaffe_kdef = ["AN", "DI", "AF", "HA", "NE", "SA", "SU", "FE"]
+    assert zoo.match_classes(source, jaffe_kdef) == {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 2}
 
 
 def test_init_carries_matched_rows_bit_identical_and_initialises_the_others(source_run, tmp_path):
