@@ -258,8 +258,9 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
 @click.option("--split", default="test", show_default=True, help="Split to score (a flat folder is scored whole).")
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), help="Test-time augmentation for every run [default: each run's].")
 @device_option
+@config_options(only=DATA_OVERRIDES, default="each run's")
 @_friendly
-def ensemble(runs, out, data, split, tta, device):
+def ensemble(runs, out, data, split, tta, device, **kwargs):
     """Average the class probabilities of several runs on the same images and report on them.
 
     Each run keeps its own input size, preprocessing and TTA; the runs must share class names.
@@ -281,7 +282,8 @@ def ensemble(runs, out, data, split, tta, device):
             if advance:
                 bar.advance(tasks[i], advance)
 
-        folder, rep = ensemble_runs(list(runs), out, data, split, tta, device, console=console, progress=follow)
+        folder, rep = ensemble_runs(list(runs), out, data, split, tta, device, console=console, progress=follow,
+                                    overrides=_overrides(kwargs))
     from .io import read_json
 
     members = read_json(folder / "run.json")["ensemble"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,11 @@ from .runs import RunError, update_record, write_classes
 
 
 def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = None, split: str = "test",
-                  tta: str | None = None, device: str = "auto", console=None, progress=None) -> tuple[Path, dict[str, Any]]:
+                  tta: str | None = None, device: str = "auto", console=None, progress=None,
+                  overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Score every run on ``split`` of ``data`` (default: each run's own data and split file),
     average their probabilities, and write the ensemble's report into a new folder ``out``.
+    ``overrides`` replaces every member's data settings, as in ftkit.predict.score_run.
 
     ``progress(run_index, total=None, advance=None)`` follows the scoring. Returns (out, report).
     The folder appears only when complete; an existing, non-empty ``out`` is never touched.
@@ -36,7 +39,7 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"{out} already exists and is not empty; choose another --out (nothing was changed)")
-    loaded, scores = score_members(runs, data, split, tta, device, console, progress)
+    loaded, scores = score_members(runs, data, split, tta, device, console, progress, overrides=overrides)
     classes = loaded[0].classes
     members = []
     for run, scored in zip(loaded, scores):
@@ -49,7 +52,7 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
     probs = mean_probs(scores)
     first = scores[0]
     record = {"ensemble": members, "eval_split": first.split, "eval_data": first.data, "eval_tta": "per member",
-              "eval_note": f"mean of the class probabilities of {len(runs)} runs",
+              "eval_note": f"mean of the class probabilities of {len(runs)} runs", "eval_settings": first.settings,
               "train_seconds": _sum_or_none(m["train_seconds"] for m in members),
               "device": str(loaded[0].device), "data": {"path": first.data}}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +76,8 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
 
 
 def score_members(runs: list[str | Path], data: str | None = None, split: str = "test", tta: str | None = None,
-                  device: str = "auto", console=None, progress=None,
-                  datasets: dict | None = None) -> tuple[list[LoadedRun], list[Scored]]:
+                  device: str = "auto", console=None, progress=None, datasets: dict | None = None,
+                  overrides: dict[str, Any] | None = None) -> tuple[list[LoadedRun], list[Scored]]:
     """Load and score each run on the same images, every member's columns in the first run's
     class order. Refuses runs with other class names or that scored other images.
 
@@ -88,7 +91,7 @@ def score_members(runs: list[str | Path], data: str | None = None, split: str = 
         if loaded and sorted(member.classes) != sorted(loaded[0].classes):
             raise RunError(f"{run} predicts classes {member.classes}, but {runs[0]} predicts {loaded[0].classes}; "
                            "an ensemble's runs must share their class names")
-        scored = score_run(member, data, split, tta, console, datasets=datasets,
+        scored = score_run(member, data, split, tta, console, datasets=datasets, overrides=overrides,
                            progress=progress and (lambda total=None, advance=None, i=i: progress(i, total=total, advance=advance)))
         if loaded:
             scored = in_class_order(scored, member.classes, loaded[0].classes)
@@ -109,7 +112,7 @@ def in_class_order(scored: Scored, have: list[str], want: list[str]) -> Scored:
         return scored
     columns = [have.index(c) for c in want]
     relabel = np.array([want.index(c) for c in have])
-    return Scored(scored.keys, relabel[scored.labels], scored.probs[:, columns], scored.split, scored.data, scored.tta)
+    return replace(scored, labels=relabel[scored.labels], probs=scored.probs[:, columns])
 
 
 def _check_same_images(scored: Scored, first: Scored, run, first_run) -> None:

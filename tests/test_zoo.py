@@ -119,6 +119,12 @@ def test_evaluate_scores_aliased_class_folders_and_takes_data_settings(shipped, 
     r = invoke("evaluate", "tiny-fer", "--data", renamed, "--drop-class", "contempt", "--face-align")
     assert r.exit_code == 1 and "faces crop or require" in r.output
 
+    r = invoke("ensemble", "tiny-fer", source_run, "--data", renamed, "--drop-class", "contempt", "--out", tmp_path / "ens")
+    assert r.exit_code == 0, r.output
+    record = json.loads((tmp_path / "ens" / "run.json").read_text())
+    assert record["eval_settings"]["overridden"] == {"drop_classes": ["contempt"]}
+    assert json.loads((tmp_path / "ens" / "report.json").read_text())["n"] == 9
+
 
 def test_named_model_needs_data_and_unknown_names_are_listed(shipped):
     r = invoke("evaluate", "tiny-fer")
