@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .config import Config
-from .data import DataError, DataSplits, Split, group_keys, grouped_split, load_data, stratified_split
+from .data import DataError, DataSplits, Split, apply_shots, group_keys, grouped_split, load_data, stratified_split
 from .io import write_json, write_text
 from .report import cv_markdown, write_report
 from .runs import RunResult, new_run_dir, read_record, update_record, write_args
@@ -41,7 +41,9 @@ def concat(splits: list[Split]) -> Split:
 
 
 def fold_data(data: DataSplits, pool: Split, test: np.ndarray, cfg: Config, groups: np.ndarray | None) -> DataSplits:
-    """train / val / test of one fold: test = the fold; val carved from the rest."""
+    """train / val / test of one fold: test = the fold; val carved from the rest; with
+    ``cfg.shots``, that many training images per class drawn from what remains (the few-shot
+    protocol: every image is still tested once, by the fold that holds it)."""
     rest = np.setdiff1d(np.arange(len(pool)), test)
     fractions = {"val": cfg.val_split}
     if groups is not None:
@@ -50,7 +52,10 @@ def fold_data(data: DataSplits, pool: Split, test: np.ndarray, cfg: Config, grou
         where = stratified_split(pool.labels[rest], fractions, cfg.seed)
     splits = {"train": pool.subset(rest[where == "train"]), "val": pool.subset(rest[where == "val"]),
               "test": pool.subset(test)}
-    return DataSplits(data.classes, splits, data.source, data.skipped, data.class_map, data.faces, list(data.notes))
+    fold = DataSplits(data.classes, splits, data.source, data.skipped, data.class_map, data.faces, list(data.notes))
+    if cfg.shots:
+        apply_shots(fold, cfg.shots, cfg.seed)
+    return fold
 
 
 def aggregate_folds(reports: list[dict[str, Any]]) -> dict[str, Any]:

@@ -119,6 +119,26 @@ def test_cross_validation_report_aggregates_the_fold_predictions(flat_folder, tm
     assert r.exit_code == 0 and "3-fold cross-validation" in r.output
 
 
+def test_shots_with_folds_draws_each_folds_training_images(flat_folder, tmp_path):
+    """--shots N --folds K: each fold trains on N images per class drawn from its own training
+    part, and every image is still tested once (the few-shot cross-validation protocol)."""
+    r = CliRunner().invoke(main, ["finetune", "--data", str(flat_folder), "--backbone", TINY, "--no-pretrained",
+                                  "--img-size", "32", "--epochs", "1", "--freeze-epochs", "0", "--batch-size", "8",
+                                  "--folds", "3", "--shots", "4", "--workers", "0", "--project", str(tmp_path / "runs"),
+                                  "--name", "cv"])
+    assert r.exit_code == 0, r.output
+    root, tested = tmp_path / "runs" / "cv", []
+    for k in (1, 2, 3):
+        data = json.loads((root / f"fold-{k}" / "run.json").read_text())["data"]
+        assert data["counts"]["train"] == {"alpha": 4, "beta": 4, "gamma": 4}
+        assert any("--shots 4" in note for note in data["notes"])
+        with open(root / f"fold-{k}" / "split.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert sum(row["split"] == "train" for row in rows) == 12
+        tested += [row["path"] for row in rows if row["split"] == "test"]
+    assert len(tested) == len(set(tested)) == 60
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head", ["linear", "logreg"])
 def test_heads_train_and_predict_through_the_cli(head, split_folder, tmp_path):
