@@ -9,6 +9,7 @@ with mean and standard deviation over folds and a confusion matrix pooled over f
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -17,8 +18,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .config import Config
-from .data import DataError, DataSplits, Split, apply_shots, group_keys, grouped_split, load_data, stratified_split
-from .io import write_json, write_text
+from .data import (DataError, DataSplits, Split, apply_shots, group_keys, grouped_split, load_data, read_split_listing,
+                   resolve_listing, stratified_split)
+from .io import read_json, write_json, write_text
 from .report import cv_markdown, write_report
 from .runs import RunResult, new_run_dir, read_record, update_record, write_args
 
@@ -87,21 +89,57 @@ def _pool_predictions(root: Path, folds: int) -> None:
     write_text(root / "predictions.csv", "".join(lines))
 
 
-def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None, allow_download: bool = True) -> RunResult:
+def _run_fold(folder: Path, fold: DataSplits, cfg: Config, train_on, resume_on, console, allow_download) -> RunResult:
+    """Train a fold, or, going on with a cross-validation, keep it when finished and resume it
+    when interrupted; a fold stopped before its first epoch ended has nothing to keep and starts again."""
+    if not folder.exists():
+        return train_on(fold, cfg, console, allow_download)
+    listed = resolve_listing(read_split_listing(folder / "split.csv"), Path(cfg.data)).get("test", [])
+    if [key for key, _ in listed] != fold.splits["test"].keys:
+        raise DataError(f"{folder} tested other images than this fold would now: {cfg.data} has changed since the "
+                        "cross-validation began; start a new one")
+    record = read_record(folder)
+    if record.get("status") == "finished":
+        if console:
+            console.print(f"{folder.name} finished earlier: kept")
+        return RunResult(folder, read_json(folder / "report.json"), [], record)
+    if (folder / "checkpoints" / "last.state.pt").is_file():
+        return resume_on(folder, console)
+    if console:
+        console.print(f"{folder.name} stopped before its first epoch ended: training it again")
+    shutil.rmtree(folder)
+    return train_on(fold, cfg, console, allow_download)
+
+
+def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None, allow_download: bool = True,
+                   root: Path | None = None, resume_on: Callable[..., RunResult] | None = None) -> RunResult:
     """Train one run per fold with ``train_on`` (ftkit.train.train_on: the training is handed in, so
-    that cross-validation sits beside training rather than on both sides of it) and pool them."""
+    that cross-validation sits beside training rather than on both sides of it) and pool them.
+
+    With ``root``, an interrupted cross-validation goes on (ftkit finetune --resume ROOT): its
+    finished folds are kept, an interrupted fold continues with ``resume_on`` (ftkit.train.resume)
+    from its last epoch, and the folds not yet begun are trained."""
     data = load_data(replace(cfg, shots=0), console=console, carve=False)
     pool = concat(list(data.splits.values()))
     groups = group_keys(pool.keys, cfg.group_by) if cfg.group_by else None
-    root = new_run_dir(cfg)
-    write_args(root, cfg.to_dict())
+    if root is None:
+        root = new_run_dir(cfg)
+        write_args(root, cfg.to_dict())
+    update_record(root, status="running", folds=cfg.folds)
     reports = []
-    for k, test in enumerate(fold_indices(pool.labels, cfg.folds, cfg.seed, groups), 1):
+    try:
+        for k, test in enumerate(fold_indices(pool.labels, cfg.folds, cfg.seed, groups), 1):
+            if console:
+                console.rule(f"fold {k}/{cfg.folds}")
+            fold_cfg = replace(cfg, folds=0, out=str(root / f"fold-{k}"))
+            fold = fold_data(data, pool, test, cfg, groups)
+            result = _run_fold(Path(fold_cfg.out), fold, fold_cfg, train_on, resume_on, console, allow_download)
+            reports.append(result.report)
+    except KeyboardInterrupt:
+        update_record(root, status="interrupted")
         if console:
-            console.rule(f"fold {k}/{cfg.folds}")
-        fold_cfg = replace(cfg, folds=0, out=str(root / f"fold-{k}"))
-        result = train_on(fold_data(data, pool, test, cfg, groups), fold_cfg, console, allow_download)
-        reports.append(result.report)
+            console.print(f"[yellow]cross-validation interrupted; continue it (every fold) with: ftkit finetune --resume {root}")
+        raise
     cv = aggregate_folds(reports)
     write_json(root / "cv_report.json", cv)
     write_text(root / "cv_report.md", cv_markdown(cv, root))

@@ -503,8 +503,14 @@ def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
         raise RunError(f"{run} is not an ftkit run directory (no args.yaml): give the folder an interrupted "
                        "`ftkit finetune` wrote")
     cfg = load_run_config(run)
-    cfg.splits = str(run / "split.csv")
     record = read_record(run)
+    if cfg.folds:
+        if record.get("status") == "finished":
+            raise RunError(f"{run} is a finished {cfg.folds}-fold cross-validation: there is nothing to resume")
+        check_distributed(cfg, distributed.from_env(), resolve_device(cfg.device))
+        with run_lock(run):
+            return cross_validate(cfg, train_on, console=out, root=run, resume_on=resume)
+    cfg.splits = str(run / "split.csv")
     if record.get("status") == "finished":
         stopped = "stopped early" if record.get("epochs_run", cfg.epochs) < cfg.epochs else "finished"
         raise RunError(f"{run} has {stopped} (epoch {record.get('epochs_run')} of {cfg.epochs}): there is nothing to "

@@ -140,6 +140,33 @@ def test_shots_with_folds_draws_each_folds_training_images(flat_folder, tmp_path
 
 
 @pytest.mark.slow
+def test_an_interrupted_cross_validation_resumes_every_fold(flat_folder, tmp_path, monkeypatch):
+    """Ctrl-C in fold 2 of 3, then `--resume ROOT`: fold 1 is kept as it is, fold 2 continues
+    from its last epoch, fold 3 is trained, and the pooled report equals an uninterrupted run's."""
+    from ftkit.train import finetune, resume
+    from conftest import interrupt_at_epoch
+
+    settings = dict(epochs=2, freeze_epochs=0, folds=3)
+    full = finetune(tiny_config(flat_folder, tmp_path, name="full", **settings))
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        interrupt_at_epoch(patch, 4)  # fold 1 takes epochs 1-2; fold 2's second epoch is stopped
+        finetune(tiny_config(flat_folder, tmp_path, name="cut", **settings))
+    cut = tmp_path / "runs" / "cut"
+    assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
+    assert json.loads((cut / "fold-2" / "run.json").read_text())["status"] == "interrupted"
+    assert not (cut / "fold-3").exists()
+    fold1 = (cut / "fold-1" / "predictions.csv").stat().st_mtime_ns
+
+    resumed = resume(cut)
+    assert resumed.run_dir == cut and json.loads((cut / "run.json").read_text())["status"] == "finished"
+    assert (cut / "fold-1" / "predictions.csv").stat().st_mtime_ns == fold1  # kept, not trained again
+    for name in ("cv_report.json", "predictions.csv"):
+        assert (cut / name).read_text().replace("cut", "full") == (full.run_dir / name).read_text(), name
+    with pytest.raises(Exception, match="finished 3-fold cross-validation: there is nothing to resume"):
+        resume(cut)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["linear", "logreg"])
 def test_heads_train_and_predict_through_the_cli(head, split_folder, tmp_path):
     r = CliRunner().invoke(main, ["finetune", "--data", str(split_folder), "--backbone", TINY, "--no-pretrained",
