@@ -98,6 +98,11 @@ def require_run(path: str | Path) -> Path:
     if not (path / "args.yaml").is_file():
         raise RunError(f"{path} is not an ftkit run directory (no args.yaml); give the folder that `ftkit finetune` wrote")
     if not (path / "checkpoints" / "best.json").is_file():
+        folds = sorted(p.name for p in path.glob("fold-*") if p.is_dir())
+        if folds:
+            raise RunError(f"{path} is a cross-validation: it holds one model per fold ({path / folds[0]} ... "
+                           f"{path / folds[-1]}); use one of them, average them with `ftkit ensemble {path}/fold-* "
+                           f"--data DIR --out DEST`, or train one model on all the data without --folds")
         raise RunError(f"{path} has no trained checkpoint yet (checkpoints/best.json); finish or resume the run first")
     return path
 

@@ -164,6 +164,8 @@ def test_an_interrupted_cross_validation_resumes_every_fold(flat_folder, tmp_pat
         assert (cut / name).read_text().replace("cut", "full") == (full.run_dir / name).read_text(), name
     with pytest.raises(Exception, match="finished 3-fold cross-validation: there is nothing to resume"):
         resume(cut)
+    r = CliRunner().invoke(main, ["predict", str(cut), str(next(flat_folder.rglob("*.png")))])
+    assert r.exit_code == 1 and "is a cross-validation: it holds one model per fold" in r.output
 
 
 @pytest.mark.slow
