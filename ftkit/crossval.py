@@ -125,7 +125,7 @@ def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None
     if root is None:
         root = new_run_dir(cfg)
         write_args(root, cfg.to_dict())
-    update_record(root, status="running", folds=cfg.folds)
+    update_record(root, status="running", error=None, folds=cfg.folds)  # a resumed root's earlier failure is over
     reports = []
     try:
         for k, test in enumerate(fold_indices(pool.labels, cfg.folds, cfg.seed, groups), 1):
@@ -139,6 +139,9 @@ def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None
         update_record(root, status="interrupted")
         if console:
             console.print(f"[yellow]cross-validation interrupted; continue it (every fold) with: ftkit finetune --resume {root}")
+        raise
+    except Exception as exc:
+        update_record(root, status="failed", error=f"fold {len(reports) + 1}: {type(exc).__name__}: {exc}")
         raise
     cv = aggregate_folds(reports)
     write_json(root / "cv_report.json", cv)

@@ -665,7 +665,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(), "backbone": resolve_name(cfg.backbone)}
     progress = TrainState.restore(state, parts, steps_per_epoch=len(loaders.train))
     if ctx.main:
-        update_record(run, status="running", device=str(parts.device), phases=describe_phases(phases, cfg),
+        update_record(run, status="running", error=None, device=str(parts.device), phases=describe_phases(phases, cfg),
                       data_config=dc.to_dict(), distributed=ctx.describe(distributed.backend(), cfg.batch_size) if ctx.active else None)
     _print_plan(out, run, cfg, data, phases, parts.device, dc, ctx)
 

@@ -169,6 +169,31 @@ def test_an_interrupted_cross_validation_resumes_every_fold(flat_folder, tmp_pat
 
 
 @pytest.mark.slow
+def test_a_cross_validation_whose_fold_failed_says_so_and_resumes(flat_folder, tmp_path, monkeypatch):
+    import ftkit.train as train_mod
+    from ftkit.train import finetune, resume
+
+    real, calls = train_mod.train_one_epoch, {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # fold 2's second epoch
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError):
+        patch.setattr(train_mod, "train_one_epoch", failing)
+        finetune(tiny_config(flat_folder, tmp_path, name="cv", epochs=2, freeze_epochs=0, folds=3))
+    root = tmp_path / "runs" / "cv"
+    record = json.loads((root / "run.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "fold 2: RuntimeError: disk on fire"
+    assert resume(root).report["folds"] == 3
+    record = json.loads((root / "run.json").read_text())
+    assert record["status"] == "finished" and record["error"] is None
+    assert json.loads((root / "fold-2" / "run.json").read_text())["error"] is None
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["linear", "logreg"])
 def test_heads_train_and_predict_through_the_cli(head, split_folder, tmp_path):
     r = CliRunner().invoke(main, ["finetune", "--data", str(split_folder), "--backbone", TINY, "--no-pretrained",
