@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from rich.rule import Rule
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .config import Config
@@ -130,7 +131,8 @@ def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None
     try:
         for k, test in enumerate(fold_indices(pool.labels, cfg.folds, cfg.seed, groups), 1):
             if console:
-                console.rule(f"fold {k}/{cfg.folds}")
+                # a ruled line as wide as a terminal: a log (console width 1000) gets no 1000-character line
+                console.print(Rule(f"fold {k}/{cfg.folds}"), width=min(console.width, 100))
             fold_cfg = replace(cfg, folds=0, out=str(root / f"fold-{k}"))
             fold = fold_data(data, pool, test, cfg, groups)
             result = _run_fold(Path(fold_cfg.out), fold, fold_cfg, train_on, resume_on, console, allow_download)
