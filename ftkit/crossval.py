@@ -95,21 +95,22 @@ def _run_fold(folder: Path, fold: DataSplits, cfg: Config, train_on, resume_on, 
     when interrupted; a fold stopped before its first epoch ended has nothing to keep and starts again."""
     if not folder.exists():
         return train_on(fold, cfg, console, allow_download)
+    record = read_record(folder)
+    finished = record.get("status") == "finished"
+    if not finished and not (folder / "checkpoints" / "last.state.pt").is_file():
+        if console:
+            console.print(f"{folder.name} stopped before its first epoch ended: training it again")
+        shutil.rmtree(folder)
+        return train_on(fold, cfg, console, allow_download)
     listed = resolve_listing(read_split_listing(folder / "split.csv"), Path(cfg.data)).get("test", [])
     if [key for key, _ in listed] != fold.splits["test"].keys:
         raise DataError(f"{folder} tested other images than this fold would now: {cfg.data} has changed since the "
                         "cross-validation began; start a new one")
-    record = read_record(folder)
-    if record.get("status") == "finished":
+    if finished:
         if console:
             console.print(f"{folder.name} finished earlier: kept")
         return RunResult(folder, read_json(folder / "report.json"), [], record)
-    if (folder / "checkpoints" / "last.state.pt").is_file():
-        return resume_on(folder, console)
-    if console:
-        console.print(f"{folder.name} stopped before its first epoch ended: training it again")
-    shutil.rmtree(folder)
-    return train_on(fold, cfg, console, allow_download)
+    return resume_on(folder, console)
 
 
 def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None, allow_download: bool = True,

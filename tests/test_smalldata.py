@@ -140,16 +140,18 @@ def test_shots_with_folds_draws_each_folds_training_images(flat_folder, tmp_path
 
 
 @pytest.mark.slow
-def test_an_interrupted_cross_validation_resumes_every_fold(flat_folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", [3, 4])
+def test_an_interrupted_cross_validation_resumes_every_fold(stop, flat_folder, tmp_path, monkeypatch):
     """Ctrl-C in fold 2 of 3, then `--resume ROOT`: fold 1 is kept as it is, fold 2 continues
-    from its last epoch, fold 3 is trained, and the pooled report equals an uninterrupted run's."""
+    from its last epoch (or, stopped in its first epoch, is trained again), fold 3 is trained,
+    and the pooled report equals an uninterrupted run's."""
     from ftkit.train import finetune, resume
     from conftest import interrupt_at_epoch
 
     settings = dict(epochs=2, freeze_epochs=0, folds=3)
     full = finetune(tiny_config(flat_folder, tmp_path, name="full", **settings))
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        interrupt_at_epoch(patch, 4)  # fold 1 takes epochs 1-2; fold 2's second epoch is stopped
+        interrupt_at_epoch(patch, stop)  # fold 1 takes epochs 1-2; fold 2's first (3) or second (4) is stopped
         finetune(tiny_config(flat_folder, tmp_path, name="cut", **settings))
     cut = tmp_path / "runs" / "cut"
     assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
