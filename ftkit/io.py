@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -23,13 +26,14 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _new_temp(path)
-        kwargs = {"newline": ""} if "b" not in mode else {}
-        with os.fdopen(fd, mode, **kwargs) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with ctrl_c_deferred():
+            fd, tmp = _new_temp(path)
+            kwargs = {"newline": ""} if "b" not in mode else {}
+            with os.fdopen(fd, mode, **kwargs) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except OSError as exc:
         # a full disk or a read-only folder: name the file the user asked for, not our temp file
         if tmp is not None:
@@ -43,6 +47,27 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
             Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block ends, then raise it.
+
+    torch.save writes through a C++ zip writer: a KeyboardInterrupt raised inside one of its
+    write calls comes out as "RuntimeError: unexpected pos", and the run would be recorded as
+    failed instead of interrupted. Writes are short, so holding the signal costs nothing.
+    Only the main thread receives signals; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _new_temp(path: Path) -> tuple[int, str]:

@@ -392,3 +392,32 @@ def test_a_logreg_run_names_the_training_options_it_does_not_use(split_folder, t
     finetune(tiny_config(split_folder, tmp_path, head="logreg", epochs=5, lr=0.01, mixup=0.2), console=console)
     text = " ".join(console.export_text().split())
     assert "epochs=5, lr=0.01, mixup=0.2 do not apply and are not used" in text
+
+
+def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_path):
+    """A Ctrl-C inside torch.save's writes used to come out of its C++ zip writer as
+    "RuntimeError: unexpected pos" (the run then read as failed, not interrupted). It is held
+    until the file is whole and in place, and raised as KeyboardInterrupt then."""
+    import os
+    import signal
+
+    from ftkit.runs import load_train_state, save_train_state
+
+    state = {"epoch": 3, "weights": torch.arange(300_000, dtype=torch.float32)}
+    real_save = torch.save
+
+    def save_with_ctrl_c(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the file is being written
+        real_save(obj, f, *args, **kwargs)
+
+    path = tmp_path / "last.state.pt"
+    torch.save, saved = save_with_ctrl_c, None
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_train_state(path, state)
+    finally:
+        torch.save = real_save
+    saved = load_train_state(path)
+    assert saved["epoch"] == 3 and torch.equal(saved["weights"], state["weights"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]  # no temporary file left
