@@ -22,7 +22,7 @@ from .config import Config
 from .data import (DataError, DataSplits, Split, apply_shots, group_keys, grouped_split, load_data, read_split_listing,
                    resolve_listing, stratified_split)
 from .io import read_json, write_json, write_text
-from .report import cv_markdown, write_report
+from .report import cv_markdown, print_cv_report, write_report
 from .runs import RunResult, new_run_dir, read_record, update_record, write_args
 
 
@@ -156,7 +156,8 @@ def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None
                            status="finished", folds=cfg.folds, group_by=cfg.group_by, eval_split="pooled folds",
                            eval_note="every image predicted once, by the fold that held it out")
     write_report(root)  # pooled report.json, confusion matrices and report.html with the fold table
-    if console:
+    if console:  # the summary `ftkit report ROOT` prints: a row per fold, mean +- std, per-class F1
+        print_cv_report(root, console)
         console.print(f"cross-validation ({cfg.folds} folds): accuracy {cv['accuracy']['mean']:.4f} +- {cv['accuracy']['std']:.4f}, "
                       f"macro-F1 {cv['macro_f1']['mean']:.4f} +- {cv['macro_f1']['std']:.4f}")
     return RunResult(root, cv, [], record)

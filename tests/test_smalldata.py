@@ -93,6 +93,7 @@ def test_cross_validation_report_aggregates_the_fold_predictions(flat_folder, tm
                                   "--img-size", "32", "--epochs", "1", "--freeze-epochs", "0", "--batch-size", "8",
                                   "--folds", "3", "--workers", "0", "--project", str(tmp_path / "runs"), "--name", "cv"])
     assert r.exit_code == 0, r.output
+    assert "3-fold cross-validation" in r.output and "per-class F1 over folds" in r.output  # the summary tables
     root = tmp_path / "runs" / "cv"
     cv = json.loads((root / "cv_report.json").read_text())
     accs, f1s, per_class, cm, seen = [], [], {c: [] for c in ("alpha", "beta", "gamma")}, 0, set()
