@@ -124,13 +124,14 @@ def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None
     data = load_data(replace(cfg, shots=0), console=console, carve=False)
     pool = concat(list(data.splits.values()))
     groups = group_keys(pool.keys, cfg.group_by) if cfg.group_by else None
+    tests = fold_indices(pool.labels, cfg.folds, cfg.seed, groups)  # data too small for K folds: no folder made
     if root is None:
         root = new_run_dir(cfg)
         write_args(root, cfg.to_dict())
     update_record(root, status="running", error=None, folds=cfg.folds)  # a resumed root's earlier failure is over
     reports = []
     try:
-        for k, test in enumerate(fold_indices(pool.labels, cfg.folds, cfg.seed, groups), 1):
+        for k, test in enumerate(tests, 1):
             if console:
                 # a ruled line as wide as a terminal: a log (console width 1000) gets no 1000-character line
                 console.print(Rule(f"fold {k}/{cfg.folds}"), width=min(console.width, 100))

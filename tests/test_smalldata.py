@@ -171,6 +171,13 @@ def test_an_interrupted_cross_validation_resumes_every_fold(stop, flat_folder, t
     assert r.exit_code == 1 and "is a cross-validation: it holds one model per fold" in r.output
 
 
+def test_too_many_folds_fail_before_any_folder_is_made(flat_folder, tmp_path):
+    r = CliRunner().invoke(main, ["finetune", "--data", str(flat_folder), "--backbone", TINY, "--no-pretrained",
+                                  "--folds", "30", "--workers", "0", "--project", str(tmp_path / "runs")])
+    assert r.exit_code == 1 and "--folds 30: the smallest class has only 20 images" in r.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 @pytest.mark.slow
 def test_a_cross_validation_whose_fold_failed_says_so_and_resumes(flat_folder, tmp_path, monkeypatch):
     import ftkit.train as train_mod
