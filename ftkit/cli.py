@@ -35,6 +35,8 @@ def _friendly(fn):
                 warnings.simplefilter("always")
                 warnings.showwarning = lambda msg, *a, **k: console.print(f"[yellow]warning:[/] {msg}")
                 return fn(*args, **kwargs)
+        except (click.ClickException, click.Abort, click.exceptions.Exit):
+            raise  # click's own: a usage message already, or a deliberate stop
         except FtkitError as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:

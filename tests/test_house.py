@@ -41,6 +41,16 @@ def test_a_bug_keeps_its_traceback_and_asks_to_be_reported(monkeypatch):
     assert "bug: please report it" in r.output
 
 
+def test_a_usage_error_raised_inside_a_command_is_not_called_a_bug(tmp_path):
+    """Click's own exceptions pass through the error wrapper as they are: exit code 2 for a
+    usage error, 1 for a ClickException, without the 'please report it' line."""
+    r = CliRunner().invoke(main, ["finetune", "--epochs", "1"])
+    assert r.exit_code == 2 and "--data is required" in r.output and "bug" not in r.output
+    (tmp_path / "bad.jpg").write_text("not an image")
+    r = CliRunner().invoke(main, ["predict", "fer2013-fast", str(tmp_path / "bad.jpg")])
+    assert r.exit_code == 1 and "none of the 1 input image(s) could be read" in r.output and "bug" not in r.output
+
+
 def test_an_ftkit_error_is_one_line_with_exit_code_1(tmp_path):
     r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "missing-run")])
     assert r.exit_code == 1 and "Traceback" not in r.output
