@@ -304,10 +304,11 @@ def ensemble(runs, out, data, split, tta, device, **kwargs):
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("paths", nargs=-1)
-@click.option("--topk", default=3, show_default=True, help="Classes shown per image or face.")
+@click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True, help="Classes shown per image or face.")
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), default="none", show_default=True)
 @click.option("--faces", type=click.Choice(["none", "crop", "all"]),
-              help="Classify the whole image, the largest face, or every face [default: as the model was trained].")
+              help="Classify the whole image, the largest face, or every face [default: as the model was "
+                   "trained; every face in a video].")
 @click.option("--face-margin", type=click.FloatRange(min=MIN_FACE_MARGIN, min_open=True),
               help="Margin around a detected face, as a fraction of its side; negative crops inside the "
                    "detector's box [default: the model's].")
@@ -315,13 +316,15 @@ def ensemble(runs, out, data, split, tta, device, **kwargs):
               help="Level each face's eyes before cropping [default: as the model was trained].")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write copies of the images with boxes and labels here.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True,
-              help="How results are printed.")
-@click.option("--output", type=click.Path(dir_okay=False), help="Also write results to a .csv, .json or .jsonl file.")
+              help="How results are printed (csv and jsonl: to standard output, a video's frames as they come).")
+@click.option("--output", type=click.Path(dir_okay=False),
+              help="Also write results to a .csv, .json or .jsonl file (a video's: one row per face per analysed frame).")
 @click.option("--video", type=click.Path(dir_okay=False), help="Classify the faces in a video file instead of images.")
-@click.option("--camera", type=int, help="Classify the faces seen by this camera index (live).")
-@click.option("--out", "video_out", type=click.Path(dir_okay=False), help="With --video/--camera: the annotated video (.mp4); a .jsonl track goes beside it.")
-@click.option("--every", default=1, show_default=True, help="With --video/--camera: analyse every N-th frame.")
-@click.option("--max-frames", type=int, help="With --video/--camera: stop after this many frames.")
+@click.option("--camera", type=click.IntRange(min=0), help="Classify the faces seen by this camera index (live; Ctrl-C stops).")
+@click.option("--out", "video_out", type=click.Path(dir_okay=False),
+              help="With --video/--camera: the annotated video (.mp4 or .avi); a .jsonl track goes beside it.")
+@click.option("--every", type=click.IntRange(min=1), help="With --video/--camera: analyse every N-th frame  [default: 1].")
+@click.option("--max-frames", type=click.IntRange(min=1), help="With --video/--camera: stop after this many frames.")
 @device_option
 @_friendly
 def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_dir, fmt, output, video, camera, video_out, every,
@@ -336,24 +339,44 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
       ftkit predict runs/faces group.jpg --faces all --annotate annotated/
       ftkit predict runs/faces/export/model.onnx photo.jpg
       ftkit predict runs/faces --video clip.mp4 --out clip_annotated.mp4 --every 5
+      ftkit predict fer2013-fast --camera 0 --format jsonl
     """
-    from .predict import open_predictor, predict_paths, predict_video, prediction_rows, write_prediction_file
+    from .predict import check_prediction_file, check_video_out, open_predictor
 
+    streaming = video is not None or camera is not None
+    if video is not None and camera is not None:
+        raise click.UsageError("give --video or --camera, not both")
+    if streaming and paths:
+        raise click.UsageError(f"give image paths or --{'video' if video else 'camera'}, not both "
+                               f"(got {paths[0]!r} as well)")
+    if streaming and annotate_dir:
+        raise click.UsageError("--annotate writes annotated images; for a video use --out FILE.mp4")
+    if not streaming:
+        given = [name for name, value in (("--out", video_out), ("--every", every), ("--max-frames", max_frames))
+                 if value is not None]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)}: only with --video or --camera")
+        if not paths:
+            raise click.UsageError("give image files or folders, or --video / --camera")
+    if output:
+        check_prediction_file(output)
+    if video_out:
+        check_video_out(video_out, video)
     pred = open_predictor(model, device)
     if face_margin is not None:
         pred.face_margin = face_margin
     if face_align is not None:
         pred.face_align = face_align
-    if video or camera is not None:
-        with progress_bar(console) as bar:
-            task = bar.add_task("frames", total=max_frames)
-            info = predict_video(pred, video if video else camera, video_out, every=every, topk=topk, tta=tta,
-                                 faces=faces or "all", max_frames=max_frames, progress=lambda n: bar.advance(task, n))
-        console.print(f"{info['frames']} frames, {info['analysed']} analysed; video {info['video']}, track {info['track']}")
+    if streaming:
+        _predict_stream(pred, model, video if video is not None else camera, video_out, every or 1, topk, tta,
+                        faces or "all", max_frames, fmt, output)
         return
-    if not paths:
-        raise click.UsageError("give image files or folders, or --video / --camera")
-    results = predict_paths(pred, list(paths), topk=topk, tta=tta, faces=faces, annotate_dir=annotate_dir)
+    from .predict import prediction_rows, predict_paths, write_prediction_file
+
+    with progress_bar(console) as bar:
+        task = bar.add_task("images", total=None)
+        results = predict_paths(pred, list(paths), topk=topk, tta=tta, faces=faces, annotate_dir=annotate_dir,
+                                progress=lambda n: bar.advance(task, n), on_total=lambda n: bar.update(task, total=n))
     if fmt == "table":
         _print_predictions(results, model)
     elif fmt == "csv":
@@ -364,9 +387,58 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
         for r in results:
             click.echo(json.dumps(r))
     if output:
-        write_prediction_file(Path(output), results, pred.classes)
+        write_prediction_file(Path(output), results, prediction_rows(results, pred.classes))
     if all("error" in r for r in results):
         raise click.ClickException(f"none of the {len(results)} input image(s) could be read (reasons above)")
+
+
+def _predict_stream(pred, model, source, video_out, every, topk, tta, faces, max_frames, fmt, output) -> None:
+    """``ftkit predict --video/--camera``: a bar showing the latest faces, rows printed as
+    frames are analysed (csv, jsonl), then a summary of the expressions seen."""
+    import csv
+
+    from .predict import predict_video, video_rows, video_summary, write_prediction_file
+
+    out = csv.writer(sys.stdout)
+    if fmt == "csv":
+        out.writerow(next(video_rows([], pred.classes)))
+
+    def emit(row):
+        if fmt == "jsonl":
+            click.echo(json.dumps(row))
+        elif fmt == "csv":
+            out.writerows(list(video_rows([row], pred.classes))[1:])
+        sys.stdout.flush()
+
+    def latest(row):
+        if row is None or not row["detections"]:
+            return "no face" if row is not None else ""
+        return "  ".join(f"{d['top'][0]['class']} {d['top'][0]['probability']:.2f}" for d in row["detections"][:3])
+
+    what = f"camera {source}" if isinstance(source, int) else Path(source).name
+    with progress_bar(console) as bar:
+        task = bar.add_task(what, total=max_frames)
+
+        def advance(n, row):
+            bar.update(task, advance=n, info=latest(row))
+
+        info = predict_video(pred, source, video_out, every=every, topk=topk, tta=tta, faces=faces,
+                             max_frames=max_frames, progress=advance, on_frame=emit,
+                             on_total=lambda total: bar.update(task, total=total))
+    if output:
+        write_prediction_file(Path(output), info["track_rows"], video_rows(info["track_rows"], pred.classes))
+    summary = video_summary(info["track_rows"], pred.classes)
+    table = Table(title=f"{what} ({model}): {summary['faces']} face(s) in {summary['with_face']} of "
+                        f"{summary['analysed']} analysed frames")
+    for col in ("class", "top in faces", "share", "mean probability"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c, v in summary["per_class"].items():
+        table.add_row(c, str(v["top"]), f"{100 * v['share']:.1f} %", f"{v['mean_probability']:.3f}")
+    console.print(table)
+    stopped = " (stopped by Ctrl-C)" if info["stopped"] else ""
+    console.print(f"{info['frames']} frames read{stopped}, {info['analysed']} analysed (every {every})"
+                  + "".join(f"; {k} {info[k]}" for k in ("video", "track") if info[k])
+                  + (f"; predictions {output}" if output else ""))
 
 
 def _print_predictions(results: list[dict], model: str) -> None:

@@ -70,17 +70,28 @@ def ctrl_c_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _new_temp(path: Path) -> tuple[int, str]:
-    """A new ``.NAME.<random>.tmp`` beside ``path``, created with mode 0666 so that the
-    process's umask gives it the usual permissions (mkstemp would make it 0600, and reading
-    the umask means setting it, which changes process-wide state)."""
+def _new_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new ``.NAME.<random>.tmp`` (or other ``suffix``) beside ``path``, created with mode
+    0666 so that the process's umask gives it the usual permissions (mkstemp would make it 0600,
+    and reading the umask means setting it, which changes process-wide state)."""
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}{suffix}"
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), str(tmp)
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
+def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
+    """An empty new file beside ``path`` for a writer that opens files by name (a video
+    writer): write it, then ``os.replace`` it onto ``path``. ``suffix`` keeps the extension
+    such writers choose their format by."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _new_temp(path, suffix)
+    os.close(fd)
+    return Path(tmp)
 
 
 def refuse_inside(output: str | Path, inputs: list[str | Path], what: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,11 @@ import torch
 from . import shards
 from .config import DATA_OVERRIDES, Config, ConfigError, validate
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
+from .errors import UsageError
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import read_onnx_metadata
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
-from .io import atomic_write, refuse_inside, write_json, write_text
+from .io import atomic_write, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
 from .report import write_report
 from .runs import RunError, read_record, update_record, write_args
@@ -278,25 +280,37 @@ def classify_images(pred: Predictor, images: list[np.ndarray], faces: str, topk:
 
 
 def predict_paths(pred: Predictor, paths: list[str], topk: int = 3, tta: str = "none", faces: str | None = None,
-                  annotate_dir: str | Path | None = None) -> list[dict[str, Any]]:
-    """One result per image: {path, detections} or {path, error} for an unreadable file."""
+                  annotate_dir: str | Path | None = None, chunk: int = 64, progress=None,
+                  on_total=None) -> list[dict[str, Any]]:
+    """One result per image: {path, detections} or {path, error} for an unreadable file.
+
+    Images are read, classified and annotated ``chunk`` at a time, so a folder of any size
+    needs the memory of one chunk; ``on_total(n)`` is told the number of files once, and
+    ``progress(n)`` is called after each chunk."""
     faces = faces or ("crop" if pred.faces in ("crop", "require") else "none")
     if annotate_dir:
         refuse_inside(annotate_dir, paths, "--annotate folder")
-    results, images = [], []
-    for f in expand_paths(paths):
-        try:
-            images.append(read_image(f))
-            results.append({"path": str(f)})
-        except DataError as exc:
-            results.append({"path": str(f), "error": str(exc)})
-    good = [r for r in results if "error" not in r]
-    names = annotated_names([r["path"] for r in good])
-    for r, image, detections, name in zip(good, images, classify_images(pred, images, faces, topk, tta), names):
-        r["detections"] = detections
-        if annotate_dir:
-            r["annotated"] = str(Path(annotate_dir) / name)
-            _write_annotated(Path(r["annotated"]), image, detections)
+    files = expand_paths(paths)
+    names = annotated_names([str(f) for f in files])  # from the inputs alone: the same run, the same names
+    if on_total:
+        on_total(len(files))
+    results = []
+    for start in range(0, len(files), chunk):
+        good, images = [], []
+        for f, name in zip(files[start:start + chunk], names[start:start + chunk]):
+            try:
+                images.append(read_image(f))
+                good.append(({"path": str(f)}, name))
+                results.append(good[-1][0])
+            except DataError as exc:
+                results.append({"path": str(f), "error": str(exc)})
+        for (r, name), image, detections in zip(good, images, classify_images(pred, images, faces, topk, tta)):
+            r["detections"] = detections
+            if annotate_dir:
+                r["annotated"] = str(Path(annotate_dir) / name)
+                _write_annotated(Path(r["annotated"]), image, detections)
+        if progress:
+            progress(len(files[start:start + chunk]))
     return results
 
 
@@ -339,11 +353,30 @@ def _write_annotated(path: Path, image: np.ndarray, detections) -> None:
 
 # --- video and camera --------------------------------------------------------------------
 
+VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
+
+
+def check_video_out(out: str | Path, source: str | None) -> None:
+    """Refuse, before any frame is read, a video output OpenCV cannot write or one that would
+    overwrite the input."""
+    out = Path(out)
+    if out.suffix.lower() not in VIDEO_CODECS:
+        raise UsageError(f"--out {out.name}: the annotated video must end in " + " or ".join(VIDEO_CODECS))
+    if source is not None and Path(source).exists() and out.exists() and out.samefile(source):
+        raise UsageError(f"--out {out} is the input video; choose another file name")
+
 
 def predict_video(pred: Predictor, source: str | int, out: str | Path | None, every: int = 1, topk: int = 3,
-                  tta: str = "none", faces: str = "all", max_frames: int | None = None, progress=None) -> dict[str, Any]:
-    """Classify the faces of every ``every``-th frame; write the annotated video and a JSONL
-    track (one line per analysed frame). ``source`` is a file or a camera index."""
+                  tta: str = "none", faces: str = "all", max_frames: int | None = None, progress=None,
+                  on_frame=None, on_total=None) -> dict[str, Any]:
+    """Classify the faces of every ``every``-th frame of a file or a camera (``source``).
+
+    ``on_frame(row)`` gets each analysed frame's {frame, time_s, detections} as it comes;
+    ``progress(n, row)`` is called once per frame (row: the latest analysed frame), and
+    ``on_total(n)`` once with the number of frames to expect (None for a camera). With ``out``
+    the annotated video is written beside as a temporary file and renamed when it is complete,
+    and its JSONL track goes beside it. Ctrl-C ends the stream early (how a camera is stopped):
+    what was read so far is kept and ``stopped`` is True."""
     import cv2
 
     capture = cv2.VideoCapture(source)
@@ -352,49 +385,111 @@ def predict_video(pred: Predictor, source: str | int, out: str | Path | None, ev
         raise DataError(f"cannot open {what}: " + ("no camera at that index" if isinstance(source, int)
                                                    else "missing file or a format OpenCV cannot decode"))
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    writer, track, frames, analysed, detections = None, [], 0, 0, []
-    track_path = Path(out).with_suffix(".jsonl") if out else None
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
+    total = min(count, max_frames) if count > 0 and max_frames else (count if count > 0 else max_frames)
+    if on_total:
+        on_total(total)
+    writer, tmp, track, frames, detections, stopped = None, None, [], 0, [], False
     try:
         while max_frames is None or frames < max_frames:
-            ok, bgr = capture.read()
-            if not ok:
+            try:
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                if frames % every == 0:
+                    detections = classify_images(pred, [rgb], faces, topk, tta)[0]
+                    track.append({"frame": frames, "time_s": round(frames / fps, 3), "detections": detections})
+                    if on_frame:
+                        on_frame(track[-1])
+                if out:
+                    if writer is None:
+                        writer, tmp = _video_writer(Path(out), fps, rgb.shape[1], rgb.shape[0])
+                    writer.write(cv2.cvtColor(draw_detections(rgb, detections), cv2.COLOR_RGB2BGR))
+                frames += 1
+                if progress:
+                    progress(1, track[-1] if track else None)
+            except KeyboardInterrupt:
+                stopped = True
                 break
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            if frames % every == 0:
-                detections = classify_images(pred, [rgb], faces, topk, tta)[0]
-                track.append({"frame": frames, "time_s": round(frames / fps, 3), "detections": detections})
-                analysed += 1
-            if out:
-                if writer is None:
-                    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0]))
-                writer.write(cv2.cvtColor(draw_detections(rgb, detections), cv2.COLOR_RGB2BGR))
-            frames += 1
-            if progress:
-                progress(1)
+        if writer is not None:
+            writer.release()
+            writer = None
+            if frames:
+                os.replace(tmp, out)
+                tmp = None
     finally:
         capture.release()
         if writer is not None:
             writer.release()
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     if frames == 0:
-        raise DataError(f"no frames could be read from {source}")
+        raise DataError(f"no frames could be read from {source}" + (" (stopped by Ctrl-C)" if stopped else ""))
+    track_path = Path(out).with_suffix(".jsonl") if out else None
     if track_path:
         write_text(track_path, "".join(json.dumps(t) + "\n" for t in track))
-    return {"frames": frames, "analysed": analysed, "fps": fps, "video": str(out) if out else None,
-            "track": str(track_path) if track_path else None, "track_rows": track}
+    return {"frames": frames, "analysed": len(track), "fps": fps, "stopped": stopped,
+            "video": str(out) if out else None, "track": str(track_path) if track_path else None, "track_rows": track}
 
 
-def write_prediction_file(path: Path, results: list[dict[str, Any]], classes: list[str]) -> None:
-    """Write predict results as CSV (one row per detection), JSON or JSONL, by suffix."""
+def _video_writer(out: Path, fps: float, width: int, height: int):
+    """An OpenCV writer into a new temporary file beside ``out`` (same suffix, so that OpenCV
+    picks the same container), and that file's name."""
+    import cv2
+
+    tmp = str(temp_beside(out, ".tmp" + out.suffix))
+    writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[out.suffix.lower()]), fps, (width, height))
+    if not writer.isOpened():
+        raise DataError(f"OpenCV cannot write the video {out}: no {out.suffix} encoder in this build")
+    return writer, tmp
+
+
+def video_summary(track: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
+    """Per class, over every face classified in the analysed frames: how often it came out on
+    top and its mean probability; and how many analysed frames had a face."""
+    found = [d for t in track for d in t["detections"]]
+    top = [d["top"][0]["class"] if d["top"] else max(d["probabilities"], key=d["probabilities"].get) for d in found]
+    per_class = {c: {"top": top.count(c), "share": top.count(c) / len(found) if found else 0.0,
+                     "mean_probability": float(np.mean([d["probabilities"][c] for d in found])) if found else 0.0}
+                 for c in classes}
+    return {"analysed": len(track), "with_face": sum(bool(t["detections"]) for t in track), "faces": len(found),
+            "per_class": per_class}
+
+
+def video_rows(track: list[dict[str, Any]], classes: list[str]):
+    """Header, then one row per face of each analysed frame (a row with no class where none was found)."""
+    yield ["frame", "time_s", "face", "box", "predicted", "probability", *[f"p_{c}" for c in classes]]
+    for t in track:
+        if not t["detections"]:
+            yield [t["frame"], t["time_s"], "", "", "", "", *[""] * len(classes)]
+        for i, d in enumerate(t["detections"]):
+            p = d["probabilities"]
+            best = max(p, key=p.get)
+            yield [t["frame"], t["time_s"], i, " ".join(map(str, d["box"])) if d["box"] else "", best, f"{p[best]:.6f}",
+                   *[f"{p[c]:.6f}" for c in classes]]
+
+
+PREDICTION_FILES = (".csv", ".json", ".jsonl")
+
+
+def check_prediction_file(path: str | Path) -> None:
+    """Refuse an --output name of an unknown kind before any work is done."""
+    if Path(path).suffix.lower() not in PREDICTION_FILES:
+        raise UsageError(f"--output must end in {', '.join(PREDICTION_FILES)}, got {Path(path).name}")
+
+
+def write_prediction_file(path: Path, records: list[dict[str, Any]], rows) -> None:
+    """Write predictions as JSON or JSONL (``records``, one per image or analysed frame) or
+    as CSV (``rows``, header first), by the file's suffix."""
+    check_prediction_file(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        write_json(path, results)
-        return
-    if suffix == ".jsonl":
-        write_text(path, "".join(json.dumps(r) + "\n" for r in results))
-        return
-    if suffix != ".csv":
-        raise DataError(f"--output must end in .csv, .json or .jsonl, got {path.name}")
-    atomic_write(path, lambda f: csv.writer(f).writerows(prediction_rows(results, classes)))
+        write_json(path, records)
+    elif suffix == ".jsonl":
+        write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    else:
+        atomic_write(path, lambda f: csv.writer(f).writerows(rows))
 
 
 def prediction_rows(results: list[dict[str, Any]], classes: list[str]):

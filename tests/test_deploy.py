@@ -1,7 +1,9 @@
 """Models that leave the lab: export with parity checks, ONNX predictions, faces in photos
 and videos, annotated outputs."""
 
+import csv
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -115,6 +117,30 @@ def test_predict_every_face_and_annotate(run, tmp_path):
     assert annotated.shape == two.shape and not np.array_equal(annotated, two)
 
 
+def test_predict_reads_a_folder_a_chunk_at_a_time(run, tmp_path):
+    """A big folder is read, classified and annotated a chunk at a time: the results, their
+    order, the unreadable file's error and the annotated names are those of one big chunk."""
+    from ftkit.predict import open_predictor, predict_paths
+
+    rng = np.random.default_rng(7)
+    for i in range(5):
+        Image.fromarray(class_image(i % 3, rng)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "img2.png").write_bytes(b"broken")
+    pred, seen = open_predictor(run), []
+    small = predict_paths(pred, [str(tmp_path)], chunk=2, annotate_dir=tmp_path.parent / "ann-small",
+                          progress=seen.append)
+    whole = predict_paths(pred, [str(tmp_path)], chunk=100, annotate_dir=tmp_path.parent / "ann-whole")
+    assert seen == [2, 2, 1]
+    assert [r["path"] for r in small] == [str(tmp_path / f"img{i}.png") for i in range(5)]
+    assert "error" in small[2] and [("error" in r) for r in small] == [("error" in r) for r in whole]
+    for a, b in zip(small, whole):
+        if "error" not in a:
+            assert Path(a["annotated"]).name == Path(b["annotated"]).name
+            assert a["detections"][0]["top"][0]["class"] == b["detections"][0]["top"][0]["class"]
+            pa, pb = a["detections"][0]["probabilities"], b["detections"][0]["probabilities"]
+            assert max(abs(pa[c] - pb[c]) for c in pa) < 1e-5
+
+
 def test_video_predictions_and_annotated_video(run, tmp_path):
     src = tmp_path / "moving.mp4"
     writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 10, (480, 360))
@@ -135,6 +161,90 @@ def test_video_predictions_and_annotated_video(run, tmp_path):
     # the face moves right across the frames, and so does its box
     boxes = [t["detections"][0]["box"][0] for t in found]
     assert boxes == sorted(boxes)
+
+
+def _moving_video(path, frames=12):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (480, 360))
+    for i in range(frames):
+        writer.write(cv2.cvtColor(_astronaut_frame(20 + 20 * i, 60 + 5 * i), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def test_video_without_out_prints_and_writes_its_predictions(run, tmp_path):
+    """Without --out the frames' predictions still reach the user: streamed with --format,
+    written with --output, and summed up in a table."""
+    src = _moving_video(tmp_path / "moving.mp4")
+    r = CliRunner().invoke(main, ["predict", str(run), "--video", str(src), "--every", "4", "--format", "jsonl",
+                                  "--output", str(tmp_path / "track.csv")])
+    assert r.exit_code == 0, r.output
+    streamed = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+    assert [t["frame"] for t in streamed] == [0, 4, 8]
+    rows = list(csv.DictReader((tmp_path / "track.csv").open()))
+    faces = [(t["frame"], d) for t in streamed for d in t["detections"]]
+    assert len(faces) >= 2 and len(rows) == len(faces) + sum(not t["detections"] for t in streamed)
+    for row, (frame, d) in zip([x for x in rows if x["predicted"]], faces):
+        assert int(row["frame"]) == frame and row["predicted"] == d["top"][0]["class"]
+        assert abs(float(row["p_beta"]) - d["probabilities"]["beta"]) < 1e-6
+    tops = [d["top"][0]["class"] for _, d in faces]
+    assert f"{len(faces)} face(s) in" in r.output and "12 frames read, 3 analysed (every 4)" in r.output
+    table = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in r.output.splitlines()
+             if line.count("│") == 5 and line.split("│")[1].strip() in ("alpha", "beta", "gamma")}
+    assert table == {c: str(tops.count(c)) for c in ("alpha", "beta", "gamma")}
+
+
+def test_ctrl_c_ends_a_video_and_keeps_what_was_read(run, tmp_path, monkeypatch):
+    """Ctrl-C is how a camera stream is stopped: the annotated video and the track keep the
+    frames read so far. Stopped before the first frame, an earlier --out file is untouched."""
+    from ftkit import predict as predict_module
+
+    src = _moving_video(tmp_path / "moving.mp4")
+    real, calls = predict_module.classify_images, []
+
+    def interrupt_at(n):
+        def classify(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+        return classify
+
+    out = tmp_path / "annotated.mp4"
+    monkeypatch.setattr(predict_module, "classify_images", interrupt_at(3))
+    r = CliRunner().invoke(main, ["predict", str(run), "--video", str(src), "--every", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "4 frames read (stopped by Ctrl-C), 2 analysed" in r.output
+    capture = cv2.VideoCapture(str(out))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    capture.release()
+    assert [json.loads(line)["frame"] for line in out.with_suffix(".jsonl").read_text().splitlines()] == [0, 2]
+
+    before = out.read_bytes()
+    calls.clear()
+    monkeypatch.setattr(predict_module, "classify_images", interrupt_at(1))
+    r = CliRunner().invoke(main, ["predict", str(run), "--video", str(src), "--out", str(out)])
+    assert r.exit_code == 1 and "no frames could be read" in r.output and "stopped by Ctrl-C" in r.output
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.jsonl", "annotated.mp4", "moving.mp4"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--video", "V", "--camera", "0"], "give --video or --camera, not both"),
+    (["--video", "V", "x.png"], "give image paths or --video, not both"),
+    (["--video", "V", "--annotate", "ann"], "for a video use --out FILE.mp4"),
+    (["x.png", "--out", "a.mp4", "--every", "2"], "--out and --every: only with --video or --camera"),
+    (["--video", "V", "--out", "a.mkv"], "must end in .mp4 or .avi"),
+    (["--video", "V", "--out", "V"], "is the input video"),
+    (["--video", "V", "--output", "t.txt"], "--output must end in .csv, .json, .jsonl"),
+    (["--video", "V", "--every", "0"], "'--every': 0 is not in the range x>=1"),
+    (["x.png", "--topk", "0"], "'--topk': 0 is not in the range x>=1"),
+])
+def test_predict_refuses_options_that_do_not_go_together(run, tmp_path, args, message):
+    src = _moving_video(tmp_path / "v.mp4", frames=2)
+    args = [str(src) if a == "V" else a for a in args]
+    r = CliRunner().invoke(main, ["predict", str(run), *args])
+    assert r.exit_code in (1, 2) and message in r.output and "bug" not in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]  # nothing written
 
 
 def test_bad_inputs_for_predict_and_export(run, tmp_path):
