@@ -562,10 +562,19 @@ def data_faces(src, dst, margin, require, size, align):
     """
     from .faces import crop_folder
 
-    stats = crop_folder(src, dst, margin=margin, require=require, size=size, align=align)
-    console.print(f"faces found in {stats.found} image(s); centre-cropped {len(stats.fallback)}; left out {len(stats.skipped)}")
-    for path in (stats.fallback + stats.skipped)[:10]:
-        console.print(f"  no face: {path}")
+    with progress_bar(console) as bar:
+        task = bar.add_task("faces", total=None)
+        result = crop_folder(src, dst, margin=margin, require=require, size=size, align=align,
+                             progress=lambda n: bar.advance(task, n), on_total=lambda n: bar.update(task, total=n))
+    stats = result.stats
+    console.print(f"{result.written} crop(s) written: faces found in {stats.found} image(s); centre-cropped "
+                  f"{len(stats.fallback)}; no face, left out {len(stats.skipped)}; unreadable, left out {len(result.unreadable)}")
+    lines = ([f"  no face, centre-cropped: {p}" for p in stats.fallback] + [f"  no face, left out: {p}" for p in stats.skipped]
+             + [f"  unreadable, left out: {why}" for why in result.unreadable.values()])
+    for line in lines[:10]:
+        console.print(line)
+    if len(lines) > 10:
+        console.print(f"  ... and {len(lines) - 10} more")
     click.echo(dst)
 
 

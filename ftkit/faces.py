@@ -226,10 +226,18 @@ def crop_faces(keys: list[str], images: list[np.ndarray], mode: str, margin: flo
     return out, stats
 
 
+@dataclass
+class FolderCrops:
+    stats: FaceStats  # faces found, centre-cropped, left out
+    unreadable: dict[str, str]  # file -> why it could not be read (it is left out)
+    written: int  # crops written
+
+
 def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require: bool = False,
-                size: int = 0, progress=None, align: bool = False) -> FaceStats:
+                size: int = 0, progress=None, align: bool = False, on_total=None) -> FolderCrops:
     """Crop the largest face of every image under ``src`` into the same tree under ``dst``
-    (PNG). ``size`` > 0 resizes crops to size x size; ``align`` levels the eyes first."""
+    (PNG). ``size`` > 0 resizes crops to size x size; ``align`` levels the eyes first.
+    ``on_total(n)`` is told the number of images once, ``progress(1)`` after each."""
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -242,23 +250,36 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
         raise DataError(f"no images under {src}")
-    cache, stats = BoxCache(), FaceStats(0, [], [])
-    for path in files:
+    targets = crop_names([p.relative_to(src) for p in files])
+    if on_total:
+        on_total(len(files))
+    cache, stats, unreadable, written = BoxCache(), FaceStats(0, [], []), {}, 0
+    for path, target in zip(files, targets):
         try:
             image = read_image(path)
-        except DataError:
-            stats.skipped.append(str(path))
-            continue
-        crops, one = crop_faces([str(path)], [image], "require" if require else "crop", margin, cache, align=align)
-        stats.found += one.found
-        stats.fallback += one.fallback
-        stats.skipped += one.skipped
-        if crops[0] is not None:
-            crop = cv2.resize(crops[0], (size, size), interpolation=cv2.INTER_AREA) if size else crops[0]
-            ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-            target = (dst / path.relative_to(src)).with_suffix(".png")
-            atomic_write(target, lambda f, png=png: f.write(png.tobytes()), mode="wb")
+        except DataError as exc:
+            unreadable[str(path)] = str(exc)
+        else:
+            crops, one = crop_faces([str(path)], [image], "require" if require else "crop", margin, cache, align=align)
+            stats.found += one.found
+            stats.fallback += one.fallback
+            stats.skipped += one.skipped
+            if crops[0] is not None:
+                crop = cv2.resize(crops[0], (size, size), interpolation=cv2.INTER_AREA) if size else crops[0]
+                ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+                atomic_write(dst / target, lambda f, png=png: f.write(png.tobytes()), mode="wb")
+                written += 1
         if progress:
             progress(1)
     cache.save()
-    return stats
+    return FolderCrops(stats, unreadable, written)
+
+
+def crop_names(files: list[Path]) -> list[Path]:
+    """The PNG name of each crop: its source's path with a .png suffix, or, where two sources
+    differ only by their suffix (a.jpg and a.png), the whole source name (a.jpg.png, a.png.png),
+    so that no crop overwrites another."""
+    stems: dict[Path, int] = {}
+    for f in files:
+        stems[f.with_suffix("")] = stems.get(f.with_suffix(""), 0) + 1
+    return [f.with_suffix(".png") if stems[f.with_suffix("")] == 1 else f.with_name(f.name + ".png") for f in files]

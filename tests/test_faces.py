@@ -103,6 +103,30 @@ def test_data_faces_cli(tmp_path):
     assert "empty.jpg" in r.output
 
 
+def test_data_faces_keeps_same_stem_crops_apart_and_names_unreadable_files(tmp_path):
+    """a.jpg and a.png used to be written to the same a.png, the second over the first; an
+    unreadable file was reported as 'no face'."""
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    frame, _ = framed(0.8, 0.5, 0.5)
+    (tmp_path / "src" / "happy").mkdir(parents=True)
+    Image.fromarray(frame).save(tmp_path / "src" / "happy" / "a.jpg")
+    Image.fromarray(frame[:, ::-1]).save(tmp_path / "src" / "happy" / "a.png")
+    Image.fromarray(frame).save(tmp_path / "src" / "happy" / "b.jpg")
+    (tmp_path / "src" / "happy" / "broken.jpg").write_bytes(b"not an image")
+    r = CliRunner().invoke(main, ["data", "faces", str(tmp_path / "src"), str(tmp_path / "dst")])
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in (tmp_path / "dst" / "happy").iterdir())
+    assert names == ["a.jpg.png", "a.png.png", "b.png"]
+    left, right = (np.asarray(Image.open(tmp_path / "dst" / "happy" / n)) for n in ("a.jpg.png", "a.png.png"))
+    assert not np.array_equal(left, right)
+    assert "3 crop(s) written" in r.output and "unreadable, left out 1" in r.output
+    assert "unreadable, left out: cannot decode image" in r.output and "broken.jpg" in r.output
+    assert "no face" not in r.output.replace("no face, left out 0", "")
+
+
 def tilt(angle: float) -> np.ndarray:
     """The astronaut's frame turned by ``angle`` degrees about its centre."""
     frame, _ = framed(1.0, 0.5, 0.5)
