@@ -17,6 +17,7 @@ Wherever ftkit takes a run directory to *use* a model (predict, evaluate, export
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -256,8 +257,11 @@ def annotate_model(name: str, shipped: bool = False, **fields: Any) -> dict[str,
     return {"name": name, **manifest[name]}
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
 def _check_name(name: str) -> None:
-    if not name or any(c in name for c in "/\\") or name.startswith(".") or Path(name).suffix:
+    if not MODEL_NAME.fullmatch(name):
         raise WeightsError(f"model name {name!r}: use letters, digits, '-' and '_' (no path, no extension)")
 
 

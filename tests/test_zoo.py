@@ -149,6 +149,9 @@ def test_weights_list_shows_shipped_and_saved_apart(shipped, source_run):
     assert r.exit_code == 1 and "--force" in r.output
     r = invoke("weights", "save", source_run, "tiny-fer")
     assert r.exit_code == 1 and "ships" in r.output
+    for bad in ("my model", "a:b", "x*", "../up", "_under", "v1.0"):
+        r = invoke("weights", "save", source_run, bad)
+        assert r.exit_code == 1 and "use letters, digits, '-' and '_'" in r.output, bad
     out = invoke("weights", "list").output
     shipped_part, _, rest = out.partition("saved models")
     assert "tiny-fer" in shipped_part and "my-model" not in shipped_part
