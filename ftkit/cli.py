@@ -456,9 +456,11 @@ def _print_predictions(results: list[dict], model: str) -> None:
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]),
+              help="[default: the one --out's suffix names (.onnx; .ts or .pt), else onnx]")
 @click.option("--out", type=click.Path(dir_okay=False), help="Output file [default: RUN/export/model.onnx or model.ts].")
-@click.option("--tolerance", default=1e-3, show_default=True, help="Largest allowed |exported - PyTorch| logit difference.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-3, show_default=True,
+              help="Largest allowed |exported - PyTorch| logit difference.")
 @_friendly
 def export(run, fmt, out, tolerance):
     """Export a run's best model or a named model (dynamic batch, preprocessing in the metadata),
@@ -468,11 +470,12 @@ def export(run, fmt, out, tolerance):
     Examples:
       ftkit export runs/faces --format onnx
       ftkit export fer2013-fast --format onnx
+      ftkit export runs/faces --out faces.ts
     """
     from .export import export_run
 
     result = export_run(run, fmt, out, tolerance)
-    console.print(f"{fmt} model: {result.path} (largest difference from PyTorch: {result.max_abs_diff:.2e}, "
+    console.print(f"{result.format} model: {result.path} (largest difference from PyTorch: {result.max_abs_diff:.2e}, "
                   f"tolerance {tolerance:g}); preprocessing in {result.path}.json")
     click.echo(str(result.path))
 

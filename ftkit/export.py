@@ -25,6 +25,7 @@ from .io import atomic_write, write_json
 from .zoo import load_run
 
 FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".ts", ".pt")}  # the first is the default file's
 
 
 class ExportError(FtkitError, ValueError):
@@ -36,6 +37,7 @@ class ExportResult:
     path: Path
     max_abs_diff: float  # largest |exported - pytorch| over the parity inputs (logits)
     metadata: dict[str, Any]
+    format: str  # onnx or torchscript
 
 
 def export_metadata(loaded) -> dict[str, Any]:
@@ -55,13 +57,13 @@ def parity_inputs(loaded, n: int = 8, seed: int = 0) -> torch.Tensor:
 
 def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None, tolerance: float = 1e-3,
                opset: int = 17) -> ExportResult:
-    """Write ``RUN/export/model.onnx`` (or ``.ts``) and its sidecar JSON; fail on a parity gap."""
-    if fmt not in FORMATS:
-        raise choice_error("export format", fmt, FORMATS)
+    """Write ``RUN/export/model.onnx`` (or ``.ts``) and its sidecar JSON; fail on a parity gap.
+    ``fmt`` None: the format ``out``'s suffix names, else ONNX."""
+    fmt = export_format(fmt, out)
     loaded = load_run(run, device="cpu")
     model = loaded.model.float().eval()
     meta = export_metadata(loaded)
-    filename = "model.onnx" if fmt == "onnx" else "model.ts"
+    filename = "model" + SUFFIXES[fmt][0]
     # a named model has no run directory: its exports go under exports/<name>/
     folder = loaded.run / "export" if loaded.run is not None else Path("exports") / loaded.name
     path = Path(out) if out else folder / filename
@@ -84,7 +86,23 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
     finally:
         candidate.unlink(missing_ok=True)
     write_json(path.with_suffix(path.suffix + ".json"), {**meta, "parity_max_abs_diff": diff, "tolerance": tolerance})
-    return ExportResult(path, diff, meta)
+    return ExportResult(path, diff, meta, fmt)
+
+
+def export_format(fmt: str | None, out: str | Path | None) -> str:
+    """The format to write: ``fmt``, checked against ``out``'s suffix (a TorchScript file named
+    .onnx would be handed to onnxruntime later), or the one that suffix names."""
+    if fmt is not None and fmt not in FORMATS:
+        raise choice_error("export format", fmt, FORMATS)
+    if out is None:
+        return fmt or "onnx"
+    suffix = Path(out).suffix.lower()
+    named = next((f for f, suffixes in SUFFIXES.items() if suffix in suffixes), None)
+    if named is None or (fmt is not None and named != fmt):
+        wanted = [fmt] if fmt else list(FORMATS)
+        raise ExportError(f"--out {Path(out).name}: " + "; ".join(f"{f} files end in {' or '.join(SUFFIXES[f])}"
+                                                                 for f in wanted))
+    return named
 
 
 def _write_and_compare(model, loaded, fmt: str, path: Path, meta: dict, opset: int) -> float:

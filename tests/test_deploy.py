@@ -69,6 +69,20 @@ def test_export_writes_model_metadata_and_checks_parity(run, fmt, tmp_path):
         assert model(torch.zeros(4, 3, 32, 32)).shape == (4, 3)
 
 
+def test_export_format_follows_the_file_name_and_refuses_a_mismatch(run, tmp_path):
+    """A TorchScript file named .onnx used to be written, and failed later in onnxruntime."""
+    r = CliRunner().invoke(main, ["export", str(run), "--format", "torchscript", "--out", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 1 and "torchscript files end in .ts or .pt" in r.output
+    r = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "m.txt")])
+    assert r.exit_code == 1 and "onnx files end in .onnx; torchscript files end in .ts or .pt" in r.output
+    assert list(tmp_path.iterdir()) == []
+    r = invoke("export", run, "--out", tmp_path / "m.pt")  # the suffix picks TorchScript
+    assert r.exit_code == 0 and "torchscript model" in r.output
+    from ftkit.export import load_torchscript
+
+    assert load_torchscript(tmp_path / "m.pt")[1]["classes"] == ["alpha", "beta", "gamma"]
+
+
 def test_export_fails_beyond_tolerance(run, tmp_path, monkeypatch):
     """A broken export (here: outputs shifted by 0.01) is refused and set aside, not shipped."""
     from ftkit import export
