@@ -233,6 +233,11 @@ def validate(cfg: Config) -> Config:
                           "no init or weights): drop l2sp, or start from pretrained weights")
     if cfg.init and cfg.weights:
         raise ConfigError(f"init ({cfg.init}) and weights ({cfg.weights}) both say where to start: give one of them")
+    if cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs:g}) is longer than the run (epochs {cfg.epochs}): the learning "
+                          "rate would never reach lr; lower warmup_epochs")
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed must be in [0, 2**32), got {cfg.seed}")
     if not 0 <= cfg.freeze_epochs <= cfg.epochs:
         raise ConfigError(f"freeze_epochs ({cfg.freeze_epochs}) must be between 0 and epochs ({cfg.epochs})")
     return cfg

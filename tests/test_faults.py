@@ -218,6 +218,8 @@ def test_a_diverging_run_stops_failed_and_keeps_its_checkpoint(split_folder, tmp
     (["--mean", "a,b,c"], "config key 'mean' expects numbers"),
     (["--std", "0,0,0"], "std values divide the pixels and must be above 0"),
     (["--ema", "1"], "ema is a decay in [0, 1)"),
+    (["--seed", "-1"], "seed must be in [0, 2**32)"),
+    (["--epochs", "2", "--warmup-epochs", "3"], "warmup_epochs (3) is longer than the run (epochs 2)"),
 ])
 def test_numeric_options_out_of_range_are_refused_before_any_work(flags, message, split_folder, tmp_path):
     from click.testing import CliRunner
