@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.models import adapt_input_conv
 
 from .config import Config, config_from_dict, load_recipe, resolve, suggest
 from .data import canonical_class
@@ -277,10 +278,20 @@ def match_classes(source: list[str], target: list[str]) -> dict[int, int]:
 def transfer_head(model: torch.nn.Module, source: ModelSource, head_names: set[str], matched: dict[int, int]) -> None:
     """Load the source's backbone into ``model`` and copy the classifier rows of matched classes.
 
-    The model's other head rows keep their fresh initialisation. Anything else that does not
-    fit (another architecture, another input channel count) is refused by name.
+    The model's other head rows keep their fresh initialisation. A first convolution made for
+    another channel count (a 3-channel source, ``--channels 1``) is adapted as timm adapts
+    pretrained weights for ``in_chans``; anything else that does not fit is refused by name.
     """
     backbone = {k: v for k, v in source.state_dict.items() if k not in head_names}
+    ours = model.state_dict()
+    first = f"{model.pretrained_cfg.get('first_conv')}.weight" if hasattr(model, "pretrained_cfg") else None
+    if first in backbone and first in ours and backbone[first].shape[1] != ours[first].shape[1]:
+        backbone[first] = adapt_input_conv(ours[first].shape[1], backbone[first].float()).to(backbone[first].dtype)
+    wrong = sorted(k for k, v in backbone.items() if k in ours and v.shape != ours[k].shape)
+    if wrong:
+        raise WeightsError(f"{source.name} does not fit {source.meta.get('backbone')} as configured: {wrong[0]} is "
+                           f"{tuple(backbone[wrong[0]].shape)} there and {tuple(ours[wrong[0]].shape)} here; start from it "
+                           "with its own settings")
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     wrong = sorted(set(missing) - head_names) + sorted(unexpected)
     if wrong:

@@ -194,6 +194,25 @@ def test_init_carries_matched_rows_bit_identical_and_initialises_the_others(sour
     assert info.init["classes_carried"] == {"Sad": "sad", "anger": "angry"} and info.init["classes_new"] == ["contempt"]
 
 
+def test_init_with_another_channel_count_adapts_the_first_convolution(source_run):
+    """--init a 3-channel model with --channels 1 failed in load_state_dict with a size
+    mismatch; the first convolution is now summed over its input channels (timm's
+    adapt_input_conv, as for pretrained weights) and every other tensor is carried as it is."""
+    from ftkit.models import head_parameter_names
+    from ftkit.progress import console
+    from ftkit.train import build_from_init
+    from ftkit.zoo import load_source, resolve_config
+
+    cfg = resolve_config(None, data="x", init=str(source_run), pretrained=False, channels=1)
+    model, _ = build_from_init(cfg, ["angry", "happy", "sad"], console)
+    src, state = load_source(str(source_run)).state_dict, model.state_dict()
+    first = f"{model.pretrained_cfg['first_conv']}.weight"
+    assert src[first].shape[1] == 3 and state[first].shape[1] == 1
+    assert torch.allclose(state[first], src[first].sum(dim=1, keepdim=True))
+    head = head_parameter_names(model)
+    assert all(torch.equal(state[k], v) for k, v in src.items() if k != first and k not in head)
+
+
 def test_finetune_from_a_run_records_its_source(source_run, tmp_path):
     data = write_split_folder(tmp_path / "new", sizes=(("train", 6), ("val", 2), ("test", 2)),
                               classes=("anger", "contempt", "happiness"), seed=3)
