@@ -22,7 +22,7 @@ from .faces import aligned_crop, centre_crop, detect_faces, square_crop
 from .io import atomic_write, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
 from .report import write_report
-from .runs import RunError, read_record, update_record, write_args
+from .runs import RunError, read_record, slug, update_record, write_args
 from .transforms import eval_transform
 from .weights import sha256sum
 from .zoo import LoadedRun, load_run
@@ -155,6 +155,9 @@ def data_key(cfg: Config, classes: list[str]) -> str:
 
 
 def _new_eval_dir(run: Path, name: str) -> Path:
+    """A new folder under RUN/eval/ named after ``name`` made safe as one folder name
+    (--name ../x must not write outside the run)."""
+    name = slug(name)
     for i in range(1, 10_000):
         folder = run / "eval" / (name if i == 1 else f"{name}-{i}")
         try:

@@ -36,8 +36,9 @@ class RunError(FtkitError, ValueError):
     """A run directory that is missing, incomplete, or would be overwritten."""
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+def slug(text: str) -> str:
+    """``text`` as one plain folder name: no separators, no leading dot ('..', '.hidden')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "run"
 
 
 @dataclass
@@ -58,7 +59,7 @@ def new_run_dir(cfg: Config) -> Path:
             raise RunError(f"run directory {path} already holds files; continue it with --resume {path} or pick another --out")
         path.mkdir(parents=True, exist_ok=True)
         return path
-    stem = _slug(cfg.name or f"{Path(cfg.data).stem or 'data'}-{cfg.backbone}")
+    stem = slug(cfg.name or f"{Path(cfg.data).stem or 'data'}-{cfg.backbone}")
     Path(cfg.project).mkdir(parents=True, exist_ok=True)
     for i in range(1, 10_000):
         path = Path(cfg.project) / (stem if i == 1 else f"{stem}-{i}")

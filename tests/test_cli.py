@@ -124,6 +124,11 @@ def test_evaluate_on_another_folder(trained, tmp_path):
     # a second evaluation never overwrites the first
     again = invoke("evaluate", run, "--data", tmp_path / "other", "--name", "other")
     assert again.exit_code == 0 and (run / "eval" / "other-2" / "report.json").is_file()
+    # a name is one folder under eval/, never a path out of it
+    before = sorted(p.name for p in run.iterdir())
+    escaped = invoke("evaluate", run, "--data", tmp_path / "other", "--name", "../../up")
+    assert escaped.exit_code == 0 and (run / "eval" / "up" / "report.json").is_file()
+    assert sorted(p.name for p in run.iterdir()) == before
 
 
 @pytest.mark.parametrize("tta", ["flip", "shift"])
