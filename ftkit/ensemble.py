@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .evaluation import quick_metrics, write_predictions
+from .io import refuse_inside
 from .predict import LoadedRun, Scored, load_run, run_record, score_run
 from .report import write_report
 from .runs import RunError, update_record, write_classes
@@ -36,10 +37,20 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
     """
     if len(runs) < 2:
         raise RunError("an ensemble needs at least two runs")
+    seen: dict[str, str | Path] = {}
+    for run in runs:
+        key = os.path.realpath(run) if Path(run).exists() else str(run)
+        if key in seen:
+            raise RunError(f"{run} is given twice (as {seen[key]} too): a run counted twice weighs double in the mean; "
+                           "give each run once")
+        seen[key] = run
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunError(f"{out} already exists and is not empty; choose another --out (nothing was changed)")
+    if data:
+        refuse_inside(out, [data], "--out")
     loaded, scores = score_members(runs, data, split, tta, device, console, progress, overrides=overrides)
+    refuse_inside(out, [scores[0].data], "--out")  # the members' own data folder
     classes = loaded[0].classes
     members = []
     for run, scored in zip(loaded, scores):

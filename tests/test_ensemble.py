@@ -92,6 +92,17 @@ def test_ensemble_refuses_runs_with_other_classes_and_single_runs(runs):
     assert not (tmp / "bad").exists() and not list(tmp.glob(".bad.*"))
     result = invoke(a, "--out", tmp / "one")
     assert result.exit_code != 0 and "at least two runs" in result.output
+    result = invoke(a, a.parent / "." / a.name, "--out", tmp / "twice")  # the same run, spelt another way
+    assert result.exit_code == 1 and "is given twice" in result.output and not (tmp / "twice").exists()
+
+
+def test_ensemble_refuses_an_out_folder_inside_the_data(runs):
+    """Its plots and CSVs would be read as images of a class by the next run on that folder."""
+    tmp, a, b, _ = runs
+    for extra in ([], ["--data", tmp / "data"]):
+        result = invoke(a, b, "--out", tmp / "data" / "ens", *extra)
+        assert result.exit_code == 1 and "lies inside the input folder" in result.output, result.output
+        assert not (tmp / "data" / "ens").exists() and not list((tmp / "data").glob(".ens.*"))
 
 
 def test_members_in_another_class_order_are_aligned_by_name():
