@@ -499,21 +499,31 @@ def demo(out, data_dir, epochs, backbone):
 
 @main.command()
 @click.option("--all", "show_all", is_flag=True, help="List every timm model name instead of the aliases.")
-@click.option("--filter", "pattern", default="*", help="With --all: a wildcard such as 'resnet*'.")
+@click.option("--filter", "pattern", default="*", help="A wildcard such as 'resnet*', over the aliases and their timm names (with --all: over every timm name).")
 @_friendly
 def backbones(show_all, pattern):
     """List backbone aliases with their timm names, parameter counts and input size."""
     from .models import backbone_rows
 
-    if show_all:
-        import timm
+    import fnmatch
 
-        click.echo("\n".join(timm.list_models(pattern)))
+    import timm
+
+    if show_all:
+        names = timm.list_models(pattern or "")
+        if not names:
+            raise click.ClickException(f"no timm model name matches {pattern!r}; try a wider wildcard such as 'resnet*'")
+        click.echo("\n".join(names))
         return
+    rows = [r for r in backbone_rows()
+            if not pattern or fnmatch.fnmatch(r["alias"], pattern) or fnmatch.fnmatch(r["timm"], pattern)]
+    if not rows:
+        raise click.ClickException(f"no alias or its timm name matches {pattern!r}; `ftkit backbones --all --filter "
+                                   f"{pattern!r}` searches every timm model name")
     table = Table(title="backbone aliases (any timm model name works too)")
     for col in ("alias", "timm name", "parameters", "default input", "mean / std"):
         table.add_column(col)
-    for row in backbone_rows():
+    for row in rows:
         table.add_row(row["alias"], row["timm"], f"{row['parameters'] / 1e6:.2f} M", row["input"], row["norm"])
     console.print(table)
 

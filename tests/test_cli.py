@@ -202,6 +202,12 @@ def test_backbones_lists_aliases():
     assert r.exit_code == 0
     for alias, name in (("mobilenetv2", "mobilenetv2_100"), ("efficientnet-lite0", "efficientnet_lite0")):
         assert alias in r.output and name in r.output
+    r = invoke("backbones", "--filter", "resnet*")  # used to be ignored without --all
+    assert r.exit_code == 0 and "resnet18" in r.output and "mobilenetv2" not in r.output
+    r = invoke("backbones", "--filter", "zzz*")
+    assert r.exit_code == 1 and "no alias or its timm name matches 'zzz*'" in r.output
+    r = invoke("backbones", "--all", "--filter", "zzz*")
+    assert r.exit_code == 1 and "no timm model name matches 'zzz*'" in r.output
 
 
 def test_data_synth_writes_all_classes(tmp_path):
