@@ -482,8 +482,8 @@ def export(run, fmt, out, tolerance):
 
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/demo, numbered].")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Where to write the synthetic data [default: inside the run].")
-@click.option("--epochs", type=int, help="Override the demo's epochs.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Where to write the synthetic data, or reuse it [default: demo-data/ beside the run directory].")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override the demo's epochs.")
 @click.option("--backbone", help="Override the demo's backbone.")
 @_friendly
 def demo(out, data_dir, epochs, backbone):

@@ -29,7 +29,7 @@ SIZES = {"train": 150, "val": 30, "test": 30}  # images per class
 def run_demo(out: str | None = None, data_dir: str | None = None, epochs: int | None = None,
              backbone: str | None = None, console=None) -> RunResult:
     """Write the synthetic set, fine-tune on it and print the report; returns the run."""
-    settings = {**DEMO, **({"epochs": epochs} if epochs else {}), **({"backbone": backbone} if backbone else {})}
+    settings = {**DEMO, **({"epochs": epochs} if epochs is not None else {}), **({"backbone": backbone} if backbone else {})}
     pretrained = has_offline_weights(settings["backbone"])  # looked up, not loaded: finetune loads them once
     if not pretrained:
         if console:

@@ -22,3 +22,11 @@ def test_demo_defaults_learn_the_synthetic_faces(tmp_path, monkeypatch):
     report = json.loads((run / "report.json").read_text())
     assert report["split"] == "test" and report["n"] == 7 * 30
     assert report["accuracy"] >= 0.80
+    assert (tmp_path / "runs" / "demo-data" / "train").is_dir()  # beside the run, as --help says, and reused
+
+
+def test_demo_refuses_zero_epochs(tmp_path):
+    """--epochs 0 used to be taken as 'not given' and ran the demo's 10 epochs."""
+    result = CliRunner().invoke(main, ["demo", "--epochs", "0", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "'--epochs': 0 is not in the range x>=1" in result.output
+    assert not (tmp_path / "d").exists()
