@@ -538,11 +538,11 @@ def data():
 
 @data.command("synth")
 @click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--train", default=80, show_default=True, help="Training images per class.")
-@click.option("--val", default=30, show_default=True, help="Validation images per class.")
-@click.option("--test", default=30, show_default=True, help="Test images per class.")
-@click.option("--size", default=64, show_default=True, help="Image side in pixels.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--train", type=click.IntRange(min=1), default=80, show_default=True, help="Training images per class.")
+@click.option("--val", type=click.IntRange(min=0), default=30, show_default=True, help="Validation images per class (0: none).")
+@click.option("--test", type=click.IntRange(min=0), default=30, show_default=True, help="Test images per class (0: none).")
+@click.option("--size", type=click.IntRange(min=8), default=64, show_default=True, help="Image side in pixels.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @_friendly
 def data_synth(dest, train, val, test, size, seed):
     """Write the synthetic expression data set (DEST/{train,val,test}/<class>/*.png).

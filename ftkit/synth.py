@@ -7,10 +7,15 @@ train on in minutes on a CPU, varied enough that a model has to learn the featur
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .errors import UsageError
 
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 _DRAW = 256  # drawing resolution; images are downsampled for smooth edges
@@ -95,15 +100,31 @@ def draw_face(label: str, rng: np.random.Generator, size: int = 64) -> np.ndarra
 def write_synthetic(dest: str | Path, per_class: dict[str, int] | None = None, size: int = 64, seed: int = 0) -> Path:
     """Write DEST/{train,val,test}/<class>/NNNN.png; returns DEST.
 
-    ``per_class`` maps split name to images per class (default 80/30/30).
+    ``per_class`` maps split name to images per class (default 80/30/30; a split of 0 is not
+    written). DEST must be new or empty; it appears only when complete (the set is written
+    beside it and renamed), so an interrupted run never leaves a partial set to be reused.
     """
     dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"{dest} already holds files; give an empty or new folder (a second set over the first "
+                         "would mix them)")
     per_class = per_class or {"train": 80, "val": 30, "test": 30}
     rng = np.random.default_rng(seed)
-    for split, n in per_class.items():
-        for label in FER_CLASSES:
-            folder = dest / split / label
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                cv2.imwrite(str(folder / f"{split}_{i:04d}.png"), cv2.cvtColor(draw_face(label, rng, size), cv2.COLOR_RGB2BGR))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        for split, n in per_class.items():
+            if n == 0:
+                continue  # no empty split folders: a loader would take them for a split without images
+            for label in FER_CLASSES:
+                folder = work / split / label
+                folder.mkdir(parents=True)
+                for i in range(n):
+                    cv2.imwrite(str(folder / f"{split}_{i:04d}.png"), cv2.cvtColor(draw_face(label, rng, size), cv2.COLOR_RGB2BGR))
+        if dest.exists():
+            dest.rmdir()  # empty, checked above
+        os.replace(work, dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     return dest
