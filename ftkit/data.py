@@ -268,6 +268,16 @@ def check_listing_files(items: dict[str, list[tuple[str, str]]], root: Path, lis
                 raise DataError(f"{listing}: {key} is not inside --data {root}; the listing belongs to another data set")
 
 
+def unlisted_images(items: dict[str, list[tuple[str, str]]], root: Path) -> list[str]:
+    """Image files under the data folder that a split listing does not name (images added
+    since the listing was written): a run with --splits leaves them out."""
+    if not root.is_dir():
+        return []
+    listed = {os.path.abspath(k) for rows in items.values() for k, _ in rows}
+    return [str(f) for f in sorted(root.rglob("*"))
+            if f.suffix.lower() in IMAGE_EXTENSIONS and os.path.abspath(f) not in listed]
+
+
 # --- class selection ---------------------------------------------------------------------
 
 
@@ -407,7 +417,7 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     """
     root = Path(cfg.data)
     skipped: list[tuple[str, str]] = []
-    preloaded = None
+    preloaded, unlisted = None, []
     if root.suffix.lower() == ".csv":
         items, preloaded, skipped = fer2013.read_fer_csv(root, strict=cfg.strict, console=console)
         source = "csv"
@@ -419,6 +429,7 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     elif cfg.splits:
         items, source = resolve_listing(read_split_listing(Path(cfg.splits)), root), "splits-file"
         check_listing_files(items, root, cfg.splits)
+        unlisted = unlisted_images(items, root)
     else:
         items, source = _folder_items(root, cfg, skipped)
     names = sorted({c for rows in items.values() for _, c in rows})
@@ -436,6 +447,11 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     classes = classes or kept
     splits = _assign_splits(items, classes, cfg) if carve else {n: _split_from_listing(r, classes) for n, r in items.items()}
     data = DataSplits(classes, splits, source, skipped, {k: v for k, v in mapping.items() if v != k})
+    if unlisted:
+        note = (f"{len(unlisted)} image(s) under {root} are not in the split listing {cfg.splits} and are left out "
+                f"(e.g. {unlisted[0]}): the listing decides the splits, so images added since it was written are not used")
+        warnings.warn(note, stacklevel=2)
+        data.notes.append(note)
     if cfg.shots and carve:
         apply_shots(data, cfg.shots, cfg.seed)
     if carve and not cfg.group_by and source != "csv":

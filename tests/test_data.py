@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -61,6 +63,14 @@ def test_split_listing_reproduces_the_split(flat_folder, tmp_path):
     for name in data.splits:
         assert again.splits[name].keys == data.splits[name].keys
         assert again.splits[name].labels.tolist() == data.splits[name].labels.tolist()
+    assert again.notes == []
+    # an image added since the listing was written is left out, and the run says so
+    added = next(Path(flat_folder).rglob("*.png"))
+    (added.parent / "added-later.png").write_bytes(added.read_bytes())
+    with pytest.warns(UserWarning, match="1 image.s. under .* are not in the split listing"):
+        later = load_data(tiny_config(flat_folder, tmp_path, splits=str(tmp_path / "split.csv")))
+    assert sum(len(s.keys) for s in later.splits.values()) == sum(len(s.keys) for s in data.splits.values())
+    assert "added-later.png" in later.notes[0]
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "LA", "CMYK"])
