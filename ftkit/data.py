@@ -301,27 +301,30 @@ def canonical_class(name: str) -> str:
     return CLASS_ALIASES.get(key, key)
 
 
-def select_classes(cfg: Config, names: list[str], scoring: bool = False) -> dict[str, str | None]:
+def class_target(cfg: Config, name: str) -> str | None:
+    """The class a folder named ``name`` becomes under --merge-class, --drop-class and
+    --classes, or None when the run leaves it out."""
+    target = cfg.merge_classes.get(name, name)
+    if target in cfg.drop_classes or name in cfg.drop_classes or (cfg.classes and target not in cfg.classes):
+        return None
+    return target
+
+
+def select_classes(cfg: Config, names: list[str], scoring: bool = False, elsewhere=()) -> dict[str, str | None]:
     """Map each original class name to the class it becomes (None: dropped).
 
     Applies ``merge_classes`` first, then ``drop_classes``, then the ``classes`` whitelist.
     Unknown names fail with suggestions: a typo must not silently keep a class. When
     ``scoring`` a trained model's data, the settings are the run's own and the folder may lack
-    some of those classes (or hold just one): what is there is scored.
+    some of those classes (or hold just one): what is there is scored. ``elsewhere``: class
+    folders of the data that a split listing leaves out (a run's --drop-class may name them).
     """
-    known = set(names)
+    known = set(names) | set(elsewhere)
     asked = list(cfg.merge_classes) + list(cfg.drop_classes) + list(cfg.classes or [])
     for name in asked if not scoring else []:
         if name not in known and name not in cfg.merge_classes.values():
             raise DataError(f"unknown class {name!r}.{suggest(name, names)} Classes in the data: {', '.join(names)}")
-    mapping: dict[str, str | None] = {}
-    for name in names:
-        target = cfg.merge_classes.get(name, name)
-        if target in cfg.drop_classes or name in cfg.drop_classes:
-            target = None
-        if cfg.classes and target not in cfg.classes:
-            target = None
-        mapping[name] = target
+    mapping = {name: class_target(cfg, name) for name in names}
     if len({t for t in mapping.values() if t}) < (1 if scoring else 2):
         kept = sorted({t for t in mapping.values() if t})
         if not asked:
@@ -433,11 +436,13 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     else:
         items, source = _folder_items(root, cfg, skipped)
     names = sorted({c for rows in items.values() for _, c in rows})
-    mapping = select_classes(cfg, names, scoring=classes is not None)
+    mapping = select_classes(cfg, names, scoring=classes is not None, elsewhere={Path(f).parent.name for f in unlisted})
     if classes is not None:
         mapping = fold_to_model(mapping, classes)
     items = _apply_class_map(items, mapping)
     kept = sorted({c for c in mapping.values() if c})
+    # images of classes this run leaves out (--drop-class, --classes) are not missing from the listing
+    unlisted = [f for f in unlisted if class_target(cfg, Path(f).parent.name) is not None]
     if classes is not None:
         unknown = [c for c in kept if c not in classes]
         if unknown:

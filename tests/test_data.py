@@ -73,6 +73,16 @@ def test_split_listing_reproduces_the_split(flat_folder, tmp_path):
     assert "added-later.png" in later.notes[0]
 
 
+def test_a_listing_of_a_run_that_drops_a_class_warns_of_nothing(flat_folder, tmp_path, classes, recwarn):
+    """The dropped class's images are not in the listing, and are not 'left out' by it."""
+    from ftkit.data import write_split_listing
+
+    cfg = tiny_config(flat_folder, tmp_path, drop_classes=[classes[0]])
+    write_split_listing(load_data(cfg), tmp_path / "split.csv")
+    again = load_data(tiny_config(flat_folder, tmp_path, drop_classes=[classes[0]], splits=str(tmp_path / "split.csv")))
+    assert again.notes == [] and not [w for w in recwarn if "split listing" in str(w.message)]
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "LA", "CMYK"])
 @pytest.mark.parametrize("fmt", ["png", "tiff", "bmp", "jpg"])
 def test_read_image_handles_modes_and_formats(tmp_path, mode, fmt):
