@@ -316,8 +316,8 @@ def select_classes(cfg: Config, names: list[str], scoring: bool = False, elsewhe
     Applies ``merge_classes`` first, then ``drop_classes``, then the ``classes`` whitelist.
     Unknown names fail with suggestions: a typo must not silently keep a class. When
     ``scoring`` a trained model's data, the settings are the run's own and the folder may lack
-    some of those classes (or hold just one): what is there is scored. ``elsewhere``: class
-    folders of the data that a split listing leaves out (a run's --drop-class may name them).
+    some of those classes (or hold just one): what is there is scored. ``elsewhere``: classes
+    of the data that a split listing leaves out (a run's --drop-class may name them).
     """
     known = set(names) | set(elsewhere)
     asked = list(cfg.merge_classes) + list(cfg.drop_classes) + list(cfg.classes or [])
@@ -420,11 +420,12 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     """
     root = Path(cfg.data)
     skipped: list[tuple[str, str]] = []
-    preloaded, unlisted = None, []
+    preloaded, unlisted, elsewhere = None, [], set()
     if root.suffix.lower() == ".csv":
         items, preloaded, skipped = fer2013.read_fer_csv(root, strict=cfg.strict, console=console)
         source = "csv"
         if cfg.splits:
+            elsewhere = {c for rows in items.values() for _, c in rows}  # the CSV's classes, dropped ones too
             items = read_split_listing(Path(cfg.splits))
             missing = next((k for rows in items.values() for k, _ in rows if k not in preloaded), None)
             if missing is not None:
@@ -433,10 +434,11 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
         items, source = resolve_listing(read_split_listing(Path(cfg.splits)), root), "splits-file"
         check_listing_files(items, root, cfg.splits)
         unlisted = unlisted_images(items, root)
+        elsewhere = {Path(f).parent.name for f in unlisted}
     else:
         items, source = _folder_items(root, cfg, skipped)
     names = sorted({c for rows in items.values() for _, c in rows})
-    mapping = select_classes(cfg, names, scoring=classes is not None, elsewhere={Path(f).parent.name for f in unlisted})
+    mapping = select_classes(cfg, names, scoring=classes is not None, elsewhere=elsewhere)
     if classes is not None:
         mapping = fold_to_model(mapping, classes)
     items = _apply_class_map(items, mapping)

@@ -99,6 +99,17 @@ def test_csv_class_drop_and_merge(fer_csv):
     assert merged.summary()["train"]["angry"] == 8 and "disgust" not in merged.classes
 
 
+def test_a_csv_run_that_dropped_a_class_repeats_from_its_split_listing(fer_csv, tmp_path):
+    """--splits RUN/split.csv --drop-class disgust failed: the listing names no disgust row."""
+    from ftkit.data import write_split_listing
+
+    data = load_data(Config(data=str(fer_csv), drop_classes=["disgust"]))
+    write_split_listing(data, tmp_path / "split.csv")
+    again = load_data(Config(data=str(fer_csv), drop_classes=["disgust"], splits=str(tmp_path / "split.csv")))
+    assert again.classes == data.classes
+    assert {n: s.keys for n, s in again.splits.items()} == {n: s.keys for n, s in data.splits.items()}
+
+
 def test_data_inspect_and_convert_cli(fer_csv, tmp_path):
     r = CliRunner().invoke(main, ["data", "inspect", str(fer_csv)])
     assert r.exit_code == 0
