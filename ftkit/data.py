@@ -434,7 +434,8 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
         items, source = resolve_listing(read_split_listing(Path(cfg.splits)), root), "splits-file"
         check_listing_files(items, root, cfg.splits)
         unlisted = unlisted_images(items, root)
-        elsewhere = {Path(f).parent.name for f in unlisted}
+        # the class folders on disk, listed or not: a run's --drop-class/--merge-class name them
+        elsewhere = {Path(f).parent.name for f in unlisted} | {Path(k).parent.name for rows in items.values() for k, _ in rows}
     else:
         items, source = _folder_items(root, cfg, skipped)
     names = sorted({c for rows in items.values() for _, c in rows})

@@ -81,6 +81,10 @@ def test_a_listing_of_a_run_that_drops_a_class_warns_of_nothing(flat_folder, tmp
     write_split_listing(load_data(cfg), tmp_path / "split.csv")
     again = load_data(tiny_config(flat_folder, tmp_path, drop_classes=[classes[0]], splits=str(tmp_path / "split.csv")))
     assert again.notes == [] and not [w for w in recwarn if "split listing" in str(w.message)]
+    merge = {classes[0]: classes[1]}  # the listing names the merged images by their new class
+    write_split_listing(load_data(tiny_config(flat_folder, tmp_path, merge_classes=merge)), tmp_path / "merged.csv")
+    merged = load_data(tiny_config(flat_folder, tmp_path, merge_classes=merge, splits=str(tmp_path / "merged.csv")))
+    assert merged.classes == classes[1:]
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "LA", "CMYK"])
