@@ -9,7 +9,7 @@ from ftkit import train as train_mod
 from ftkit.config import ConfigError
 from ftkit.models import create, head_parameter_names, set_trainable, stage_groups
 from ftkit.train import Phase, build_optimizer, cosine_with_warmup, finetune, plan_phases, resume
-from conftest import interrupt_at_epoch, tiny_config
+from conftest import interrupt_at_epoch, tiny_config, write_split_folder
 
 
 def _snapshot(model):
@@ -124,6 +124,22 @@ def test_finetune_writes_a_complete_run_directory(split_folder, tmp_path):
     assert not list(run.rglob("*.tmp"))
     # the bars are easy: three epochs are enough to beat chance clearly
     assert result.report["accuracy"] > 0.6
+
+
+def test_a_run_that_merged_and_dropped_classes_resumes(tmp_path, monkeypatch):
+    """--resume reads the run's split.csv, which names merged images by their new class and
+    lists no dropped one: it failed with "unknown class" for any run with --merge-class or
+    --drop-class."""
+    data = write_split_folder(tmp_path / "data", sizes=(("train", 6), ("val", 2), ("test", 2)),
+                              classes=("anger", "contempt", "disgust", "happy"))
+    settings = dict(epochs=2, name="cut", merge_classes={"disgust": "anger"}, drop_classes=["contempt"])
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        interrupt_at_epoch(patch, 2)
+        finetune(tiny_config(data, tmp_path, **settings))
+    cut = tmp_path / "runs" / "cut"
+    resumed = resume(cut)
+    assert resumed.record["status"] == "finished" and [r["epoch"] for r in _metrics(cut)] == ["1", "2"]
+    assert json.loads((cut / "classes.json").read_text()) == ["anger", "happy"]
 
 
 @pytest.mark.slow
