@@ -393,10 +393,12 @@ def _assign_splits(items: dict[str, list[tuple[str, str]]], classes: list[str], 
     else:
         pool, fractions = None, {}
     splits = {name: _split_from_listing(rows, classes) for name, rows in items.items()}
+    groups = None
     if pool is not None:
         full = _split_from_listing(pool, classes)
         if cfg.group_by:
-            where = grouped_split(full.labels, group_keys(full.keys, cfg.group_by), fractions, cfg.seed)
+            groups = group_keys(full.keys, cfg.group_by)
+            where = grouped_split(full.labels, groups, fractions, cfg.seed)
         else:
             where = stratified_split(full.labels, fractions, cfg.seed)
         for name in ("train", *fractions):
@@ -404,6 +406,11 @@ def _assign_splits(items: dict[str, list[tuple[str, str]]], classes: list[str], 
             if len(chosen):
                 splits[name] = full.subset(chosen)
     if "val" not in splits or len(splits["val"]) == 0:
+        if groups is not None and cfg.val_split > 0:
+            found = np.unique(groups)
+            raise DataError(f"--group-by {cfg.group_by!r} finds {len(found)} group(s) (e.g. {', '.join(map(str, found[:3]))}), "
+                            f"too few to give whole groups to train and val{' and test' if 'test' in fractions else ''}: "
+                            "check that its first group captures the subject or clip of each file")
         raise DataError("no validation images: raise --val-split or add a val/ folder")
     if "train" not in splits or len(splits["train"]) == 0:
         raise DataError(f"--val-split {cfg.val_split} and --test-split {cfg.test_split} leave no training image in "

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from ftkit.cli import main
 from ftkit.crossval import fold_indices
-from ftkit.data import grouped_split, load_data
+from ftkit.data import DataError, grouped_split, load_data
 from conftest import TINY, tiny_config, write_images
 
 
@@ -58,6 +58,12 @@ def test_group_by_never_splits_a_clip(clip_folder, tmp_path):
             clip = re.search(GROUP, key).group(1)
             assert side.setdefault(clip, name) == name, f"{clip} is on two sides"
     assert {len(s) for s in data.splits.values()} == {15, 30}  # whole clips of 5 frames
+
+
+def test_a_group_by_that_finds_one_group_says_so(clip_folder, tmp_path):
+    """It used to say 'no validation images: raise --val-split', which does not help."""
+    with pytest.raises(DataError, match=r"--group-by '\(clip\)' finds 1 group\(s\) \(e\.g\. clip\), too few"):
+        load_data(tiny_config(clip_folder, tmp_path, group_by="(clip)", val_split=0.25, test_split=0.25))
 
 
 def test_grouped_split_is_pure_and_deterministic():
