@@ -78,6 +78,12 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise WeightsError(f"cannot read {path} as safetensors ({exc}); the file is damaged or not safetensors") from exc
         check_finite(state_dict, str(path))
         return state_dict
+    with open(path, "rb") as f:
+        pickled = f.read(1) == b"\x80"  # a pickle's PROTO opcode: torch.save's legacy format
+    if not (pickled or zipfile.is_zipfile(path)):
+        # neither torch.save's zip archive nor a pickle: torch.load's advice (weights_only=False) would not help
+        raise WeightsError(f"{path} is not a PyTorch checkpoint (.pth/.pt, written by torch.save) or a .safetensors "
+                           "file; give the weights file itself")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle.UnpicklingError and friends carry the reason

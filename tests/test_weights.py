@@ -55,6 +55,18 @@ def test_arbitrary_pickles_are_refused(tmp_path, capsys):
     assert "pwned" not in capsys.readouterr().out  # the payload never ran
 
 
+def test_a_file_that_is_no_checkpoint_is_named_as_such(tmp_path):
+    """A text or image file given as weights got torch.load's advice to retry with
+    weights_only=False, which cannot help and would be unsafe."""
+    for name, data in (("notes.pth", b"not weights\n"), ("photo.pt", b"\xff\xd8\xff\xe0 jpeg")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(WeightsError, match=f"{name} is not a PyTorch checkpoint") as info:
+            load_state_dict(tmp_path / name)
+        assert "weights_only" not in str(info.value)
+    torch.save({"w": torch.ones(2)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert torch.equal(load_state_dict(tmp_path / "legacy.pth")["w"], torch.ones(2))  # the old format still loads
+
+
 def test_foreign_checkpoint_is_remapped_by_order_and_shape():
     reference = timm.create_model(TINY, num_classes=1000).state_dict()
     mapped = fit_to_model(_foreign(reference), TINY)
