@@ -330,7 +330,7 @@ def ensemble(runs, out, data, split, tta, device, **kwargs):
 def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_dir, fmt, output, video, camera, video_out, every,
             max_frames, device):
     """Top-k classes for images, folders, a video or a camera; MODEL is a run, a named model
-    (`ftkit weights list`) or an exported .onnx.
+    (`ftkit weights list`) or an exported .onnx or TorchScript (.ts, .pt) file.
 
     \b
     Examples:

@@ -168,8 +168,12 @@ def _export_torchscript(model, example, path: Path, meta: dict) -> None:
 def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """An ftkit TorchScript file on the CPU and the preprocessing recorded in it."""
     files = {"ftkit.json": ""}
-    with _quiet_jit():
-        model = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    try:
+        with _quiet_jit():
+            model = torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+    except (RuntimeError, ValueError) as exc:  # a state dict, a pickle or any other file: not a TorchScript archive
+        raise ExportError(f"{path} is not a TorchScript file (a state dict, or another kind of file): export one with "
+                          "`ftkit export RUN --format torchscript`, or give a run directory") from exc
     if not files["ftkit.json"]:
         raise ExportError(f"{path}: no ftkit.json inside; export it with `ftkit export RUN --format torchscript`")
     return model.eval(), json.loads(files["ftkit.json"])

@@ -17,7 +17,8 @@ from .config import DATA_OVERRIDES, Config, ConfigError, validate
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
 from .errors import UsageError
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
-from .export import read_onnx_metadata
+from .export import SUFFIXES as EXPORT_SUFFIXES
+from .export import load_torchscript, read_onnx_metadata
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
 from .io import atomic_write, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
@@ -216,10 +217,24 @@ class Predictor:
     def from_onnx(cls, path: str | Path) -> "Predictor":
         import onnxruntime as ort
 
-        meta = read_onnx_metadata(path)
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return cls._from_export(read_onnx_metadata(path), lambda x: session.run(None, {"input": x})[0], path)
+
+    @classmethod
+    def from_torchscript(cls, path: str | Path) -> "Predictor":
+        model, meta = load_torchscript(path)
+
+        @torch.no_grad()
+        def forward(x: np.ndarray) -> np.ndarray:
+            return model(torch.from_numpy(x)).float().numpy()
+
+        return cls._from_export(meta, forward, path)
+
+    @classmethod
+    def _from_export(cls, meta: dict[str, Any], forward, path: str | Path) -> "Predictor":
+        """The classes, preprocessing and face settings that ``ftkit export`` records in a file."""
         fields = {k: meta[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")}
-        return cls(meta["classes"], DataConfig(**fields), lambda x: session.run(None, {"input": x})[0], str(path),
+        return cls(meta["classes"], DataConfig(**fields), forward, str(path),
                    meta.get("faces", "none"), meta.get("face_margin", 0.25), meta.get("face_align", False))
 
     def probs(self, images: list[np.ndarray], tta: str = "none", batch_size: int = 64) -> np.ndarray:
@@ -232,13 +247,14 @@ class Predictor:
 
 
 def open_predictor(target: str | Path, device: str = "auto") -> Predictor:
-    """A run directory, a named model (``ftkit weights list``), or an ``.onnx`` file written by
-    ``ftkit export``."""
-    if Path(target).suffix == ".onnx":
-        if not Path(target).is_file():
-            raise DataError(f"ONNX model {target} not found")
-        return Predictor.from_onnx(target)
-    return Predictor.from_run(target, device)
+    """A run directory, a named model (``ftkit weights list``), or an ``.onnx`` or TorchScript
+    (``.ts``, ``.pt``) file written by ``ftkit export``."""
+    kind = next((f for f, suffixes in EXPORT_SUFFIXES.items() if Path(target).suffix.lower() in suffixes), None)
+    if kind is None:
+        return Predictor.from_run(target, device)
+    if not Path(target).is_file():
+        raise DataError(f"{kind} model {target} not found")
+    return Predictor.from_onnx(target) if kind == "onnx" else Predictor.from_torchscript(target)
 
 
 # --- faces in, predictions out -----------------------------------------------------------

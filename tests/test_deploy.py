@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -97,15 +98,19 @@ def test_export_fails_beyond_tolerance(run, tmp_path, monkeypatch):
 @pytest.mark.parametrize("tta", ["none", "shift"])
 def test_onnx_and_pytorch_predictions_agree(run, tmp_path, tta):
     invoke("export", run, "--out", tmp_path / "m.onnx")
+    invoke("export", run, "--out", tmp_path / "m.ts")
     rng = np.random.default_rng(4)
     for i in range(6):
         Image.fromarray(class_image(i % 3, rng)).save(tmp_path / f"img{i}.png")
     images = [tmp_path / f"img{i}.png" for i in range(6)]
     invoke("predict", run, *images, "--tta", tta, "--output", tmp_path / "torch.json")
     invoke("predict", tmp_path / "m.onnx", *images, "--tta", tta, "--output", tmp_path / "onnx.json")
+    invoke("predict", tmp_path / "m.ts", *images, "--tta", tta, "--output", tmp_path / "ts.json")
     a = json.loads((tmp_path / "torch.json").read_text())
     b = json.loads((tmp_path / "onnx.json").read_text())
-    for ra, rb in zip(a, b):
+    c = json.loads((tmp_path / "ts.json").read_text())
+    assert len(a) == len(b) == len(c) == 6
+    for ra, rb in [*zip(a, b), *zip(a, c)]:
         pa, pb = ra["detections"][0]["probabilities"], rb["detections"][0]["probabilities"]
         assert max(abs(pa[c] - pb[c]) for c in pa) < 1e-4
         assert ra["detections"][0]["top"][0]["class"] == rb["detections"][0]["top"][0]["class"]
@@ -271,5 +276,8 @@ def test_bad_inputs_for_predict_and_export(run, tmp_path):
     assert r.exit_code == 1 and "does not exist" in r.output
     r = CliRunner().invoke(main, ["predict", str(tmp_path / "missing.onnx"), "x.png"])
     assert r.exit_code == 1 and "not found" in r.output
+    torch.save({"w": torch.ones(1)}, tmp_path / "state.pt")  # a state dict, not a TorchScript export
+    r = CliRunner().invoke(main, ["predict", str(tmp_path / "state.pt"), "x.png"])
+    assert r.exit_code == 1 and "is not a TorchScript file" in r.output
     r = CliRunner().invoke(main, ["export", str(tmp_path / "missing-run")])
     assert r.exit_code == 1 and "neither a run directory nor a named model" in r.output
