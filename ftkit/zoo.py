@@ -104,6 +104,9 @@ def load_source(target: str | Path, checkpoint: str = "best") -> ModelSource:
         return ModelSource(str(target), "run", run, sha256sum(run / "checkpoints" / f"{checkpoint}.safetensors"),
                            weights, meta)
     found = find_model(str(target))
+    if found is None and path.is_file() and path.suffix.lower() in (".onnx", ".ts", ".pt"):
+        raise ModelNotFound(f"{target} is an exported model file: `ftkit predict` takes it; to evaluate, fine-tune "
+                            "from or export again, give the run directory or named model it was exported from")
     if found is None:
         names = [m["name"] for m in list_models()]
         raise ModelNotFound(

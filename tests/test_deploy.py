@@ -279,5 +279,8 @@ def test_bad_inputs_for_predict_and_export(run, tmp_path):
     torch.save({"w": torch.ones(1)}, tmp_path / "state.pt")  # a state dict, not a TorchScript export
     r = CliRunner().invoke(main, ["predict", str(tmp_path / "state.pt"), "x.png"])
     assert r.exit_code == 1 and "is not a TorchScript file" in r.output
+    invoke("export", run, "--out", tmp_path / "m.onnx")
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "m.onnx")])  # said: neither a run nor a named model
+    assert r.exit_code == 1 and "is an exported model file: `ftkit predict` takes it" in r.output
     r = CliRunner().invoke(main, ["export", str(tmp_path / "missing-run")])
     assert r.exit_code == 1 and "neither a run directory nor a named model" in r.output
