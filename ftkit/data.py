@@ -123,6 +123,13 @@ def detect_layout(root: Path) -> str:
         raise DataError(f"data folder {root} does not exist: give a folder of class folders or a FER2013 CSV")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder or a .csv file")
+    def is_run(d: Path) -> bool:
+        return (d / "args.yaml").is_file() and (d / "run.json").is_file()
+
+    runs = [d.name for d in _class_dirs(root) if is_run(d)]
+    if is_run(root) or runs:
+        what = "is an ftkit run directory" if is_run(root) else f"holds ftkit run directories ({', '.join(runs[:2])}...)"
+        raise DataError(f"{root} {what}, not data: give --data the image folder (or CSV) the runs trained on")
     if (root / "train").is_dir():
         return "folders"
     top = {d.name for d in _class_dirs(root)}

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,15 @@ def test_shrinking_averages_pixels_and_enlarging_keeps_the_models_interpolation(
     tiny = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
     enlarged = tf(tiny).numpy().transpose(1, 2, 0) * 255
     assert np.abs(enlarged - cv2.resize(tiny, (80, 80), interpolation=cv2.INTER_CUBIC)).max() < 1e-3
+
+
+def test_a_run_directory_given_as_data_is_named_as_such(tmp_path):
+    """Its plots made 'classes' and its checkpoints folder an 'empty class folder'."""
+    run = tmp_path / "runs" / "a"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "args.yaml").write_text("data: x\n")
+    (run / "run.json").write_text("{}")
+    Image.new("RGB", (8, 8)).save(run / "curves.png")
+    for data, message in ((run, "is an ftkit run directory, not data"), (tmp_path / "runs", "holds ftkit run directories (a...)")):
+        with pytest.raises(DataError, match=re.escape(message)):
+            load_data(tiny_config(data, tmp_path))
