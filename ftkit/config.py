@@ -45,7 +45,7 @@ class Config:
     splits: str | None = option(None, "split.csv of an earlier run: reuse exactly that split")
     classes: list[str] | None = option(None, "keep only these classes (others are dropped)")
     drop_classes: list[str] = option([], "classes to leave out entirely")
-    merge_classes: dict[str, str] = option({}, "relabel SRC as DST, e.g. disgust: angry")
+    merge_classes: dict[str, str] = option({}, "relabel SRC as DST (flag: --merge-class disgust=angry; recipe: {disgust: angry})")
     strict: bool = option(False, "fail on the first malformed CSV row or unreadable image instead of skipping it")
     faces: str = option("none", "none | crop | require: crop the largest face (require: leave out images without one)")
     face_margin: float = option(0.25, "margin added around a detected face, as a fraction of its side "
