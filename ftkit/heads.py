@@ -63,11 +63,17 @@ GRADIENT_ONLY = ("epochs", "freeze_epochs", "unfreeze", "backbone_lr_mult", "lr"
                  "augment", "augment_pipeline", "patience", "drop_rate")
 
 
-def ignored_by_logreg(cfg: Config) -> list[str]:
-    """The gradient-training settings that differ from their defaults (given by a flag or a
-    recipe) and that a --head logreg run would therefore silently not use."""
+# what only a backbone that trains uses: --head linear keeps it frozen throughout
+BACKBONE_ONLY = ("freeze_epochs", "unfreeze", "backbone_lr_mult", "l2sp")
+
+
+def ignored_by_head(cfg: Config) -> list[str]:
+    """The settings that differ from their defaults (given by a flag or a recipe) and that this
+    head would silently not use: a logreg run takes no gradient step, a linear one never
+    trains its backbone."""
+    keys = {"logreg": GRADIENT_ONLY, "linear": BACKBONE_ONLY}.get(cfg.head, ())
     default = Config()
-    return [f"{key}={getattr(cfg, key)}" for key in GRADIENT_ONLY if getattr(cfg, key) != getattr(default, key)]
+    return [f"{key}={getattr(cfg, key)}" for key in keys if getattr(cfg, key) != getattr(default, key)]
 
 
 def fit_logreg(run: Path, cfg: Config, data: DataSplits, model: nn.Module, out: Console,

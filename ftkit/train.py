@@ -39,7 +39,7 @@ from .device import autocast_for, resolve_device, seed_everything
 from .distributed import SINGLE, Context
 from .errors import FtkitError
 from .evaluation import predict_split, quick_metrics, write_predictions
-from .heads import fit_logreg, ignored_by_logreg
+from .heads import fit_logreg, ignored_by_head
 from .io import refuse_inside
 from .models import (
     backbone_and_head_params,
@@ -461,15 +461,31 @@ def check_distributed(cfg: Config, ctx: Context, device: torch.device) -> None:
                           f"{', '.join(str(b) for b in (lower, upper) if b)}")
 
 
+def setting_notes(cfg: Config) -> list[str]:
+    """Settings that this run would take without using them, or that add up to more than
+    the user likely meant: said once at the start instead of silently."""
+    notes = []
+    if ignored_by_head(cfg):
+        what = {"logreg": "fits scikit-learn on frozen embeddings and takes no gradient step",
+                "linear": "keeps the backbone frozen throughout"}[cfg.head]
+        notes.append(f"head {cfg.head} {what}: {', '.join(ignored_by_head(cfg))} do not apply and are not used")
+    if cfg.warmup_epochs and cfg.scheduler != "cosine" and cfg.head != "logreg":
+        notes.append(f"warmup_epochs={cfg.warmup_epochs:g} applies to the cosine schedule only; scheduler "
+                     f"{cfg.scheduler} does not use it")
+    if cfg.sampler == "balanced" and cfg.class_weights == "balanced" and cfg.head != "logreg":
+        notes.append("sampler=balanced and class_weights=balanced both correct class imbalance: together they "
+                     "over-weight the rare classes (each is usually used alone)")
+    return notes
+
+
 def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool = True,
              ctx: Context | None = None) -> RunResult:
     """Build the model and train it on ``data``, writing everything into a new run directory
     (claimed only once the model exists, so a missing weights file leaves nothing behind)."""
     ctx = ctx or distributed.current()
     seed_everything(cfg.seed)
-    if cfg.head == "logreg" and ignored_by_logreg(cfg):
-        out.print(f"[yellow]head logreg fits scikit-learn on frozen embeddings and takes no gradient step: "
-                  f"{', '.join(ignored_by_logreg(cfg))} do not apply and are not used")
+    for note in setting_notes(cfg):
+        out.print(f"[yellow]{note}")
     if cfg.head == "logreg" and cfg.tta == "none":
         # the regression is fitted on flip-averaged embeddings: predict the same way, and say so
         # in args.yaml and the checkpoint, so that `ftkit evaluate` repeats the run's own report

@@ -396,6 +396,23 @@ def test_a_logreg_run_names_the_training_options_it_does_not_use(split_folder, t
     assert "epochs=5, lr=0.01, mixup=0.2 do not apply and are not used" in text
 
 
+def test_settings_a_run_would_not_use_are_named_before_it_starts():
+    """--head linear with --unfreeze gradual, a warm-up under the plateau scheduler, and both
+    ways of balancing classes at once used to be taken without a word."""
+    from ftkit.config import Config
+    from ftkit.train import setting_notes
+
+    assert setting_notes(Config()) == []
+    (note,) = setting_notes(Config(head="linear", unfreeze="gradual", backbone_lr_mult=0.5))
+    assert note == ("head linear keeps the backbone frozen throughout: unfreeze=gradual, backbone_lr_mult=0.5 do not "
+                    "apply and are not used")
+    (note,) = setting_notes(Config(scheduler="plateau", warmup_epochs=1))
+    assert "applies to the cosine schedule only; scheduler plateau does not use it" in note
+    (note,) = setting_notes(Config(sampler="balanced", class_weights="balanced"))
+    assert "together they over-weight the rare classes" in note
+    assert setting_notes(Config(sampler="balanced")) == setting_notes(Config(warmup_epochs=1)) == []
+
+
 def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_path):
     """A Ctrl-C inside torch.save's writes used to come out of its C++ zip writer as
     "RuntimeError: unexpected pos" (the run then read as failed, not interrupted). It is held
