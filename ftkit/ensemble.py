@@ -10,8 +10,6 @@ combine freely; they must share the class names. The ensemble folder holds the a
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .evaluation import quick_metrics, write_predictions
-from .io import refuse_inside
+from .io import new_folder, refuse_inside
 from .predict import LoadedRun, Scored, load_run, run_record, score_run
 from .report import write_report
 from .runs import RunError, update_record, write_classes
@@ -45,7 +43,7 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
                            "give each run once")
         seen[key] = run
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # said before the scoring, not after it
         raise RunError(f"{out} already exists and is not empty; choose another --out (nothing was changed)")
     if data:
         refuse_inside(out, [data], "--out")
@@ -66,9 +64,7 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
               "eval_note": f"mean of the class probabilities of {len(runs)} runs", "eval_settings": first.settings,
               "train_seconds": _sum_or_none(m["train_seconds"] for m in members),
               "device": str(loaded[0].device), "data": {"path": first.data}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with new_folder(out, "--out") as work:
         for i, (member, scored) in enumerate(zip(members, scores), 1):
             folder = work / "members" / f"{i:02d}-{Path(member['run']).name}"
             folder.mkdir(parents=True)
@@ -77,12 +73,6 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
         update_record(work, **record)
         write_classes(work, classes)
         report = write_report(work, name=str(out))
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return out, report
 
 

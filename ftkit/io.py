@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
+import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,6 +94,26 @@ def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
     fd, tmp = _new_temp(path, suffix)
     os.close(fd)
     return Path(tmp)
+
+
+@contextmanager
+def new_folder(dest: str | Path, what: str = "folder") -> Iterator[Path]:
+    """Build a new folder ``dest`` in a temporary folder beside it, moved into place by one
+    rename when the block ends without an error: readers never see a half-written folder, and
+    a failed or interrupted write leaves nothing. ``dest`` must be new or empty."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"{dest} already exists and is not an empty folder; give a new {what} (nothing was changed)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+    try:
+        yield work
+        if dest.exists():
+            dest.rmdir()  # empty, checked above
+        os.replace(work, dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def refuse_inside(output: str | Path, inputs: list[str | Path], what: str) -> None:

@@ -15,9 +15,7 @@ shuffling and writing are the ``webdataset`` package's.
 from __future__ import annotations
 
 import io
-import os
 import random
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,7 +28,7 @@ import webdataset as wds
 from .config import Config, ConfigError
 from .data import DataError, DataSplits, Split, load_data, read_image, read_split_listing
 from .distributed import SINGLE, Context
-from .io import read_json, refuse_inside, write_json
+from .io import new_folder, read_json, refuse_inside, write_json
 from .progress import progress_bar
 
 INDEX = "dataset.json"
@@ -53,10 +51,7 @@ def write_shards(cfg: Config, dest: str | Path, shard_size: int = 10_000, consol
         raise DataError(f"{dest} already exists and is not an empty folder; give a new folder for the shards")
     refuse_inside(dest, [cfg.data], "the shard folder")
     data = load_data(replace(cfg, cache="stream"), console=console)  # files stay encoded; crops/CSV rows are decoded
-    partial = dest.parent / f".{dest.name}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with new_folder(dest, "folder for the shards") as partial:
         index = {"format": FORMAT, "version": VERSION, "classes": data.classes, "source": str(cfg.data),
                  "source_kind": data.source, "faces": cfg.faces, "shard_size": shard_size, "splits": {}}
         with progress_bar(console) as bar:
@@ -64,11 +59,6 @@ def write_shards(cfg: Config, dest: str | Path, shard_size: int = 10_000, consol
                 task = bar.add_task(f"writing {name} shards", total=len(split))
                 index["splits"][name] = _write_split(partial, name, split, shard_size, lambda: bar.advance(task))
         write_json(partial / INDEX, index)
-        if dest.exists():
-            dest.rmdir()
-        os.replace(partial, dest)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return index
 
 

@@ -7,15 +7,12 @@ train on in minutes on a CPU, varied enough that a model has to learn the featur
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from .errors import UsageError
+from .io import new_folder
 
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
 _DRAW = 256  # drawing resolution; images are downsampled for smooth edges
@@ -104,15 +101,9 @@ def write_synthetic(dest: str | Path, per_class: dict[str, int] | None = None, s
     written). DEST must be new or empty; it appears only when complete (the set is written
     beside it and renamed), so an interrupted run never leaves a partial set to be reused.
     """
-    dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise UsageError(f"{dest} already holds files; give an empty or new folder (a second set over the first "
-                         "would mix them)")
     per_class = per_class or {"train": 80, "val": 30, "test": 30}
     rng = np.random.default_rng(seed)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-    try:
+    with new_folder(dest, "folder for the synthetic set (a second set over the first would mix them)") as work:
         for split, n in per_class.items():
             if n == 0:
                 continue  # no empty split folders: a loader would take them for a split without images
@@ -121,10 +112,4 @@ def write_synthetic(dest: str | Path, per_class: dict[str, int] | None = None, s
                 folder.mkdir(parents=True)
                 for i in range(n):
                     cv2.imwrite(str(folder / f"{split}_{i:04d}.png"), cv2.cvtColor(draw_face(label, rng, size), cv2.COLOR_RGB2BGR))
-        if dest.exists():
-            dest.rmdir()  # empty, checked above
-        os.replace(work, dest)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return dest
+    return Path(dest)

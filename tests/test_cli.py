@@ -220,7 +220,7 @@ def test_data_synth_writes_all_classes(tmp_path):
         assert len(list((tmp_path / "syn" / "test" / c).glob("*.png"))) == 1
     # a second set over the first would mix them; a split of 0 images is not written empty
     r = invoke("data", "synth", tmp_path / "syn", "--train", 3)
-    assert r.exit_code == 1 and "already holds files" in r.output
+    assert r.exit_code == 1 and "already exists and is not an empty folder" in r.output
     assert len(list((tmp_path / "syn" / "train" / "happy").glob("*.png"))) == 2
     r = invoke("data", "synth", tmp_path / "syn0", "--train", 1, "--val", 0, "--test", 0)
     assert r.exit_code == 0 and sorted(p.name for p in (tmp_path / "syn0").iterdir()) == ["train"]
