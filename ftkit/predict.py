@@ -460,6 +460,7 @@ def _video_writer(out: Path, fps: float, width: int, height: int):
     tmp = str(temp_beside(out, ".tmp" + out.suffix))
     writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*VIDEO_CODECS[out.suffix.lower()]), fps, (width, height))
     if not writer.isOpened():
+        Path(tmp).unlink(missing_ok=True)
         raise DataError(f"OpenCV cannot write the video {out}: no {out.suffix} encoder in this build")
     return writer, tmp
 

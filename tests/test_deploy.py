@@ -247,6 +247,22 @@ def test_ctrl_c_ends_a_video_and_keeps_what_was_read(run, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.jsonl", "annotated.mp4", "moving.mp4"]
 
 
+def test_a_video_format_this_opencv_cannot_write_leaves_no_file(run, tmp_path, monkeypatch):
+    src = _moving_video(tmp_path / "v.mp4", frames=2)
+
+    class Unopened:
+        def __init__(self, *args):
+            pass
+
+        def isOpened(self):
+            return False
+
+    monkeypatch.setattr(cv2, "VideoWriter", Unopened)
+    r = CliRunner().invoke(main, ["predict", str(run), "--video", str(src), "--out", str(tmp_path / "a.avi")])
+    assert r.exit_code == 1 and "OpenCV cannot write the video" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]  # no temporary file left beside
+
+
 @pytest.mark.parametrize("args, message", [
     (["--video", "V", "--camera", "0"], "give --video or --camera, not both"),
     (["--video", "V", "x.png"], "give image paths or --video, not both"),
