@@ -201,7 +201,8 @@ def report(runs, html_out):
       ftkit report runs/a runs/b runs/c --html comparison.html
     """
     from .io import write_text
-    from .report import compare_table, print_cv_report, print_report, write_comparison_html, write_report
+    from .report import (compare_table, comparison_note, print_cv_report, print_report, write_comparison_html,
+                         write_report)
 
     reports = {}
     for run in runs:
@@ -218,6 +219,9 @@ def report(runs, html_out):
             console.print(f"copied to {html_out}")
         return
     console.print(compare_table(reports))
+    note = comparison_note(list(reports))
+    if note:
+        console.print(f"[yellow]note: {note}")
     if html_out:
         write_comparison_html(reports, Path(html_out))
         console.print(f"comparison: {html_out}")

@@ -24,7 +24,7 @@ CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
 h1{font-size:1.6rem;margin-bottom:.2rem} h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 table{border-collapse:collapse;margin:.5rem 0} td,th{padding:.25rem .6rem;border-bottom:1px solid #eee;text-align:right}
-td:first-child,th:first-child{text-align:left} .muted{color:#777;font-size:.9rem}
+td:first-child,th:first-child{text-align:left} .muted{color:#777;font-size:.9rem} .warn{color:#8a5300}
 .metrics{display:flex;gap:1.5rem;flex-wrap:wrap}.metric{background:#f5f7fa;border-radius:8px;padding:.6rem 1rem}
 .metric b{display:block;font-size:1.5rem}.bar{display:inline-block;height:.7rem;background:#4a7bd0;border-radius:2px;vertical-align:middle}
 .bartrack{display:inline-block;width:80px;background:#e8ecf2;border-radius:2px;margin-left:.4rem}
@@ -211,10 +211,13 @@ def config_differences(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str
     return out
 
 
-def render_comparison(reports: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]]) -> str:
+def render_comparison(reports: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]], note: str | None = None) -> str:
     runs = list(reports)
     head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(r)}</th>" for r in runs) + "</tr>"
-    body = [f"<h1>ftkit comparison of {len(runs)} runs</h1>", "<h2>Metrics</h2><table>", head]
+    body = [f"<h1>ftkit comparison of {len(runs)} runs</h1>"]
+    if note:
+        body.append(f"<p class='warn'>Note: {html.escape(note)}</p>")
+    body += ["<h2>Metrics</h2><table>", head]
     for row in comparison(reports):
         cells = "".join("<td>-</td>" if v is None else f"<td class='{'best' if row.is_best(v) else ''}'>{v:.4f}</td>"
                         for v in row.values)

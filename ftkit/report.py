@@ -11,7 +11,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .evaluation import compute_report
+from .evaluation import compute_report, read_predictions
 from .html_report import render_comparison, write_run_html
 from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes
@@ -174,7 +174,19 @@ def print_cv_report(root: Path, console: Console) -> None:
     console.print(per_class)
 
 
+def comparison_note(runs: list[str | Path]) -> str | None:
+    """None when the runs were scored on the same images (their predictions.csv name the same
+    files); else what differs, since their numbers are then not directly comparable."""
+    keys = {str(run): set(read_predictions(Path(run) / "predictions.csv")[0]) for run in runs}
+    if len({frozenset(k) for k in keys.values()}) == 1:
+        return None
+    common = set.intersection(*keys.values())
+    counts = ", ".join(f"{run}: {len(k)}" for run, k in keys.items())
+    return (f"these runs were scored on different images ({counts}; {len(common)} in common), so their numbers are not "
+            "directly comparable: score them on one data set with `ftkit evaluate RUN --data DIR`")
+
+
 def write_comparison_html(reports: dict[str, dict[str, Any]], path: Path) -> Path:
     """The side-by-side page: metrics per run (best marked) and the differing config keys."""
     configs = {run: read_args(Path(run)) for run in reports}
-    return write_text(path, render_comparison(reports, configs))
+    return write_text(path, render_comparison(reports, configs, note=comparison_note(list(reports))))
