@@ -458,8 +458,10 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
         mapping = fold_to_model(mapping, classes)
     items = _apply_class_map(items, mapping)
     kept = sorted({c for c in mapping.values() if c})
-    # images of classes this run leaves out (--drop-class, --classes) are not missing from the listing
-    unlisted = [f for f in unlisted if class_target(cfg, Path(f).parent.name) is not None]
+    # Not missing from the listing: images of classes the run leaves out (--drop-class, --classes),
+    # and any image of a run that leaves some out by design (--shots draws, --faces require).
+    unlisted = [f for f in unlisted if class_target(cfg, Path(f).parent.name) is not None
+                and not cfg.shots and cfg.faces != "require"]
     if classes is not None:
         unknown = [c for c in kept if c not in classes]
         if unknown:

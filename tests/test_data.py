@@ -82,6 +82,12 @@ def test_a_listing_of_a_run_that_drops_a_class_warns_of_nothing(flat_folder, tmp
     write_split_listing(load_data(cfg), tmp_path / "split.csv")
     again = load_data(tiny_config(flat_folder, tmp_path, drop_classes=[classes[0]], splits=str(tmp_path / "split.csv")))
     assert again.notes == [] and not [w for w in recwarn if "split listing" in str(w.message)]
+    # a --shots run's listing leaves the images it did not draw out by design
+    shots = load_data(tiny_config(flat_folder, tmp_path, shots=2, test_split=0.3))
+    write_split_listing(shots, tmp_path / "shots.csv")
+    assert sum(len(s.keys) for s in shots.splits.values()) < len(list(Path(flat_folder).rglob("*.png")))
+    scored = load_data(tiny_config(flat_folder, tmp_path, shots=2, splits=str(tmp_path / "shots.csv")), carve=False)
+    assert not [n for n in scored.notes if "split listing" in n]
     merge = {classes[0]: classes[1]}  # the listing names the merged images by their new class
     write_split_listing(load_data(tiny_config(flat_folder, tmp_path, merge_classes=merge)), tmp_path / "merged.csv")
     merged = load_data(tiny_config(flat_folder, tmp_path, merge_classes=merge, splits=str(tmp_path / "merged.csv")))
