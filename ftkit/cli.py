@@ -617,8 +617,8 @@ def data_convert(csv_path, dest, strict):
 @click.argument("src", type=click.Path())
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--shard-size", default=10_000, show_default=True, type=click.IntRange(min=1), help="Images per tar shard.")
-@config_options(only=("val_split", "test_split", "splits", "classes", "drop_classes", "merge_classes", "strict", "faces",
-                      "face_margin", "face_align", "group_by", "seed"))
+@config_options(only=("val_split", "test_split", "splits", "label_from", "classes", "drop_classes", "merge_classes", "strict",
+                      "faces", "face_margin", "face_align", "group_by", "seed"))
 @_friendly
 def data_shards(src, dest, shard_size, **kwargs):
     """Write any data source as WebDataset tar shards, streamed by `finetune --data DEST`.
@@ -649,17 +649,19 @@ def data_shards(src, dest, shard_size, **kwargs):
 
 @data.command("inspect")
 @click.argument("path", type=click.Path())
+@click.option("--label-from", help="Regex over each image's path whose first group is its class (instead of class folders).")
 @_friendly
-def data_inspect(path):
+def data_inspect(path, label_from):
     """Per-split, per-class image counts of any supported data source.
 
     \b
     Example:
       ftkit data inspect ../shared/data/fer2013/fer2013-sample.csv
+      ftkit data inspect jaffe/ --label-from '[.]([A-Z]{2})[0-9]'
     """
     from .data import inspect_source
 
-    counts, skipped = inspect_source(path, console=console)
+    counts, skipped = inspect_source(path, console=console, label_from=label_from)
     console.print(_counts_table(counts, path))
     if skipped:
         console.print(f"[yellow]{skipped} unusable file(s) or row(s) skipped")

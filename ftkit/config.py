@@ -43,6 +43,9 @@ class Config:
     val_split: float = option(0.15, "fraction of train held out for validation when there is no val split")
     test_split: float = option(0.15, "fraction held out for testing when a flat folder has no test split")
     splits: str | None = option(None, "split.csv of an earlier run: reuse exactly that split")
+    label_from: str | None = option(None, "regex over each image's path inside the data (or split) folder: its first "
+                                          "group is the class, for sets named by expression (JAFFE's KA.AN1.39.tiff: "
+                                          "'[.]([A-Z]{2})[0-9]') instead of sorted into class folders")
     classes: list[str] | None = option(None, "keep only these classes (others are dropped)")
     drop_classes: list[str] = option([], "classes to leave out entirely")
     merge_classes: dict[str, str] = option({}, "relabel SRC as DST (flag: --merge-class disgust=angry; recipe: {disgust: angry})")
@@ -182,7 +185,7 @@ def _check_items(key: str, values: list, item: Any) -> list:
 
 
 # The data settings of a trained run that scoring it on other images may replace (ftkit evaluate).
-DATA_OVERRIDES = ("faces", "face_margin", "face_align", "classes", "drop_classes", "merge_classes", "strict")
+DATA_OVERRIDES = ("faces", "face_margin", "face_align", "label_from", "classes", "drop_classes", "merge_classes", "strict")
 
 
 def validate(cfg: Config) -> Config:
@@ -216,11 +219,12 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("epochs and batch_size must be at least 1")
     if cfg.folds == 1 or cfg.folds < 0 or cfg.shots < 0:
         raise ConfigError(f"folds must be 0 (off) or at least 2, shots 0 or more; got folds={cfg.folds}, shots={cfg.shots}")
-    if cfg.group_by:
-        try:
-            re.compile(cfg.group_by)
-        except re.error as exc:
-            raise ConfigError(f"group_by {cfg.group_by!r} is not a valid regular expression: {exc}") from exc
+    for key in ("group_by", "label_from"):
+        if getattr(cfg, key):
+            try:
+                re.compile(getattr(cfg, key))
+            except re.error as exc:
+                raise ConfigError(f"{key} {getattr(cfg, key)!r} is not a valid regular expression: {exc}") from exc
     if cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.label_smoothing < 1:
         raise ConfigError(f"mixup and cutmix must be >= 0 and label_smoothing in [0, 1); got mixup={cfg.mixup}, "
                           f"cutmix={cfg.cutmix}, label_smoothing={cfg.label_smoothing}")

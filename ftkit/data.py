@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from . import fer2013
-from .config import Config, suggest
+from .config import Config, suggest, validate
 from .faces import BoxCache, crop_faces
 from .images import IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, read_image, verify_image  # noqa: F401 (re-exported)
 from .io import atomic_write
@@ -117,8 +117,30 @@ def _scan_class_folders(root: Path, skipped: list[tuple[str, str]]) -> dict[str,
     return found
 
 
-def detect_layout(root: Path) -> str:
-    """'folders' when root has a train/ folder, 'flat' when it has class folders."""
+def _scan_labeled_files(root: Path, pattern: str, skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Map class name -> sorted image paths under ``root`` (recursively), the class being the
+    first group (or the match) of ``pattern`` searched in each path relative to ``root``."""
+    regex = re.compile(pattern)
+    found: dict[str, list[str]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append((str(path), "not an image file"))
+            continue
+        match = regex.search(relative.as_posix())
+        label = (match.group(1) if regex.groups else match.group(0)) if match else None
+        if not label:
+            raise DataError(f"--label-from {pattern!r} finds no class in {relative.as_posix()} (under {root}): every image "
+                            "needs one; widen the pattern, or move the file out of the data folder")
+        found.setdefault(label, []).append(str(path))
+    return found
+
+
+def detect_layout(root: Path, labeled: bool = False) -> str:
+    """'folders' when root has a train/ folder, 'flat' when it has class folders (or, with
+    ``labeled``, images whose names carry their class)."""
     if not root.exists():
         raise DataError(f"data folder {root} does not exist: give a folder of class folders or a FER2013 CSV")
     if not root.is_dir():
@@ -135,8 +157,11 @@ def detect_layout(root: Path) -> str:
     top = {d.name for d in _class_dirs(root)}
     if top and top <= set(SPLITS):  # val/ and/or test/ only: scored as they are, never trained on
         return "folders"
+    if labeled:
+        return "flat"
     if not _class_dirs(root):
-        raise DataError(f"{root} has no class folders: expected {root}/<class>/*.jpg or {root}/train/<class>/*.jpg")
+        raise DataError(f"{root} has no class folders: expected {root}/<class>/*.jpg or {root}/train/<class>/*.jpg, or "
+                        "--label-from REGEX when the file names carry the class")
     return "flat"
 
 
@@ -275,6 +300,18 @@ def check_listing_files(items: dict[str, list[tuple[str, str]]], root: Path, lis
                 raise DataError(f"{listing}: {key} is not inside --data {root}; the listing belongs to another data set")
 
 
+def file_class(cfg: Config, root: Path, path: str) -> str | None:
+    """The class an image file of the data folder ``root`` has before any class option: its
+    class folder, or with ``label_from`` what the pattern finds in its path."""
+    if not cfg.label_from:
+        return Path(path).parent.name
+    relative = Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).parts
+    if len(relative) > 1 and relative[0] in SPLITS and (Path(root) / relative[0]).is_dir():
+        relative = relative[1:]  # patterns see paths inside the split folder, as when the data was read
+    match = re.compile(cfg.label_from).search(Path(*relative).as_posix())
+    return (match.group(1) if match.re.groups else match.group(0)) if match else None
+
+
 def unlisted_images(items: dict[str, list[tuple[str, str]]], root: Path) -> list[str]:
     """Image files under the data folder that a split listing does not name (images added
     since the listing was written): a run with --splits leaves them out."""
@@ -361,13 +398,20 @@ def _apply_class_map(items: dict[str, list[tuple[str, str]]], mapping: dict[str,
 
 
 def _folder_items(root: Path, cfg: Config, skipped: list) -> tuple[dict[str, list[tuple[str, str]]], str]:
-    layout = detect_layout(root)
+    layout = detect_layout(root, labeled=bool(cfg.label_from))
+
+    def scan(folder: Path) -> list[tuple[str, str]]:
+        found = _scan_labeled_files(folder, cfg.label_from, skipped) if cfg.label_from else _scan_class_folders(folder, skipped)
+        if not found:
+            raise DataError(f"no images under {folder}")
+        return _flatten(found)
+
     if layout == "flat":
-        return {"all": _flatten(_scan_class_folders(root, skipped))}, layout
+        return {"all": scan(root)}, layout
     items = {}
     for name in SPLITS:
         if (root / name).is_dir():
-            items[name] = _flatten(_scan_class_folders(root / name, skipped))
+            items[name] = scan(root / name)
     if "train" not in items:  # val/ or test/ alone: only to score a trained model on
         return items, layout
     train_classes = {c for _, c in items["train"]}
@@ -449,7 +493,7 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
         check_listing_files(items, root, cfg.splits)
         unlisted = unlisted_images(items, root)
         # the class folders on disk, listed or not: a run's --drop-class/--merge-class name them
-        elsewhere = {Path(f).parent.name for f in unlisted} | {Path(k).parent.name for rows in items.values() for k, _ in rows}
+        elsewhere = {file_class(cfg, root, f) for f in unlisted} | {file_class(cfg, root, k) for rows in items.values() for k, _ in rows}
     else:
         items, source = _folder_items(root, cfg, skipped)
     names = sorted({c for rows in items.values() for _, c in rows})
@@ -460,7 +504,7 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     kept = sorted({c for c in mapping.values() if c})
     # Not missing from the listing: images of classes the run leaves out (--drop-class, --classes),
     # and any image of a run that leaves some out by design (--shots draws, --faces require).
-    unlisted = [f for f in unlisted if class_target(cfg, Path(f).parent.name) is not None
+    unlisted = [f for f in unlisted if class_target(cfg, file_class(cfg, root, f)) is not None
                 and not cfg.shots and cfg.faces != "require"]
     if classes is not None:
         unknown = [c for c in kept if c not in classes]
@@ -585,9 +629,10 @@ def _estimate_mb(data: DataSplits, probe: int = 16) -> float:
     return mean * len(keys) / 2**20
 
 
-def inspect_source(path: str | Path, console=None) -> tuple[dict[str, dict[str, int]], int]:
-    """Per-split, per-class counts of a folder (any layout) or CSV, without splitting it."""
-    cfg = Config(data=str(path), cache="stream")
+def inspect_source(path: str | Path, console=None, label_from: str | None = None) -> tuple[dict[str, dict[str, int]], int]:
+    """Per-split, per-class counts of a folder (any layout) or CSV, without splitting it;
+    ``label_from``: classes from the file names (see Config.label_from)."""
+    cfg = validate(Config(data=str(path), cache="stream", label_from=label_from))
     root = Path(path)
     if root.suffix.lower() == ".csv":
         items, _, skipped = fer2013.read_fer_csv(root, console=console)

@@ -139,10 +139,11 @@ def _score_shards(loaded: LoadedRun, cfg: Config, split: str, tta: str | None, p
 
 
 # Fixed when shards are written: a model's own settings for them do not apply to shards.
-_SHARD_FIXED = ("classes", "drop_classes", "merge_classes", "faces", "shots", "folds", "group_by", "sampler", "head")
+_SHARD_FIXED = ("label_from", "classes", "drop_classes", "merge_classes", "faces", "shots", "folds", "group_by", "sampler",
+                "head")
 
 # The settings load_data reads when it carves no split (carve=False, as in scoring).
-_SCORING_DATA_FIELDS = ("data", "splits", "strict", "classes", "drop_classes", "merge_classes", "faces", "face_margin",
+_SCORING_DATA_FIELDS = ("data", "splits", "strict", "label_from", "classes", "drop_classes", "merge_classes", "faces", "face_margin",
                         "face_align", "cache", "cache_mb")
 
 

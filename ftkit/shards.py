@@ -138,7 +138,8 @@ def load_shards(cfg: Config) -> DataSplits:
 def _refuse_unsupported(cfg: Config, root: Path) -> None:
     """Options that need random access or were applied when the shards were written."""
     given = {
-        "--shots": cfg.shots, "--folds": cfg.folds, "--group-by": cfg.group_by, "--classes": cfg.classes,
+        "--shots": cfg.shots, "--folds": cfg.folds, "--group-by": cfg.group_by, "--label-from": cfg.label_from,
+        "--classes": cfg.classes,
         "--drop-class": cfg.drop_classes, "--merge-class": cfg.merge_classes,
         "--faces": cfg.faces != "none", "--sampler balanced": cfg.sampler == "balanced",
         "--head logreg": cfg.head == "logreg",

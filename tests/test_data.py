@@ -203,3 +203,31 @@ def test_a_run_directory_given_as_data_is_named_as_such(tmp_path):
     for data, message in ((run, "is an ftkit run directory, not data"), (tmp_path / "runs", "holds ftkit run directories (a...)")):
         with pytest.raises(DataError, match=re.escape(message)):
             load_data(tiny_config(data, tmp_path))
+
+
+def test_classes_from_file_names_in_flat_and_split_folders(tmp_path):
+    """--label-from: the class is the pattern's first group in the path inside the data (or
+    split) folder; a file it finds no class in is named; non-image files are skipped."""
+    from conftest import class_image
+
+    rng = np.random.default_rng(1)
+    flat, split = tmp_path / "flat", tmp_path / "split"
+    for root, parts in ((flat, [""]), (split, ["train/", "val/"])):
+        for part in parts:
+            for i in range(6):
+                for code in ("AN", "HA"):
+                    path = root / f"{part}s{i % 3}" / f"KA.{code}{i}.{i}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(class_image(int(code == "HA"), rng)).save(path)
+    (flat / "s0" / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match="notes.txt .not an image file"):
+        data = load_data(tiny_config(flat, tmp_path, label_from=r"^s[0-9]/KA[.]([A-Z]{2})", val_split=0.25, test_split=0.25))
+    assert data.classes == ["AN", "HA"] and data.source == "flat"
+    assert sum(len(s.keys) for s in data.splits.values()) == 12
+    assert all(Path(k).name.split(".")[1][:2] == data.classes[y] for s in data.splits.values() for k, y in zip(s.keys, s.labels))
+    assert any("notes.txt" in f for f, _ in data.skipped)
+    by_split = load_data(tiny_config(split, tmp_path, label_from=r"^s[0-9]/KA[.]([A-Z]{2})"))
+    assert by_split.summary()["val"] == {"AN": 6, "HA": 6}  # the pattern sees paths inside train/ and val/
+    Image.fromarray(class_image(0, rng)).save(flat / "s0" / "unnamed.png")
+    with pytest.raises(DataError, match=re.escape("finds no class in s0/unnamed.png")):
+        load_data(tiny_config(flat, tmp_path, label_from=r"^s[0-9]/KA[.]([A-Z]{2})"))

@@ -3,6 +3,7 @@ weights/ folder resolves by name for predict, evaluate, export and ensemble; `fi
 carries the classifier rows of classes it knows by name, bit for bit, and records its source."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,6 +158,46 @@ def test_weights_list_shows_shipped_and_saved_apart(shipped, source_run):
     assert "tiny-fer" in shipped_part and "my-model" not in shipped_part
     saved_part, _, imported_part = rest.partition("imported backbone weights")
     assert "my-model" in saved_part and "tiny-fer" not in saved_part
+
+
+def test_a_jaffe_style_folder_is_read_with_label_from(shipped, source_run, tmp_path):
+    """JAFFE keeps every image in one folder and names the expression in the file name
+    (KA.AN1.39.tiff): --label-from reads the class from there, the JAFFE codes are scored as
+    the model's classes, and a run trained so repeats its own report with `ftkit evaluate`."""
+    import shutil
+
+    test = source_run.parent.parent / "data" / "test"
+    flat = tmp_path / "jaffe"
+    flat.mkdir()
+    for folder, code in (("angry", "AN"), ("happy", "HA"), ("sad", "SA")):
+        for i, image in enumerate(sorted((test / folder).iterdir())):
+            shutil.copy(image, flat / f"K{i}.{code}{i + 1}.{i}.png")
+    pattern = r"[.]([A-Z]{2})[0-9]"
+    r = invoke("evaluate", "tiny-fer", "--data", flat)
+    assert r.exit_code == 1 and "--label-from REGEX when the file names carry the class" in r.output
+    r = invoke("evaluate", "tiny-fer", "--data", flat, "--label-from", pattern, "--name", "jaffe")
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "runs" / "tiny-fer" / "eval" / "jaffe"
+    assert json.loads((folder / "run.json").read_text())["eval_settings"]["class_map"] == {
+        "AN": "angry", "HA": "happy", "SA": "sad"}
+    rows = [row.split(",") for row in (folder / "predictions.csv").read_text().splitlines()[1:]]
+    assert sorted((Path(row[0]).name.split(".")[1][:2], row[1]) for row in rows) == sorted(
+        [("AN", "angry")] * 3 + [("HA", "happy")] * 3 + [("SA", "sad")] * 3)
+
+    more = tmp_path / "more"
+    more.mkdir()
+    for i in range(4):  # train on the same images twice over: 6 per class
+        for image in flat.iterdir():
+            shutil.copy(image, more / f"{i}-{image.name}")
+    r = invoke("finetune", "--data", more, "--label-from", pattern, *TRAIN, "--epochs", 1, "--val-split", 0.25,
+               "--test-split", 0.25, "--project", tmp_path / "runs", "--name", "from-names")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs" / "from-names"
+    assert json.loads((run / "classes.json").read_text()) == ["AN", "HA", "SA"]
+    again = invoke("evaluate", run)
+    assert again.exit_code == 0 and "split listing" not in again.output
+    own = json.loads((run / "report.json").read_text())
+    assert json.loads(next((run / "eval").glob("*/report.json")).read_text())["accuracy"] == own["accuracy"]
 
 
 def test_class_matching_folds_aliases_and_case():
