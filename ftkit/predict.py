@@ -261,39 +261,42 @@ def open_predictor(target: str | Path, device: str = "auto") -> Predictor:
 # --- faces in, predictions out -----------------------------------------------------------
 
 
-def regions(image: np.ndarray, faces: str, margin: float, align: bool = False) -> list[tuple[list[int] | None, np.ndarray]]:
-    """(box, crop) pairs to classify: the whole image, the largest face, or every face
-    (``align``: each face turned so its eyes are level, see ``ftkit.faces.aligned_crop``).
+def regions(image: np.ndarray, faces: str, margin: float, align: bool = False) -> list[tuple[str, list[int] | None, np.ndarray]]:
+    """(region, box, crop) triples to classify, region being "image" (the whole image), "face"
+    or "centre" (``align``: each face turned so its eyes are level, see
+    ``ftkit.faces.aligned_crop``).
 
     ``faces='crop'`` falls back to a centre crop (box None) when no face is found;
     ``faces='all'`` returns no region at all then.
     """
     if faces == "none":
-        return [(None, image)]
+        return [("image", None, image)]
     boxes = detect_faces(image)
     crop = aligned_crop if align else square_crop
     if faces == "all":
-        return [([b.x, b.y, b.w, b.h], crop(image, b, margin)) for b in boxes]
+        return [("face", [b.x, b.y, b.w, b.h], crop(image, b, margin)) for b in boxes]
     if not boxes:
-        return [(None, centre_crop(image))]
+        return [("centre", None, centre_crop(image))]
     b = boxes[0]
-    return [([b.x, b.y, b.w, b.h], crop(image, b, margin))]
+    return [("face", [b.x, b.y, b.w, b.h], crop(image, b, margin))]
 
 
 def classify_images(pred: Predictor, images: list[np.ndarray], faces: str, topk: int = 3, tta: str = "none"):
-    """Per image, a list of detections: {box, top: [{class, probability}...], probabilities}."""
+    """Per image, a list of detections: {region, box, top: [{class, probability}...], probabilities};
+    region: "face", "image" (the whole image) or "centre" (a centre crop: no face was found)."""
     found = [regions(img, faces, pred.face_margin, pred.face_align) for img in images]
-    crops = [crop for per in found for _, crop in per]
+    crops = [crop for per in found for _, _, crop in per]
     probs = pred.probs(crops, tta)
     k = min(topk, len(pred.classes))
     out, i = [], 0
     for per in found:
         detections = []
-        for box, _ in per:
+        for region, box, _ in per:
             p = probs[i]
             i += 1
             order = np.argsort(-p)[:k]
-            detections.append({"box": box, "top": [{"class": pred.classes[j], "probability": float(p[j])} for j in order],
+            detections.append({"region": region, "box": box,
+                               "top": [{"class": pred.classes[j], "probability": float(p[j])} for j in order],
                                "probabilities": {c: float(v) for c, v in zip(pred.classes, p)}})
         out.append(detections)
     return out
@@ -480,15 +483,15 @@ def video_summary(track: list[dict[str, Any]], classes: list[str]) -> dict[str, 
 
 def video_rows(track: list[dict[str, Any]], classes: list[str]):
     """Header, then one row per face of each analysed frame (a row with no class where none was found)."""
-    yield ["frame", "time_s", "face", "box", "predicted", "probability", *[f"p_{c}" for c in classes]]
+    yield ["frame", "time_s", "face", "region", "box", "predicted", "probability", *[f"p_{c}" for c in classes]]
     for t in track:
         if not t["detections"]:
-            yield [t["frame"], t["time_s"], "", "", "", "", *[""] * len(classes)]
+            yield [t["frame"], t["time_s"], "", "", "", "", "", *[""] * len(classes)]
         for i, d in enumerate(t["detections"]):
             p = d["probabilities"]
             best = max(p, key=p.get)
-            yield [t["frame"], t["time_s"], i, " ".join(map(str, d["box"])) if d["box"] else "", best, f"{p[best]:.6f}",
-                   *[f"{p[c]:.6f}" for c in classes]]
+            yield [t["frame"], t["time_s"], i, d["region"], " ".join(map(str, d["box"])) if d["box"] else "", best,
+                   f"{p[best]:.6f}", *[f"{p[c]:.6f}" for c in classes]]
 
 
 PREDICTION_FILES = (".csv", ".json", ".jsonl")
@@ -515,15 +518,15 @@ def write_prediction_file(path: Path, records: list[dict[str, Any]], rows) -> No
 
 def prediction_rows(results: list[dict[str, Any]], classes: list[str]):
     """Header, then one row per detection (or per unreadable file)."""
-    yield ["path", "face", "box", "predicted", "probability", "error", *[f"p_{c}" for c in classes]]
+    yield ["path", "face", "region", "box", "predicted", "probability", "error", *[f"p_{c}" for c in classes]]
     for r in results:
         if "error" in r:
-            yield [r["path"], "", "", "", "", r["error"], *[""] * len(classes)]
+            yield [r["path"], "", "", "", "", "", r["error"], *[""] * len(classes)]
             continue
         if not r["detections"]:
-            yield [r["path"], "", "", "", "", "no face found", *[""] * len(classes)]
+            yield [r["path"], "", "", "", "", "", "no face found", *[""] * len(classes)]
         for i, d in enumerate(r["detections"]):
             top = d["top"][0]
             box = " ".join(map(str, d["box"])) if d["box"] else ""
-            yield [r["path"], i, box, top["class"], f"{top['probability']:.6f}", "",
+            yield [r["path"], i, d["region"], box, top["class"], f"{top['probability']:.6f}", "",
                    *[f"{d['probabilities'][c]:.6f}" for c in classes]]

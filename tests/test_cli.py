@@ -177,6 +177,11 @@ def test_predict_prints_and_writes_csv_and_json(trained, tmp_path):
     data = json.loads((tmp_path / "out.json").read_text())
     top = data[0]["detections"][0]["top"]
     assert data[0]["detections"][0]["box"] is None  # trained without faces: the whole image
+    assert data[0]["detections"][0]["region"] == "image" and {r["region"] for r in good} == {"image"}
+    # --faces crop on an image without a face: a centre crop, said as such (it read "whole image")
+    crop = invoke("predict", run, tmp_path / "p0.png", "--faces", "crop", "--output", tmp_path / "crop.csv")
+    assert crop.exit_code == 0 and "centre crop (no face found)" in crop.output
+    assert next(csv.DictReader(open(tmp_path / "crop.csv")))["region"] == "centre"
     assert len(top) == 3 and top[0]["probability"] >= top[1]["probability"]
 
 
