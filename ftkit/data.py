@@ -480,6 +480,9 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     skipped: list[tuple[str, str]] = []
     preloaded, unlisted, elsewhere = None, [], set()
     if root.suffix.lower() == ".csv":
+        if cfg.label_from:
+            raise DataError(f"--label-from reads classes from image file names; {root} is a FER2013 CSV, whose rows carry "
+                            "their labels: leave --label-from out")
         items, preloaded, skipped = fer2013.read_fer_csv(root, strict=cfg.strict, console=console)
         source = "csv"
         if cfg.splits:

@@ -231,3 +231,6 @@ def test_classes_from_file_names_in_flat_and_split_folders(tmp_path):
     Image.fromarray(class_image(0, rng)).save(flat / "s0" / "unnamed.png")
     with pytest.raises(DataError, match=re.escape("finds no class in s0/unnamed.png")):
         load_data(tiny_config(flat, tmp_path, label_from=r"^s[0-9]/KA[.]([A-Z]{2})"))
+    (tmp_path / "fer.csv").write_text("emotion,pixels,Usage\n")
+    with pytest.raises(DataError, match="whose rows carry their labels"):
+        load_data(tiny_config(tmp_path / "fer.csv", tmp_path, label_from="(x)"))
