@@ -24,7 +24,7 @@ import numpy as np
 from .config import MIN_FACE_MARGIN
 from .errors import UsageError
 from .images import IMAGE_EXTENSIONS, DataError, read_image
-from .io import atomic_write, refuse_inside, write_json
+from .io import new_folder, refuse_inside, write_json
 
 
 @dataclass(frozen=True)
@@ -254,24 +254,28 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
     if on_total:
         on_total(len(files))
     cache, stats, unreadable, written = BoxCache(), FaceStats(0, [], []), {}, 0
-    for path, target in zip(files, targets):
-        try:
-            image = read_image(path)
-        except DataError as exc:
-            unreadable[str(path)] = str(exc)
-        else:
-            crops, one = crop_faces([str(path)], [image], "require" if require else "crop", margin, cache, align=align)
-            stats.found += one.found
-            stats.fallback += one.fallback
-            stats.skipped += one.skipped
-            if crops[0] is not None:
-                crop = cv2.resize(crops[0], (size, size), interpolation=cv2.INTER_AREA) if size else crops[0]
-                ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-                atomic_write(dst / target, lambda f, png=png: f.write(png.tobytes()), mode="wb")
-                written += 1
-        if progress:
-            progress(1)
-    cache.save()
+    try:
+        with new_folder(dst, "folder for the crops") as work:  # dst appears only when complete
+            for path, target in zip(files, targets):
+                try:
+                    image = read_image(path)
+                except DataError as exc:
+                    unreadable[str(path)] = str(exc)
+                else:
+                    crops, one = crop_faces([str(path)], [image], "require" if require else "crop", margin, cache, align=align)
+                    stats.found += one.found
+                    stats.fallback += one.fallback
+                    stats.skipped += one.skipped
+                    if crops[0] is not None:
+                        crop = cv2.resize(crops[0], (size, size), interpolation=cv2.INTER_AREA) if size else crops[0]
+                        ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+                        (work / target).parent.mkdir(parents=True, exist_ok=True)
+                        (work / target).write_bytes(png.tobytes())
+                        written += 1
+                if progress:
+                    progress(1)
+    finally:
+        cache.save()  # the faces found so far: an interrupted run starts again without detecting them anew
     return FolderCrops(stats, unreadable, written)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import DataError
-from .io import atomic_write
+from .io import new_folder
 from .progress import progress_bar
 
 KAGGLE_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -106,22 +106,26 @@ def read_fer_csv(path: str | Path, strict: bool = False, console=None):
 
 
 def convert_csv(path: str | Path, dest: str | Path, strict: bool = False, console=None) -> dict[str, dict[str, int]]:
-    """Write the folder form DEST/<split>/<class>/<Usage>_<line>.png, losslessly (PNG)."""
+    """Write the folder form DEST/<split>/<class>/<Usage>_<line>.png, losslessly (PNG). DEST
+    appears only when complete (written beside it, then renamed)."""
     import cv2
 
-
     dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()):
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise DataError(f"{dest} already holds files; give an empty or new folder")
     items, images, _ = read_fer_csv(path, strict=strict, console=console)
     split_to_usage = {v: k for k, v in USAGE_TO_SPLIT.items()}
     counts: dict[str, dict[str, int]] = {}
-    for split, rows in items.items():
-        for key, label in rows:
-            line = key.rsplit(":", 1)[1]
-            target = dest / split / label / f"{split_to_usage[split]}_{line}.png"
-            ok, png = cv2.imencode(".png", images[key][:, :, 0])
-            atomic_write(target, lambda f, png=png: f.write(png.tobytes()), mode="wb")
-            counts.setdefault(split, {}).setdefault(label, 0)
-            counts[split][label] += 1
+    with new_folder(dest, "folder for the images") as work, progress_bar(console) as bar:
+        task = bar.add_task("writing PNG files", total=sum(len(rows) for rows in items.values()))
+        for split, rows in items.items():
+            for key, label in rows:
+                line = key.rsplit(":", 1)[1]
+                target = work / split / label / f"{split_to_usage[split]}_{line}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                ok, png = cv2.imencode(".png", images[key][:, :, 0])
+                target.write_bytes(png.tobytes())  # the whole folder is renamed into place once complete
+                counts.setdefault(split, {}).setdefault(label, 0)
+                counts[split][label] += 1
+                bar.advance(task)
     return counts

@@ -127,6 +127,31 @@ def test_data_faces_keeps_same_stem_crops_apart_and_names_unreadable_files(tmp_p
     assert "no face" not in r.output.replace("no face, left out 0", "")
 
 
+def test_an_interrupted_data_faces_leaves_no_half_folder(tmp_path, monkeypatch):
+    """DST appears only when every crop is written: a Ctrl-C halfway used to leave a half
+    folder that the next `ftkit data faces` refused ('already holds files')."""
+    from ftkit import faces as faces_module
+
+    frame, _ = framed(0.8, 0.5, 0.5)
+    (tmp_path / "src" / "happy").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(frame).save(tmp_path / "src" / "happy" / f"{i}.jpg")
+    real, calls = faces_module.crop_faces, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(faces_module, "crop_faces", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        faces_module.crop_folder(tmp_path / "src", tmp_path / "dst")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    monkeypatch.setattr(faces_module, "crop_faces", real)
+    assert faces_module.crop_folder(tmp_path / "src", tmp_path / "dst").written == 3
+
+
 def tilt(angle: float) -> np.ndarray:
     """The astronaut's frame turned by ``angle`` degrees about its centre."""
     frame, _ = framed(1.0, 0.5, 0.5)
