@@ -11,6 +11,7 @@ import textwrap
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 import ftkit.data
@@ -284,3 +285,11 @@ def test_one_view_feeds_the_terminal_markdown_and_html():
     console = Console(record=True, width=200)
     console.print(compare_table({"one": one, "two": two}))
     assert console.export_text(styles=True).count("\x1b[1;32m") == 9  # bold green: the same nine cells
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_a_device_that_is_not_there_is_one_line(device, tmp_path):
+    """--device mps on a machine without it stopped with PyTorch's RuntimeError traceback."""
+    r = CliRunner().invoke(main, ["predict", "fer2013-fast", str(tmp_path / "x.png"), "--device", device])
+    assert r.exit_code == 1 and f"--device {device} asked for" in r.output and "Traceback" not in r.output
