@@ -6,6 +6,7 @@ The Python API mirrors the CLI, one function per command:
     cfg = ftkit.resolve("recipes/fer2013-fast.yaml", data="fer2013.csv")   # defaults < recipe < arguments
     result = ftkit.finetune(cfg)                     # trains, writes a run directory
     ftkit.resume("runs/fer2013-mobilenetv2")         # continues an interrupted run
+    ftkit.find_lr(cfg).suggestion                    # the learning-rate range test (ftkit lr-find)
     ftkit.evaluate_run(result.run_dir, data="other_faces/")
     ftkit.predict_paths(ftkit.open_predictor(result.run_dir), ["photo.jpg"])
     ftkit.ensemble_runs(["runs/a", "runs/b"], out="runs/ab")
@@ -29,7 +30,7 @@ from .errors import FtkitError  # noqa: E402
 
 # public name -> module that defines it
 _LAZY = {
-    "finetune": "train", "resume": "train", "RunResult": "train",
+    "finetune": "train", "resume": "train", "RunResult": "train", "find_lr": "lrfind",
     "evaluate_run": "predict", "predict_paths": "predict", "open_predictor": "predict", "load_run": "predict",
     "ensemble_runs": "ensemble", "export_run": "export", "write_shards": "shards",
 }

@@ -188,6 +188,52 @@ def _launch_torchrun(nproc: int, args: list[str], cfg: Config | None = None):
     raise SystemExit(code)
 
 
+@main.command("lr-find")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe (recipes/*.yaml); flags override it.")
+@click.option("--start", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True,
+              help="Learning rate of the first step.")
+@click.option("--end", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Learning rate of the last step.")
+@click.option("--steps", type=click.IntRange(min=5), default=100, show_default=True, help="Optimisation steps.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default="lr_find.png", show_default=True,
+              help="Where the loss-against-rate plot goes.")
+@config_options
+@_friendly
+def lr_find(recipe, start, end, steps, plot_path, **kwargs):
+    """Learning-rate range test: train a few steps while the rate grows from --start to --end,
+    plot the smoothed loss, and suggest an --lr for `ftkit finetune` with the same options.
+    Nothing else is written: the model is thrown away.
+
+    \b
+    Example:
+      ftkit lr-find --data faces/ --backbone mobilenetv2 --input gray48
+      ftkit lr-find --recipe recipes/fewshot.yaml --data my_faces/ --steps 60
+    """
+    from .lrfind import find_lr, plot_lr_finding
+    from .zoo import resolve_config
+
+    cfg = resolve_config(recipe, **_overrides(kwargs))
+    if not cfg.data:
+        raise click.UsageError("--data is required (an image folder or a FER2013 CSV), directly or in the recipe")
+    finding = find_lr(cfg, console=console, start=start, end=end, steps=steps)
+    plot_lr_finding(finding, plot_path)
+    table = Table(title=f"lr range test ({finding.phase} phase, {len(finding.lrs)} steps"
+                        f"{', stopped: the loss diverged' if finding.stopped_early else ''})")
+    for col in ("learning rate", "smoothed loss"):
+        table.add_column(col, justify="right")
+    for i in sorted({round(k * (len(finding.lrs) - 1) / 11) for k in range(12)}):
+        table.add_row(f"{finding.lrs[i]:.1e}", f"{finding.losses[i]:.4f}")
+    console.print(table)
+    if finding.suggestion is None:
+        raise click.ClickException(
+            f"the loss did not fall between lr {start:g} and {end:g} ({finding.phase} phase; plot: {plot_path}), so the "
+            "test names no rate: " + ("a frozen backbone without pretrained weights learns little (try --freeze-epochs "
+                                      "0), or " if finding.phase == "head" else "") + "give it more --steps")
+    console.print(f"lowest loss at lr {finding.minimum:.1e}; steepest fall at {finding.steepest:.1e}; "
+                  f"suggested --lr {finding.suggestion:.1e} (a tenth of the lowest-loss rate); plot: {plot_path}")
+    click.echo(f"{finding.suggestion:.1e}")
+
+
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="With several runs: write the comparison page here.")

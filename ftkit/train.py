@@ -332,6 +332,28 @@ def make_ema(model: nn.Module, cfg: Config):
     return ModelEmaV3(model, decay=cfg.ema, use_warmup=True, warmup_power=3 / 4)
 
 
+def optimisation_step(p: StepParts, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix the batch (with a mixer), forward, loss, backward and one optimizer step at the
+    current rates; returns the loss and the logits."""
+    target = y
+    if p.mixer is not None and len(y) > 1:
+        x, target = mix_batch(p.mixer, x, y)
+    if p.memory_format is not None:
+        x = x.contiguous(memory_format=p.memory_format)
+    with p.autocast():
+        logits = p.net(x)
+        loss = p.criterion(logits.float(), target)
+    p.optimizer.zero_grad(set_to_none=True)
+    if p.scaler is not None:  # fp16 on CUDA
+        p.scaler.scale(loss).backward()
+        p.scaler.step(p.optimizer)
+        p.scaler.update()
+    else:
+        loss.backward()
+        p.optimizer.step()
+    return loss, logits
+
+
 def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, task=None) -> dict[str, float]:
     """One pass over the training data; returns mean loss, accuracy and images/s, over all ranks.
 
@@ -344,22 +366,7 @@ def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, t
     seen, correct, loss_sum, start = 0, 0, 0.0, time.perf_counter()
     for step, (x, y) in enumerate(loader, 1):
         x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
-        target = y
-        if p.mixer is not None and len(y) > 1:
-            x, target = mix_batch(p.mixer, x, y)
-        if p.memory_format is not None:
-            x = x.contiguous(memory_format=p.memory_format)
-        with p.autocast():
-            logits = net(x)
-            loss = p.criterion(logits.float(), target)
-        p.optimizer.zero_grad(set_to_none=True)
-        if p.scaler is not None:
-            p.scaler.scale(loss).backward()
-            p.scaler.step(p.optimizer)
-            p.scaler.update()
-        else:
-            loss.backward()
-            p.optimizer.step()
+        loss, logits = optimisation_step(p, x, y)
         if p.anchors is not None:
             pull_to_start(p.optimizer, p.anchors)
         if p.step_when == "step":
@@ -645,7 +652,7 @@ class Loaders:
     train_transform: Any
 
 
-def _set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context):
+def set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context):
     """Device, memory format, loaders, loss, optimizer, schedule and mixed precision for ``model``."""
     device = distributed.device_for(resolve_device(cfg.device), ctx)
     model.to(device)
@@ -673,7 +680,7 @@ def _set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context):
 def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: dict | None, out: Console,
            ctx: Context = SINGLE) -> RunResult:
     # --- set up: device, data, loss, optimizer, schedule, phases, and where the run stands
-    parts, loaders, dc = _set_up(cfg, data, model, ctx)
+    parts, loaders, dc = set_up(cfg, data, model, ctx)
     if cfg.l2sp:
         parts.anchors = _anchors(run, parts.model, parts.optimizer, resuming=state is not None, ctx=ctx)
     freeze_epochs = cfg.epochs if cfg.head == "linear" else cfg.freeze_epochs  # linear: a frozen backbone throughout

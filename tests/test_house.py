@@ -148,7 +148,7 @@ LAYERS = {
     "data": {"images", "fer2013", "faces", "synth", "data", "shards"},
     "model": {"models", "transforms", "weights"},
     "run directory, evaluation and reports": {"runs", "zoo", "evaluation", "views", "html_report", "report"},
-    "training": {"heads", "crossval", "train"},
+    "training": {"heads", "crossval", "train", "lrfind"},
     "using a run": {"predict", "ensemble", "export", "demo"},
     "command line": {"cli", "__main__", "__init__"},
 }
