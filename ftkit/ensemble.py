@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .evaluation import quick_metrics, write_predictions
-from .io import new_folder, refuse_inside
+from .io import holds_files, new_folder, refuse_inside
 from .predict import LoadedRun, Scored, load_run, run_record, score_run
 from .report import write_report
 from .runs import RunError, update_record, write_classes
@@ -43,7 +43,7 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
                            "give each run once")
         seen[key] = run
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # said before the scoring, not after it
+    if holds_files(out):  # said before the scoring, not after it
         raise RunError(f"{out} already exists and is not empty; choose another --out (nothing was changed)")
     if data:
         refuse_inside(out, [data], "--out")

@@ -24,7 +24,7 @@ import numpy as np
 from .config import MIN_FACE_MARGIN
 from .errors import UsageError
 from .images import IMAGE_EXTENSIONS, DataError, read_image
-from .io import new_folder, refuse_inside, write_json
+from .io import holds_files, new_folder, refuse_inside, write_json
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
     refuse_inside(dst, [src], "the crop folder")
     if not margin > MIN_FACE_MARGIN or size < 0:
         raise DataError(f"--margin must be above {MIN_FACE_MARGIN:g} and --size 0 or more, got margin {margin}, size {size}")
-    if dst.exists() and any(dst.iterdir()):
+    if holds_files(dst):
         raise DataError(f"{dst} already holds files; give an empty or new folder")
     files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:

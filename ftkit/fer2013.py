@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .images import DataError
-from .io import new_folder
+from .io import holds_files, new_folder
 from .progress import progress_bar
 
 KAGGLE_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -111,7 +111,7 @@ def convert_csv(path: str | Path, dest: str | Path, strict: bool = False, consol
     import cv2
 
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    if holds_files(dest):
         raise DataError(f"{dest} already holds files; give an empty or new folder")
     items, images, _ = read_fer_csv(path, strict=strict, console=console)
     split_to_usage = {v: k for k, v in USAGE_TO_SPLIT.items()}

@@ -96,13 +96,20 @@ def temp_beside(path: str | Path, suffix: str = ".tmp") -> Path:
     return Path(tmp)
 
 
+def holds_files(path: str | Path) -> bool:
+    """Whether writing a new folder at ``path`` would put something already there at risk:
+    ``path`` is a file, or a folder that is not empty."""
+    path = Path(path)
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
 @contextmanager
 def new_folder(dest: str | Path, what: str = "folder") -> Iterator[Path]:
     """Build a new folder ``dest`` in a temporary folder beside it, moved into place by one
     rename when the block ends without an error: readers never see a half-written folder, and
     a failed or interrupted write leaves nothing. ``dest`` must be new or empty."""
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    if holds_files(dest):
         raise UsageError(f"{dest} already exists and is not an empty folder; give a new {what} (nothing was changed)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))

@@ -28,7 +28,7 @@ from safetensors.torch import save
 
 from .config import Config, config_from_dict
 from .errors import FtkitError
-from .io import FileFormatError, atomic_write, read_json, read_yaml, write_json, write_yaml
+from .io import FileFormatError, atomic_write, holds_files, read_json, read_yaml, write_json, write_yaml
 from .weights import check_finite
 
 
@@ -55,7 +55,7 @@ def new_run_dir(cfg: Config) -> Path:
     """Create and claim a fresh run directory; never reuse one that holds files."""
     if cfg.out:
         path = Path(cfg.out)
-        if path.exists() and any(path.iterdir()):
+        if holds_files(path):
             raise RunError(f"run directory {path} already holds files; continue it with --resume {path} or pick another --out")
         path.mkdir(parents=True, exist_ok=True)
         return path

@@ -28,7 +28,7 @@ import webdataset as wds
 from .config import Config, ConfigError
 from .data import DataError, DataSplits, Split, load_data, read_image, read_split_listing
 from .distributed import SINGLE, Context
-from .io import new_folder, read_json, refuse_inside, write_json
+from .io import holds_files, new_folder, read_json, refuse_inside, write_json
 from .progress import progress_bar
 
 INDEX = "dataset.json"
@@ -47,7 +47,7 @@ def write_shards(cfg: Config, dest: str | Path, shard_size: int = 10_000, consol
     if shard_size < 1:
         raise ConfigError(f"--shard-size must be at least 1, got {shard_size}")
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    if holds_files(dest):
         raise DataError(f"{dest} already exists and is not an empty folder; give a new folder for the shards")
     refuse_inside(dest, [cfg.data], "the shard folder")
     data = load_data(replace(cfg, cache="stream"), console=console)  # files stay encoded; crops/CSV rows are decoded
