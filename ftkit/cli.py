@@ -269,7 +269,7 @@ def report(runs, html_out):
     if note:
         console.print(f"[yellow]note: {note}")
     if html_out:
-        write_comparison_html(reports, Path(html_out))
+        write_comparison_html(reports, Path(html_out), note=note)
         console.print(f"comparison: {html_out}")
 
 

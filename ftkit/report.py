@@ -186,7 +186,8 @@ def comparison_note(runs: list[str | Path]) -> str | None:
             "directly comparable: score them on one data set with `ftkit evaluate RUN --data DIR`")
 
 
-def write_comparison_html(reports: dict[str, dict[str, Any]], path: Path) -> Path:
-    """The side-by-side page: metrics per run (best marked) and the differing config keys."""
+def write_comparison_html(reports: dict[str, dict[str, Any]], path: Path, note: str | None = None) -> Path:
+    """The side-by-side page: metrics per run (best marked), ``note`` (see comparison_note) and
+    the differing config keys."""
     configs = {run: read_args(Path(run)) for run in reports}
-    return write_text(path, render_comparison(reports, configs, note=comparison_note(list(reports))))
+    return write_text(path, render_comparison(reports, configs, note=note))
