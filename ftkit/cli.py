@@ -146,7 +146,6 @@ def finetune(recipe, resume_run, nproc, **kwargs):
     from .distributed import from_env
     from .train import finetune as run_finetune
     from .train import resume
-    from .zoo import resolve_config
 
     launched = nproc > 1 and not from_env().active
     if resume_run:
@@ -158,14 +157,23 @@ def finetune(recipe, resume_run, nproc, **kwargs):
             _launch_torchrun(nproc, ["finetune", "--resume", resume_run])
         result = resume(resume_run, console=console)
     else:
-        cfg = resolve_config(recipe, **_overrides(kwargs))
-        if not cfg.data:
-            raise click.UsageError("--data is required (an image folder or a FER2013 CSV), directly or in the recipe")
+        cfg = _training_config(recipe, kwargs)
         if launched:
             _launch_torchrun(nproc, ["finetune"], cfg)
         result = run_finetune(cfg, console=console)
     if from_env().main:
         click.echo(str(result.run_dir))
+
+
+def _training_config(recipe: str | None, flags: dict) -> Config:
+    """The resolved config of `finetune` and `lr-find`: defaults < recipe (or --init's model) <
+    flags; --data must be given by one of them."""
+    from .zoo import resolve_config
+
+    cfg = resolve_config(recipe, **_overrides(flags))
+    if not cfg.data:
+        raise click.UsageError("--data is required (an image folder or a FER2013 CSV), directly or in the recipe")
+    return cfg
 
 
 def _launch_torchrun(nproc: int, args: list[str], cfg: Config | None = None):
@@ -210,12 +218,8 @@ def lr_find(recipe, start, end, steps, plot_path, **kwargs):
       ftkit lr-find --recipe recipes/fewshot.yaml --data my_faces/ --steps 60
     """
     from .lrfind import find_lr, plot_lr_finding
-    from .zoo import resolve_config
 
-    cfg = resolve_config(recipe, **_overrides(kwargs))
-    if not cfg.data:
-        raise click.UsageError("--data is required (an image folder or a FER2013 CSV), directly or in the recipe")
-    finding = find_lr(cfg, console=console, start=start, end=end, steps=steps)
+    finding = find_lr(_training_config(recipe, kwargs), console=console, start=start, end=end, steps=steps)
     plot_lr_finding(finding, plot_path)
     table = Table(title=f"lr range test ({finding.phase} phase, {len(finding.lrs)} steps"
                         f"{', stopped: the loss diverged' if finding.stopped_early else ''})")

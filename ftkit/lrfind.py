@@ -18,11 +18,11 @@ from .data import load_data
 from .device import seed_everything
 from .distributed import SINGLE
 from .io import atomic_write
-from .models import freeze_bn_of_frozen, set_trainable, stage_groups
+from .models import freeze_bn_of_frozen, set_trainable
 from .plots import new_figure, png_bytes
 from .progress import console as default_console
 from .progress import progress_bar
-from .train import build_model, optimisation_step, plan_phases, set_up
+from .train import build_model, optimisation_step, run_phases, set_up
 
 SMOOTHING = 0.98  # exponential smoothing of the loss, bias-corrected as Adam's moments are
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
@@ -77,8 +77,7 @@ def find_lr(cfg: Config, console: Console | None = None, start: float = 1e-7, en
     data = load_data(cfg, console=out)
     model, _ = build_model(cfg, data.classes, out, allow_download=False)
     parts, loaders, _ = set_up(replace(cfg, scheduler="none"), data, model, ctx=SINGLE)
-    frozen = cfg.head == "linear" or cfg.freeze_epochs > 0
-    phase = plan_phases(1, 1 if frozen else 0, cfg.unfreeze, len(stage_groups(model)))[0]
+    phase = run_phases(cfg, model)[0]
     set_trainable(model, phase.unfrozen_stages)
     model.train()
     freeze_bn_of_frozen(model)

@@ -99,6 +99,13 @@ def plan_phases(epochs: int, freeze_epochs: int, unfreeze: str, n_stages: int) -
     return phases
 
 
+def run_phases(cfg: Config, model: nn.Module) -> list[Phase]:
+    """The phase of each epoch of a run of ``cfg`` on ``model`` (--head linear: a frozen
+    backbone throughout)."""
+    freeze_epochs = cfg.epochs if cfg.head == "linear" else cfg.freeze_epochs
+    return plan_phases(cfg.epochs, freeze_epochs, cfg.unfreeze, len(stage_groups(model)))
+
+
 def describe_phases(phases: list[Phase], cfg: Config) -> list[dict[str, Any]]:
     """Consecutive epochs of one phase, as recorded in run.json and printed at the start."""
     out: list[dict[str, Any]] = []
@@ -471,11 +478,11 @@ def check_distributed(cfg: Config, ctx: Context, device: torch.device) -> None:
 def setting_notes(cfg: Config) -> list[str]:
     """Settings that this run would take without using them, or that add up to more than
     the user likely meant: said once at the start instead of silently."""
-    notes = []
-    if ignored_by_head(cfg):
+    notes, ignored = [], ignored_by_head(cfg)
+    if ignored:
         what = {"logreg": "fits scikit-learn on frozen embeddings and takes no gradient step",
                 "linear": "keeps the backbone frozen throughout"}[cfg.head]
-        notes.append(f"head {cfg.head} {what}: {', '.join(ignored_by_head(cfg))} do not apply and are not used")
+        notes.append(f"head {cfg.head} {what}: {', '.join(ignored)} do not apply and are not used")
     if cfg.warmup_epochs and cfg.scheduler != "cosine" and cfg.head != "logreg":
         notes.append(f"warmup_epochs={cfg.warmup_epochs:g} applies to the cosine schedule only; scheduler "
                      f"{cfg.scheduler} does not use it")
@@ -683,8 +690,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
     parts, loaders, dc = set_up(cfg, data, model, ctx)
     if cfg.l2sp:
         parts.anchors = _anchors(run, parts.model, parts.optimizer, resuming=state is not None, ctx=ctx)
-    freeze_epochs = cfg.epochs if cfg.head == "linear" else cfg.freeze_epochs  # linear: a frozen backbone throughout
-    phases = plan_phases(cfg.epochs, freeze_epochs, cfg.unfreeze, len(stage_groups(model)))
+    phases = run_phases(cfg, model)
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(), "backbone": resolve_name(cfg.backbone)}
     progress = TrainState.restore(state, parts, steps_per_epoch=len(loaders.train))
     if ctx.main:
