@@ -130,7 +130,7 @@ def _scan_labeled_files(root: Path, pattern: str, skipped: list[tuple[str, str]]
             skipped.append((str(path), "not an image file"))
             continue
         match = regex.search(relative.as_posix())
-        label = (match.group(1) if regex.groups else match.group(0)) if match else None
+        label = first_group(match) if match else None
         if not label:
             raise DataError(f"--label-from {pattern!r} finds no class in {relative.as_posix()} (under {root}): every image "
                             "needs one; widen the pattern, or move the file out of the data folder")
@@ -191,6 +191,12 @@ def stratified_split(labels: np.ndarray, fractions: dict[str, float], seed: int)
     return out
 
 
+def first_group(match: re.Match) -> str | None:
+    """What a --group-by or --label-from pattern names in a path: its first group, or the
+    whole match when it has no group."""
+    return match.group(1) if match.re.groups else match.group(0)
+
+
 def group_keys(keys: list[str], pattern: str) -> np.ndarray:
     """The group of every key: the regex's first group (or whole match) searched in the path."""
     regex = re.compile(pattern)
@@ -199,7 +205,7 @@ def group_keys(keys: list[str], pattern: str) -> np.ndarray:
         m = regex.search(key)
         if m is None:
             raise DataError(f"--group-by {pattern!r} does not match {key}; every file needs a group")
-        out.append(m.group(1) if m.groups() else m.group(0))
+        out.append(first_group(m))
     return np.array(out, dtype=object)
 
 
@@ -309,7 +315,7 @@ def file_class(cfg: Config, root: Path, path: str) -> str | None:
     if len(relative) > 1 and relative[0] in SPLITS and (Path(root) / relative[0]).is_dir():
         relative = relative[1:]  # patterns see paths inside the split folder, as when the data was read
     match = re.compile(cfg.label_from).search(Path(*relative).as_posix())
-    return (match.group(1) if match.re.groups else match.group(0)) if match else None
+    return first_group(match) if match else None
 
 
 def unlisted_images(items: dict[str, list[tuple[str, str]]], root: Path) -> list[str]:
@@ -505,10 +511,10 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
         mapping = fold_to_model(mapping, classes)
     items = _apply_class_map(items, mapping)
     kept = sorted({c for c in mapping.values() if c})
-    # Not missing from the listing: images of classes the run leaves out (--drop-class, --classes),
-    # and any image of a run that leaves some out by design (--shots draws, --faces require).
-    unlisted = [f for f in unlisted if class_target(cfg, file_class(cfg, root, f)) is not None
-                and not cfg.shots and cfg.faces != "require"]
+    # Not missing from the listing: any image of a run that leaves some out by design (--shots
+    # draws, --faces require), and images of classes the run leaves out (--drop-class, --classes).
+    by_design = cfg.shots or cfg.faces == "require"
+    unlisted = [] if by_design else [f for f in unlisted if class_target(cfg, file_class(cfg, root, f)) is not None]
     if classes is not None:
         unknown = [c for c in kept if c not in classes]
         if unknown:
