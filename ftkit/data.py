@@ -320,12 +320,14 @@ def file_class(cfg: Config, root: Path, path: str) -> str | None:
 
 def unlisted_images(items: dict[str, list[tuple[str, str]]], root: Path) -> list[str]:
     """Image files under the data folder that a split listing does not name (images added
-    since the listing was written): a run with --splits leaves them out."""
+    since the listing was written): a run with --splits leaves them out. Hidden files and
+    folders are not data, as when the folder is scanned without a listing."""
     if not root.is_dir():
         return []
     listed = {os.path.abspath(k) for rows in items.values() for k, _ in rows}
     return [str(f) for f in sorted(root.rglob("*"))
-            if f.suffix.lower() in IMAGE_EXTENSIONS and os.path.abspath(f) not in listed]
+            if f.suffix.lower() in IMAGE_EXTENSIONS and os.path.abspath(f) not in listed
+            and not any(part.startswith(".") for part in f.relative_to(root).parts)]
 
 
 # --- class selection ---------------------------------------------------------------------

@@ -65,6 +65,10 @@ def test_split_listing_reproduces_the_split(flat_folder, tmp_path):
         assert again.splits[name].keys == data.splits[name].keys
         assert again.splits[name].labels.tolist() == data.splits[name].labels.tolist()
     assert again.notes == []
+    hidden = Path(flat_folder) / ".cache" / "thumb.png"  # not data: the scan without a listing skips it too
+    hidden.parent.mkdir()
+    hidden.write_bytes(next(Path(flat_folder).rglob("*.png")).read_bytes())
+    assert load_data(tiny_config(flat_folder, tmp_path, splits=str(tmp_path / "split.csv"))).notes == []
     # an image added since the listing was written is left out, and the run says so
     added = next(Path(flat_folder).rglob("*.png"))
     (added.parent / "added-later.png").write_bytes(added.read_bytes())
