@@ -503,8 +503,8 @@ def _print_predictions(results: list[dict], model: str) -> None:
         if "error" in r or not r["detections"]:
             table.add_row(r["path"], "", r.get("error", "no face found"))
         for i, d in enumerate(r.get("detections", [])):
-            where = ("box " + " ".join(map(str, d["box"])) if d["box"] is not None
-                     else "centre crop (no face found)" if d.get("region") == "centre" else "whole image")
+            where = ("box " + " ".join(map(str, d["box"])) if d["region"] == "face"
+                     else {"centre": "centre crop (no face found)", "image": "whole image"}[d["region"]])
             table.add_row(r["path"], where, "  ".join(f"{t['class']} {t['probability']:.2f}" for t in d["top"]))
     console.print(table)
 

@@ -287,7 +287,7 @@ def classify_images(pred: Predictor, images: list[np.ndarray], faces: str, topk:
     found = [regions(img, faces, pred.face_margin, pred.face_align) for img in images]
     crops = [crop for per in found for _, _, crop in per]
     probs = pred.probs(crops, tta)
-    k = min(topk, len(pred.classes))
+    k = min(max(topk, 1), len(pred.classes))  # the best class is always listed: every output names it
     out, i = [], 0
     for per in found:
         detections = []
@@ -473,7 +473,7 @@ def video_summary(track: list[dict[str, Any]], classes: list[str]) -> dict[str, 
     """Per class, over every face classified in the analysed frames: how often it came out on
     top and its mean probability; and how many analysed frames had a face."""
     found = [d for t in track for d in t["detections"]]
-    top = [d["top"][0]["class"] if d["top"] else max(d["probabilities"], key=d["probabilities"].get) for d in found]
+    top = [d["top"][0]["class"] for d in found]
     per_class = {c: {"top": top.count(c), "share": top.count(c) / len(found) if found else 0.0,
                      "mean_probability": float(np.mean([d["probabilities"][c] for d in found])) if found else 0.0}
                  for c in classes}
@@ -488,10 +488,9 @@ def video_rows(track: list[dict[str, Any]], classes: list[str]):
         if not t["detections"]:
             yield [t["frame"], t["time_s"], "", "", "", "", "", *[""] * len(classes)]
         for i, d in enumerate(t["detections"]):
-            p = d["probabilities"]
-            best = max(p, key=p.get)
-            yield [t["frame"], t["time_s"], i, d["region"], " ".join(map(str, d["box"])) if d["box"] else "", best,
-                   f"{p[best]:.6f}", *[f"{p[c]:.6f}" for c in classes]]
+            top = d["top"][0]
+            yield [t["frame"], t["time_s"], i, d["region"], " ".join(map(str, d["box"])) if d["box"] else "", top["class"],
+                   f"{top['probability']:.6f}", *[f"{d['probabilities'][c]:.6f}" for c in classes]]
 
 
 PREDICTION_FILES = (".csv", ".json", ".jsonl")
