@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -283,7 +284,5 @@ def crop_names(files: list[Path]) -> list[Path]:
     """The PNG name of each crop: its source's path with a .png suffix, or, where two sources
     differ only by their suffix (a.jpg and a.png), the whole source name (a.jpg.png, a.png.png),
     so that no crop overwrites another."""
-    stems: dict[Path, int] = {}
-    for f in files:
-        stems[f.with_suffix("")] = stems.get(f.with_suffix(""), 0) + 1
+    stems = Counter(f.with_suffix("") for f in files)
     return [f.with_suffix(".png") if stems[f.with_suffix("")] == 1 else f.with_name(f.name + ".png") for f in files]
