@@ -22,10 +22,9 @@ import torch
 from .config import choice_error
 from .errors import FtkitError
 from .io import atomic_write, write_json
-from .zoo import load_run
+from .zoo import EXPORT_SUFFIXES, exported_format, load_run
 
 FORMATS = ("onnx", "torchscript")
-SUFFIXES = {"onnx": (".onnx",), "torchscript": (".ts", ".pt")}  # the first is the default file's
 
 
 class ExportError(FtkitError, ValueError):
@@ -63,7 +62,7 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
     loaded = load_run(run, device="cpu")
     model = loaded.model.float().eval()
     meta = export_metadata(loaded)
-    filename = "model" + SUFFIXES[fmt][0]
+    filename = "model" + EXPORT_SUFFIXES[fmt][0]
     # a named model has no run directory: its exports go under exports/<name>/
     folder = loaded.run / "export" if loaded.run is not None else Path("exports") / loaded.name
     path = Path(out) if out else folder / filename
@@ -96,11 +95,10 @@ def export_format(fmt: str | None, out: str | Path | None) -> str:
         raise choice_error("export format", fmt, FORMATS)
     if out is None:
         return fmt or "onnx"
-    suffix = Path(out).suffix.lower()
-    named = next((f for f, suffixes in SUFFIXES.items() if suffix in suffixes), None)
+    named = exported_format(out)
     if named is None or (fmt is not None and named != fmt):
         wanted = [fmt] if fmt else list(FORMATS)
-        raise ExportError(f"--out {Path(out).name}: " + "; ".join(f"{f} files end in {' or '.join(SUFFIXES[f])}"
+        raise ExportError(f"--out {Path(out).name}: " + "; ".join(f"{f} files end in {' or '.join(EXPORT_SUFFIXES[f])}"
                                                                  for f in wanted))
     return named
 

@@ -17,7 +17,6 @@ from .config import DATA_OVERRIDES, Config, ConfigError, validate
 from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
 from .errors import UsageError
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
-from .export import SUFFIXES as EXPORT_SUFFIXES
 from .export import load_torchscript, read_onnx_metadata
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
 from .io import atomic_write, refuse_inside, temp_beside, write_json, write_text
@@ -26,7 +25,7 @@ from .report import write_report
 from .runs import RunError, read_record, slug, update_record, write_args
 from .transforms import eval_transform
 from .weights import sha256sum
-from .zoo import LoadedRun, load_run
+from .zoo import LoadedRun, exported_format, load_run
 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", tta: str | None = None,
@@ -250,7 +249,7 @@ class Predictor:
 def open_predictor(target: str | Path, device: str = "auto") -> Predictor:
     """A run directory, a named model (``ftkit weights list``), or an ``.onnx`` or TorchScript
     (``.ts``, ``.pt``) file written by ``ftkit export``."""
-    kind = next((f for f, suffixes in EXPORT_SUFFIXES.items() if Path(target).suffix.lower() in suffixes), None)
+    kind = exported_format(target)
     if kind is None:
         return Predictor.from_run(target, device)
     if not Path(target).is_file():

@@ -94,6 +94,16 @@ def find_model(name: str) -> tuple[str, Path, dict[str, Any]] | None:
 
 # --- loading -----------------------------------------------------------------------------
 
+# The files `ftkit export` writes, by format; the first suffix is the default file's.
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".ts", ".pt")}
+
+
+def exported_format(path: str | Path) -> str | None:
+    """The export format a file name says (``model.onnx``: onnx), or None."""
+    suffix = Path(path).suffix.lower()
+    return next((fmt for fmt, suffixes in EXPORT_SUFFIXES.items() if suffix in suffixes), None)
+
+
 
 def load_source(target: str | Path, checkpoint: str = "best") -> ModelSource:
     """A run directory (its best, or last, checkpoint) or a named model, with float32 weights."""
@@ -104,7 +114,7 @@ def load_source(target: str | Path, checkpoint: str = "best") -> ModelSource:
         return ModelSource(str(target), "run", run, sha256sum(run / "checkpoints" / f"{checkpoint}.safetensors"),
                            weights, meta)
     found = find_model(str(target))
-    if found is None and path.is_file() and path.suffix.lower() in (".onnx", ".ts", ".pt"):
+    if found is None and path.is_file() and exported_format(path):
         raise ModelNotFound(f"{target} is an exported model file: `ftkit predict` takes it; to evaluate, fine-tune "
                             "from or export again, give the run directory or named model it was exported from")
     if found is None:
