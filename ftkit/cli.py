@@ -482,8 +482,8 @@ def _predict_stream(pred, model, source, video_out, every, topk, tta, faces, max
     if output:
         write_prediction_file(Path(output), info["track_rows"], video_rows(info["track_rows"], pred.classes))
     summary = video_summary(info["track_rows"], pred.classes)
-    table = Table(title=f"{what} ({model}): {summary['faces']} face(s) in {summary['with_face']} of "
-                        f"{summary['analysed']} analysed frames")
+    table = Table(title=f"{what}: {summary['faces']} face(s) in {summary['with_face']} of "
+                        f"{summary['analysed']} analysed frames", caption=f"model {model}")
     for col in ("class", "top in faces", "share", "mean probability"):
         table.add_column(col, justify="left" if col == "class" else "right")
     for c, v in summary["per_class"].items():
