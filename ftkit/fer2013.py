@@ -1,7 +1,10 @@
 """FER2013 in its original Kaggle CSV form (``emotion,pixels,Usage``).
 
 Training -> train, PublicTest -> val, PrivateTest -> test; Kaggle label ids 0-6 map to
-angry, disgust, fear, happy, sad, surprise, neutral. Pixels are parsed with numpy, one
+angry, disgust, fear, happy, sad, surprise, neutral. Columns are found by name, in any order
+(Kaggle's ``icml_face_data.csv`` has ``emotion, Usage, pixels``); without a Usage column
+(Kaggle's ``train.csv``) every row is one pool that val and test are carved from, as for a
+flat folder. Pixels are parsed with numpy, one
 row at a time, so the full 35,887-row file (about 290 MB) loads in seconds with only the
 decoded images (48x48) held in memory. Malformed rows are reported by line number.
 """
@@ -29,18 +32,31 @@ SIDE = 48
 # (0.46 / 0.49 against 0.43 / 0.44 before it; 0.35 / 0.36 at 0.1, falling again at -0.2):
 # `python benchmarks/face_margin.py` (BENCHMARKS.md, "Face margin").
 FACE_MARGIN = -0.1
-HEADER = ["emotion", "pixels", "Usage"]
+COLUMNS = ("emotion", "pixels", "Usage")
 
 
-def _parse_row(row: list[str]) -> tuple[str, str, np.ndarray]:
-    """Return (split, class, 48x48 uint8 image) or raise ValueError saying what is wrong."""
-    if len(row) != 3:
-        raise ValueError(f"expected 3 fields (emotion,pixels,Usage), got {len(row)}")
-    emotion, pixels, usage = (field.strip() for field in row)
+def _columns(header: list[str], path: Path) -> tuple[int, int, int | None]:
+    """Positions of emotion, pixels and Usage (None: no Usage column) in a CSV header."""
+    names = [h.strip().lstrip("\ufeff").lower() for h in header]
+    where = {c: names.index(c.lower()) if c.lower() in names else None for c in COLUMNS}
+    lacking = [c for c in ("emotion", "pixels") if where[c] is None]
+    if lacking:
+        got = ",".join(h.strip() for h in header) or "an empty file"
+        delimited = next((d for d in "\t;|" if len(header) == 1 and d in header[0]), None)
+        hint = f" (it looks {'tab' if delimited == chr(9) else repr(delimited)}-separated: save it with commas)" if delimited else ""
+        raise DataError(f"{path}: no {' or '.join(lacking)} column; expected the Kaggle header emotion,pixels,Usage "
+                        f"(Usage optional, columns in any order), got {got}{hint}")
+    return where["emotion"], where["pixels"], where["Usage"]
+
+
+def _parse_row(emotion: str, pixels: str, usage: str | None) -> tuple[str, str, np.ndarray]:
+    """Return (split, class, 48x48 uint8 image) or raise ValueError saying what is wrong; a row
+    of a CSV without a Usage column (``usage`` None) goes to the split "all"."""
+    emotion, pixels = emotion.strip(), pixels.strip()
     if not emotion.isdigit() or int(emotion) >= len(KAGGLE_LABELS):
         raise ValueError(f"unknown label {emotion!r} (expected 0-6)")
-    if usage not in USAGE_TO_SPLIT:
-        raise ValueError(f"unknown Usage {usage!r} (expected {', '.join(USAGE_TO_SPLIT)})")
+    if usage is not None and usage.strip() not in USAGE_TO_SPLIT:
+        raise ValueError(f"unknown Usage {usage.strip()!r} (expected {', '.join(USAGE_TO_SPLIT)})")
     if not pixels.replace(" ", "").isdigit():
         raise ValueError("pixels contain a non-numeric value")
     values = np.fromstring(pixels, dtype=np.int32, sep=" ")
@@ -48,7 +64,8 @@ def _parse_row(row: list[str]) -> tuple[str, str, np.ndarray]:
         raise ValueError(f"expected {SIDE * SIDE} pixel values, got {values.size}")
     if values.max() > 255:
         raise ValueError(f"pixel value {values.max()} out of range 0-255")
-    return USAGE_TO_SPLIT[usage], KAGGLE_LABELS[int(emotion)], values.astype(np.uint8).reshape(SIDE, SIDE)
+    split = "all" if usage is None else USAGE_TO_SPLIT[usage.strip()]
+    return split, KAGGLE_LABELS[int(emotion)], values.astype(np.uint8).reshape(SIDE, SIDE)
 
 
 def _advancing(lines, bar, task, every: int = 256):
@@ -77,16 +94,18 @@ def read_fer_csv(path: str | Path, strict: bool = False, console=None):
     images: dict[str, np.ndarray] = {}
     skipped: list[tuple[str, str]] = []
     size = path.stat().st_size
-    with open(path, newline="") as f, progress_bar(console) as bar:
+    with open(path, newline="", encoding="utf-8-sig") as f, progress_bar(console) as bar:
         task = bar.add_task(f"reading {path.name}", total=size, info="")
         reader = csv.reader(_advancing(f, bar, task))
-        header = [h.strip() for h in next(reader, [])]
-        if header[:3] != HEADER:
-            raise DataError(f"{path}: expected the Kaggle header emotion,pixels,Usage, got {','.join(header) or 'an empty file'}")
+        header = next(reader, [])
+        columns = _columns(header, path)
+        needed = 1 + max(i for i in columns if i is not None)
         for row in reader:
             key = f"{path.name}:{reader.line_num}"
             try:
-                split, label, gray = _parse_row(row[:3] if len(row) > 3 and not any(row[3:]) else row)
+                if len(row) < needed or any(row[len(header):]):
+                    raise ValueError(f"expected {len(header)} fields ({','.join(h.strip() for h in header)}), got {len(row)}")
+                split, label, gray = _parse_row(*(None if i is None else row[i] for i in columns))
             except ValueError as exc:
                 if strict:
                     raise DataError(f"{path} line {reader.line_num}: {exc} (--strict is on)") from exc
@@ -100,14 +119,15 @@ def read_fer_csv(path: str | Path, strict: bool = False, console=None):
         shown = "; ".join(f"line {k.rsplit(':', 1)[1]}: {r}" for k, r in skipped[:5])
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warnings.warn(f"{path}: skipped {len(skipped)} malformed row(s): {shown}{more}", stacklevel=2)
-    if "train" not in items:
+    if "train" not in items and "all" not in items:
         raise DataError(f"{path} has no usable Training rows")
     return items, images, skipped
 
 
 def convert_csv(path: str | Path, dest: str | Path, strict: bool = False, console=None) -> dict[str, dict[str, int]]:
-    """Write the folder form DEST/<split>/<class>/<Usage>_<line>.png, losslessly (PNG). DEST
-    appears only when complete (written beside it, then renamed)."""
+    """Write the folder form DEST/<split>/<class>/<Usage>_<line>.png (DEST/<class>/row_<line>.png
+    for a CSV without a Usage column), losslessly (PNG). DEST appears only when complete
+    (written beside it, then renamed)."""
     import cv2
 
     dest = Path(dest)
@@ -121,7 +141,8 @@ def convert_csv(path: str | Path, dest: str | Path, strict: bool = False, consol
         for split, rows in items.items():
             for key, label in rows:
                 line = key.rsplit(":", 1)[1]
-                target = work / split / label / f"{split_to_usage[split]}_{line}.png"
+                where = work / label if split == "all" else work / split / label
+                target = where / f"{split_to_usage.get(split, 'row')}_{line}.png"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 ok, png = cv2.imencode(".png", images[key][:, :, 0])
                 target.write_bytes(png.tobytes())  # the whole folder is renamed into place once complete

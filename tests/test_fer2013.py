@@ -69,8 +69,46 @@ def test_malformed_rows_are_skipped_with_line_numbers(tmp_path):
 def test_wrong_header_is_refused(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("label,image\n1,2\n")
-    with pytest.raises(DataError, match="expected the Kaggle header"):
+    with pytest.raises(DataError, match="no emotion or pixels column; expected the Kaggle header"):
         read_fer_csv(path)
+    path.write_text("emotion\tpixels\tUsage\n")
+    with pytest.raises(DataError, match="tab-separated: save it with commas"):
+        read_fer_csv(path)
+
+
+def test_columns_are_found_by_name_through_a_bom_and_crlf(fer_csv, tmp_path):
+    """Kaggle's icml_face_data.csv orders its columns emotion, Usage, pixels (with spaces); a file
+    saved by Excel starts with a byte-order mark and ends its lines with CRLF."""
+    import csv
+
+    rows = list(csv.reader(fer_csv.open()))[1:]
+    moved = tmp_path / "icml_face_data.csv"
+    moved.write_text("\ufeffemotion, Usage, pixels\r\n" + "".join(f"{e}, {u}, {p}\r\n" for e, p, u in rows), encoding="utf-8")
+    items, images, skipped = read_fer_csv(moved)
+    expected, expected_images, _ = read_fer_csv(fer_csv)
+    assert not skipped and {k: len(v) for k, v in items.items()} == {"train": 28, "val": 14, "test": 14}
+    assert [c for _, c in items["train"]] == [c for _, c in expected["train"]]
+    first, again = items["val"][0][0], expected["val"][0][0]
+    assert np.array_equal(images[first], expected_images[again])
+
+
+def test_a_csv_without_usage_is_one_pool_split_like_a_flat_folder(fer_csv, tmp_path):
+    """Kaggle's train.csv has emotion,pixels only: val and test are carved out of it."""
+    import csv
+
+    rows = list(csv.reader(fer_csv.open()))[1:]
+    bare = tmp_path / "train.csv"
+    bare.write_text("emotion,pixels\n" + "".join(f"{e},{p}\n" for e, p, _ in rows))
+    items, _, _ = read_fer_csv(bare)
+    assert list(items) == ["all"] and len(items["all"]) == len(rows)
+    data = load_data(Config(data=str(bare), val_split=0.25, test_split=0.25))
+    assert set(data.splits) == {"train", "val", "test"} and sum(map(len, data.splits.values())) == len(rows)
+    counts = convert_csv(bare, tmp_path / "folders")
+    assert counts == {"all": {c: 8 for c in KAGGLE_LABELS}}
+    assert len(list((tmp_path / "folders" / "happy").glob("row_*.png"))) == 8
+    (tmp_path / "short.csv").write_text("emotion,pixels,Usage\n3," + rows[0][1] + "\n")
+    with pytest.warns(UserWarning, match="line 2: expected 3 fields"), pytest.raises(DataError, match="no usable Training rows"):
+        read_fer_csv(tmp_path / "short.csv")
 
 
 def test_csv_and_converted_folders_give_identical_tensors(fer_csv, tmp_path):
