@@ -32,7 +32,7 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("always")
+                warnings.simplefilter("default")  # each distinct warning once per command
                 warnings.showwarning = lambda msg, *a, **k: console.print(f"[yellow]warning:[/] {msg}")
                 return fn(*args, **kwargs)
         except (click.ClickException, click.Abort, click.exceptions.Exit):

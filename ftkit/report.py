@@ -14,7 +14,7 @@ from rich.table import Table
 from .evaluation import compute_report, read_predictions
 from .html_report import render_comparison, write_run_html
 from .io import atomic_write, read_json, write_json, write_text
-from .plots import new_figure, png_bytes
+from .plots import new_figure, png_bytes, warn_missing_glyphs
 from .runs import RunError, read_args, read_metrics, read_record
 from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, run_summary,
                     support_note)
@@ -34,6 +34,7 @@ def write_report(folder: Path, predictions: Path | None = None, name: str | None
     report["run"] = name or str(folder)
     write_json(folder / "report.json", report)
     write_text(folder / "report.md", report_markdown(report, record, read_args(folder)))
+    warn_missing_glyphs(report["classes"])
     plot_confusion(report, folder)
     history = read_metrics(folder)
     if history:
