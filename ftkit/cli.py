@@ -140,6 +140,7 @@ def finetune(recipe, resume_run, nproc, **kwargs):
       ftkit finetune --data faces/ --backbone mobilenetv2 --input gray48 --epochs 10
       ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013.csv
       ftkit finetune --init fer2013-fast --data my_faces/ --epochs 15
+      ftkit finetune --resume runs/faces-resnet18 [--data where/the/data/moved/]
       ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013/ --nproc 4
       torchrun --nproc-per-node 4 -m ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013/
     """
@@ -149,13 +150,15 @@ def finetune(recipe, resume_run, nproc, **kwargs):
 
     launched = nproc > 1 and not from_env().active
     if resume_run:
+        moved = kwargs.pop("data")  # the run's own data, now somewhere else
         ignored = (["--recipe"] if recipe else []) + ["--" + k.replace("_", "-") for k in _overrides(kwargs)]
         if ignored:
             raise click.UsageError(f"--resume continues a run with its own settings (args.yaml); it would ignore "
-                                   f"{', '.join(ignored)}: leave them out, or start a new run")
+                                   f"{', '.join(ignored)}: leave them out (only --data, for data that moved, goes with "
+                                   "--resume), or start a new run")
         if launched:
-            _launch_torchrun(nproc, ["finetune", "--resume", resume_run])
-        result = resume(resume_run, console=console)
+            _launch_torchrun(nproc, ["finetune", "--resume", resume_run] + (["--data", moved] if moved else []))
+        result = resume(resume_run, console=console, data=moved)
     else:
         cfg = _training_config(recipe, kwargs)
         if launched:

@@ -306,6 +306,13 @@ def check_listing_files(items: dict[str, list[tuple[str, str]]], root: Path, lis
                 raise DataError(f"{listing}: {key} is not inside --data {root}; the listing belongs to another data set")
 
 
+def check_listing(listing: Path, root: Path) -> None:
+    """That a run's split listing finds every one of its images under the data folder ``root``
+    (a CSV's rows are checked as they are read)."""
+    if root.is_dir():
+        check_listing_files(resolve_listing(read_split_listing(listing), root), root, str(listing))
+
+
 def file_class(cfg: Config, root: Path, path: str) -> str | None:
     """The class an image file of the data folder ``root`` has before any class option: its
     class folder, or with ``label_from`` what the pattern finds in its path."""

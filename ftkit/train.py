@@ -34,13 +34,13 @@ from . import distributed
 from . import shards
 from .config import Config, ConfigError, choice_error
 from .crossval import cross_validate
-from .data import DataSplits, ImageDataset, write_split_listing
+from .data import DataSplits, ImageDataset, check_listing, write_split_listing
 from .device import autocast_for, resolve_device, seed_everything
 from .distributed import SINGLE, Context
 from .errors import FtkitError
 from .evaluation import predict_split, quick_metrics, write_predictions
 from .heads import fit_logreg, ignored_by_head
-from .io import refuse_inside
+from .io import read_json, refuse_inside
 from .models import (
     backbone_and_head_params,
     create,
@@ -61,8 +61,10 @@ from .runs import (
     load_checkpoint,
     load_run_config,
     load_train_state,
+    move_data,
     new_run_dir,
     phase_text,
+    read_args,
     read_record,
     read_weights,
     remove_partial_files,
@@ -521,12 +523,14 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
         return _train(run, cfg, data, model, state=None, out=out, ctx=ctx)
 
 
-def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
+def resume(run_dir: str | Path, console: Console | None = None, data: str | Path | None = None) -> RunResult:
     """Continue an interrupted run from its last checkpoint, with its own config and split.
 
     The last epoch's weights, optimizer, scheduler and history come from one file
     (``last.state.pt``, written atomically), so a stop at any moment resumes from one epoch's
-    state, never from weights of one epoch and optimizer state of another."""
+    state, never from weights of one epoch and optimizer state of another. ``data``: where the
+    run's data is now, when it moved (another disk or machine); the run's split listing must
+    find every one of its images there, and the run then records the new place."""
     out = console or default_console
     run = Path(run_dir)
     if not (run / "args.yaml").is_file():
@@ -534,12 +538,34 @@ def resume(run_dir: str | Path, console: Console | None = None) -> RunResult:
                        "`ftkit finetune` wrote")
     cfg = load_run_config(run)
     record = read_record(run)
+    moved = data is not None and os.path.abspath(data) != os.path.abspath(cfg.data)
+    if moved:
+        if not Path(data).exists():
+            raise RunError(f"--data {data} not found: give the folder or CSV that {run}'s data ({cfg.data}) moved to")
+        cfg.data = os.path.abspath(data)
+    elif not Path(cfg.data).exists():
+        raise RunError(f"{run} trained on {cfg.data}, which is not there any more: if the data moved, continue with "
+                       f"ftkit finetune --resume {run} --data NEW_PLACE")
+    folders = [run, *(f for f in sorted(run.glob("fold-*")) if (f / "args.yaml").is_file())]
+    if moved and record.get("status") == "finished":
+        # nothing to train: check that the run's images are all there, then record the new place
+        for folder in folders:
+            if (folder / "split.csv").is_file() and not shards.shard_root(cfg.data):  # shards: checked as they are read
+                check_listing(folder / "split.csv", Path(cfg.data))
+        with run_lock(run):
+            for folder in folders:
+                move_data(folder, cfg.data)
+        out.print(f"{run} finished earlier: nothing to resume; it now reads its data from {cfg.data}")
+        return RunResult(run, read_json(run / "report.json"), [], read_record(run))
     if cfg.folds:
         if record.get("status") == "finished":
             raise RunError(f"{run} is a finished {cfg.folds}-fold cross-validation: there is nothing to resume")
         check_distributed(cfg, distributed.from_env(), resolve_device(cfg.device))
         with run_lock(run):
-            return cross_validate(cfg, train_on, console=out, root=run, resume_on=resume)
+            if moved:  # an interrupted fold's own split listing checks the files as it resumes
+                for folder in folders:
+                    move_data(folder, cfg.data)
+            return cross_validate(cfg, train_on, console=out, root=run, resume_on=partial(resume, data=data))
     cfg.splits = str(run / "split.csv")
     if record.get("status") == "finished":
         stopped = "stopped early" if record.get("epochs_run", cfg.epochs) < cfg.epochs else "finished"
@@ -587,7 +613,10 @@ def _resume_locked(run: Path, cfg: Config, out: Console, ctx: Context = SINGLE) 
     state = load_train_state(run / "checkpoints" / "last.state.pt")
     for stale in remove_partial_files(run) if ctx.main else []:
         out.print(f"removed {stale.name}, left by an interrupted write")
-    data = shards.load(cfg, console=out)
+    data = shards.load(cfg, console=out)  # with cfg.splits the run's listing: every image it names must be there
+    if ctx.main and os.path.abspath(cfg.data) != os.path.abspath(read_args(run)["data"]):
+        move_data(run, cfg.data)
+        out.print(f"{run} now reads its data from {cfg.data}")
     if "model" in state:
         weights = state["model"]
     else:  # runs written before the state file carried the weights: they must be of the same epoch

@@ -30,7 +30,7 @@ from .data import canonical_class
 from .device import resolve_device
 from .io import read_json, write_json
 from .models import DataConfig, create
-from .runs import RunError, load_checkpoint, read_weights, require_run, write_weights
+from .runs import RunError, load_checkpoint, read_args, read_weights, require_run, write_weights
 from .weights import WeightsError, sha256sum, store_dir
 
 SAVED = "models.json"  # in the user's weight store (git-ignored)
@@ -210,6 +210,8 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") ->
     folder = source.path if source.kind == "run" else None
     origin = None if folder else {**source.describe(), "entry": source.entry}
     cfg = config_from_dict(meta["config"])
+    if folder is not None:  # the data's place as args.yaml has it now (--resume --data records a move)
+        cfg = replace(cfg, data=read_args(folder).get("data", cfg.data))
     model = create(replace(cfg, pretrained=False, weights=None, init=None), len(meta["classes"]))
     model.load_state_dict(weights)
     dev = resolve_device(device)

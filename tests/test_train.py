@@ -1,9 +1,11 @@
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from ftkit import train as train_mod
 from ftkit.config import ConfigError
@@ -169,6 +171,50 @@ def test_resume_continues_from_the_last_epoch_exactly(split_folder, tmp_path, mo
         seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
     assert len(seconds) == 3 and all(s > 0 for s in seconds)
     assert json.loads((cut / "run.json").read_text())["train_seconds"] == pytest.approx(sum(seconds), abs=0.1)
+
+
+@pytest.mark.slow
+def test_a_run_whose_data_moved_resumes_with_data_and_records_the_new_place(split_folder, tmp_path, monkeypatch):
+    """Resuming on another disk or machine: the data is elsewhere. --resume RUN --data NEW checks
+    every image of the run's split listing there, continues exactly, and records the move."""
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    full = finetune(tiny_config(split_folder, tmp_path, epochs=3, name="full"))
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        interrupt_at_epoch(patch, 3)
+        finetune(tiny_config(split_folder, tmp_path, epochs=3, name="cut"))
+    cut = tmp_path / "runs" / "cut"
+    moved = split_folder.rename(tmp_path / "elsewhere")
+    r = CliRunner().invoke(main, ["finetune", "--resume", str(cut)])
+    assert r.exit_code == 1 and f"trained on {split_folder}, which is not there any more" in r.output
+    assert f"--resume {cut} --data NEW_PLACE" in " ".join(r.output.split())
+    short = tmp_path / "short"
+    shutil.copytree(moved, short)
+    next((short / "train").rglob("*.png")).unlink()
+    r = CliRunner().invoke(main, ["finetune", "--resume", str(cut), "--data", str(short)])
+    assert r.exit_code == 1 and "no longer exists" in r.output
+    assert yaml.safe_load((cut / "args.yaml").read_text())["data"] == str(split_folder)  # a failed move changes nothing
+
+    r = CliRunner().invoke(main, ["finetune", "--resume", str(cut), "--data", str(moved)])
+    assert r.exit_code == 0, r.output
+    assert _metrics(cut) == _metrics(full.run_dir)
+    assert yaml.safe_load((cut / "args.yaml").read_text())["data"] == str(moved)
+    record = json.loads((cut / "run.json").read_text())
+    assert record["data"]["path"] == str(moved) and record["data_moves"] == [{"from": str(split_folder), "to": str(moved)}]
+    r = CliRunner().invoke(main, ["evaluate", str(cut), "--name", "again"])  # the run's own data, at its new place
+    assert r.exit_code == 0, r.output
+    assert (cut / "eval" / "again" / "predictions.csv").read_text() == (cut / "predictions.csv").read_text()
+
+    # a finished run's data moved: evaluate says how to record it, and --resume --data records it
+    final = moved.rename(tmp_path / "final")
+    r = CliRunner().invoke(main, ["evaluate", str(cut), "--name", "lost"])
+    assert r.exit_code == 1 and "which is not there any more" in r.output and "--data NEW_PLACE" in " ".join(r.output.split())
+    r = CliRunner().invoke(main, ["finetune", "--resume", str(cut), "--data", str(final)])
+    assert r.exit_code == 0 and "finished earlier: nothing to resume; it now reads its data from" in " ".join(r.output.split())
+    assert yaml.safe_load((cut / "args.yaml").read_text())["data"] == str(final)
+    assert CliRunner().invoke(main, ["evaluate", str(cut), "--name", "found"]).exit_code == 0
 
 
 @pytest.mark.slow
