@@ -419,7 +419,7 @@ def _folder_items(root: Path, cfg: Config, skipped: list) -> tuple[dict[str, lis
         found = _scan_labeled_files(folder, cfg.label_from, skipped) if cfg.label_from else _scan_class_folders(folder, skipped)
         if not found:
             raise DataError(f"no images under {folder}")
-        return _flatten(found)
+        return _flatten(found, folder)
 
     if layout == "flat":
         return {"all": scan(root)}, layout
@@ -440,10 +440,11 @@ def _folder_items(root: Path, cfg: Config, skipped: list) -> tuple[dict[str, lis
     return items, layout
 
 
-def _flatten(found: dict[str, list[str]]) -> list[tuple[str, str]]:
+def _flatten(found: dict[str, list[str]], folder: Path) -> list[tuple[str, str]]:
     empty = [c for c, paths in found.items() if not paths]
     if empty:
-        raise DataError(f"class folder(s) without images: {', '.join(empty)}; add images or remove the folder")
+        raise DataError(f"class folder(s) without images in {folder}: {', '.join(empty)} ({', '.join(sorted(IMAGE_EXTENSIONS))} "
+                        "files count); add images or remove the folder")
     return [(p, c) for c, paths in found.items() for p in paths]
 
 
