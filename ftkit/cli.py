@@ -445,6 +445,11 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
             click.echo(json.dumps(r))
     if output:
         write_prediction_file(Path(output), results, prediction_rows(results, pred.classes))
+    read = [r for r in results if "error" not in r]
+    faces_found = sum(d["region"] == "face" for r in read for d in r["detections"])
+    console.print(f"{len(read)} of {len(results)} image(s) read"
+                  + (f", {faces_found} face(s) found" if faces_found or faces not in (None, "none") else "")
+                  + (f"; predictions {output}" if output else ""))
     if all("error" in r for r in results):
         raise click.ClickException(f"none of the {len(results)} input image(s) could be read (reasons above)")
 

@@ -68,8 +68,8 @@ def test_named_model_predicts_like_its_run(shipped, source_run, tmp_path):
     by_run = invoke("predict", source_run, images, "--format", "jsonl", "--topk", 3)
     by_name = invoke("predict", "tiny-fer", images, "--format", "jsonl", "--topk", 3)
     assert by_run.exit_code == 0 and by_name.exit_code == 0, by_name.output
-    a = [json.loads(line) for line in by_run.output.splitlines()]
-    b = [json.loads(line) for line in by_name.output.splitlines()]
+    a = [json.loads(line) for line in by_run.output.splitlines() if line.startswith("{")]
+    b = [json.loads(line) for line in by_name.output.splitlines() if line.startswith("{")]
     assert len(a) == len(b) == 9
     for ra, rb in zip(a, b):
         pa, pb = ra["detections"][0]["probabilities"], rb["detections"][0]["probabilities"]
@@ -293,7 +293,7 @@ def test_the_shipped_model_labels_the_face_in_a_photo_offline(name, target, tmp_
     r = invoke("predict", name, tmp_path / "astronaut.png", "--faces", "all", "--format", "jsonl",
                "--annotate", tmp_path / "annotated")
     assert r.exit_code == 0, r.output
-    (result,) = [json.loads(line) for line in r.output.splitlines()]
+    (result,) = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
     (face,) = result["detections"]
     assert face["box"] is not None and set(face["probabilities"]) == set(entry["classes"])
     assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
