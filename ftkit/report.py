@@ -18,6 +18,7 @@ from .plots import new_figure, png_bytes, warn_missing_glyphs
 from .runs import RunError, read_args, read_metrics, read_record
 from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, run_summary,
                     support_note)
+from .zoo import find_model
 
 
 def write_report(folder: Path, predictions: Path | None = None, name: str | None = None) -> dict[str, Any]:
@@ -25,6 +26,14 @@ def write_report(folder: Path, predictions: Path | None = None, name: str | None
 
     ``name`` is what the report calls the run (default: the folder), for a folder that is
     written under a temporary name and moved into place when complete."""
+    if not folder.is_dir():
+        if folder.exists():
+            raise RunError(f"{folder} is a file, not a run directory: give the folder that ftkit finetune, evaluate or "
+                           "ensemble wrote")
+        if find_model(str(folder)):
+            raise RunError(f"{folder} is a named model, not a run directory: score it with ftkit evaluate {folder} --data "
+                           f"DIR, which writes a report under runs/{folder}/eval/")
+        raise RunError(f"run directory {folder} not found")
     predictions = predictions or folder / "predictions.csv"
     if not predictions.is_file():
         raise RunError(f"{predictions} not found: is {folder} a finished ftkit run directory?")

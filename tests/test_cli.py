@@ -108,6 +108,14 @@ def test_report_command_regenerates_and_compares(trained):
     assert both.exit_code == 0
 
 
+def test_report_says_what_it_was_given_when_that_is_no_run(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"onnx")
+    said = {what: " ".join(invoke("report", what).output.split()) for what in (tmp_path / "model.onnx", "fer2013-fast", tmp_path / "gone")}
+    assert "model.onnx is a file, not a run directory" in said[tmp_path / "model.onnx"]
+    assert "fer2013-fast is a named model, not a run directory: score it with ftkit evaluate fer2013-fast" in said["fer2013-fast"]
+    assert f"run directory {tmp_path / 'gone'} not found" in said[tmp_path / "gone"]
+
+
 def test_report_says_when_compared_runs_were_scored_on_different_images(trained, tmp_path):
     import shutil
 
