@@ -125,7 +125,7 @@ def main():
 
 
 @main.command()
-@click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe (recipes/*.yaml); flags override it.")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe: a file, or the name of one of ftkit's (fewshot, fer2013-fast, ...: recipes/*.yaml); flags override it.")
 @click.option("--resume", "resume_run", type=click.Path(file_okay=False), help="Continue an interrupted run directory.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train in this many processes on this machine (one per GPU, or CPU processes) with DDP: "
@@ -200,7 +200,7 @@ def _launch_torchrun(nproc: int, args: list[str], cfg: Config | None = None):
 
 
 @main.command("lr-find")
-@click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe (recipes/*.yaml); flags override it.")
+@click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe: a file, or the name of one of ftkit's (fewshot, fer2013-fast, ...: recipes/*.yaml); flags override it.")
 @click.option("--start", type=click.FloatRange(min=0, min_open=True), default=1e-7, show_default=True,
               help="Learning rate of the first step.")
 @click.option("--end", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,

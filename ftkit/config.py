@@ -258,11 +258,26 @@ def merge(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
     return Config(**values)
 
 
+# the recipes that come with ftkit, beside the package in a checkout: `--recipe fewshot` names one
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def find_recipe(name: str | Path) -> Path:
+    """A recipe file: the path given, or else, for a bare name, ftkit's own recipe of that name."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    own = RECIPES_DIR / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if path.parent == Path(".") and own.is_file():
+        return own
+    known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise ConfigError(f"recipe {str(name)!r} not found: give a YAML file, or the name of one of ftkit's recipes"
+                      + (f" ({known})" if known else ""))
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a recipe YAML file into a flat dict of config keys (not yet validated)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {str(path)!r} not found (expected a YAML file, e.g. recipes/fer2013-fast.yaml)")
+    path = find_recipe(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

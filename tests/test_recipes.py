@@ -24,6 +24,22 @@ def test_recipe_resolves(recipe, tmp_path):
     assert cfg.freeze_epochs <= cfg.epochs
 
 
+def test_a_recipe_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from ftkit.config import ConfigError, find_recipe
+
+    monkeypatch.chdir(tmp_path)
+    assert find_recipe("fewshot") == find_recipe("fewshot.yaml") == RECIPES[0].parent / "fewshot.yaml"
+    assert resolve_config("gray48", data=str(tmp_path)).img_size == resolve_config(str(RECIPES[0].parent / "gray48.yaml"),
+                                                                                    data=str(tmp_path)).img_size
+    (tmp_path / "fewshot").mkdir()
+    (tmp_path / "fewshot" / "mine.yaml").write_text("epochs: 3\n")
+    assert find_recipe("fewshot/mine.yaml") == Path("fewshot/mine.yaml")  # a path is a path
+    with pytest.raises(ConfigError, match=r"recipe 'fewshots' not found: .*\(fer2013-best, .*fewshot, "):
+        find_recipe("fewshots")
+    with pytest.raises(ConfigError, match="not found"):
+        find_recipe("other/fewshot.yaml")  # a path elsewhere is not taken for a name
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_trains_end_to_end(recipe, tmp_path):
