@@ -247,13 +247,26 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+# what timm's train.py, Keras, fastai and Ultralytics call some of ftkit's keys: named in the
+# error for a recipe that uses them, never taken silently
+OTHER_NAMES = {
+    "learning_rate": "lr", "lr0": "lr", "base_lr": "lr", "model": "backbone", "arch": "backbone",
+    "batch": "batch_size", "bs": "batch_size", "imgsz": "img_size", "image_size": "img_size", "input_size": "img_size",
+    "max_epochs": "epochs", "num_epochs": "epochs", "wd": "weight_decay", "opt": "optimizer", "sched": "scheduler",
+    "lr_scheduler": "scheduler", "smoothing": "label_smoothing", "num_workers": "workers", "model_ema_decay": "ema",
+    "warmup": "warmup_epochs", "drop": "drop_rate", "dropout": "drop_rate", "freeze": "freeze_epochs",
+    "early_stopping_patience": "patience", "in_chans": "channels", "output": "out", "run_dir": "out",
+}
+
+
 def merge(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
     """Return a copy of ``cfg`` with ``overrides`` applied; unknown keys fail with suggestions."""
     values = cfg.to_dict()
     for key, value in overrides.items():
         key = key.replace("-", "_")
         if key not in FIELDS:
-            raise ConfigError(f"unknown key {key!r} in {source}.{suggest(key, FIELDS)}")
+            hint = f" ftkit calls it {OTHER_NAMES[key]!r}." if key in OTHER_NAMES else suggest(key, FIELDS)
+            raise ConfigError(f"unknown key {key!r} in {source}.{hint}")
         values[key] = _check_type(key, value)
     return Config(**values)
 

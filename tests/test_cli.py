@@ -211,7 +211,10 @@ def test_bad_inputs_give_clear_messages(trained, tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("learning_rate: 0.1\n")
     r = invoke("finetune", "--recipe", recipe, "--data", tmp / "data")
-    assert r.exit_code == 1 and "unknown key 'learning_rate'" in r.output
+    assert r.exit_code == 1 and "unknown key 'learning_rate' in recipe" in r.output and "ftkit calls it 'lr'" in r.output
+    recipe.write_text("epoch: 3\n")
+    r = invoke("finetune", "--recipe", recipe, "--data", tmp / "data")
+    assert r.exit_code == 1 and "Did you mean 'epochs'" in r.output
     r = invoke("finetune", "--data", tmp_path / "missing", "--backbone", TINY)
     assert r.exit_code == 1 and "missing does not exist" in r.output
     r = invoke("finetune", "--data", tmp / "data", "--backbone", "mobilenet-v2")
