@@ -806,6 +806,29 @@ def weights_save(run, name, force, dtype):
     console.print(f"saved {name}: {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:16]}...)")
 
 
+@weights.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask before deleting the file.")
+@_friendly
+def weights_remove(name, yes):
+    """Delete a saved model (`weights save`) or imported backbone weights (`weights import`, `pull`)
+    from the store: its entry, then its file. The models ftkit ships are not removed.
+
+    \b
+    Example:
+      ftkit weights remove my-faces
+      ftkit weights remove mobilenetv2_100 --yes
+    """
+    from .weights import remove_weights, store_dir
+    from .zoo import remove_model, stored_kind
+
+    kind = stored_kind(name)
+    if not yes:
+        click.confirm(f"delete the {kind} {name} from {store_dir()}?", abort=True, err=True)
+    entry = remove_model(name) if kind == "saved model" else remove_weights(name)
+    console.print(f"removed {kind} {entry['name']} ({entry['file']}, sha256 {entry['sha256'][:16]}...)")
+
+
 @weights.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--backbone", required=True, help="Alias or timm name the checkpoint belongs to.")

@@ -209,6 +209,20 @@ def import_weights(path: str | Path, backbone: str, source: str | None = None, s
     return {"name": name, **entry}
 
 
+def remove_weights(backbone: str, store: Path | None = None) -> dict:
+    """Take a backbone's imported weights out of the store: the manifest entry first (written
+    atomically), then the file, so the store never lists a file that is gone."""
+    store = store or store_dir()
+    manifest = read_manifest(store)
+    name = resolve_name(backbone) if backbone not in manifest else backbone
+    if name not in manifest:
+        raise WeightsError(f"no imported weights for {backbone} in {store} (stored: {', '.join(manifest) or 'none'})")
+    entry = manifest.pop(name)
+    write_json(store / MANIFEST, manifest)
+    (store / entry["file"]).unlink(missing_ok=True)
+    return {"name": name, **entry}
+
+
 # --- resolution --------------------------------------------------------------------------
 
 

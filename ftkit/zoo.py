@@ -29,9 +29,9 @@ from .config import Config, config_from_dict, load_recipe, resolve, suggest
 from .data import canonical_class
 from .device import resolve_device
 from .io import read_json, write_json
-from .models import DataConfig, create
+from .models import DataConfig, ModelError, create, resolve_name
 from .runs import RunError, load_checkpoint, read_args, read_weights, require_run, write_weights
-from .weights import WeightsError, sha256sum, store_dir
+from .weights import WeightsError, read_manifest, sha256sum, store_dir
 
 SAVED = "models.json"  # in the user's weight store (git-ignored)
 SHIPPED = "shipped.json"  # in the checkout's weights/ (tracked, with the files it lists)
@@ -271,6 +271,37 @@ def annotate_model(name: str, shipped: bool = False, **fields: Any) -> dict[str,
     manifest[name].update(fields)
     write_json(path, manifest)
     return {"name": name, **manifest[name]}
+
+
+def stored_kind(name: str) -> str:
+    """What ``name`` is in the user's store: "saved model" (``weights save``) or "imported weights"
+    (``weights import``/``pull``, by timm name or alias); anything else is an error saying what is there."""
+    if name in read_models(SHIPPED_DIR / SHIPPED):
+        raise WeightsError(f"{name} ships with ftkit (weights/{SHIPPED}): it is part of the checkout, not of your store")
+    saved = read_models(store_dir() / SAVED)
+    if name in saved:
+        return "saved model"
+    imported = read_manifest()
+    try:
+        key = name if name in imported else resolve_name(name)
+    except ModelError:
+        key = name
+    if key in imported:
+        return "imported weights"
+    raise WeightsError(f"nothing named {name} in the store {store_dir()} (saved models: {', '.join(saved) or 'none'}; "
+                       f"imported weights: {', '.join(imported) or 'none'})")
+
+
+def remove_model(name: str) -> dict[str, Any]:
+    """Take a saved model out of the user's store (entry first, then its file)."""
+    if stored_kind(name) != "saved model":
+        raise WeightsError(f"{name} is not a saved model")
+    path = store_dir() / SAVED
+    manifest = read_models(path)
+    entry = manifest.pop(name)
+    write_json(path, manifest)
+    (path.parent / entry["file"]).unlink(missing_ok=True)
+    return {"name": name, **entry}
 
 
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")

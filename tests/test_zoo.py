@@ -160,6 +160,29 @@ def test_weights_list_shows_shipped_and_saved_apart(shipped, source_run):
     assert "my-model" in saved_part and "tiny-fer" not in saved_part
 
 
+def test_weights_remove_takes_a_saved_model_or_imported_weights_out_of_the_store(shipped, source_run, tmp_path):
+    import timm
+
+    from ftkit.weights import import_weights, read_manifest
+
+    store = tmp_path / "store"
+    assert invoke("weights", "save", source_run, "my-model").exit_code == 0
+    torch.save(timm.create_model(TINY, num_classes=1000).state_dict(), tmp_path / "backbone.pth")
+    import_weights(tmp_path / "backbone.pth", TINY)
+    r = CliRunner().invoke(main, ["weights", "remove", "my-model"], input="n\n")
+    assert r.exit_code == 1 and (store / "my-model.safetensors").is_file()  # asked, and told no
+    r = invoke("weights", "remove", "tiny-fer", "--yes")
+    assert r.exit_code == 1 and "ships with ftkit" in r.output and (tmp_path / "ship" / "tiny-fer.safetensors").is_file()
+    r = invoke("weights", "remove", "nothing", "--yes")
+    assert r.exit_code == 1 and "saved models: my-model; imported weights: " + TINY in " ".join(r.output.split())
+    r = invoke("weights", "remove", "my-model", "--yes")
+    assert r.exit_code == 0 and "removed saved model my-model" in r.output
+    assert not (store / "my-model.safetensors").exists() and "my-model" not in json.loads((store / "models.json").read_text())
+    assert "'my-model' is neither a run directory nor a named model" in invoke("predict", "my-model", tmp_path / "x.png").output
+    r = invoke("weights", "remove", TINY, "--yes")
+    assert r.exit_code == 0 and not (store / f"{TINY}.safetensors").exists() and read_manifest(store) == {}
+
+
 def test_a_jaffe_style_folder_is_read_with_label_from(shipped, source_run, tmp_path):
     """JAFFE keeps every image in one folder and names the expression in the file name
     (KA.AN1.39.tiff): --label-from reads the class from there, the JAFFE codes are scored as
