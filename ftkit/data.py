@@ -597,6 +597,14 @@ def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
     if totals["skipped"]:
         warnings.warn(f"no face found in {totals['skipped']} image(s), left out (--faces require), "
                       f"e.g. {totals['skipped_files'][0]}", stacklevel=2)
+    what = "use --faces crop (an image without a face is then centre-cropped), or check that the images show faces"
+    for name, split in data.splits.items():
+        empty = [c for c, n in zip(data.classes, split.counts(len(data.classes))) if n == 0]
+        if not len(split):
+            where = f"of {cfg.data}" if name == "all" else f"of the {name} split"
+            raise DataError(f"--faces require: no face found in any image {where}, so none is left: {what}")
+        if name == "train" and empty:
+            raise DataError(f"--faces require: no face found in any training image of class(es) {', '.join(empty)}: {what}")
 
 
 def _decode_or_verify(data: DataSplits, cfg: Config, console=None, force_cache: bool = False) -> None:

@@ -192,3 +192,29 @@ def test_aligned_crop_falls_back_to_the_box_without_eyes():
     plain, _ = crop_faces(["a"], [frame], "crop", 0.1)
     levelled, stats = crop_faces(["a"], [frame], "crop", 0.1, align=True)
     assert stats.found == 1 and not np.array_equal(plain[0], levelled[0])
+
+
+def test_faces_require_that_leaves_a_class_without_images_says_so_before_any_run(tmp_path):
+    """With no face in any image of a class, --faces require used to leave an empty training
+    class and end in a PyTorch sampler error, called a bug, with a failed run directory."""
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+    from conftest import TINY
+
+    frame, _ = framed(0.8, 0.5, 0.5)
+    rng = np.random.default_rng(0)
+    for folder in ("data", "none"):
+        for c in ("happy", "sad"):
+            (tmp_path / folder / c).mkdir(parents=True)
+            for i in range(6):
+                face = frame if (folder, c) == ("data", "happy") else rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
+                Image.fromarray(face).save(tmp_path / folder / c / f"{i}.png")
+    common = ["--backbone", TINY, "--no-pretrained", "--img-size", "32", "--epochs", "1", "--workers", "0",
+              "--faces", "require", "--project", str(tmp_path / "runs")]
+    r = CliRunner().invoke(main, ["finetune", "--data", str(tmp_path / "data"), *common])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "--faces require: no face found in any training image of class(es) sad" in said
+    assert "Traceback" not in r.output and not (tmp_path / "runs").exists()
+    r = CliRunner().invoke(main, ["finetune", "--data", str(tmp_path / "none"), *common])
+    assert r.exit_code == 1 and "no face found in any image of the train split, so none is left" in " ".join(r.output.split())
