@@ -541,6 +541,14 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
         data.notes.append(note)
     if cfg.shots and carve:
         apply_shots(data, cfg.shots, cfg.seed)
+    for name in ("val", "test") if carve else ():
+        split = data.splits.get(name)
+        lacking = [c for c, n in zip(classes, split.counts(len(classes))) if n == 0] if split is not None and len(split) else []
+        if lacking:
+            note = (f"the {name} split has no image of {', '.join(lacking)}, so its scores say nothing about "
+                    f"{'them' if len(lacking) > 1 else 'it'}: add images, or cross-validate with --folds")
+            warnings.warn(note, stacklevel=2)
+            data.notes.append(note)
     if carve and not cfg.group_by and source != "csv":
         hint = near_duplicate_hint(data.splits["train"].keys)
         if hint:

@@ -55,6 +55,19 @@ def test_stratified_split_gives_every_split_an_image_of_small_classes():
     assert (where[3:] == "val").sum() == 4 and (where[3:] == "test").sum() == 4
 
 
+def test_a_class_too_small_to_share_out_is_named_for_the_splits_that_lack_it(tmp_path):
+    rng = np.random.default_rng(0)
+    write_images(tmp_path / "data" / "many", 0, 20, rng)
+    write_images(tmp_path / "data" / "one", 1, 1, rng)
+    with pytest.warns(UserWarning) as caught:
+        data = load_data(tiny_config(tmp_path / "data", tmp_path))
+    said = [str(w.message) for w in caught]
+    assert data.summary()["train"]["one"] == 1
+    for name in ("val", "test"):
+        assert f"the {name} split has no image of one, so its scores say nothing about it" in " ".join(said)
+    assert sum("split has no image of" in n for n in data.notes) == 2
+
+
 def test_split_listing_reproduces_the_split(flat_folder, tmp_path):
     from ftkit.data import write_split_listing
 
