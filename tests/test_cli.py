@@ -230,11 +230,15 @@ def test_bad_inputs_give_clear_messages(trained, tmp_path):
     assert (run / "report.json").is_file()  # nothing of the earlier run was touched
 
 
-def test_backbones_lists_aliases():
+def test_backbones_lists_aliases(tmp_path, monkeypatch):
+    monkeypatch.setenv("FTKIT_WEIGHTS", str(tmp_path))  # an empty store
     r = invoke("backbones")
     assert r.exit_code == 0
     for alias, name in (("mobilenetv2", "mobilenetv2_100"), ("efficientnet-lite0", "efficientnet_lite0")):
         assert alias in r.output and name in r.output
+    rows = {line.split("│")[1].strip(): line.split("│")[6].strip() for line in r.output.splitlines() if line.count("│") == 7}
+    assert rows["mobilenetv2"] in ("ftkit weights pull mobilenetv2_100", "here (timm cache)")
+    assert rows["resnet18"] in ("hub, or --weights FILE", "here (timm cache)")
     r = invoke("backbones", "--filter", "resnet*")  # used to be ignored without --all
     assert r.exit_code == 0 and "resnet18" in r.output and "mobilenetv2" not in r.output
     r = invoke("backbones", "--filter", "zzz*")

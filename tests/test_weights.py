@@ -14,6 +14,7 @@ from ftkit.weights import (
     load_state_dict,
     read_manifest,
     sha256sum,
+    weights_route,
 )
 from conftest import TINY
 
@@ -100,11 +101,13 @@ def test_resolution_order_file_then_store_then_error(tmp_path, store, monkeypatc
     monkeypatch.setenv("FTKIT_OFFLINE", "1")
     with pytest.raises(WeightsError, match=r"no pretrained weights for test_efficientnet found offline.*--weights FILE.*weights import.*--no-pretrained"):
         find_pretrained(TINY, None)
+    assert weights_route(TINY) == "hub, or --weights FILE"  # what `ftkit backbones` says
     a = timm.create_model(TINY, num_classes=1000).state_dict()
     torch.save(a, tmp_path / "a.pth")
     import_weights(tmp_path / "a.pth", TINY)
     sd, info = find_pretrained(TINY, None)
     assert info.source == "store" and info.sha256 == sha256sum(store / f"{TINY}.safetensors")
+    assert weights_route(TINY) == "here (store)"
     b = {k: v + 1 if v.is_floating_point() else v for k, v in a.items()}
     torch.save(b, tmp_path / "b.pth")
     sd, info = find_pretrained(TINY, str(tmp_path / "b.pth"))
