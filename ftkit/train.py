@@ -865,6 +865,8 @@ def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out,
     )
     report = write_report(run)
     print_report(report, out, title=f"{run} ({split} split, best epoch {best_epoch})")
+    if record["eval_note"]:
+        out.print(f"[yellow]note: {record['eval_note']}, so these scores are not held out")
     return RunResult(run, report, history, record)
 
 

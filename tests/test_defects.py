@@ -241,3 +241,15 @@ def test_class_names_the_plot_font_cannot_draw_are_one_warning(tmp_path):
     assert len(notes) == 1 and "has no 快 乐:" in notes[0] and "Glyph" not in r.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["classes"] == sorted(["快乐", "sad, very", "Ärger"])
+
+
+def test_a_run_without_a_test_split_says_its_scores_are_not_held_out(flat_folder, tmp_path):
+    """Reported on val, which chose the epoch: run.json said so, the console did not."""
+    r = CliRunner().invoke(main, ["finetune", "--data", str(flat_folder), "--backbone", TINY, "--no-pretrained",
+                                  "--img-size", "32", "--epochs", "1", "--freeze-epochs", "0", "--workers", "0",
+                                  "--test-split", "0", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert "(val split, best epoch 1)" in r.output
+    assert "note: no test split: reported on val, which also chose the best epoch, so these scores are not held out" in (
+        " ".join(r.output.split()))
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["eval_split"] == "val"
