@@ -13,13 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    classification_report,
-    confusion_matrix,
-    f1_score,
-    recall_score,
-)
 
 from . import distributed
 from .config import CHOICES, ConfigError
@@ -106,6 +99,10 @@ def predict_split(model, loader, device, tta: str = "none", autocast=nullcontext
 def quick_metrics(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
     """The metrics tracked every epoch (and used for early stopping). Macro-F1 averages over the
     classes present in ``labels``: a class with no image to score is not a zero."""
+    # scikit-learn is imported here, not at the top: `ftkit predict` uses this module but scores
+    # nothing, and sklearn is a second of its start-up
+    from sklearn.metrics import accuracy_score, f1_score, recall_score
+
     return {
         "accuracy": float(accuracy_score(labels, preds)),
         # balanced accuracy = mean recall over the classes present (sklearn's, without its warning
@@ -155,6 +152,8 @@ def read_predictions(path: Path) -> tuple[list[str], list[str], list[str], np.nd
 def compute_report(predictions: Path) -> dict[str, Any]:
     """Accuracy, balanced accuracy, per-class P/R/F1/support, macro and weighted averages,
     and the confusion matrix, all computed by scikit-learn from ``predictions.csv``."""
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix  # see quick_metrics
+
     _, true, pred, _, classes = read_predictions(predictions)
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[t] for t in true], dtype=np.int64)

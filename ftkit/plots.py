@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import TYPE_CHECKING
 
-from matplotlib.figure import Figure
-
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
+    # matplotlib is imported when a figure is drawn, not with this module: `ftkit predict`
+    # imports the reports but draws nothing, and matplotlib is half a second of its start-up
+    from matplotlib.figure import Figure
+
     return Figure(figsize=figsize)
 
 
