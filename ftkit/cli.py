@@ -19,7 +19,7 @@ import click
 from rich.table import Table
 
 from . import __version__
-from .config import CHOICES, DATA_OVERRIDES, MIN_FACE_MARGIN, Config
+from .config import CHOICES, CUDA_INDEX, DATA_OVERRIDES, MIN_FACE_MARGIN, Config, device_name
 from .errors import FtkitError
 from .progress import console, progress_bar
 
@@ -59,6 +59,22 @@ _FLAG_NAMES = {"drop_classes": "--drop-class", "merge_classes": "--merge-class"}
 _HIDDEN = {"augment_pipeline"}  # only a recipe can give a full pipeline
 
 
+class DeviceType(click.ParamType):
+    """The config's device choices, plus one GPU by index: cuda:1, or 1 as Ultralytics spells it."""
+
+    name = "device"
+    choices = CHOICES["device"]
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(CHOICES["device"]) + "|cuda:N]"
+
+    def convert(self, value, param, ctx):
+        value = device_name(value)
+        if value in CHOICES["device"] or CUDA_INDEX.fullmatch(value):
+            return value
+        self.fail(f"{value!r} is not one of {', '.join(CHOICES['device'])}, cuda:N or a GPU index N", param, ctx)
+
+
 def config_options(fn=None, *, only: tuple[str, ...] | None = None, default: str | None = None):
     """Add one option per Config field (default None: only flags given override); with
     ``only``, just those fields' options (``@config_options(only=(...))``). ``default`` says in
@@ -84,7 +100,8 @@ def config_options(fn=None, *, only: tuple[str, ...] | None = None, default: str
             multiple = f.name in _FLAG_NAMES
             fn = click.option(flag, f.name, multiple=multiple, metavar="A,B,...", help=text)(fn)
         elif f.name in CHOICES:  # --help lists the values, and Click catches a typo
-            fn = click.option(flag, f.name, type=click.Choice(CHOICES[f.name]), default=None, help=text)(fn)
+            kind = DeviceType() if f.name == "device" else click.Choice(CHOICES[f.name])
+            fn = click.option(flag, f.name, type=kind, default=None, help=text)(fn)
         else:
             kind = {int: int, float: float}.get(inner if args else base, str)
             fn = click.option(flag, f.name, type=kind, default=None, help=text)(fn)
@@ -111,8 +128,8 @@ def _overrides(kwargs: dict) -> dict:
 
 
 # Every command spells --device the same, with the config's choices.
-device_option = click.option("--device", type=click.Choice(CHOICES["device"]), default="auto", show_default=True,
-                             help="Where to run: auto picks CUDA, then MPS, then the CPU.")
+device_option = click.option("--device", type=DeviceType(), default="auto", show_default=True,
+                             help="Where to run: auto picks CUDA, then MPS, then the CPU; cuda:1 (or 1) picks a GPU.")
 
 
 # --- commands ----------------------------------------------------------------------------

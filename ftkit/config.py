@@ -97,7 +97,7 @@ class Config:
     patience: int = option(0, "stop after this many epochs without improvement (0: never stop early)")
     ema: float = option(0.0, "average the weights over steps with this decay (0: off; 0.999-0.9999 typical): the average is what is evaluated and saved")
     # --- runtime ----------------------------------------------------------------------
-    device: str = option("auto", "auto | cpu | cuda | mps")
+    device: str = option("auto", "auto | cpu | cuda | mps, or one GPU: cuda:N (or N)")
     amp: bool = option(False, "mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)")
     channels_last: bool = option(False, "channels-last memory format (faster on recent GPUs, and for MobileNetV2 on a CPU)")
     sync_bn: bool = option(False, "with several CUDA processes (torchrun, --nproc): BatchNorm statistics over the global batch")
@@ -128,6 +128,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _HINTS = typing.get_type_hints(Config)
+
+
+CUDA_INDEX = re.compile(r"cuda:[0-9]+")
+
+
+def device_name(value: str) -> str:
+    """A device as ftkit spells it: a bare GPU index (Ultralytics' ``device=0``) is ``cuda:0``."""
+    return f"cuda:{int(value)}" if str(value).isdigit() else value
 
 
 def suggest(name: str, options: typing.Iterable[str]) -> str:
@@ -190,10 +198,11 @@ DATA_OVERRIDES = ("faces", "face_margin", "face_align", "label_from", "classes",
 
 def validate(cfg: Config) -> Config:
     """Check choice fields and ranges; raise ConfigError naming the field."""
+    cfg.device = device_name(cfg.device)
     for key, options in CHOICES.items():
         value = getattr(cfg, key)
-        if value not in options:
-            raise choice_error(f"value for {key!r}:", value, options)
+        if value not in options and not (key == "device" and CUDA_INDEX.fullmatch(value)):
+            raise choice_error(f"value for {key!r}:", value, (*options, "cuda:N"))
     for key in ("val_split", "test_split"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")

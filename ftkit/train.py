@@ -465,6 +465,9 @@ def check_distributed(cfg: Config, ctx: Context, device: torch.device) -> None:
                           "each process normalises its own share of the batch: leave --sync-bn out")
     if not ctx.active:
         return
+    if device.index is not None:
+        raise ConfigError(f"--device {device}: under --nproc/torchrun each process takes the GPU of its local rank; "
+                          "give --device cuda, and choose the GPUs with CUDA_VISIBLE_DEVICES")
     if cfg.folds:
         raise ConfigError("--folds runs its folds one after another in one process; leave out --nproc/torchrun, "
                           "or train each fold's split (--splits) as its own distributed run")

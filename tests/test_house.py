@@ -20,7 +20,7 @@ import ftkit.models
 import ftkit.runs
 import ftkit.train
 import ftkit.weights
-from ftkit.cli import finetune, main
+from ftkit.cli import DeviceType, finetune, main
 from ftkit.config import CHOICES, ConfigError
 from ftkit.errors import DistributedError, FtkitError, UsageError
 
@@ -73,7 +73,8 @@ def test_a_read_only_output_folder_is_one_line(tmp_path):
 def test_enumerated_options_are_click_choices():
     params = {p.name: p for p in finetune.params}
     for name, values in CHOICES.items():
-        assert isinstance(params[name].type, click.Choice), name
+        # the device: its choices, and a GPU by index (cuda:N), which no fixed list can hold
+        assert isinstance(params[name].type, DeviceType if name == "device" else click.Choice), name
         assert tuple(params[name].type.choices) == values
     r = CliRunner().invoke(main, ["finetune", "--data", "x", "--optimizer", "adamm"])
     assert r.exit_code == 2 and "'adamm' is not one of 'adamw'" in r.output
@@ -293,6 +294,29 @@ def test_a_device_that_is_not_there_is_one_line(device, tmp_path):
     """--device mps on a machine without it stopped with PyTorch's RuntimeError traceback."""
     r = CliRunner().invoke(main, ["predict", "fer2013-fast", str(tmp_path / "x.png"), "--device", device])
     assert r.exit_code == 1 and f"--device {device} asked for" in r.output and "Traceback" not in r.output
+
+
+def test_one_gpu_is_chosen_by_index_and_checked(monkeypatch, tmp_path):
+    """--device cuda:1, or 1 as Ultralytics spells it; an index past the GPUs torch sees is one
+    line, and so is cuda:N under torchrun, where each process takes its local rank's GPU."""
+    from ftkit.config import ConfigError, resolve
+    from ftkit.device import resolve_device
+    from ftkit.distributed import Context
+    from ftkit.train import check_distributed
+
+    assert resolve(None, data=str(tmp_path), device="1").device == "cuda:1"
+    with pytest.raises(ConfigError, match="cuda:N"):
+        resolve(None, data=str(tmp_path), device="gpu")
+    r = CliRunner().invoke(main, ["predict", "fer2013-fast", str(tmp_path / "x.png"), "--device", "gpu0"])
+    assert r.exit_code == 2 and "'gpu0' is not one of auto, cpu, cuda, mps, cuda:N or a GPU index N" in r.output
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="--device cuda:2: torch sees 2 CUDA GPU"):
+        resolve_device("cuda:2")
+    ddp = Context(rank=0, world=2, local_rank=0)
+    with pytest.raises(ConfigError, match="each process takes the GPU of its local rank"):
+        check_distributed(resolve(None, data=str(tmp_path), device="cuda:1"), ddp, torch.device("cuda", 1))
 
 
 def test_predict_starts_without_the_libraries_only_reports_need():
