@@ -253,3 +253,21 @@ def test_a_run_without_a_test_split_says_its_scores_are_not_held_out(flat_folder
     assert "note: no test split: reported on val, which also chose the best epoch, so these scores are not held out" in (
         " ".join(r.output.split()))
     assert json.loads((tmp_path / "run" / "run.json").read_text())["eval_split"] == "val"
+
+
+def test_a_confusion_matrix_of_many_classes_is_colour_only_and_bounded(tmp_path):
+    """200 classes drew 80,000 numbers into a 120-inch figure; past 30 classes the cells are
+    colour only, with a colour bar, and the figure's side is bounded."""
+    from PIL import Image
+
+    from ftkit.report import MANY_CLASSES, plot_confusion
+
+    for k in (MANY_CLASSES, 200):
+        cm = np.random.default_rng(0).integers(0, 20, (k, k)).tolist()
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        plot_confusion({"classes": [f"c{i}" for i in range(k)], "confusion_matrix": cm, "split": "test"}, folder)
+        width, height = Image.open(folder / "confusion_matrix.png").size
+        assert width <= (40 + 6) * 120 and height <= (40 + 6) * 120
+        if k == MANY_CLASSES:  # numbers in the cells: as wide as 0.75 inch per class
+            assert width >= 0.5 * k * 120
