@@ -37,6 +37,10 @@ def _friendly(fn):
                 return fn(*args, **kwargs)
         except (click.ClickException, click.Abort, click.exceptions.Exit):
             raise  # click's own: a usage message already, or a deliberate stop
+        except KeyboardInterrupt:
+            # a Ctrl-C: what it stopped has said so (a run says how to resume it); the shell's
+            # code for an interrupt, 130, instead of click's "Aborted!" and 1
+            raise click.exceptions.Exit(130) from None
         except FtkitError as exc:
             raise click.ClickException(str(exc)) from exc
         except OSError as exc:

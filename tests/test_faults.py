@@ -135,6 +135,20 @@ def test_ctrl_c_in_the_first_epoch_does_not_advise_resume(split_folder, tmp_path
     assert record["status"] == "interrupted" and "nothing to resume" in record["error"]
 
 
+def test_ctrl_c_on_the_command_line_exits_130_with_the_resume_line(split_folder, tmp_path, monkeypatch):
+    """Click answered a Ctrl-C with 'Aborted!' and exit code 1, after the run's own line."""
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+    from conftest import TINY, interrupt_at_epoch
+
+    interrupt_at_epoch(monkeypatch, 2)
+    r = CliRunner().invoke(main, ["finetune", "--data", str(split_folder), "--backbone", TINY, "--no-pretrained",
+                                  "--img-size", "32", "--epochs", "3", "--workers", "0", "--out", str(tmp_path / "cut")])
+    assert r.exit_code == 130 and "Aborted" not in r.output
+    assert f"interrupted; continue with: ftkit finetune --resume {tmp_path / 'cut'}" in " ".join(r.output.split())
+
+
 # --- never replace good data with bad -------------------------------------------------------
 
 
