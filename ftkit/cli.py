@@ -13,6 +13,7 @@ import json
 import sys
 import typing
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -468,8 +469,10 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
         write_prediction_file(Path(output), results, prediction_rows(results, pred.classes))
     read = [r for r in results if "error" not in r]
     faces_found = sum(d["region"] == "face" for r in read for d in r["detections"])
+    tops = Counter(d["top"][0]["class"] for r in read for d in r["detections"])
     console.print(f"{len(read)} of {len(results)} image(s) read"
                   + (f", {faces_found} face(s) found" if faces_found or faces not in (None, "none") else "")
+                  + (f"; top class: {', '.join(f'{c} {n}' for c, n in tops.most_common())}" if sum(tops.values()) > 1 else "")
                   + (f"; predictions {output}" if output else ""))
     if all("error" in r for r in results):
         raise click.ClickException(f"none of the {len(results)} input image(s) could be read (reasons above)")
@@ -524,11 +527,18 @@ def _predict_stream(pred, model, source, video_out, every, topk, tta, faces, max
                   + (f"; predictions {output}" if output else ""))
 
 
+TABLE_IMAGES = 50  # a folder's table shows this many images; --output or --format csv gives every one
+
+
 def _print_predictions(results: list[dict], model: str) -> None:
-    table = Table(title=f"predictions ({model})")
+    shown = results[:TABLE_IMAGES]
+    rest = len(results) - len(shown)
+    table = Table(title=f"predictions ({model})",
+                  caption=f"the first {len(shown)} of {len(results)} images: --output FILE or --format csv gives every one"
+                  if rest else None)
     for col in ("image", "face", "top classes"):
         table.add_column(col)
-    for r in results:
+    for r in shown:
         if "error" in r or not r["detections"]:
             table.add_row(r["path"], "", r.get("error", "no face found"))
         for i, d in enumerate(r.get("detections", [])):

@@ -3,6 +3,7 @@ and videos, annotated outputs."""
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -135,6 +136,23 @@ def test_predict_every_face_and_annotate(run, tmp_path):
     assert "2 of 2 image(s) read, 2 face(s) found" in r.output  # the closing line (standard error)
     annotated = np.asarray(Image.open(tmp_path / "ann" / "two.png"))
     assert annotated.shape == two.shape and not np.array_equal(annotated, two)
+
+
+def test_a_big_folder_table_shows_the_first_images_and_the_counts_cover_all(run, tmp_path, monkeypatch):
+    import ftkit.cli as cli
+
+    monkeypatch.setattr(cli, "TABLE_IMAGES", 3)
+    rng = np.random.default_rng(3)
+    for i in range(7):
+        Image.fromarray(class_image(i % 3, rng)).save(tmp_path / f"img{i}.png")
+    r = invoke("predict", run, tmp_path, "--output", tmp_path / "all.csv")
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "the first 3 of 7 images: --output FILE or --format csv gives every one" in said
+    assert sum(f"img{i}.png" in r.output for i in range(7)) == 3
+    rows = list(csv.DictReader((tmp_path / "all.csv").open()))
+    counts = Counter(row["predicted"] for row in rows)
+    assert len(rows) == 7 and f"7 of 7 image(s) read; top class: {', '.join(f'{c} {n}' for c, n in counts.most_common())}" in said
 
 
 def test_predict_reads_a_folder_a_chunk_at_a_time(run, tmp_path):
