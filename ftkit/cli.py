@@ -555,8 +555,9 @@ def _print_predictions(results: list[dict], model: str) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), help="Output file [default: RUN/export/model.onnx or model.ts].")
 @click.option("--tolerance", type=click.FloatRange(min=0), default=1e-3, show_default=True,
               help="Largest allowed |exported - PyTorch| logit difference.")
+@click.option("--force", is_flag=True, help="Replace a file at --out that is not an earlier export of this run or model.")
 @_friendly
-def export(run, fmt, out, tolerance):
+def export(run, fmt, out, tolerance, force):
     """Export a run's best model or a named model (dynamic batch, preprocessing in the metadata),
     checking parity. Default output: RUN/export/model.onnx, or exports/<name>/model.onnx.
 
@@ -568,7 +569,7 @@ def export(run, fmt, out, tolerance):
     """
     from .export import export_run
 
-    result = export_run(run, fmt, out, tolerance)
+    result = export_run(run, fmt, out, tolerance, force=force)
     console.print(f"{result.format} model: {result.path} (largest difference from PyTorch: {result.max_abs_diff:.2e}, "
                   f"tolerance {tolerance:g}); preprocessing in {result.path}.json")
     click.echo(str(result.path))

@@ -21,7 +21,7 @@ import torch
 
 from .config import choice_error
 from .errors import FtkitError
-from .io import atomic_write, write_json
+from .io import atomic_write, read_json, write_json
 from .zoo import EXPORT_SUFFIXES, exported_format, load_run
 
 FORMATS = ("onnx", "torchscript")
@@ -55,9 +55,11 @@ def parity_inputs(loaded, n: int = 8, seed: int = 0) -> torch.Tensor:
 
 
 def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None, tolerance: float = 1e-3,
-               opset: int = 17) -> ExportResult:
+               opset: int = 17, force: bool = False) -> ExportResult:
     """Write ``RUN/export/model.onnx`` (or ``.ts``) and its sidecar JSON; fail on a parity gap.
-    ``fmt`` None: the format ``out``'s suffix names, else ONNX."""
+    ``fmt`` None: the format ``out``'s suffix names, else ONNX. A file already at the path is
+    replaced when it was exported from the same run or model (its sidecar says so), otherwise
+    only with ``force``."""
     fmt = export_format(fmt, out)
     loaded = load_run(run, device="cpu")
     model = loaded.model.float().eval()
@@ -66,6 +68,7 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
     # a named model has no run directory: its exports go under exports/<name>/
     folder = loaded.run / "export" if loaded.run is not None else Path("exports") / loaded.name
     path = Path(out) if out else folder / filename
+    _refuse_foreign_file(path, meta, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The new file is checked under another name and moves into place only when it passes, so a
     # failed export leaves an earlier good one (and its sidecar) as it was.
@@ -86,6 +89,17 @@ def export_run(run: str | Path, fmt: str = "onnx", out: str | Path | None = None
         candidate.unlink(missing_ok=True)
     write_json(path.with_suffix(path.suffix + ".json"), {**meta, "parity_max_abs_diff": diff, "tolerance": tolerance})
     return ExportResult(path, diff, meta, fmt)
+
+
+def _refuse_foreign_file(path: Path, meta: dict, force: bool) -> None:
+    """An export replaces an earlier export of the same source; any other file only with force."""
+    if force or not path.exists():
+        return
+    sidecar = path.with_suffix(path.suffix + ".json")
+    source = read_json(sidecar).get("run") if sidecar.is_file() else None
+    if source is None or Path(source).resolve() != Path(meta["run"]).resolve():  # a run given by another path is the same
+        what = f"an export of {source}" if source else "a file that is not an ftkit export of this model"
+        raise ExportError(f"{path} is {what}: give another --out, or add --force to replace it")
 
 
 def export_format(fmt: str | None, out: str | Path | None) -> str:

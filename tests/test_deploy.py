@@ -3,6 +3,7 @@ and videos, annotated outputs."""
 
 import csv
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -320,3 +321,19 @@ def test_bad_inputs_for_predict_and_export(run, tmp_path):
     assert r.exit_code == 1 and "is an exported model file: `ftkit predict` takes it" in r.output
     r = CliRunner().invoke(main, ["export", str(tmp_path / "missing-run")])
     assert r.exit_code == 1 and "neither a run directory nor a named model" in r.output
+
+
+def test_export_replaces_its_own_earlier_export_but_no_other_file(run, tmp_path):
+    """--out over any file used to replace it silently."""
+    out = tmp_path / "m.onnx"
+    assert invoke("export", run, "--out", out).exit_code == 0
+    first = out.stat().st_mtime_ns
+    again = invoke("export", Path(os.path.relpath(run)), "--out", out)  # the same run, by another path
+    assert again.exit_code == 0 and out.stat().st_mtime_ns != first
+    (tmp_path / "mine.onnx").write_bytes(b"someone's model")
+    r = invoke("export", run, "--out", tmp_path / "mine.onnx")
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "is a file that is not an ftkit export of this model" in said and "--force" in said
+    assert (tmp_path / "mine.onnx").read_bytes() == b"someone's model"
+    assert invoke("export", run, "--out", tmp_path / "mine.onnx", "--force").exit_code == 0
+    assert (tmp_path / "mine.onnx").read_bytes() != b"someone's model"
