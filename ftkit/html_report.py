@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -116,12 +117,23 @@ def _csv_images(keys: list[str], data_path: str | None) -> dict[str, np.ndarray]
     return images
 
 
-def _card(path: str, true: str, probs: dict[str, float], csv_images: dict[str, np.ndarray]) -> str:
+def moved_path(path: str, moves: list[dict[str, str]]) -> str:
+    """Where an image of the run's data is now: each recorded move of the data folder (run.json's
+    ``data_moves``, oldest first) applied to the path."""
+    for move in moves:
+        old = os.path.join(move["from"], "")
+        if path.startswith(old):
+            path = os.path.join(move["to"], path[len(old):])
+    return path
+
+
+def _card(path: str, true: str, probs: dict[str, float], csv_images: dict[str, np.ndarray],
+          moves: list[dict[str, str]] = ()) -> str:
     top = sorted(probs.items(), key=lambda kv: -kv[1])[:3]
     pred = top[0][0]
     bars = "".join(f"<div>{html.escape(c)} {p:.2f}{_bar(p)}</div>" for c, p in top)
     verdict = "right" if pred == true else "wrong"
-    return (f'<div class="card">{_thumbnail(path, csv_images)}<div>true <b>{html.escape(true)}</b>, '
+    return (f'<div class="card">{_thumbnail(moved_path(path, moves), csv_images)}<div>true <b>{html.escape(true)}</b>, '
             f'predicted <b class="{verdict}">{html.escape(pred)}</b></div>{bars}'
             f'<div class="muted" title="{html.escape(path)}">{html.escape(Path(path).name)}</div></div>')
 
@@ -177,7 +189,8 @@ def render_run(folder: Path, report: dict[str, Any], record: dict[str, Any], con
     csv_images = _csv_images([paths[i] for i in wrong + right], data_path)
     for heading, chosen in (("Misclassified, most confident first", wrong), ("Confident and correct", right)):
         parts += [f"<h2>{heading}</h2><div class='gallery'>"]
-        parts += [_card(paths[i], true[i], dict(zip(classes, probs[i])), csv_images) for i in chosen]
+        parts += [_card(paths[i], true[i], dict(zip(classes, probs[i])), csv_images, record.get("data_moves", []))
+                  for i in chosen]
         parts += ["</div>"] if chosen else ["<p class='muted'>none</p></div>"]
     return _page(title, "\n".join(parts))
 

@@ -215,6 +215,9 @@ def test_a_run_whose_data_moved_resumes_with_data_and_records_the_new_place(spli
     assert r.exit_code == 0 and "finished earlier: nothing to resume; it now reads its data from" in " ".join(r.output.split())
     assert yaml.safe_load((cut / "args.yaml").read_text())["data"] == str(final)
     assert CliRunner().invoke(main, ["evaluate", str(cut), "--name", "found"]).exit_code == 0
+    assert CliRunner().invoke(main, ["report", str(cut)]).exit_code == 0  # its gallery finds the images moved twice
+    page = (cut / "report.html").read_text()
+    assert page.count('class="thumb"') >= 4 and "image not found" not in page
 
 
 @pytest.mark.slow
