@@ -747,7 +747,7 @@ def data_shards(src, dest, shard_size, **kwargs):
 @click.option("--label-from", help="Regex over each image's path whose first group is its class (instead of class folders).")
 @_friendly
 def data_inspect(path, label_from):
-    """Per-split, per-class image counts of any supported data source.
+    """Per-split, per-class image counts of any supported data source, and its image sizes and modes.
 
     \b
     Example:
@@ -756,8 +756,13 @@ def data_inspect(path, label_from):
     """
     from .data import inspect_source
 
-    counts, skipped = inspect_source(path, console=console, label_from=label_from)
+    counts, skipped, kinds = inspect_source(path, console=console, label_from=label_from)
     console.print(_counts_table(counts, path))
+    shown = ", ".join(f"{kind} {n}" for kind, n in list(kinds.items())[:6])
+    more = f" and {len(kinds) - 6} more kinds" if len(kinds) > 6 else ""
+    total, sampled = sum(n for per in counts.values() for n in per.values()), sum(kinds.values())
+    sample = f" (a sample of {sampled} of the {total} images)" if sampled < total else ""
+    console.print(f"image sizes and modes (L: gray){sample}: {shown}{more}")
     if skipped:
         console.print(f"[yellow]{skipped} unusable file(s) or row(s) skipped")
 

@@ -14,6 +14,7 @@ Every source ends up as a :class:`DataSplits`: class names plus, per split, a li
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 import warnings
@@ -664,15 +665,34 @@ def _estimate_mb(data: DataSplits, probe: int = 16) -> float:
     return mean * len(keys) / 2**20
 
 
-def inspect_source(path: str | Path, console=None, label_from: str | None = None) -> tuple[dict[str, dict[str, int]], int]:
-    """Per-split, per-class counts of a folder (any layout) or CSV, without splitting it;
-    ``label_from``: classes from the file names (see Config.label_from)."""
+INSPECT_SAMPLE = 2000  # images whose headers `data inspect` reads for sizes and modes
+
+
+def inspect_source(path: str | Path, console=None, label_from: str | None = None
+                   ) -> tuple[dict[str, dict[str, int]], int, dict[str, int]]:
+    """Per-split, per-class counts of a folder (any layout) or CSV, without splitting it, the
+    number of files or rows skipped, and how many images have each size and colour mode
+    ("48x48 L": the headers only, nothing decoded; at most INSPECT_SAMPLE images, evenly spaced); ``label_from``: classes from the file names
+    (see Config.label_from)."""
     cfg = validate(Config(data=str(path), cache="stream", label_from=label_from))
     root = Path(path)
     if root.suffix.lower() == ".csv":
         items, _, skipped = fer2013.read_fer_csv(root, console=console)
+        kinds = Counter({f"{fer2013.SIDE}x{fer2013.SIDE} L": sum(len(rows) for rows in items.values())})
     else:
         skipped = []
         items, _ = _folder_items(root, cfg, skipped)
+        keys = [k for rows in items.values() for k, _ in rows]
+        # headers only, but a file open each: an evenly spaced sample of a big folder
+        kinds = Counter(_image_kind(k) for k in keys[::max(1, math.ceil(len(keys) / INSPECT_SAMPLE))])
     counts = {split: dict(sorted(Counter(c for _, c in rows).items())) for split, rows in items.items()}
-    return counts, len(skipped)
+    return counts, len(skipped), dict(kinds.most_common())
+
+
+def _image_kind(path: str) -> str:
+    """"WIDTHxHEIGHT MODE" from the file's header (PIL opens lazily), or "unreadable"."""
+    try:
+        with Image.open(path) as im:
+            return f"{im.width}x{im.height} {im.mode}"
+    except UNREADABLE:
+        return "unreadable"

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from click.testing import CliRunner
 
 from ftkit.cli import main
@@ -148,12 +149,19 @@ def test_a_csv_run_that_dropped_a_class_repeats_from_its_split_listing(fer_csv, 
     assert {n: s.keys for n, s in again.splits.items()} == {n: s.keys for n, s in data.splits.items()}
 
 
-def test_data_inspect_and_convert_cli(fer_csv, tmp_path):
+def test_data_inspect_and_convert_cli(fer_csv, tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["data", "inspect", str(fer_csv)])
     assert r.exit_code == 0
     assert "train" in r.output and "28" in r.output
+    assert "image sizes and modes (L: gray): 48x48 L 56" in r.output
     r = CliRunner().invoke(main, ["data", "convert", str(fer_csv), str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "out" / "train" / "happy" / "wide.png")
+    r = CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "out")])  # PNG files: their headers
+    assert "image sizes and modes (L: gray): 48x48 L 56, 40x30 RGB 1" in " ".join(r.output.split())
+    monkeypatch.setattr("ftkit.data.INSPECT_SAMPLE", 10)  # a big folder: the headers of an even sample
+    r = CliRunner().invoke(main, ["data", "inspect", str(tmp_path / "out")])
+    assert "(a sample of 10 of the 57 images)" in " ".join(r.output.split())
     assert len(list((tmp_path / "out" / "val" / "neutral").glob("PublicTest_*.png"))) == 2
     again = CliRunner().invoke(main, ["data", "convert", str(fer_csv), str(tmp_path / "out")])
     assert again.exit_code == 1 and "already holds files" in again.output
