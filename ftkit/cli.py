@@ -784,7 +784,7 @@ def _counts_table(counts: dict[str, dict[str, int]], title: str) -> Table:
 
 @main.group()
 def weights():
-    """The local weight store (weights/): list, import, pull."""
+    """The local weight store (weights/): list, save, import, pull, remove."""
 
 
 @weights.command("list")
