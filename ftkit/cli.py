@@ -302,6 +302,39 @@ def report(runs, html_out):
         console.print(f"comparison: {html_out}")
 
 
+@main.command("runs")
+@click.argument("folder", type=click.Path(file_okay=False), default="runs")
+@_friendly
+def runs_list(folder):
+    """The run directories in FOLDER (default runs/), oldest first: status, backbone, epochs and
+    scores; an interrupted or killed run is listed with the command that resumes it.
+
+    \b
+    Example:
+      ftkit runs
+      ftkit runs /shared/runs
+    """
+    from .runs import list_runs
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise click.ClickException(f"{root} not found: give the folder that holds run directories (finetune's --project)")
+    found = list_runs(root)
+    if not found:
+        raise click.ClickException(f"no run directory in {root} (a run directory holds a run.json)")
+    table = Table(title=f"runs in {root}")
+    for col in ("run", "status", "backbone", "epochs", "scored on", "accuracy", "macro-F1", "data"):
+        table.add_column(col, justify="right" if col in ("accuracy", "macro-F1") else "left", overflow="fold")
+    for r in found:
+        split = f"{r['folds']}-fold CV" if r["folds"] else r["split"]
+        table.add_row(r["run"].name, r["status"], r["backbone"], r["epochs"], split, _number(r["accuracy"]),
+                      _number(r["macro_f1"]), str(r["data"]))
+    console.print(table)
+    for r in found:
+        if r["status"] in ("interrupted", "killed"):
+            console.print(f"{r['run'].name} was {r['status']}: continue it with ftkit finetune --resume {r['run']}")
+
+
 @main.command()
 @click.argument("run", type=click.Path())
 @click.option("--data", help="Image folder or CSV to score on [default: the run's own data].")

@@ -93,6 +93,50 @@ def run_lock(run: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def in_use(run: Path) -> bool:
+    """Whether a process holds ``RUN/.lock`` (is training or resuming the run) right now."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; a "running" record is taken at its word
+        return True
+    if not (run / ".lock").is_file():
+        return False
+    with open(run / ".lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """The run directories directly under ``root`` (those with a run.json), oldest first: name,
+    status, backbone, epochs, the split scored and its accuracy and macro-F1. A record that says
+    "running" with no process holding the run's lock was killed: its status says so."""
+    found = []
+    for folder in sorted((d for d in root.iterdir() if (d / "run.json").is_file()), key=lambda d: (d / "run.json").stat().st_mtime):
+        record, args = read_record(folder), read_args(folder)
+        status = record.get("status", "?")
+        if status == "running" and not in_use(folder):
+            status = "killed"
+        report = read_json(folder / "report.json") if (folder / "report.json").is_file() else {}
+        epochs, folds = args.get("epochs"), args.get("folds") or 0
+        done = record.get("epochs_run")
+        if done is None:  # an unfinished run: the epochs its metrics.csv has
+            try:
+                done = len(read_metrics(folder))
+            except FileFormatError:
+                done = "?"
+        found.append({
+            "run": folder, "status": status, "backbone": record.get("backbone") or args.get("backbone") or "",
+            "epochs": (f"{folds} x {epochs}" if folds else f"{done}/{epochs}") if epochs else "", "folds": folds,
+            "split": record.get("eval_split") or "", "accuracy": report.get("accuracy"), "macro_f1": report.get("macro_f1"),
+            "data": (record.get("data") or {}).get("path") or args.get("data") or record.get("eval_data") or "",
+        })
+    return found
+
+
 def require_run(path: str | Path) -> Path:
     """Check that ``path`` is a run directory with a trained model."""
     path = Path(path)

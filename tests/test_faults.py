@@ -3,6 +3,7 @@ never interrupted; a run that fails says so in its record."""
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -454,3 +455,38 @@ def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_
     assert saved["epoch"] == 3 and torch.equal(saved["weights"], state["weights"])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]  # no temporary file left
+
+
+def test_runs_lists_each_run_with_its_state_and_how_to_resume(split_folder, tmp_path, monkeypatch):
+    """A run whose record says "running" while no process holds its lock was killed."""
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+    from ftkit.runs import run_lock
+    from conftest import TINY, interrupt_at_epoch
+
+    done = finetune(tiny_config(split_folder, tmp_path, epochs=1, freeze_epochs=0, name="done")).run_dir
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        interrupt_at_epoch(patch, 2)
+        finetune(tiny_config(split_folder, tmp_path, epochs=3, name="cut"))
+    killed = tmp_path / "runs" / "killed"
+    shutil.copytree(tmp_path / "runs" / "cut", killed)
+    record = json.loads((killed / "run.json").read_text())
+    (killed / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    (tmp_path / "runs" / "notes").mkdir()  # not a run: left out
+    r = CliRunner().invoke(main, ["runs", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in r.output.splitlines()
+            if line.count("│") == 9}
+    assert set(rows) == {"done", "cut", "killed"}
+    report = json.loads((done / "report.json").read_text())
+    assert rows["done"][:6] == ["finished", TINY, "1/1", "test", f"{report['accuracy']:.4f}", f"{report['macro_f1']:.4f}"]
+    assert rows["cut"][:3] == ["interrupted", TINY, "1/3"] and rows["killed"][0] == "killed"
+    said = " ".join(r.output.split())
+    assert f"cut was interrupted: continue it with ftkit finetune --resume {tmp_path / 'runs' / 'cut'}" in said
+    assert f"killed was killed: continue it with ftkit finetune --resume {killed}" in said
+    with run_lock(killed):  # a process holds it: running, truly
+        again = CliRunner().invoke(main, ["runs", str(tmp_path / "runs")])
+    assert any(line.split("│")[1].strip() == "killed" and line.split("│")[2].strip() == "running"
+               for line in again.output.splitlines() if line.count("│") == 9)
+    assert CliRunner().invoke(main, ["runs", str(tmp_path / "none")]).exit_code == 1
