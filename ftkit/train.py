@@ -543,10 +543,10 @@ def resume(run_dir: str | Path, console: Console | None = None, data: str | Path
     record = read_record(run)
     moved = data is not None and os.path.abspath(data) != os.path.abspath(cfg.data)
     if moved:
-        if not Path(data).exists():
+        if not _data_there(data):
             raise RunError(f"--data {data} not found: give the folder or CSV that {run}'s data ({cfg.data}) moved to")
         cfg.data = os.path.abspath(data)
-    elif not Path(cfg.data).exists():
+    elif not _data_there(cfg.data):
         raise RunError(f"{run} trained on {cfg.data}, which is not there any more: if the data moved, continue with "
                        f"ftkit finetune --resume {run} --data NEW_PLACE")
     folders = [run, *(f for f in sorted(run.glob("fold-*")) if (f / "args.yaml").is_file())]
@@ -586,6 +586,11 @@ def resume(run_dir: str | Path, console: Console | None = None, data: str | Path
             return _resume_locked(run, cfg, Console(quiet=True), ctx)
         with training_session(run, out):
             return _resume_locked(run, cfg, out, ctx)
+
+
+def _data_there(path: str | Path) -> bool:
+    """Whether a run's data is where it says: a folder or CSV, or a brace pattern of shard files."""
+    return Path(path).exists() or shards.shard_root(path) is not None
 
 
 @contextmanager

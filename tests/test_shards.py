@@ -167,3 +167,15 @@ def test_shards_refuse_what_they_cannot_do(flat, tmp_path):
     with pytest.raises(DataError, match="val-000000.tar .* is missing"):
         load_shards(resolve(None, data=str(shards)))
     assert not list(tmp_path.glob(".shards.partial-*"))
+
+
+def test_a_run_on_a_brace_pattern_of_shards_is_found_again_by_resume(flat, tmp_path):
+    """The pattern names no file on disk as it is; --resume took the data for gone."""
+    from ftkit.runs import RunError
+    from ftkit.train import resume
+
+    shards = tmp_path / "shards"
+    write_shards(resolve(None, data=str(flat), val_split=0.2, test_split=0.2), shards, shard_size=10)
+    run = finetune(tiny_config(shards / "train-{000000..000001}.tar", tmp_path, epochs=1, freeze_epochs=0, name="brace")).run_dir
+    with pytest.raises(RunError, match="has finished"):  # not: "which is not there any more"
+        resume(run)
