@@ -128,11 +128,13 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
                 done = len(read_metrics(folder))
             except FileFormatError:
                 done = "?"
+        if "eval_data" in record:  # `ftkit evaluate` or `ftkit ensemble` wrote it: scored, not trained
+            status, epochs = ("ensemble" if "ensemble" in record else "evaluation"), None
         found.append({
             "run": folder, "status": status, "backbone": record.get("backbone") or args.get("backbone") or "",
             "epochs": (f"{folds} x {epochs}" if folds else f"{done}/{epochs}") if epochs else "", "folds": folds,
             "split": record.get("eval_split") or "", "accuracy": report.get("accuracy"), "macro_f1": report.get("macro_f1"),
-            "data": (record.get("data") or {}).get("path") or args.get("data") or record.get("eval_data") or "",
+            "data": record.get("eval_data") or (record.get("data") or {}).get("path") or args.get("data") or "",
         })
     return found
 

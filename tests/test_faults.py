@@ -490,3 +490,7 @@ def test_runs_lists_each_run_with_its_state_and_how_to_resume(split_folder, tmp_
     assert any(line.split("│")[1].strip() == "killed" and line.split("│")[2].strip() == "running"
                for line in again.output.splitlines() if line.count("│") == 9)
     assert CliRunner().invoke(main, ["runs", str(tmp_path / "none")]).exit_code == 1
+    assert CliRunner().invoke(main, ["evaluate", str(done), "--name", "again"]).exit_code == 0
+    scored = CliRunner().invoke(main, ["runs", str(done / "eval")])  # evaluations are listed as what they are
+    assert [[c.strip() for c in line.split("│")[1:4]] for line in scored.output.splitlines() if line.count("│") == 9] == [
+        ["again", "evaluation", TINY]]
