@@ -549,24 +549,15 @@ def resume(run_dir: str | Path, console: Console | None = None, data: str | Path
     elif not _data_there(cfg.data):
         raise RunError(f"{run} trained on {cfg.data}, which is not there any more: if the data moved, continue with "
                        f"ftkit finetune --resume {run} --data NEW_PLACE")
-    folders = [run, *(f for f in sorted(run.glob("fold-*")) if (f / "args.yaml").is_file())]
     if moved and record.get("status") == "finished":
-        # nothing to train: check that the run's images are all there, then record the new place
-        for folder in folders:
-            if (folder / "split.csv").is_file() and not shards.shard_root(cfg.data):  # shards: checked as they are read
-                check_listing(folder / "split.csv", Path(cfg.data))
-        with run_lock(run):
-            for folder in folders:
-                move_data(folder, cfg.data)
-        out.print(f"{run} finished earlier: nothing to resume; it now reads its data from {cfg.data}")
-        return RunResult(run, read_json(run / "report.json"), [], read_record(run))
+        return _record_finished_move(run, cfg.data, out)
     if cfg.folds:
         if record.get("status") == "finished":
             raise RunError(f"{run} is a finished {cfg.folds}-fold cross-validation: there is nothing to resume")
         check_distributed(cfg, distributed.from_env(), resolve_device(cfg.device))
         with run_lock(run):
             if moved:  # an interrupted fold's own split listing checks the files as it resumes
-                for folder in folders:
+                for folder in _run_folders(run):
                     move_data(folder, cfg.data)
             return cross_validate(cfg, train_on, console=out, root=run, resume_on=partial(resume, data=data))
     cfg.splits = str(run / "split.csv")
@@ -586,6 +577,24 @@ def resume(run_dir: str | Path, console: Console | None = None, data: str | Path
             return _resume_locked(run, cfg, Console(quiet=True), ctx)
         with training_session(run, out):
             return _resume_locked(run, cfg, out, ctx)
+
+
+def _run_folders(run: Path) -> list[Path]:
+    """A run directory and, for a cross-validation, its fold directories."""
+    return [run, *(f for f in sorted(run.glob("fold-*")) if (f / "args.yaml").is_file())]
+
+
+def _record_finished_move(run: Path, data: str, out: Console) -> RunResult:
+    """A finished run whose data moved has nothing to train: check that every image of its split
+    listings is at the new place, then record it there (a shard folder is checked as it is read)."""
+    for folder in _run_folders(run):
+        if (folder / "split.csv").is_file() and not shards.shard_root(data):
+            check_listing(folder / "split.csv", Path(data))
+    with run_lock(run):
+        for folder in _run_folders(run):
+            move_data(folder, data)
+    out.print(f"{run} finished earlier: nothing to resume; it now reads its data from {data}")
+    return RunResult(run, read_json(run / "report.json"), [], read_record(run))
 
 
 def _data_there(path: str | Path) -> bool:
