@@ -71,13 +71,13 @@ class DeviceType(click.ParamType):
     choices = CHOICES["device"]
 
     def get_metavar(self, param, ctx=None) -> str:
-        return "[" + "|".join(CHOICES["device"]) + "|cuda:N]"
+        return "[" + "|".join(self.choices) + "|cuda:N]"
 
     def convert(self, value, param, ctx):
         value = device_name(value)
-        if value in CHOICES["device"] or CUDA_INDEX.fullmatch(value):
+        if value in self.choices or CUDA_INDEX.fullmatch(value):
             return value
-        self.fail(f"{value!r} is not one of {', '.join(CHOICES['device'])}, cuda:N or a GPU index N", param, ctx)
+        self.fail(f"{value!r} is not one of {', '.join(self.choices)}, cuda:N or a GPU index N", param, ctx)
 
 
 def config_options(fn=None, *, only: tuple[str, ...] | None = None, default: str | None = None):

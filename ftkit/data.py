@@ -80,6 +80,10 @@ class DataSplits:
             for name, split in self.splits.items()
         }
 
+    def classes_without_images(self, name: str) -> list[str]:
+        """The classes of which split ``name`` holds no image."""
+        return [c for c, n in self.summary()[name].items() if n == 0]
+
 
 class ImageDataset(torch.utils.data.Dataset):
     """Serves (tensor, label) pairs, from the in-memory cache or decoding each file on demand."""
@@ -543,8 +547,7 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     if cfg.shots and carve:
         apply_shots(data, cfg.shots, cfg.seed)
     for name in ("val", "test") if carve else ():
-        split = data.splits.get(name)
-        lacking = [c for c, n in zip(classes, split.counts(len(classes))) if n == 0] if split is not None and len(split) else []
+        lacking = data.classes_without_images(name) if len(data.splits.get(name, ())) else []
         if lacking:
             note = (f"the {name} split has no image of {', '.join(lacking)}, so its scores say nothing about "
                     f"{'them' if len(lacking) > 1 else 'it'}: add images, or cross-validate with --folds")
@@ -608,11 +611,11 @@ def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
                       f"e.g. {totals['skipped_files'][0]}", stacklevel=2)
     what = "use --faces crop (an image without a face is then centre-cropped), or check that the images show faces"
     for name, split in data.splits.items():
-        empty = [c for c, n in zip(data.classes, split.counts(len(data.classes))) if n == 0]
         if not len(split):
             where = f"of {cfg.data}" if name == "all" else f"of the {name} split"
             raise DataError(f"--faces require: no face found in any image {where}, so none is left: {what}")
-        if name == "train" and empty:
+        empty = data.classes_without_images(name) if name == "train" else []
+        if empty:
             raise DataError(f"--faces require: no face found in any training image of class(es) {', '.join(empty)}: {what}")
 
 
@@ -645,10 +648,9 @@ def _decode_or_verify(data: DataSplits, cfg: Config, console=None, force_cache: 
         shown = "; ".join(f"{k} ({r})" for k, r in data.skipped[:5])
         more = f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else ""
         warnings.warn(f"skipped {len(data.skipped)} unusable file(s): {shown}{more}", stacklevel=2)
-    for name, split in data.splits.items():
-        empty = [c for c, n in zip(data.classes, split.counts(len(data.classes))) if n == 0]
-        if name == "train" and empty:
-            raise DataError(f"no usable training images for class(es): {', '.join(empty)}")
+    empty = data.classes_without_images("train") if "train" in data.splits else []
+    if empty:
+        raise DataError(f"no usable training images for class(es): {', '.join(empty)}")
 
 
 def _estimate_mb(data: DataSplits, probe: int = 16) -> float:

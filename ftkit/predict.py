@@ -88,7 +88,7 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     other = sorted(set(overrides) - set(DATA_OVERRIDES))
     if other:
         raise ConfigError(f"scoring can replace only the data settings {', '.join(DATA_OVERRIDES)}; not {', '.join(other)}")
-    if not data and not Path(loaded.config.data).exists() and not shards.shard_root(loaded.config.data):
+    if not data and not shards.source_exists(loaded.config.data):
         raise DataError(f"{loaded.name} trained on {loaded.config.data}, which is not there any more: if it moved, record "
                         f"its new place with ftkit finetune --resume {loaded.name} --data NEW_PLACE (a finished run too; "
                         "then its own split is scored again), or give other images to score with --data")

@@ -241,11 +241,11 @@ def load_run_config(run: Path) -> Config:
 def move_data(run: Path, data: str) -> None:
     """Point a run at its data's new place (args.yaml, and run.json, which keeps the old one), so
     that a later --resume or evaluate finds it."""
-    old = read_args(run).get("data")
-    write_args(run, {**read_args(run), "data": data})
+    args = read_args(run)
+    write_args(run, {**args, "data": data})
     record = read_record(run)
     update_record(run, data={**record.get("data", {}), "path": data},
-                  data_moves=[*record.get("data_moves", []), {"from": old, "to": data}])
+                  data_moves=[*record.get("data_moves", []), {"from": args.get("data"), "to": data}])
 
 
 def write_classes(folder: Path, classes: list[str]) -> None:

@@ -99,6 +99,12 @@ def shard_root(path: str | Path) -> Path | None:
     return folder if (folder / INDEX).is_file() else None
 
 
+def source_exists(path: str | Path) -> bool:
+    """Whether data is where ``path`` says: a folder or CSV, or a brace pattern of shard files
+    (which names no file as it stands)."""
+    return Path(path).exists() or shard_root(path) is not None
+
+
 def load_shards(cfg: Config) -> DataSplits:
     """The splits of a shard folder, as an index: keys, labels and shard files, no pixels.
 

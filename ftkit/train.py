@@ -543,10 +543,10 @@ def resume(run_dir: str | Path, console: Console | None = None, data: str | Path
     record = read_record(run)
     moved = data is not None and os.path.abspath(data) != os.path.abspath(cfg.data)
     if moved:
-        if not _data_there(data):
+        if not shards.source_exists(data):
             raise RunError(f"--data {data} not found: give the folder or CSV that {run}'s data ({cfg.data}) moved to")
         cfg.data = os.path.abspath(data)
-    elif not _data_there(cfg.data):
+    elif not shards.source_exists(cfg.data):
         raise RunError(f"{run} trained on {cfg.data}, which is not there any more: if the data moved, continue with "
                        f"ftkit finetune --resume {run} --data NEW_PLACE")
     if moved and record.get("status") == "finished":
@@ -556,10 +556,10 @@ def resume(run_dir: str | Path, console: Console | None = None, data: str | Path
             raise RunError(f"{run} is a finished {cfg.folds}-fold cross-validation: there is nothing to resume")
         check_distributed(cfg, distributed.from_env(), resolve_device(cfg.device))
         with run_lock(run):
-            if moved:  # an interrupted fold's own split listing checks the files as it resumes
+            if moved:  # the folds too; an interrupted fold's own split listing checks the files as it resumes
                 for folder in _run_folders(run):
                     move_data(folder, cfg.data)
-            return cross_validate(cfg, train_on, console=out, root=run, resume_on=partial(resume, data=data))
+            return cross_validate(cfg, train_on, console=out, root=run, resume_on=resume)
     cfg.splits = str(run / "split.csv")
     if record.get("status") == "finished":
         stopped = "stopped early" if record.get("epochs_run", cfg.epochs) < cfg.epochs else "finished"
@@ -595,11 +595,6 @@ def _record_finished_move(run: Path, data: str, out: Console) -> RunResult:
             move_data(folder, data)
     out.print(f"{run} finished earlier: nothing to resume; it now reads its data from {data}")
     return RunResult(run, read_json(run / "report.json"), [], read_record(run))
-
-
-def _data_there(path: str | Path) -> bool:
-    """Whether a run's data is where it says: a folder or CSV, or a brace pattern of shard files."""
-    return Path(path).exists() or shards.shard_root(path) is not None
 
 
 @contextmanager

@@ -294,10 +294,10 @@ def stored_kind(name: str) -> str:
 
 def remove_model(name: str) -> dict[str, Any]:
     """Take a saved model out of the user's store (entry first, then its file)."""
-    if stored_kind(name) != "saved model":
-        raise WeightsError(f"{name} is not a saved model")
     path = store_dir() / SAVED
     manifest = read_models(path)
+    if name not in manifest:  # a shipped model, imported weights or nothing: stored_kind says which
+        raise WeightsError(f"{name} is not a saved model ({stored_kind(name)})")
     entry = manifest.pop(name)
     write_json(path, manifest)
     (path.parent / entry["file"]).unlink(missing_ok=True)
