@@ -31,6 +31,11 @@ from .errors import FtkitError
 from .io import FileFormatError, atomic_write, holds_files, read_json, read_yaml, write_json, write_yaml
 from .weights import check_finite
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
+
 
 class RunError(FtkitError, ValueError):
     """A run directory that is missing, incomplete, or would be overwritten."""
@@ -72,42 +77,46 @@ def new_run_dir(cfg: Config) -> Path:
 
 
 @contextmanager
-def run_lock(run: Path):
-    """Hold ``RUN/.lock`` while a process trains in RUN: a second ``--resume RUN`` is refused
-    instead of writing into the same files. The operating system drops the lock when the
-    process ends, however it ends, so a killed run can be resumed at once."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here; runs are not guarded
-        yield
+def _held(lock: Path):
+    """Hold the advisory lock on ``lock`` without waiting: yields False (and holds nothing)
+    when another process has it, True while this one does, and always True on Windows,
+    which has no advisory locks (nothing is guarded there)."""
+    if fcntl is None:
+        yield True
         return
-    with open(run / ".lock", "a") as handle:
+    with open(lock, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunError(f"{run} is in use by another ftkit process (training or resuming it); "
-                           "wait for it to end") from None
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def run_lock(run: Path):
+    """Hold ``RUN/.lock`` while a process trains in RUN: a second ``--resume RUN`` is refused
+    instead of writing into the same files. The operating system drops the lock when the
+    process ends, however it ends, so a killed run can be resumed at once."""
+    with _held(run / ".lock") as held:
+        if not held:
+            raise RunError(f"{run} is in use by another ftkit process (training or resuming it); "
+                           "wait for it to end")
+        yield
+
+
 def in_use(run: Path) -> bool:
-    """Whether a process holds ``RUN/.lock`` (is training or resuming the run) right now."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; a "running" record is taken at its word
+    """Whether a process holds ``RUN/.lock`` (is training or resuming the run) right now. On
+    Windows, with no advisory locks, a "running" record is taken at its word."""
+    if fcntl is None:
         return True
     if not (run / ".lock").is_file():
         return False
-    with open(run / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+    with _held(run / ".lock") as held:
+        return not held
 
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
