@@ -30,7 +30,9 @@ from PIL import Image
 from . import fer2013
 from .config import Config, suggest, validate
 from .faces import BoxCache, crop_faces
-from .images import IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, read_image, verify_image  # noqa: F401 (re-exported)
+from .images import (  # noqa: F401 (re-exported)
+    IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, image_files, not_data, read_image, verify_image,
+)
 from .io import atomic_write
 from .progress import progress_bar
 
@@ -108,14 +110,14 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in root.iterdir() if p.is_dir() and not not_data(Path(p.name)))
 
 
 def _scan_class_folders(root: Path, skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
     """Map class name -> sorted image paths under ``root/<class>/`` (recursively)."""
     found: dict[str, list[str]] = {}
     for class_dir in _class_dirs(root):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not not_data(p.relative_to(class_dir)))
         images = [str(p) for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
         skipped += [(str(p), "not an image file") for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
         found[class_dir.name] = images
@@ -129,7 +131,7 @@ def _scan_labeled_files(root: Path, pattern: str, skipped: list[tuple[str, str]]
     found: dict[str, list[str]] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
+        if not_data(relative):
             continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             skipped.append((str(path), "not an image file"))
@@ -337,9 +339,7 @@ def unlisted_images(items: dict[str, list[tuple[str, str]]], root: Path) -> list
     if not root.is_dir():
         return []
     listed = {os.path.abspath(k) for rows in items.values() for k, _ in rows}
-    return [str(f) for f in sorted(root.rglob("*"))
-            if f.suffix.lower() in IMAGE_EXTENSIONS and os.path.abspath(f) not in listed
-            and not any(part.startswith(".") for part in f.relative_to(root).parts)]
+    return [str(f) for f in image_files(root) if os.path.abspath(f) not in listed]
 
 
 # --- class selection ---------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 
 from .config import MIN_FACE_MARGIN
 from .errors import UsageError
-from .images import IMAGE_EXTENSIONS, DataError, read_image
+from .images import DataError, image_files, read_image
 from .io import holds_files, new_folder, refuse_inside, write_json
 
 
@@ -248,7 +248,7 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
         raise DataError(f"--margin must be above {MIN_FACE_MARGIN:g} and --size 0 or more, got margin {margin}, size {size}")
     if holds_files(dst):
         raise DataError(f"{dst} already holds files; give an empty or new folder")
-    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = image_files(src)
     if not files:
         raise DataError(f"no images under {src}")
     targets = crop_names([p.relative_to(src) for p in files])

@@ -15,8 +15,29 @@ from .errors import FtkitError
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
 
 
+# Folders that archivers and file browsers leave beside the data: macOS zips add __MACOSX/
+# (AppleDouble "._" copies of every file), image viewers add .thumbnails/ and the like.
+NOT_DATA = {"__MACOSX"}
+
+
 class DataError(FtkitError, ValueError):
     """Input data that ftkit cannot use; the message names the file or folder and what to do."""
+
+
+# --- finding images ----------------------------------------------------------------------
+
+
+def not_data(relative: Path) -> bool:
+    """Whether a path under a data folder is not data: it or a folder above it is hidden (a
+    leading dot: .thumbnails/, macOS's ._ files) or an archiver's folder such as __MACOSX."""
+    return any(part.startswith(".") or part in NOT_DATA for part in relative.parts)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (recursively, by extension), in a stable order,
+    leaving out what :func:`not_data` says is not data."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not not_data(p.relative_to(folder)))
 
 
 # --- reading one image -------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 
 from . import shards
 from .config import DATA_OVERRIDES, Config, ConfigError, validate
-from .data import IMAGE_EXTENSIONS, DataError, ImageDataset, load_data, read_image
+from .data import DataError, ImageDataset, image_files, load_data, read_image
 from .errors import UsageError
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import load_torchscript, read_onnx_metadata
@@ -178,7 +178,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            found += image_files(p)
         elif p.is_file():
             found.append(p)
         else:

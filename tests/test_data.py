@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from ftkit.data import DataError, load_data, read_image, stratified_split
+from ftkit.predict import expand_paths
 from conftest import tiny_config, write_images
 
 
@@ -46,6 +47,20 @@ def test_flat_layout_is_split_stratified_and_deterministic(flat_folder, tmp_path
     assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
     other = load_data(tiny_config(flat_folder, tmp_path, val_split=0.2, test_split=0.25, seed=7))
     assert other.splits["val"].keys != a.splits["val"].keys
+
+
+def test_archivers_and_viewers_folders_are_not_data(flat_folder, tmp_path, classes):
+    # a zip made on macOS adds __MACOSX/ with AppleDouble "._" copies; viewers add .thumbnails/
+    image = next((Path(flat_folder) / classes[0]).glob("*.png")).read_bytes()
+    for extra in (f"__MACOSX/{classes[0]}/._a.png", f"{classes[0]}/.thumbnails/a.png", f"{classes[1]}/__MACOSX/b.png"):
+        (Path(flat_folder) / extra).parent.mkdir(parents=True, exist_ok=True)
+        (Path(flat_folder) / extra).write_bytes(image)
+    data = load_data(tiny_config(flat_folder, tmp_path))
+    assert data.classes == classes
+    assert sum(len(s.keys) for s in data.splits.values()) == 20 * len(classes)
+    assert not any("__MACOSX" in k or ".thumbnails" in k for s in data.splits.values() for k in s.keys)
+    listed = expand_paths([str(flat_folder)])
+    assert len(listed) == 20 * len(classes) and not any("__MACOSX" in str(f) or ".thumbnails" in str(f) for f in listed)
 
 
 def test_stratified_split_gives_every_split_an_image_of_small_classes():
