@@ -193,6 +193,13 @@ def test_missing_folder_fails_with_its_name(tmp_path):
         load_data(tiny_config(tmp_path / "nowhere", tmp_path))
 
 
+@pytest.mark.parametrize("name, how", [("faces.zip", "unzip"), ("faces.tar.gz", "tar -xf"), ("faces.tgz", "tar -xf")])
+def test_an_archive_given_as_data_is_named_with_how_to_extract_it(tmp_path, name, how):
+    (tmp_path / name).write_bytes(b"PK\x03\x04")
+    with pytest.raises(DataError, match=rf"{re.escape(name)} is an archive .*extract it first \(.*{how} "):
+        load_data(tiny_config(tmp_path / name, tmp_path))
+
+
 def test_class_drop_merge_and_whitelist(split_folder, tmp_path):
     dropped = load_data(tiny_config(split_folder, tmp_path, drop_classes=["beta"]))
     assert dropped.classes == ["alpha", "gamma"]
