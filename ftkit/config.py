@@ -309,15 +309,24 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# A backbone with no pretrained start gains nothing from a head-only phase or a reduced
+# learning rate: unless a recipe or an option says otherwise, it trains whole from epoch 1.
+FROM_SCRATCH = {"freeze_epochs": 0, "backbone_lr_mult": 1.0}
+
+
 def resolve(recipe: str | Path | None = None, base: dict[str, Any] | None = None, **overrides: Any) -> Config:
     """Build the run config: defaults, then ``base`` (what a model to start from fixes, see
-    ``ftkit.zoo.resolve_config``), then the recipe, then explicit overrides (None = unset)."""
+    ``ftkit.zoo.resolve_config``), then the recipe, then explicit overrides (None = unset).
+    A fine-tuning run with no start (no pretrained weights, weights file or init) takes
+    FROM_SCRATCH's values for the settings that none of these gave."""
+    layers = [(base or {}, "the init model"), (load_recipe(recipe) if recipe else {}, f"recipe {recipe}"),
+              ({k: v for k, v in overrides.items() if v is not None}, "options")]
     cfg = Config()
-    if base:
-        cfg = merge(cfg, base, source="the init model")
-    if recipe:
-        cfg = merge(cfg, load_recipe(recipe), source=f"recipe {recipe}")
-    cfg = merge(cfg, {k: v for k, v in overrides.items() if v is not None}, source="options")
+    for values, source in layers:
+        cfg = merge(cfg, values, source=source)
+    if cfg.head == "finetune" and not (cfg.pretrained or cfg.weights or cfg.init):
+        given = {key.replace("-", "_") for values, _ in layers for key in values}
+        cfg = merge(cfg, {k: v for k, v in FROM_SCRATCH.items() if k not in given}, source="a start from scratch")
     return validate(cfg)
 
 

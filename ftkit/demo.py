@@ -17,7 +17,6 @@ DEMO = dict(
     input="rgb224",
     img_size=64,  # the synthetic faces are drawn at 64x64
     epochs=10,
-    freeze_epochs=1,
     lr=3e-3,
     batch_size=32,
     augment="light",
@@ -35,8 +34,6 @@ def run_demo(out: str | None = None, data_dir: str | None = None, epochs: int | 
         if console:
             console.print(f"[yellow]no pretrained {settings['backbone']} weights found offline: training from "
                           "random initialisation (import weights with `ftkit weights import`/`pull` to start from ImageNet)")
-        # a random backbone gains nothing from a head-only phase or a reduced learning rate
-        settings.update(freeze_epochs=0, backbone_lr_mult=1.0)
     # The data set sits beside the run directory, so that it is written once and reused.
     data = Path(data_dir) if data_dir else (Path(out).parent if out else Path("runs")) / "demo-data"
     if not (data / "train").is_dir():

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from ftkit import train as train_mod
-from ftkit.config import ConfigError
+from ftkit.config import ConfigError, resolve
 from ftkit.models import create, head_parameter_names, set_trainable, stage_groups
 from ftkit.train import Phase, build_optimizer, cosine_with_warmup, finetune, plan_phases, resume
 from conftest import interrupt_at_epoch, tiny_config, write_split_folder
@@ -27,6 +27,19 @@ def test_plan_phases_names_every_epoch():
     gradual = plan_phases(6, 2, "gradual", 3)
     assert [p.name for p in gradual] == ["head", "head", "gradual-1/3", "gradual-2/3", "full", "full"]
     assert [p.unfrozen_stages for p in gradual] == [0, 0, 1, 2, None, None]
+
+
+def test_a_backbone_with_no_start_trains_whole_from_the_first_epoch_unless_told_otherwise(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("backbone_lr_mult: 0.5\n")
+    scratch = resolve(None, pretrained=False)
+    assert (scratch.freeze_epochs, scratch.backbone_lr_mult) == (0, 1.0)
+    assert plan_phases(scratch.epochs, scratch.freeze_epochs, "all", 5) == [Phase("full", None)] * scratch.epochs
+    asked = resolve(recipe, pretrained=False, freeze_epochs=2)  # what a recipe or an option says stands
+    assert (asked.freeze_epochs, asked.backbone_lr_mult) == (2, 0.5)
+    for start in (resolve(None), resolve(None, pretrained=False, weights="w.safetensors"),
+                  resolve(None, pretrained=False, head="linear")):
+        assert (start.freeze_epochs, start.backbone_lr_mult) == (1, 0.1)
 
 
 def test_cosine_schedule_warms_up_then_decays():
@@ -92,7 +105,7 @@ def test_backbone_lr_multiplier_in_param_groups(split_folder, tmp_path):
 
 
 def test_unknown_optimizer_lists_valid_names(split_folder, tmp_path):
-    from ftkit.config import ConfigError
+    from ftkit.config import ConfigError, resolve
 
     with pytest.raises(ConfigError, match="unknown value for 'optimizer': 'adamm'.*Did you mean 'adam'.*Valid: adamw, adam, sgd, rmsprop"):
         tiny_config(split_folder, tmp_path, optimizer="adamm")
