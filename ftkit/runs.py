@@ -121,7 +121,8 @@ def in_use(run: Path) -> bool:
 
 def list_runs(root: Path) -> list[dict[str, Any]]:
     """The run directories directly under ``root`` (those with a run.json), oldest first: name,
-    status, backbone, epochs, the split scored and its accuracy and macro-F1. A record that says
+    status, backbone, epochs, the split scored and its accuracy and macro-F1 (a cross-validation's:
+    the mean over its folds, as `ftkit report` gives them). A record that says
     "running" with no process holding the run's lock was killed: its status says so."""
     found = []
     for folder in sorted((d for d in root.iterdir() if (d / "run.json").is_file()), key=lambda d: (d / "run.json").stat().st_mtime):
@@ -129,8 +130,11 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
         status = record.get("status", "?")
         if status == "running" and not in_use(folder):
             status = "killed"
-        report = read_json(folder / "report.json") if (folder / "report.json").is_file() else {}
         epochs, folds = args.get("epochs"), args.get("folds") or 0
+        report = read_json(folder / "report.json") if (folder / "report.json").is_file() else {}
+        if folds and (folder / "cv_report.json").is_file():  # the mean over folds, as its report gives it
+            cv = read_json(folder / "cv_report.json")
+            report = {key: cv[key]["mean"] for key in ("accuracy", "macro_f1")}
         done = record.get("epochs_run")
         if done is None:  # an unfinished run: the epochs its metrics.csv has
             try:

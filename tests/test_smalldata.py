@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from ftkit.cli import main
 from ftkit.crossval import fold_indices
 from ftkit.data import DataError, grouped_split, load_data
+from ftkit.runs import list_runs
 from conftest import TINY, tiny_config, write_images
 
 
@@ -124,6 +125,8 @@ def test_cross_validation_report_aggregates_the_fold_predictions(flat_folder, tm
     assert (root / "cv_report.md").is_file() and (root / "confusion_matrix.png").is_file()
     r = CliRunner().invoke(main, ["report", str(root)])
     assert r.exit_code == 0 and "3-fold cross-validation" in r.output
+    listed = list_runs(tmp_path / "runs")  # `ftkit runs` gives the same numbers, not the pooled folds'
+    assert [(r["folds"], r["accuracy"], r["macro_f1"]) for r in listed] == [(3, cv["accuracy"]["mean"], cv["macro_f1"]["mean"])]
 
 
 def test_shots_with_folds_draws_each_folds_training_images(flat_folder, tmp_path):
