@@ -19,7 +19,7 @@ from .images import read_image
 from .io import read_json, write_text
 from .plots import new_figure, png_bytes
 from .runs import read_args, read_record
-from .views import CLASS_METRICS, class_rows, comparison, cv_rows, headline, run_summary, support_note
+from .views import CLASS_METRICS, class_rows, comparison, cv_rows, headline, run_summary, scored_on, support_note
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -226,7 +226,8 @@ def config_differences(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str
 
 def render_comparison(reports: dict[str, dict[str, Any]], configs: dict[str, dict[str, Any]], note: str | None = None) -> str:
     runs = list(reports)
-    head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(r)}</th>" for r in runs) + "</tr>"
+    head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(r)}<br><span class='muted'>{html.escape(scored_on(reports[r]))}"
+                                           "</span></th>" for r in runs) + "</tr>"
     body = [f"<h1>ftkit comparison of {len(runs)} runs</h1>"]
     if note:
         body.append(f"<p class='warn'>Note: {html.escape(note)}</p>")

@@ -17,7 +17,7 @@ from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes, warn_missing_glyphs
 from .runs import RunError, read_args, read_metrics, read_record
 from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, run_summary,
-                    support_note)
+                    scored_on, support_note)
 from .zoo import find_model
 
 
@@ -165,8 +165,8 @@ def compare_table(reports: dict[str, dict[str, Any]]) -> Table:
     """One column per run; overall metrics, then per-class metrics, in rows; best value in bold."""
     table = Table(title="run comparison")
     table.add_column("metric")
-    for name in reports:
-        table.add_column(name, justify="right")
+    for name, report in reports.items():
+        table.add_column(f"{name}\n[dim]{scored_on(report)}", justify="right")
     for row in comparison(reports):
         table.add_row(row.label, *["-" if v is None else (f"[bold green]{v:.4f}[/]" if row.is_best(v) else f"{v:.4f}")
                                    for v in row.values])

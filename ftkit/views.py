@@ -51,6 +51,13 @@ class Compared:
         return value is not None and value == self.best
 
 
+def scored_on(report: dict[str, Any]) -> str:
+    """What a run's numbers in a comparison come from: its split ("test"), or, for a
+    cross-validation, the folds' predictions pooled (not the mean over folds its own table gives)."""
+    split = report.get("split") or "?"
+    return "folds pooled" if split == "pooled folds" else f"{split} split"
+
+
 def comparison(reports: dict[str, dict[str, Any]]) -> list[Compared]:
     """The overall metrics, then F1, recall and precision per class (in the runs' class order)."""
     runs = list(reports.values())

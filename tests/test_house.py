@@ -287,6 +287,14 @@ def test_one_view_feeds_the_terminal_markdown_and_html():
     console.print(compare_table({"one": one, "two": two}))
     assert console.export_text(styles=True).count("\x1b[1;32m") == 9  # bold green: the same nine cells
 
+    # each column says what its numbers come from: a cross-validation's are its folds' predictions pooled
+    one["split"], two["split"] = "test", "pooled folds"
+    console = Console(record=True, width=200)
+    console.print(compare_table({"one": one, "two": two}))
+    page = render_comparison({"one": one, "two": two}, {"one": {}, "two": {}})
+    for text in (console.export_text(), page):
+        assert "test split" in text and "folds pooled" in text
+
 
 @pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="a GPU is here")
 @pytest.mark.parametrize("device", ["cuda", "mps"])
