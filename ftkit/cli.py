@@ -357,11 +357,15 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
       ftkit evaluate runs/faces-mobilenetv2 --data other_faces/ --split test --tta flip
       ftkit evaluate fer2013-fast --data my_photos/ --faces crop --drop-class contempt
     """
+    from .io import read_json
     from .predict import evaluate_run
     from .report import print_report
 
     folder, rep = evaluate_run(run, data, split, tta, name, device, console=console, overrides=_overrides(kwargs))
     print_report(rep, console, title=f"{folder} ({rep.get('split')})")
+    note = read_json(folder / "run.json").get("eval_note")
+    if note:
+        console.print(f"[yellow]note: {note}, so these scores are not held out")
     click.echo(str(folder))
 
 
@@ -410,6 +414,8 @@ def ensemble(runs, out, data, split, tta, device, **kwargs):
     table.add_row("[bold]ensemble (mean probability)", "", "", f"[bold]{rep['accuracy']:.4f}", f"[bold]{rep['macro_f1']:.4f}")
     print_report(rep, console, title=f"{folder} ({rep.get('split')})")
     console.print(table)
+    for note in [m["not_held_out"] for m in members if m.get("not_held_out")]:
+        console.print(f"[yellow]note: {note}, so these scores are not held out")
     click.echo(str(folder))
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .evaluation import quick_metrics, write_predictions
 from .io import holds_files, new_folder, refuse_inside
-from .predict import LoadedRun, Scored, load_run, run_record, score_run
+from .predict import LoadedRun, Scored, load_run, run_record, score_run, trained_on_note
 from .report import write_report
 from .runs import RunError, update_record, write_classes
 
@@ -56,7 +56,7 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
         members.append({"run": run.label, "backbone": record.get("backbone"),
                         "input": f"{run.data_config.img_size}x{run.data_config.img_size}",
                         "tta": scored.tta, "best_epoch": record.get("best_epoch"),
-                        "train_seconds": record.get("train_seconds"),
+                        "train_seconds": record.get("train_seconds"), "not_held_out": trained_on_note(run.label, scored),
                         **quick_metrics(scored.labels, scored.probs.argmax(1))})
     probs = mean_probs(scores)
     first = scores[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,12 @@ import torch
 
 from . import shards
 from .config import DATA_OVERRIDES, Config, ConfigError, validate
-from .data import DataError, ImageDataset, image_files, load_data, read_image
+from .data import DataError, ImageDataset, image_files, load_data, read_image, read_split_listing, resolve_listing
 from .errors import UsageError
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import load_torchscript, read_onnx_metadata
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
-from .io import atomic_write, refuse_inside, temp_beside, write_json, write_text
+from .io import atomic_write, new_folder, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
 from .report import write_report
 from .runs import RunError, read_record, slug, update_record, write_args
@@ -42,12 +43,20 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     scored = score_run(loaded, data, split, tta, console, overrides=overrides)
     # a named model has no run directory: its evaluations go under runs/<name>/eval/
     home = loaded.run if loaded.run is not None else Path("runs") / loaded.name
-    folder = _new_eval_dir(home, name or f"{Path(scored.data).stem}-{scored.split}")
-    write_predictions(folder / "predictions.csv", scored.keys, scored.labels, scored.probs, loaded.classes)
-    update_record(folder, **{**run_record(loaded), "eval_split": scored.split, "eval_data": scored.data,
-                             "eval_tta": scored.tta, "eval_note": None, "eval_settings": scored.settings})
-    write_args(folder, {**scored.config.to_dict(), "data": scored.data})
-    return folder, write_report(folder)
+    folder = _new_eval_dir(home, name or f"{Path(scored.data).stem}-{scored.split}")  # taken, empty
+    try:
+        with new_folder(folder, "evaluation folder") as work:  # whole when it appears, or not at all
+            write_predictions(work / "predictions.csv", scored.keys, scored.labels, scored.probs, loaded.classes)
+            update_record(work, **{**run_record(loaded), "eval_split": scored.split, "eval_data": scored.data,
+                                   "eval_tta": scored.tta, "eval_note": trained_on_note(loaded.label, scored),
+                                   "eval_settings": scored.settings})
+            write_args(work, {**scored.config.to_dict(), "data": scored.data})
+            report = write_report(work, name=str(folder))
+    except BaseException:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    return folder, report
 
 
 def run_record(loaded: LoadedRun) -> dict[str, Any]:
@@ -57,6 +66,30 @@ def run_record(loaded: LoadedRun) -> dict[str, Any]:
     entry = (loaded.source or {}).get("entry") or {}
     return {"status": "finished", "backbone": entry.get("backbone"), "model": loaded.source,
             "best_epoch": entry.get("best_epoch"), "train_seconds": entry.get("train_seconds")}
+
+
+def seen_in_training(loaded: LoadedRun, keys: list[str]) -> dict[str, int]:
+    """How many of the images ``keys`` the run's own split listing puts in its train split (it
+    learned from them) and in its val split (they chose its best epoch). Empty for a named
+    model, which has no listing here."""
+    listing = loaded.run / "split.csv" if loaded.run is not None else None
+    if listing is None or not listing.is_file():
+        return {}
+    items = resolve_listing(read_split_listing(listing), Path(loaded.config.data))
+    where = {os.path.abspath(key): name for name in ("train", "val") for key, _ in items.get(name, [])}
+    counts = Counter(where.get(os.path.abspath(key)) for key in keys)
+    return {name: counts[name] for name in ("train", "val") if counts[name]}
+
+
+def trained_on_note(label: str, scored: Scored) -> str | None:
+    """Why these scores are not held out, when some scored images are ones the run trained on
+    or chose its best epoch by; None when none are."""
+    seen = scored.settings.get("seen_in_training") or {}
+    if not seen:
+        return None
+    text = {"train": "in its training split", "val": "in its validation split, which chose its best epoch"}
+    parts = [f"{n} {text[name]}" for name, n in seen.items()]
+    return f"of the {len(scored.keys)} images scored, {label} had {' and '.join(parts)}"
 
 
 @dataclass
@@ -118,7 +151,7 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, tta or loaded.config.tta,
                                      progress=progress and (lambda n: progress(advance=n)))
     settings = {"overridden": overrides, "class_map": dataset.class_map, "faces": dataset.faces,
-                "skipped": len(dataset.skipped)}
+                "skipped": len(dataset.skipped), "seen_in_training": seen_in_training(loaded, dataset.splits[chosen].keys)}
     return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta, cfg, settings)
 
 

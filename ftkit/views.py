@@ -102,7 +102,8 @@ def run_summary(record: dict[str, Any], config: dict[str, Any]) -> list[tuple[st
         return [("ensemble", record["eval_note"]), ("data", str(record.get("eval_data")))] + [
             (f"member {i}", f"{m['run']}: {m['backbone']} {m['input']}, TTA {m['tta']}, best epoch {m['best_epoch']}, "
                             f"{m['train_seconds']} s training; accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
-            for i, m in enumerate(record["ensemble"], 1)]
+            for i, m in enumerate(record["ensemble"], 1)] + [
+            ("note", m["not_held_out"]) for m in record["ensemble"] if m.get("not_held_out")]
     if not record:
         return []
     data = record.get("data") or {}

@@ -156,6 +156,37 @@ def test_evaluate_on_another_folder(trained, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == before
 
 
+def test_evaluating_images_the_run_learned_from_says_so(trained):
+    """Scores on images in the run's own training or validation split are not held out: the
+    record and the console say how many there were (36 train, 12 val, 12 test images)."""
+    tmp, run = trained
+
+    def scored(*args, name):
+        result = invoke("evaluate", run, *args, "--name", name)
+        assert result.exit_code == 0, result.output
+        return json.loads((run / "eval" / name / "run.json").read_text())["eval_note"], result.output
+
+    note, output = scored("--data", tmp / "data" / "train", name="seen-train")  # the train folder, scored whole
+    assert note == f"of the 36 images scored, {run} had 36 in its training split" and "note:" in output
+    note, _ = scored("--data", tmp / "data", "--split", "val", name="seen-val")
+    assert note == f"of the 12 images scored, {run} had 12 in its validation split, which chose its best epoch"
+    note, output = scored("--data", tmp / "data", "--split", "test", name="held-out")
+    assert note is None and "note:" not in output
+    assert "- note: of the 36 images" in (run / "eval" / "seen-train" / "report.md").read_text()
+
+
+def test_a_failed_evaluation_leaves_no_folder(trained, monkeypatch):
+    _, run = trained
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(run / "eval"))
+
+    monkeypatch.setattr("ftkit.predict.write_report", broken)
+    result = CliRunner().invoke(main, ["evaluate", str(run), "--name", "broken"])
+    assert result.exit_code == 1 and "No space left on device" in result.output
+    assert not list((run / "eval").glob("*broken*")) and not list((run / "eval").glob(".*"))
+
+
 @pytest.mark.parametrize("tta", ["flip", "shift"])
 def test_evaluate_own_test_split_with_tta(trained, tta):
     _, run = trained

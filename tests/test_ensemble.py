@@ -57,6 +57,7 @@ def test_ensemble_is_the_mean_of_its_members(runs):
     record = json.loads((out / "run.json").read_text())
     assert [m["input"] for m in record["ensemble"]] == ["32x32", "40x40"]
     assert [m["tta"] for m in record["ensemble"]] == ["none", "flip"]
+    assert [m["not_held_out"] for m in record["ensemble"]] == [None, None]  # their own test split
     own = json.loads((a / "report.json").read_text())
     assert record["ensemble"][0]["accuracy"] == pytest.approx(own["accuracy"])
     assert "ensemble (mean probability)" in result.output
@@ -73,6 +74,11 @@ def test_ensemble_on_another_split_with_one_tta(runs):
     record = json.loads((tmp / "ens-val" / "run.json").read_text())
     assert record["eval_split"] == "val" and {m["tta"] for m in record["ensemble"]} == {"flip"}
     assert json.loads((tmp / "ens-val" / "report.json").read_text())["n"] == 12
+    # the val split chose each member's best epoch: each one's note says so, in the record and report
+    notes = [m["not_held_out"] for m in record["ensemble"]]
+    assert notes == [f"of the 12 images scored, {r} had 12 in its validation split, which chose its best epoch" for r in (a, b)]
+    assert all(f"- note: {n}" in (tmp / "ens-val" / "report.md").read_text() for n in notes)
+    assert "note:" in result.output
 
 
 def test_ensemble_never_writes_over_a_folder(runs):
