@@ -61,6 +61,7 @@ def _friendly(fn):
 # --- options generated from the config ---------------------------------------------------
 
 _FLAG_NAMES = {"drop_classes": "--drop-class", "merge_classes": "--merge-class"}
+_CLASS_LISTS = ("classes", "drop_classes")  # repeatable, and each value a comma list
 _HIDDEN = {"augment_pipeline"}  # only a recipe can give a full pipeline
 
 
@@ -96,14 +97,14 @@ def config_options(fn=None, *, only: tuple[str, ...] | None = None, default: str
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         inner = typing.get_origin(args[0]) or args[0] if args else base
         value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        text = f"{f.metadata['help']} [default: {default or value}]"
+        repeatable = " (repeatable; a class whose name has a comma: give it alone)" if f.name in _CLASS_LISTS else ""
+        text = f"{f.metadata['help']}{repeatable} [default: {default or value}]"
         if hint is bool:
             fn = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=text)(fn)
         elif base is dict:
             fn = click.option(flag, f.name, multiple=True, metavar="SRC=DST", help=text + " (repeatable)")(fn)
         elif base is list or inner is list:
-            multiple = f.name in _FLAG_NAMES
-            fn = click.option(flag, f.name, multiple=multiple, metavar="A,B,...", help=text)(fn)
+            fn = click.option(flag, f.name, multiple=f.name in _CLASS_LISTS, metavar="A,B,...", help=text)(fn)
         elif f.name in CHOICES:  # --help lists the values, and Click catches a typo
             kind = DeviceType() if f.name == "device" else click.Choice(CHOICES[f.name])
             fn = click.option(flag, f.name, type=kind, default=None, help=text)(fn)
@@ -124,9 +125,9 @@ def _overrides(kwargs: dict) -> dict:
             if any(len(p) != 2 or not all(p) for p in pairs):
                 raise click.BadParameter("use SRC=DST, e.g. --merge-class disgust=angry", param_hint="--merge-class")
             value = dict(pairs)
-        elif key == "drop_classes":
-            value = [c for v in value for c in v.split(",") if c]
-        elif key in ("classes", "mean", "std"):
+        elif key in _CLASS_LISTS:  # split at commas once the class names are known (data.named_classes)
+            value = list(value)
+        elif key in ("mean", "std"):
             value = [v.strip() for v in value.split(",") if v.strip()]  # numbers are checked by the config
         out[key] = value
     return out

@@ -20,7 +20,7 @@ import re
 import shutil
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -372,6 +372,16 @@ def canonical_class(name: str) -> str:
     return CLASS_ALIASES.get(key, key)
 
 
+def named_classes(cfg: Config, known: set[str]) -> Config:
+    """``cfg`` with its --classes and --drop-class values read as class names: a value that is
+    the name of a class is that class, commas and all; any other is split at its commas
+    (``--drop-class disgust,fear``)."""
+    def names(values: list[str]) -> list[str]:
+        return [part.strip() for v in values for part in ([v] if v in known else v.split(",")) if part.strip()]
+
+    return replace(cfg, drop_classes=names(cfg.drop_classes), classes=names(cfg.classes) if cfg.classes else cfg.classes)
+
+
 def class_target(cfg: Config, name: str) -> str | None:
     """The class a folder named ``name`` becomes under --merge-class, --drop-class and
     --classes, or None when the run leaves it out."""
@@ -394,7 +404,8 @@ def select_classes(cfg: Config, names: list[str], scoring: bool = False, elsewhe
     asked = list(cfg.merge_classes) + list(cfg.drop_classes) + list(cfg.classes or [])
     for name in asked if not scoring else []:
         if name not in known and name not in cfg.merge_classes.values():
-            raise DataError(f"unknown class {name!r}.{suggest(name, names)} Classes in the data: {', '.join(names)}")
+            shown = ", ".join(repr(n) if "," in n else n for n in names)  # a name with a comma, quoted
+            raise DataError(f"unknown class {name!r}.{suggest(name, names)} Classes in the data: {shown}")
     mapping = {name: class_target(cfg, name) for name in names}
     if len({t for t in mapping.values() if t}) < (1 if scoring else 2):
         kept = sorted({t for t in mapping.values() if t})
@@ -528,6 +539,7 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     else:
         items, source = _folder_items(root, cfg, skipped)
     names = sorted({c for rows in items.values() for _, c in rows})
+    cfg = named_classes(cfg, set(names) | set(elsewhere))
     mapping = select_classes(cfg, names, scoring=classes is not None, elsewhere=elsewhere)
     if classes is not None:
         mapping = fold_to_model(mapping, classes)

@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from PIL import Image
 
 from ftkit.data import DataError, load_data, read_image, stratified_split
 from ftkit.predict import expand_paths
-from conftest import tiny_config, write_images
+from conftest import TINY, tiny_config, write_images, write_split_folder
 
 
 def test_split_layout_uses_given_splits(split_folder, tmp_path, classes):
@@ -212,6 +213,25 @@ def test_class_drop_merge_and_whitelist(split_folder, tmp_path):
     assert kept.classes == ["beta", "gamma"]
     with pytest.raises(DataError, match="unknown class 'gama'.*Did you mean 'gamma'"):
         load_data(tiny_config(split_folder, tmp_path, drop_classes=["gama"]))
+
+
+def test_class_names_with_commas_are_named_whole_and_other_values_are_comma_lists(tmp_path):
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    data = write_split_folder(tmp_path / "data", classes=("alpha", "happy, smiling", "gamma", "delta"))
+    assert load_data(tiny_config(data, tmp_path, drop_classes=["happy, smiling"])).classes == ["alpha", "delta", "gamma"]
+    assert load_data(tiny_config(data, tmp_path, drop_classes=["alpha,gamma"])).classes == ["delta", "happy, smiling"]
+    assert load_data(tiny_config(data, tmp_path, classes=["happy, smiling", "alpha"])).classes == ["alpha", "happy, smiling"]
+    with pytest.raises(DataError, match=r"unknown class 'happy'.*Classes in the data: alpha, delta, gamma, 'happy, smiling'"):
+        load_data(tiny_config(data, tmp_path, classes=["happy,alpha"]))
+    # on the command line both options repeat, and each value may be a comma list
+    r = CliRunner().invoke(main, ["finetune", "--data", str(data), "--classes", "happy, smiling", "--classes", "alpha,gamma",
+                                  "--drop-class", "gamma", "--backbone", TINY, "--no-pretrained", "--img-size", "32",
+                                  "--epochs", "1", "--workers", "0", "--project", str(tmp_path / "runs"), "--name", "commas"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "runs" / "commas" / "classes.json").read_text()) == ["alpha", "happy, smiling"]
 
 
 def test_shrinking_averages_pixels_and_enlarging_keeps_the_models_interpolation():
