@@ -27,6 +27,7 @@ from .train import build_model, optimisation_step, run_phases, set_up
 SMOOTHING = 0.98  # exponential smoothing of the loss, bias-corrected as Adam's moments are
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
 FELL = 0.97  # the loss "fell" when its minimum is below this share of its start
+SETTLED = math.ceil(math.log(0.5) / math.log(SMOOTHING))  # steps until the first batches weigh under half (35)
 
 
 @dataclass
@@ -43,9 +44,11 @@ class LRFinding:
 
     @property
     def steepest(self) -> float:
-        """The rate where the loss falls fastest against log(lr), before the minimum; the first
-        tenth of the steps is left out, where the smoothed loss still rests on a few batches."""
-        begin, end = max(3, len(self.lrs) // 10), int(np.argmin(self.losses)) + 1
+        """The rate where the loss falls fastest against log(lr), before the minimum. The steps
+        where the smoothed loss still rests on fewer batches than half its window (SETTLED, at
+        most the first third of the test) are left out: there the average drifts with the luck
+        of its first batches (a noisy few-shot loss fell fastest at 1e-7 otherwise)."""
+        begin, end = max(3, min(SETTLED, len(self.lrs) // 3)), int(np.argmin(self.losses)) + 1
         if end - begin < 3:
             return self.minimum
         slope = np.gradient(np.asarray(self.losses[begin:end]), np.log(np.asarray(self.lrs[begin:end])))

@@ -23,6 +23,23 @@ def test_suggestions_read_off_a_known_curve():
     assert not flat.fell and flat.suggestion is None
 
 
+def test_the_drift_of_the_first_batches_is_not_the_steepest_fall():
+    """A few-shot loss falls gently, by 0.15 around 1e-3, then rises; its first batch happened
+    to score 1.0 more than the rest, and the bias-corrected average carries that down over the
+    first tens of steps: that drift is not the steepest fall."""
+    from ftkit.lrfind import SMOOTHING
+
+    lrs = np.geomspace(1e-7, 1.0, 100)
+    x = np.log10(lrs)
+    batches = 1.5 - 0.15 / (1 + np.exp(-(x + 3) * 2)) + np.where(x > -2, 1.5 * (x + 2), 0) + (np.arange(100) == 0)
+    average, losses = 0.0, []
+    for step, loss in enumerate(batches):
+        average = SMOOTHING * average + (1 - SMOOTHING) * loss
+        losses.append(average / (1 - SMOOTHING ** (step + 1)))
+    finding = LRFinding(list(lrs), losses, "full", False)
+    assert 1e-4 < finding.steepest < 1e-2 and finding.suggestion == pytest.approx(finding.minimum / 10)
+
+
 def test_the_range_test_steps_geometrically_and_writes_only_its_plot(split_folder, tmp_path):
     cfg = tiny_config(split_folder, tmp_path, freeze_epochs=0, lr=1e-3)
     finding = find_lr(cfg, start=1e-5, end=10.0, steps=30)
