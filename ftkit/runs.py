@@ -152,9 +152,24 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
     return found
 
 
+def refuse_scores(path: Path) -> None:
+    """Refuse a folder that ``ftkit evaluate`` or ``ftkit ensemble`` wrote where a trained run is
+    needed (to load, export, save or resume): it holds scores, no model; say what to give."""
+    scored = read_record(path) if (path / "run.json").is_file() else {}
+    if "eval_data" not in scored:
+        return
+    if "ensemble" in scored:
+        raise RunError(f"{path} holds the scores of an ensemble, not a trained model: give one of its members "
+                       f"({', '.join(m['run'] for m in scored['ensemble'])})")
+    model = (scored.get("model") or {}).get("name")
+    raise RunError(f"{path} holds the scores of an evaluation, not a trained model: give the run or model it scored "
+                   f"({model or path.parent.parent})")
+
+
 def require_run(path: str | Path) -> Path:
     """Check that ``path`` is a run directory with a trained model."""
     path = Path(path)
+    refuse_scores(path)
     if not (path / "args.yaml").is_file():
         raise RunError(f"{path} is not an ftkit run directory (no args.yaml); give the folder that `ftkit finetune` wrote")
     if not (path / "checkpoints" / "best.json").is_file():

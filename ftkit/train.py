@@ -67,6 +67,7 @@ from .runs import (
     read_args,
     read_record,
     read_weights,
+    refuse_scores,
     remove_partial_files,
     run_lock,
     save_checkpoint,
@@ -536,6 +537,7 @@ def resume(run_dir: str | Path, console: Console | None = None, data: str | Path
     find every one of its images there, and the run then records the new place."""
     out = console or default_console
     run = Path(run_dir)
+    refuse_scores(run)
     if not (run / "args.yaml").is_file():
         raise RunError(f"{run} is not an ftkit run directory (no args.yaml): give the folder an interrupted "
                        "`ftkit finetune` wrote")

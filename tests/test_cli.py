@@ -154,6 +154,12 @@ def test_evaluate_on_another_folder(trained, tmp_path):
     escaped = invoke("evaluate", run, "--data", tmp_path / "other", "--name", "../../up")
     assert escaped.exit_code == 0 and (run / "eval" / "up" / "report.json").is_file()
     assert sorted(p.name for p in run.iterdir()) == before
+    # an evaluation holds scores, no model: what needs a model says which one to give
+    for command in (["export"], ["predict"], ["weights", "save"], ["finetune", "--init"], ["finetune", "--resume"]):
+        args = {"predict": [str(tmp_path / "other")], "save": ["name"], "--init": ["--data", str(tmp_path / "other")]}
+        result = invoke(*command, folder, *args.get(command[-1], []))
+        assert result.exit_code == 1 and f"{folder} holds the scores of an evaluation, not a trained model: give the " \
+            f"run or model it scored ({run})" in " ".join(result.output.split()), (command, result.output)
 
 
 def test_evaluating_images_the_run_learned_from_says_so(trained):

@@ -58,6 +58,9 @@ def test_ensemble_is_the_mean_of_its_members(runs):
     assert [m["input"] for m in record["ensemble"]] == ["32x32", "40x40"]
     assert [m["tta"] for m in record["ensemble"]] == ["none", "flip"]
     assert [m["not_held_out"] for m in record["ensemble"]] == [None, None]  # their own test split
+    refused = CliRunner().invoke(main, ["export", str(out)])  # an ensemble holds scores, no model of its own
+    assert refused.exit_code == 1 and "holds the scores of an ensemble, not a trained model: give one of its members" in \
+        " ".join(refused.output.split())
     own = json.loads((a / "report.json").read_text())
     assert record["ensemble"][0]["accuracy"] == pytest.approx(own["accuracy"])
     assert "ensemble (mean probability)" in result.output
