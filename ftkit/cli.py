@@ -457,11 +457,16 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
       ftkit predict runs/faces photo.jpg more_photos/ --topk 3 --output preds.csv
       ftkit predict runs/faces group.jpg --faces all --annotate annotated/
       ftkit predict runs/faces/export/model.onnx photo.jpg
-      ftkit predict runs/faces --video clip.mp4 --out clip_annotated.mp4 --every 5
+      ftkit predict runs/faces clip.mp4 --out clip_annotated.mp4 --every 5
       ftkit predict fer2013-fast --camera 0 --format jsonl
     """
-    from .predict import check_prediction_file, check_video_out, open_predictor
+    from .predict import VIDEO_EXTENSIONS, check_prediction_file, check_video_out, open_predictor
 
+    videos = [p for p in paths if Path(p).suffix.lower() in VIDEO_EXTENSIONS and not Path(p).is_dir()]
+    if videos and video is None and camera is None:
+        if len(paths) > 1:
+            raise click.UsageError(f"{videos[0]} is a video: give it alone (or with --video), images in another command")
+        video, paths = videos[0], ()  # one video file given as a path: read as --video
     streaming = video is not None or camera is not None
     if video is not None and camera is not None:
         raise click.UsageError("give --video or --camera, not both")

@@ -413,6 +413,8 @@ def _write_annotated(path: Path, image: np.ndarray, detections) -> None:
 # --- video and camera --------------------------------------------------------------------
 
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
+# files that `ftkit predict MODEL FILE` reads as a video (as --video FILE), by their suffix
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
 
 
 def check_video_out(out: str | Path, source: str | None) -> None:

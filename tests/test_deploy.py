@@ -233,6 +233,18 @@ def test_video_without_out_prints_and_writes_its_predictions(run, tmp_path):
     assert table == {c: str(tops.count(c)) for c in ("alpha", "beta", "gamma")}
 
 
+def test_a_video_given_as_a_path_is_read_as_one(run, tmp_path):
+    """`ftkit predict MODEL clip.mp4` is `--video clip.mp4`: a video path used to fail as an
+    image that could not be decoded."""
+    src = _moving_video(tmp_path / "Moving.MP4")
+    as_path = CliRunner().invoke(main, ["predict", str(run), str(src), "--every", "4", "--format", "jsonl"])
+    as_video = CliRunner().invoke(main, ["predict", str(run), "--video", str(src), "--every", "4", "--format", "jsonl"])
+    assert as_path.exit_code == as_video.exit_code == 0, as_path.output
+    assert "12 frames read, 3 analysed (every 4)" in " ".join(as_path.output.split())
+    assert [line for line in as_path.output.splitlines() if line.startswith("{")] == \
+        [line for line in as_video.output.splitlines() if line.startswith("{")]
+
+
 def test_ctrl_c_ends_a_video_and_keeps_what_was_read(run, tmp_path, monkeypatch):
     """Ctrl-C is how a camera stream is stopped: the annotated video and the track keep the
     frames read so far. Stopped before the first frame, an earlier --out file is untouched."""
@@ -293,6 +305,7 @@ def test_a_video_format_this_opencv_cannot_write_leaves_no_file(run, tmp_path, m
     (["--video", "V", "--out", "V"], "is the input video"),
     (["--video", "V", "--output", "t.txt"], "--output must end in .csv, .json, .jsonl"),
     (["--video", "V", "--every", "0"], "'--every': 0 is not in the range x>=1"),
+    (["V", "x.png"], "v.mp4 is a video: give it alone (or with --video)"),
     (["x.png", "--topk", "0"], "'--topk': 0 is not in the range x>=1"),
 ])
 def test_predict_refuses_options_that_do_not_go_together(run, tmp_path, args, message):
