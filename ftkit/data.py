@@ -456,8 +456,10 @@ def _folder_items(root: Path, cfg: Config, skipped: list) -> tuple[dict[str, lis
     for name in ("val", "test"):
         extra = sorted({c for _, c in items.get(name, [])} - train_classes)
         if extra:
+            same = {canonical_class(c): c for c in train_classes}  # Happy for happy, anger for angry
+            named = [f"{c} (train/ has {same[canonical_class(c)]})" if canonical_class(c) in same else c for c in extra]
             raise DataError(
-                f"{root / name} has class folders that train/ lacks: {', '.join(extra)}. "
+                f"{root / name} has class folders that train/ lacks: {', '.join(named)}. "
                 "Every class needs training images; rename or remove those folders."
             )
     return items, layout

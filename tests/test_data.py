@@ -187,6 +187,9 @@ def test_val_class_missing_from_train_fails(split_folder, tmp_path):
     write_images(split_folder / "val" / "omega", 0, 2, np.random.default_rng(0))
     with pytest.raises(DataError, match="train/ lacks: omega"):
         load_data(tiny_config(split_folder, tmp_path))
+    (split_folder / "val" / "omega").rename(split_folder / "val" / "Beta")  # the same class, spelt otherwise
+    with pytest.raises(DataError, match=r"train/ lacks: Beta \(train/ has beta\)\. .*rename or remove"):
+        load_data(tiny_config(split_folder, tmp_path))
 
 
 def test_missing_folder_fails_with_its_name(tmp_path):
