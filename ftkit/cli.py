@@ -286,7 +286,10 @@ def report(runs, html_out):
         if (Path(run) / "cv_report.json").is_file():
             print_cv_report(Path(run), console)
         elif len(runs) == 1:
-            print_report(reports[run], console, title=f"{run} ({reports[run].get('split')} split)")
+            from .runs import read_args, read_record
+
+            tta = _tta_text(read_record(Path(run)), read_args(Path(run)))
+            print_report(reports[run], console, title=f"{run} ({reports[run].get('split')} split{tta})")
     if len(reports) == 1:
         page = Path(runs[0]) / "report.html"
         console.print(f"report: {page}")
@@ -301,6 +304,14 @@ def report(runs, html_out):
     if html_out:
         write_comparison_html(reports, Path(html_out), note=note)
         console.print(f"comparison: {html_out}")
+
+
+def _tta_text(record: dict, config: dict | None = None) -> str:
+    """', TTA shift' for a report title when its scores used test-time augmentation, else ''."""
+    from .views import tta_used
+
+    tta = tta_used(record, config)
+    return f", TTA {tta}" if tta else ""
 
 
 @main.command("runs")
@@ -363,8 +374,9 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
     from .report import print_report
 
     folder, rep = evaluate_run(run, data, split, tta, name, device, console=console, overrides=_overrides(kwargs))
-    print_report(rep, console, title=f"{folder} ({rep.get('split')})")
-    note = read_json(folder / "run.json").get("eval_note")
+    record = read_json(folder / "run.json")
+    print_report(rep, console, title=f"{folder} ({rep.get('split')}{_tta_text(record)})")
+    note = record.get("eval_note")
     if note:
         console.print(f"[yellow]note: {note}, so these scores are not held out")
     click.echo(str(folder))

@@ -17,7 +17,7 @@ from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes, warn_missing_glyphs
 from .runs import RunError, read_args, read_metrics, read_record
 from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, run_summary,
-                    scored_on, support_note)
+                    scored_on, support_note, tta_used)
 from .zoo import find_model
 
 
@@ -55,7 +55,8 @@ def write_report(folder: Path, predictions: Path | None = None, name: str | None
 def report_markdown(report: dict[str, Any], record: dict[str, Any], config: dict[str, Any] | None = None) -> str:
     """report.md: the run summary, the headline metrics, per-class metrics and the confusion matrix."""
     lines = [f"# ftkit report: {report['run']}", "",
-             f"- split reported: {report.get('split')} ({report['n']} images)"]
+             f"- split reported: {report.get('split')} ({report['n']} images)"
+             + (f", test-time augmentation {tta_used(record, config)}" if tta_used(record, config) else "")]
     lines += [f"- {label}: {text}" for label, text in run_summary(record, config or {})]
     lines += ["", ", ".join(f"{label} **{value:.4f}**" for label, value in headline(report)), ""]
     note = support_note(report)

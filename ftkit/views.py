@@ -30,6 +30,13 @@ def confusion_rows(report: dict[str, Any]) -> list[tuple[str, list[int]]]:
     return list(zip(report["classes"], report["confusion_matrix"]))
 
 
+def tta_used(record: dict[str, Any], config: dict[str, Any] | None = None) -> str | None:
+    """The test-time augmentation a report's scores were computed with (an evaluation's, else
+    the run's), None when there was none: the per-epoch validation scores never have it."""
+    tta = record.get("eval_tta") or (config or {}).get("tta")
+    return None if tta in (None, "none") else tta
+
+
 def support_note(report: dict[str, Any]) -> str | None:
     """Why the macro averages leave classes out, when the split has no image of them."""
     if not report.get("no_support"):

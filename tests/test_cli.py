@@ -201,6 +201,10 @@ def test_evaluate_own_test_split_with_tta(trained, tta):
     folder = run / "eval" / f"own-{tta}"
     assert json.loads((folder / "report.json").read_text())["n"] == 12
     assert json.loads((folder / "run.json").read_text())["eval_tta"] == tta
+    # the title and report.md say so: these scores differ from the per-epoch ones, which had none
+    assert f"(test, TTA {tta})" in " ".join(result.output.split())
+    assert f"- split reported: test (12 images), test-time augmentation {tta}\n" in (folder / "report.md").read_text()
+    assert "test-time augmentation" not in (run / "report.md").read_text()  # the run's own report had none
 
 
 def test_predict_prints_and_writes_csv_and_json(trained, tmp_path):
