@@ -78,7 +78,7 @@ from .runs import (
     write_metrics,
     write_weights,
 )
-from .transforms import eval_transform, train_transform
+from .transforms import augmentations, eval_transform, train_transform
 from .weights import WeightsInfo, find_pretrained
 from .zoo import load_source, match_classes, transfer_head
 
@@ -447,6 +447,7 @@ def finetune(cfg: Config, console: Console | None = None, allow_download: bool =
     # an absolute data path: the run directory then works from any working directory
     cfg = replace(cfg, data=os.path.abspath(cfg.data) if cfg.data else cfg.data)
     device = resolve_device(cfg.device)  # a device that is not there fails before anything else
+    augmentations(cfg.augment, cfg.augment_pipeline)  # so does a pipeline Albumentations cannot build
     with distributed.process_group(device.type) as ctx:
         check_distributed(cfg, ctx, device)
         out = out if ctx.main else Console(quiet=True)

@@ -6,6 +6,8 @@ augmentation (train only), normalise with the model's mean/std, convert to a CHW
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from typing import Any
 
 import albumentations as A
@@ -57,7 +59,8 @@ def augmentations(preset: str, pipeline: list[Any] | None = None) -> list[A.Basi
     """The augmentation transforms of a preset, or of a full pipeline given in a recipe.
 
     A recipe pipeline is a list of ``{TransformName: {kwargs}}`` entries, built by
-    Albumentations' own deserialiser, e.g. ``[{HorizontalFlip: {p: 0.5}}, {Affine: {rotate: [-15, 15]}}]``.
+    Albumentations' own deserialiser, e.g. ``[{HorizontalFlip: {p: 0.5}}, {Affine: {rotate: [-15, 15]}}]``;
+    compositions nest: ``{OneOf: {transforms: [{GaussianBlur: {}}, {GaussNoise: {}}], p: 0.3}}``.
     """
     if pipeline:
         return [_from_spec(spec) for spec in pipeline]
@@ -67,12 +70,38 @@ def augmentations(preset: str, pipeline: list[Any] | None = None) -> list[A.Basi
 
 
 def _from_spec(spec: Any) -> A.BasicTransform:
-    if not (isinstance(spec, dict) and len(spec) == 1):
+    serialized = _serialized(spec)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            transform = A.from_dict({"transform": serialized})
+        except (TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise ConfigError(f"augment_pipeline: Albumentations cannot build {spec!r}: {exc}") from None
+    for warning in said:  # a misspelt argument is only warned of, and the run would go on without it
+        if "are not valid for transform" in str(warning.message):
+            raise ConfigError(f"augment_pipeline: {warning.message} (in {spec!r})")
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return transform
+
+
+def _serialized(spec: Any) -> dict[str, Any]:
+    """A recipe entry ``{Name: {kwargs}}`` in Albumentations' serialised form, the transforms of
+    a composition (OneOf, SomeOf, Sequential...) too; an entry already in that form (as
+    ``A.to_dict`` writes it, with ``__class_fullname__``) is taken as it is."""
+    if isinstance(spec, dict) and "__class_fullname__" in spec:
+        return spec
+    if not (isinstance(spec, dict) and len(spec) == 1 and isinstance(next(iter(spec.values())) or {}, dict)):
         raise ConfigError(f"augment_pipeline entries must look like {{HorizontalFlip: {{p: 0.5}}}}, got {spec!r}")
     (name, kwargs), = spec.items()
     if not isinstance(getattr(A, name, None), type):
         raise ConfigError(f"unknown Albumentations transform {name!r} in augment_pipeline.{suggest(name, dir(A))}")
-    return A.from_dict({"transform": {"__class_fullname__": name, **(kwargs or {})}})
+    kwargs = dict(kwargs or {})
+    p = inspect.signature(getattr(A, name)).parameters.get("p")
+    if "p" not in kwargs and p is not None and p.default is not inspect.Parameter.empty:
+        kwargs["p"] = p.default  # the transform's own default, not the deserialiser's 0.5 and its warning
+    if isinstance(kwargs.get("transforms"), list):
+        kwargs["transforms"] = [_serialized(t) for t in kwargs["transforms"]]
+    return {"__class_fullname__": name, **kwargs}
 
 
 class Preprocess:

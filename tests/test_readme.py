@@ -55,3 +55,17 @@ def test_the_readme_shows_commands():
 @pytest.mark.parametrize("command", readme_commands())
 def test_every_readme_command_parses(command):
     parse(command)
+
+
+def test_the_readmes_recipe_blocks_build():
+    """Every YAML block in the README is a recipe that resolves, and its pipeline builds."""
+    import yaml
+
+    from ftkit.config import Config, merge, validate
+    from ftkit.transforms import augmentations
+
+    blocks = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        cfg = validate(merge(Config(), yaml.safe_load(block), source="README"))
+        assert augmentations(cfg.augment, cfg.augment_pipeline)

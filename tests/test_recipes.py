@@ -1,5 +1,6 @@
 """Every shipped recipe loads, validates and names a known backbone."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,67 @@ def test_recipe_trains_end_to_end(recipe, tmp_path):
     assert resolve_name(used["backbone"]) == resolve_name(shipped.get("backbone") or resolve_config(str(recipe)).backbone)
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     assert (run / "report.html").is_file() and len((run / "predictions.csv").read_text().splitlines()) == 1 + 9
+
+
+PIPELINE = """\
+augment_pipeline:
+  - HorizontalFlip: {p: 0.5}
+  - OneOf:
+      transforms:
+        - GaussianBlur: {blur_limit: [3, 5]}
+        - ToGray: {}
+      p: 0.3
+  - Affine: {rotate: [-15, 15]}
+"""
+
+
+def test_a_recipe_gives_a_whole_albumentations_pipeline(tmp_path):
+    """Entries are {Name: {arguments}}, compositions (OneOf) nest, an argument left out takes
+    the transform's own default; the run trains with exactly that pipeline."""
+    import albumentations as A
+    import yaml
+    from click.testing import CliRunner
+    from conftest import TINY, write_split_folder
+
+    from ftkit.cli import main
+    from ftkit.models import DataConfig
+    from ftkit.transforms import train_transform
+
+    recipe = tmp_path / "aug.yaml"
+    recipe.write_text(PIPELINE)
+    cfg = resolve_config(str(recipe), data=str(tmp_path))
+    steps = train_transform(DataConfig(32, 3, False, (0.5,) * 3, (0.5,) * 3, "bilinear"), cfg.augment,
+                            cfg.augment_pipeline).pipeline.transforms
+    flip, one_of, affine = steps[1:4]  # after the resize, before the normalisation
+    assert isinstance(flip, A.HorizontalFlip) and isinstance(one_of, A.OneOf) and isinstance(affine, A.Affine)
+    assert [type(t) for t in one_of.transforms] == [A.GaussianBlur, A.ToGray] and one_of.p == 0.3
+    assert affine.p == A.Affine().p and tuple(affine.rotate) == (-15, 15)
+    data = write_split_folder(tmp_path / "data", sizes=(("train", 4), ("val", 2)))
+    r = CliRunner().invoke(main, ["finetune", "--recipe", str(recipe), "--data", str(data), "--backbone", TINY,
+                                  "--no-pretrained", "--img-size", "32", "--epochs", "1", "--workers", "0",
+                                  "--project", str(tmp_path / "runs"), "--name", "aug"])
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((tmp_path / "runs" / "aug" / "args.yaml").read_text())["augment_pipeline"] == \
+        yaml.safe_load(PIPELINE)["augment_pipeline"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("- HorizontalFlip: {prob: 0.5}", r"'prob' are not valid for transform"),  # Albumentations only warns
+    ("- OneOf: {transforms: [{GausianBlur: {}}]}", r"unknown Albumentations transform 'GausianBlur'.*'GaussianBlur'"),
+    ("- Affine: {rotate: x}", r"Albumentations cannot build \{'Affine'"),
+    ("- HorizontalFlip: 0.5", r"entries must look like \{HorizontalFlip: \{p: 0.5\}\}"),
+])
+def test_a_pipeline_entry_albumentations_cannot_build_is_named(tmp_path, entry, message):
+    from ftkit.config import ConfigError
+    from ftkit.transforms import augmentations
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(f"augment_pipeline:\n  {entry}\n")
+    cfg = resolve_config(str(recipe), data=str(tmp_path / "data"))
+    with pytest.raises(ConfigError, match=message):
+        augmentations(cfg.augment, cfg.augment_pipeline)
+    from ftkit.train import finetune  # refused before any run directory is made
+
+    with pytest.raises(ConfigError, match=message):
+        finetune(replace(cfg, project=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists()

@@ -105,7 +105,7 @@ def test_backbone_lr_multiplier_in_param_groups(split_folder, tmp_path):
 
 
 def test_unknown_optimizer_lists_valid_names(split_folder, tmp_path):
-    from ftkit.config import ConfigError, resolve
+    from ftkit.config import ConfigError
 
     with pytest.raises(ConfigError, match="unknown value for 'optimizer': 'adamm'.*Did you mean 'adam'.*Valid: adamw, adam, sgd, rmsprop"):
         tiny_config(split_folder, tmp_path, optimizer="adamm")
