@@ -140,7 +140,7 @@ def device_name(value: str) -> str:
 
 def suggest(name: str, options: typing.Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix for an unknown name, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(dict.fromkeys(options)), n=3, cutoff=0.6)  # each name once
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 

@@ -260,6 +260,8 @@ def test_bad_inputs_give_clear_messages(trained, tmp_path):
     assert r.exit_code == 1 and "missing does not exist" in r.output
     r = invoke("finetune", "--data", tmp / "data", "--backbone", "mobilenet-v2")
     assert r.exit_code == 1 and "unknown backbone 'mobilenet-v2'" in r.output and "mobilenetv2" in r.output
+    r = invoke("finetune", "--data", tmp / "data", "--backbone", "resnet999")  # an alias that is its timm name too
+    assert r.exit_code == 1 and "Did you mean 'resnet50' or 'resnet34' or " in " ".join(r.output.split())
     r = invoke("finetune", "--data", tmp / "data", "--augment", "heavy")  # Click checks the choice (usage error: 2)
     assert r.exit_code == 2 and "'heavy' is not one of 'none', 'light', 'fer', 'strong'" in r.output
     r = invoke("report", tmp_path)
