@@ -41,9 +41,14 @@ class RunError(FtkitError, ValueError):
     """A run directory that is missing, incomplete, or would be overwritten."""
 
 
+SLUG_BYTES = 200  # a folder name's bytes: file systems allow 255, and runs add '-2', '.partial'...
+
+
 def slug(text: str) -> str:
-    """``text`` as one plain folder name: no separators, no leading dot ('..', '.hidden')."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "run"
+    """``text`` as one plain folder name: letters (any script), digits, '_', '.', '-'; no
+    separators, no leading dot ('..', '.hidden'), at most SLUG_BYTES bytes of UTF-8."""
+    name = re.sub(r"[^\w.-]+", "-", text).strip("-.")
+    return name.encode()[:SLUG_BYTES].decode(errors="ignore").strip("-.") or "run"
 
 
 @dataclass

@@ -42,6 +42,16 @@ def test_a_backbone_with_no_start_trains_whole_from_the_first_epoch_unless_told_
         assert (start.freeze_epochs, start.backbone_lr_mult) == (1, 0.1)
 
 
+def test_run_names_keep_letters_of_any_script_and_fit_a_file_system(split_folder, tmp_path):
+    from ftkit.runs import SLUG_BYTES, slug
+
+    assert [slug(n) for n in ("run één", "表情 数据", "../up", ".hidden", "a\\b")] == ["run-één", "表情-数据", "up", "hidden", "a-b"]
+    long = slug("表" * 100)  # 3 bytes a letter: cut at a whole letter
+    assert long == "表" * (SLUG_BYTES // 3) and len(long.encode()) <= SLUG_BYTES
+    run = finetune(tiny_config(split_folder, tmp_path, name="表情 " + "x" * 300, epochs=1)).run_dir
+    assert run.name == slug("表情 " + "x" * 300) and run.name.startswith("表情-xxx") and (run / "report.json").is_file()
+
+
 def test_cosine_schedule_warms_up_then_decays():
     values = [cosine_with_warmup(s, total=100, warmup=10) for s in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
