@@ -280,8 +280,17 @@ def merge(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
     return Config(**values)
 
 
-# the recipes that come with ftkit, beside the package in a checkout: `--recipe fewshot` names one
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+def bundled(checkout: str, installed: str) -> Path:
+    """A folder that comes with ftkit: ``checkout`` beside the package in a clone (and an
+    editable install), else ``installed`` inside the package, where a wheel puts it
+    (pyproject.toml maps recipes/ to ftkit/recipes and weights/ to ftkit/shipped)."""
+    package = Path(__file__).resolve().parent
+    beside = package.parent / checkout
+    return beside if beside.is_dir() or not (package / installed).is_dir() else package / installed
+
+
+# the recipes that come with ftkit: `--recipe fewshot` names one
+RECIPES_DIR = bundled("recipes", "recipes")
 
 
 def find_recipe(name: str | Path) -> Path:

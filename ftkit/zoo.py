@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from timm.models import adapt_input_conv
 
-from .config import Config, config_from_dict, load_recipe, resolve, suggest
+from .config import Config, bundled, config_from_dict, load_recipe, resolve, suggest
 from .data import canonical_class
 from .device import resolve_device
 from .io import read_json, write_json
@@ -35,7 +35,7 @@ from .weights import WeightsError, read_manifest, sha256sum, store_dir
 
 SAVED = "models.json"  # in the user's weight store (git-ignored)
 SHIPPED = "shipped.json"  # in the checkout's weights/ (tracked, with the files it lists)
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+SHIPPED_DIR = bundled("weights", "shipped")  # a wheel carries shipped.json and its files as ftkit/shipped/
 
 
 class ModelNotFound(RunError):

@@ -397,3 +397,49 @@ def test_a_model_trained_on_levelled_faces_is_used_the_same_way(tmp_path, monkey
         r = invoke("predict", run, tmp_path / "astronaut.png", "--faces", "all", "--format", "jsonl", *extra)
         assert r.exit_code == 0, r.output
         assert calls == [expected]
+
+
+@pytest.mark.slow
+def test_a_wheel_carries_the_recipes_and_shipped_models_and_finds_them(tmp_path):
+    """`pip install .` or `pip install git+URL` (not only an editable clone) must label faces
+    by name and find `--recipe fewshot`: the wheel holds recipes/ and weights/' tracked files as
+    ftkit/recipes and ftkit/shipped, and the installed package reads them there."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip("pyproject.toml's build backend needs setuptools >= 77 to build a wheel here")
+    root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy of what the wheel is built from: the build leaves nothing in the clone
+    for name in ("ftkit", "recipes"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shipped = json.loads((root / "weights" / "shipped.json").read_text())
+    for name in ("pyproject.toml", "README.md", "LICENSE", "weights/shipped.json",
+                 *(f"weights/{entry['file']}" for entry in shipped.values())):
+        (source / name).parent.mkdir(exist_ok=True)
+        shutil.copy(root / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-q", "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("ftkit-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(tmp_path / "site")
+    for entry in shipped.values():
+        assert (tmp_path / "site" / "ftkit" / "shipped" / entry["file"]).read_bytes() == (root / "weights" / entry["file"]).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "site" / "ftkit" / "recipes").iterdir()) == \
+        sorted(p.name for p in (root / "recipes").glob("*.yaml"))
+    (tmp_path / "elsewhere").mkdir()
+    probe = ("import ftkit, ftkit.config as c, ftkit.zoo as z; "
+             "print(ftkit.__file__, c.find_recipe('fewshot'), z.find_model('fer2013-fast')[1], sep='\\n')")
+    env = {k: v for k, v in os.environ.items() if k != "FTKIT_WEIGHTS"} | {"PYTHONPATH": str(tmp_path / "site")}
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path / "elsewhere", env=env)
+    assert ran.returncode == 0, ran.stderr
+    package, recipe, model = ran.stdout.split()
+    installed = tmp_path / "site" / "ftkit"
+    assert Path(package).parent == installed
+    assert Path(recipe) == installed / "recipes" / "fewshot.yaml"
+    assert Path(model) == installed / "shipped" / shipped["fer2013-fast"]["file"]
