@@ -68,13 +68,17 @@ def run_record(loaded: LoadedRun) -> dict[str, Any]:
             "best_epoch": entry.get("best_epoch"), "train_seconds": entry.get("train_seconds")}
 
 
-def seen_in_training(loaded: LoadedRun, keys: list[str]) -> dict[str, int]:
-    """How many of the images ``keys`` the run's own split listing puts in its train split (it
-    learned from them) and in its val split (they chose its best epoch). Empty for a named
-    model, which has no listing here."""
+def seen_in_training(loaded: LoadedRun, keys: list[str], data: str) -> dict[str, int]:
+    """How many of the images ``keys`` (of ``data``) the run's own split listing puts in its
+    train split (it learned from them) and in its val split (they chose its best epoch). Empty
+    for a named model, which has no listing here."""
     listing = loaded.run / "split.csv" if loaded.run is not None else None
     if listing is None or not listing.is_file():
         return {}
+    own, given = Path(loaded.config.data), Path(data)
+    if given.is_file() and not (own.is_file() and (own.samefile(given) or (
+            own.stat().st_size == given.stat().st_size and sha256sum(own) == sha256sum(given)))):
+        return {}  # a CSV's keys are its file name and line: another CSV of that name is other images
     items = resolve_listing(read_split_listing(listing), Path(loaded.config.data))
     where = {os.path.abspath(key): name for name in ("train", "val") for key, _ in items.get(name, [])}
     counts = Counter(where.get(os.path.abspath(key)) for key in keys)
@@ -151,7 +155,7 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, tta or loaded.config.tta,
                                      progress=progress and (lambda n: progress(advance=n)))
     settings = {"overridden": overrides, "class_map": dataset.class_map, "faces": dataset.faces,
-                "skipped": len(dataset.skipped), "seen_in_training": seen_in_training(loaded, dataset.splits[chosen].keys)}
+                "skipped": len(dataset.skipped), "seen_in_training": seen_in_training(loaded, dataset.splits[chosen].keys, cfg.data)}
     return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta, cfg, settings)
 
 

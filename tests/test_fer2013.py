@@ -149,6 +149,30 @@ def test_a_csv_run_that_dropped_a_class_repeats_from_its_split_listing(fer_csv, 
     assert {n: s.keys for n, s in again.splits.items()} == {n: s.keys for n, s in data.splits.items()}
 
 
+def test_scoring_a_csv_runs_own_rows_says_so_and_another_csv_of_that_name_is_other_images(fer_csv, tmp_path):
+    """A CSV's images are keyed by file name and line: the run's own CSV (or a copy of it) has
+    the rows it trained on; another fer.csv with other rows does not."""
+    import json
+    import shutil
+
+    from conftest import tiny_config
+    from ftkit.predict import evaluate_run
+    from ftkit.train import finetune
+
+    run = finetune(tiny_config(fer_csv, tmp_path / "out", epochs=1)).run_dir
+
+    def note(data):
+        folder, _ = evaluate_run(run, data=str(data), split="train")
+        return json.loads((folder / "run.json").read_text())["eval_note"]
+
+    assert note(fer_csv) == f"of the 28 images scored, {run} had 28 in its training split"
+    (tmp_path / "copy").mkdir()
+    assert note(shutil.copy(fer_csv, tmp_path / "copy" / "fer.csv")) is not None  # the same bytes
+    (tmp_path / "other").mkdir()
+    rows = [(label, _pixels(1000 + 10 * label + i), "Training") for label in range(7) for i in range(4)]
+    assert note(_write_csv(tmp_path / "other" / "fer.csv", rows)) is None
+
+
 def test_data_inspect_and_convert_cli(fer_csv, tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["data", "inspect", str(fer_csv)])
     assert r.exit_code == 0
