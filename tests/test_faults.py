@@ -485,8 +485,15 @@ def test_runs_lists_each_run_with_its_state_and_how_to_resume(split_folder, tmp_
     said = " ".join(r.output.split())
     assert f"cut was interrupted: continue it with ftkit finetune --resume {tmp_path / 'runs' / 'cut'}" in said
     assert f"killed was killed: continue it with ftkit finetune --resume {killed}" in said
+    # `ftkit report` on them says the same, not that predictions.csv is missing
+    for run, ended in ((tmp_path / "runs" / "cut", "was interrupted"), (killed, "was killed")):
+        told = CliRunner().invoke(main, ["report", str(run)])
+        assert told.exit_code == 1 and f"{run} {ended}" in " ".join(told.output.split())
+        assert f"so it has no report: continue it with ftkit finetune --resume {run}" in " ".join(told.output.split())
     with run_lock(killed):  # a process holds it: running, truly
         again = CliRunner().invoke(main, ["runs", str(tmp_path / "runs")])
+        told = CliRunner().invoke(main, ["report", str(killed)])
+    assert "is still training in another ftkit process" in " ".join(told.output.split())
     assert any(line.split("│")[1].strip() == "killed" and line.split("│")[2].strip() == "running"
                for line in again.output.splitlines() if line.count("│") == 9)
     assert CliRunner().invoke(main, ["runs", str(tmp_path / "none")]).exit_code == 1
