@@ -17,7 +17,6 @@ import csv
 import math
 import os
 import re
-import shutil
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -32,7 +31,7 @@ from . import fer2013
 from .config import Config, suggest, validate
 from .faces import BoxCache, crop_faces
 from .images import (  # noqa: F401 (re-exported)
-    IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, image_files, not_data, read_image, verify_image,
+    IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, image_files, not_data, read_image, refuse_archive, verify_image,
 )
 from .io import atomic_write
 from .progress import progress_bar
@@ -152,11 +151,7 @@ def detect_layout(root: Path, labeled: bool = False) -> str:
     if not root.exists():
         raise DataError(f"data folder {root} does not exist: give a folder of class folders or a FER2013 CSV")
     if not root.is_dir():
-        archive = [ext for _, exts, _ in shutil.get_unpack_formats() for ext in exts if root.name.lower().endswith(ext)]
-        if archive:
-            how = f"unzip {root} -d DIR" if archive[0] == ".zip" else f"mkdir DIR && tar -xf {root} -C DIR"
-            raise DataError(f"{root} is an archive ({archive[0]}): extract it first ({how}) and give the folder of "
-                            "class folders it holds")
+        refuse_archive(root, "the folder of class folders it holds")
         raise DataError(f"{root} is not a folder or a .csv file")
 
     def is_run(d: Path) -> bool:

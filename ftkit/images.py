@@ -3,6 +3,7 @@ cannot use. The data, face and FER2013 modules all read through here."""
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -38,6 +39,15 @@ def image_files(folder: Path) -> list[Path]:
     leaving out what :func:`not_data` says is not data."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                   and not not_data(p.relative_to(folder)))
+
+
+def refuse_archive(path: Path, instead: str) -> None:
+    """Refuse an archive (.zip, .tar.gz, ...: shutil's unpack formats) given where images or a
+    folder of them belong, with the command that extracts it and what to give ``instead``."""
+    suffix = next((ext for _, exts, _ in shutil.get_unpack_formats() for ext in exts if path.name.lower().endswith(ext)), None)
+    if suffix:
+        how = f"unzip {path} -d DIR" if suffix == ".zip" else f"mkdir DIR && tar -xf {path} -C DIR"
+        raise DataError(f"{path} is an archive ({suffix}): extract it first ({how}) and give {instead}")
 
 
 # --- reading one image -------------------------------------------------------------------

@@ -15,7 +15,8 @@ import torch
 
 from . import shards
 from .config import DATA_OVERRIDES, Config, ConfigError, validate
-from .data import DataError, ImageDataset, image_files, load_data, read_image, read_split_listing, resolve_listing
+from .data import (DataError, ImageDataset, image_files, load_data, read_image, read_split_listing, refuse_archive,
+                   resolve_listing)
 from .errors import UsageError
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import load_torchscript, read_onnx_metadata
@@ -217,6 +218,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
         if p.is_dir():
             found += image_files(p)
         elif p.is_file():
+            refuse_archive(p, "the folder of images it holds")
             found.append(p)
         else:
             raise DataError(f"{p} does not exist")

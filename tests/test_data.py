@@ -202,6 +202,8 @@ def test_an_archive_given_as_data_is_named_with_how_to_extract_it(tmp_path, name
     (tmp_path / name).write_bytes(b"PK\x03\x04")
     with pytest.raises(DataError, match=rf"{re.escape(name)} is an archive .*extract it first \(.*{how} "):
         load_data(tiny_config(tmp_path / name, tmp_path))
+    with pytest.raises(DataError, match=rf"{re.escape(name)} is an archive .*give the folder of images it holds"):
+        expand_paths([str(tmp_path / name)])  # `ftkit predict MODEL faces.zip`
 
 
 def test_class_drop_merge_and_whitelist(split_folder, tmp_path):
