@@ -11,11 +11,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from .config import suggest
 from .evaluation import compute_report, read_predictions
 from .html_report import render_comparison, write_run_html
 from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes, warn_missing_glyphs
-from .runs import RunError, in_use, read_args, read_metrics, read_record
+from .runs import RunError, in_use, read_args, read_metrics, read_record, runs_beside
 from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, run_summary,
                     scored_on, support_note, tta_used)
 from .zoo import find_model
@@ -33,7 +34,7 @@ def write_report(folder: Path, predictions: Path | None = None, name: str | None
         if find_model(str(folder)):
             raise RunError(f"{folder} is a named model, not a run directory: score it with ftkit evaluate {folder} --data "
                            f"DIR, which writes a report under runs/{folder}/eval/")
-        raise RunError(f"run directory {folder} not found")
+        raise RunError(f"run directory {folder} not found.{suggest(str(folder), runs_beside(folder))}")
     predictions = predictions or folder / "predictions.csv"
     if not predictions.is_file():
         status = read_record(folder).get("status") if (folder / "run.json").is_file() else None

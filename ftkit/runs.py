@@ -157,6 +157,15 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
     return found
 
 
+def runs_beside(path: Path) -> list[str]:
+    """The run directories in the folder that holds ``path``: what a mistyped run was likely
+    meant to be (for ' Did you mean ...?')."""
+    try:
+        return [str(d) for d in path.parent.iterdir() if (d / "args.yaml").is_file()]
+    except OSError:  # no such folder, or not one this user may list
+        return []
+
+
 def refuse_scores(path: Path) -> None:
     """Refuse a folder that ``ftkit evaluate`` or ``ftkit ensemble`` wrote where a trained run is
     needed (to load, export, save or resume): it holds scores, no model; say what to give."""

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import __version__
 from . import distributed
 from . import shards
-from .config import Config, ConfigError, choice_error
+from .config import Config, ConfigError, choice_error, suggest
 from .crossval import cross_validate
 from .data import DataSplits, ImageDataset, check_listing, write_split_listing
 from .device import autocast_for, resolve_device, seed_everything
@@ -70,6 +70,7 @@ from .runs import (
     refuse_scores,
     remove_partial_files,
     run_lock,
+    runs_beside,
     save_checkpoint,
     save_train_state,
     update_record,
@@ -539,6 +540,8 @@ def resume(run_dir: str | Path, console: Console | None = None, data: str | Path
     out = console or default_console
     run = Path(run_dir)
     refuse_scores(run)
+    if not run.exists():
+        raise RunError(f"run directory {run} not found.{suggest(str(run), runs_beside(run))}")
     if not (run / "args.yaml").is_file():
         raise RunError(f"{run} is not an ftkit run directory (no args.yaml): give the folder an interrupted "
                        "`ftkit finetune` wrote")

@@ -30,7 +30,7 @@ from .data import canonical_class
 from .device import resolve_device
 from .io import read_json, write_json
 from .models import DataConfig, ModelError, create, resolve_name
-from .runs import RunError, load_checkpoint, read_args, read_weights, require_run, write_weights
+from .runs import RunError, load_checkpoint, read_args, read_weights, require_run, runs_beside, write_weights
 from .weights import WeightsError, read_manifest, sha256sum, store_dir
 
 SAVED = "models.json"  # in the user's weight store (git-ignored)
@@ -119,20 +119,13 @@ def load_source(target: str | Path, checkpoint: str = "best") -> ModelSource:
                             "from or export again, give the run directory or named model it was exported from")
     if found is None:
         names = [m["name"] for m in list_models()]
-        runs = _runs_beside(path)  # a mistyped run directory: the runs beside where it would be
+        runs = runs_beside(path)  # a mistyped run directory: the runs beside where it would be
         raise ModelNotFound(
             f"{str(target)!r} is neither a run directory nor a named model.{suggest(str(target), names + runs)} "
             f"Named models: {', '.join(names) or 'none'} (see `ftkit weights list`)."
         )
     kind, file, entry = found
     return _load_named(str(target), kind, file, entry)
-
-
-def _runs_beside(path: Path) -> list[str]:
-    try:
-        return [str(d) for d in path.parent.iterdir() if (d / "args.yaml").is_file()]
-    except OSError:  # no such folder, or not one this user may list
-        return []
 
 
 def _load_named(name: str, kind: str, file: Path, entry: dict[str, Any]) -> ModelSource:

@@ -268,8 +268,10 @@ def test_bad_inputs_give_clear_messages(trained, tmp_path):
     assert r.exit_code == 1 and "predictions.csv" in r.output
     r = invoke("predict", tmp_path / "nope", "x.png")
     assert r.exit_code == 1 and "neither a run directory nor a named model" in r.output
-    r = invoke("predict", tmp / "runs" / "cli-rn", "x.png")  # a mistyped run: the runs beside it are offered
-    assert r.exit_code == 1 and f"Did you mean '{tmp / 'runs' / 'cli-run'}'" in " ".join(r.output.split())
+    for command in (["predict", tmp / "runs" / "cli-rn", "x.png"], ["report", tmp / "runs" / "cli-rn"],
+                    ["finetune", "--resume", tmp / "runs" / "cli-rn"]):  # a mistyped run: the runs beside it are offered
+        r = invoke(*command)
+        assert r.exit_code == 1 and f"Did you mean '{tmp / 'runs' / 'cli-run'}'" in " ".join(r.output.split()), command
     r = invoke("finetune", "--data", tmp / "data", *tiny_flags(tmp), "--out", run)
     assert r.exit_code == 1 and "already holds files" in r.output
     assert (run / "report.json").is_file()  # nothing of the earlier run was touched
