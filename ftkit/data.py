@@ -162,6 +162,12 @@ def detect_layout(root: Path, labeled: bool = False) -> str:
         what = "is an ftkit run directory" if is_run(root) else f"holds ftkit run directories ({', '.join(runs[:2])}...)"
         raise DataError(f"{root} {what}, not data: give --data the image folder (or CSV) the runs trained on")
     if (root / "train").is_dir():
+        beside = [d.name for d in _class_dirs(root) if d.name not in SPLITS
+                  and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.rglob("*"))]
+        if beside:  # class folders put next to train/ instead of inside it
+            warnings.warn(f"{root} has train/, so only its {', '.join(s + '/' for s in SPLITS)} folders are read; the images "
+                          f"in {', '.join(b + '/' for b in beside[:5])}{' ...' if len(beside) > 5 else ''} beside them are "
+                          "left out (move them into train/<class>/ to train on them)", stacklevel=2)
         return "folders"
     top = {d.name for d in _class_dirs(root)}
     if top and top <= set(SPLITS):  # val/ and/or test/ only: scored as they are, never trained on

@@ -23,6 +23,14 @@ def test_split_layout_uses_given_splits(split_folder, tmp_path, classes):
     assert data.splits["train"].images[0].shape == (24, 24, 3)
 
 
+def test_class_folders_beside_train_are_named_as_left_out(split_folder, tmp_path, classes):
+    write_images(split_folder / "delta", 0, 3, np.random.default_rng(0))  # meant for train/delta/
+    (split_folder / "notes").mkdir()  # no images: not worth a word
+    with pytest.warns(UserWarning, match=r"only its train/, val/, test/ folders are read; the images in delta/ beside"):
+        data = load_data(tiny_config(split_folder, tmp_path))
+    assert data.classes == classes
+
+
 def test_missing_val_is_carved_from_train(split_folder, tmp_path):
     import shutil
 
