@@ -372,8 +372,12 @@ def test_resuming_a_folder_that_is_not_a_run_names_it(tmp_path):
     from ftkit.cli import main
 
     r = CliRunner().invoke(main, ["finetune", "--resume", str(tmp_path / "nope")])
-    assert r.exit_code == 1 and "nope is not an ftkit run directory (no args.yaml)" in r.output, r.output
+    assert r.exit_code == 1 and f"run directory {tmp_path / 'nope'} not found" in r.output, r.output
     assert not (tmp_path / "nope").exists()  # and nothing (a lock file) was made there
+    (tmp_path / "folder").mkdir()  # a folder, but not a run
+    r = CliRunner().invoke(main, ["finetune", "--resume", str(tmp_path / "folder")])
+    assert r.exit_code == 1 and "folder is not an ftkit run directory (no args.yaml)" in r.output, r.output
+    assert list((tmp_path / "folder").iterdir()) == []
 
 
 def test_an_export_that_cannot_be_written_names_the_users_file(trained, tmp_path, monkeypatch):
