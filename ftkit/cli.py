@@ -287,8 +287,9 @@ def report(runs, html_out):
             print_cv_report(Path(run), console)
         elif len(runs) == 1:
             from .runs import read_args, read_record
+            from .views import tta_title
 
-            tta = _tta_text(read_record(Path(run)), read_args(Path(run)))
+            tta = tta_title(read_record(Path(run)), read_args(Path(run)))
             print_report(reports[run], console, title=f"{run} ({reports[run].get('split')} split{tta})")
     if len(reports) == 1:
         page = Path(runs[0]) / "report.html"
@@ -304,14 +305,6 @@ def report(runs, html_out):
     if html_out:
         write_comparison_html(reports, Path(html_out), note=note)
         console.print(f"comparison: {html_out}")
-
-
-def _tta_text(record: dict, config: dict | None = None) -> str:
-    """', TTA shift' for a report title when its scores used test-time augmentation, else ''."""
-    from .views import tta_used
-
-    tta = tta_used(record, config)
-    return f", TTA {tta}" if tta else ""
 
 
 @main.command("runs")
@@ -372,10 +365,11 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
     from .io import read_json
     from .predict import evaluate_run
     from .report import print_report
+    from .views import tta_title
 
     folder, rep = evaluate_run(run, data, split, tta, name, device, console=console, overrides=_overrides(kwargs))
     record = read_json(folder / "run.json")
-    print_report(rep, console, title=f"{folder} ({rep.get('split')}{_tta_text(record)})")
+    print_report(rep, console, title=f"{folder} ({rep.get('split')}{tta_title(record)})")
     note = record.get("eval_note")
     if note:
         console.print(f"[yellow]note: {note}, so these scores are not held out")

@@ -31,7 +31,7 @@ from . import fer2013
 from .config import Config, suggest, validate
 from .faces import BoxCache, crop_faces
 from .images import (  # noqa: F401 (re-exported)
-    IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, image_files, not_data, read_image, refuse_archive, verify_image,
+    IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, has_images, image_files, not_data, read_image, refuse_archive, verify_image,
 )
 from .io import atomic_write
 from .progress import progress_bar
@@ -162,8 +162,7 @@ def detect_layout(root: Path, labeled: bool = False) -> str:
         what = "is an ftkit run directory" if is_run(root) else f"holds ftkit run directories ({', '.join(runs[:2])}...)"
         raise DataError(f"{root} {what}, not data: give --data the image folder (or CSV) the runs trained on")
     if (root / "train").is_dir():
-        beside = [d.name for d in _class_dirs(root) if d.name not in SPLITS
-                  and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in d.rglob("*"))]
+        beside = [d.name for d in _class_dirs(root) if d.name not in SPLITS and has_images(d)]
         if beside:  # class folders put next to train/ instead of inside it
             warnings.warn(f"{root} has train/, so only its {', '.join(s + '/' for s in SPLITS)} folders are read; the images "
                           f"in {', '.join(b + '/' for b in beside[:5])}{' ...' if len(beside) > 5 else ''} beside them are "

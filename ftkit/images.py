@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,11 +34,20 @@ def not_data(relative: Path) -> bool:
     return any(part.startswith(".") or part in NOT_DATA for part in relative.parts)
 
 
+def _images(folder: Path) -> Iterator[Path]:
+    return (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            and not not_data(p.relative_to(folder)))
+
+
 def image_files(folder: Path) -> list[Path]:
     """The image files under ``folder`` (recursively, by extension), in a stable order,
     leaving out what :func:`not_data` says is not data."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not not_data(p.relative_to(folder)))
+    return sorted(_images(folder))
+
+
+def has_images(folder: Path) -> bool:
+    """Whether ``folder`` holds an image file that :func:`image_files` would list (stops at the first)."""
+    return any(True for _ in _images(folder))
 
 
 def refuse_archive(path: Path, instead: str) -> None:

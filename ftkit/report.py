@@ -16,7 +16,7 @@ from .evaluation import compute_report, read_predictions
 from .html_report import render_comparison, write_run_html
 from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes, warn_missing_glyphs
-from .runs import RunError, in_use, read_args, read_metrics, read_record, runs_beside
+from .runs import RunError, read_args, read_metrics, read_record, run_status, runs_beside
 from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, run_summary,
                     scored_on, support_note, tta_used)
 from .zoo import find_model
@@ -37,10 +37,10 @@ def write_report(folder: Path, predictions: Path | None = None, name: str | None
         raise RunError(f"run directory {folder} not found.{suggest(str(folder), runs_beside(folder))}")
     predictions = predictions or folder / "predictions.csv"
     if not predictions.is_file():
-        status = read_record(folder).get("status") if (folder / "run.json").is_file() else None
-        if status == "running" and in_use(folder):
+        status = run_status(folder, read_record(folder)) if (folder / "run.json").is_file() else None
+        if status == "running":
             raise RunError(f"{folder} is still training in another ftkit process; its report is written when it ends")
-        ended = {"running": "was killed (run.json says running, and no process holds it)",
+        ended = {"killed": "was killed (run.json says running, and no process holds it)",
                  "interrupted": "was interrupted", "failed": "failed"}
         if status in ended:
             done = [f.name for f in sorted(folder.glob("fold-*")) if (f / "report.json").is_file()]

@@ -124,6 +124,13 @@ def in_use(run: Path) -> bool:
         return not held
 
 
+def run_status(run: Path, record: dict[str, Any]) -> str:
+    """The status run.json gives, except that a "running" record whose lock no process holds
+    was killed: "killed"."""
+    status = record.get("status", "?")
+    return "killed" if status == "running" and not in_use(run) else status
+
+
 def list_runs(root: Path) -> list[dict[str, Any]]:
     """The run directories directly under ``root`` (those with a run.json), oldest first: name,
     status, backbone, epochs, the split scored and its accuracy and macro-F1 (a cross-validation's:
@@ -132,9 +139,7 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
     found = []
     for folder in sorted((d for d in root.iterdir() if (d / "run.json").is_file()), key=lambda d: (d / "run.json").stat().st_mtime):
         record, args = read_record(folder), read_args(folder)
-        status = record.get("status", "?")
-        if status == "running" and not in_use(folder):
-            status = "killed"
+        status = run_status(folder, record)
         epochs, folds = args.get("epochs"), args.get("folds") or 0
         report = read_json(folder / "report.json") if (folder / "report.json").is_file() else {}
         if folds and (folder / "cv_report.json").is_file():  # the mean over folds, as its report gives it

@@ -80,6 +80,7 @@ from .runs import (
     write_weights,
 )
 from .transforms import augmentations, eval_transform, train_transform
+from .views import tta_title
 from .weights import WeightsInfo, find_pretrained
 from .zoo import load_source, match_classes, transfer_head
 
@@ -882,7 +883,7 @@ def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out,
         train_seconds=round(train_seconds, 3), train_images_per_s=round(images_per_s, 1),
     )
     report = write_report(run)
-    tta = f", TTA {cfg.tta}" if cfg.tta != "none" else ""  # per-epoch val scores had none: say why these differ
+    tta = tta_title(record, {"tta": cfg.tta})  # per-epoch val scores had none: say why these differ
     print_report(report, out, title=f"{run} ({split} split, best epoch {best_epoch}{tta})")
     if record["eval_note"]:
         out.print(f"[yellow]note: {record['eval_note']}, so these scores are not held out")

@@ -58,6 +58,12 @@ class Compared:
         return value is not None and value == self.best
 
 
+def tta_title(record: dict[str, Any], config: dict[str, Any] | None = None) -> str:
+    """', TTA shift' for a report's title when its scores used test-time augmentation, else ''."""
+    tta = tta_used(record, config)
+    return f", TTA {tta}" if tta else ""
+
+
 def scored_on(report: dict[str, Any]) -> str:
     """What a run's numbers in a comparison come from: its split ("test"), or, for a
     cross-validation, the folds' predictions pooled (not the mean over folds its own table gives)."""
