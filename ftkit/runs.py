@@ -61,12 +61,25 @@ class RunResult:
     record: dict[str, Any]  # run.json contents
 
 
-def new_run_dir(cfg: Config) -> Path:
-    """Create and claim a fresh run directory; never reuse one that holds files."""
+def check_new_run(cfg: Config) -> None:
+    """Refuse, before any data is read, a run directory that ``new_run_dir`` would refuse
+    later: an ``--out`` that holds files, or a ``--project`` that is itself a run directory
+    (new runs would be made inside that run)."""
     if cfg.out:
         path = Path(cfg.out)
         if holds_files(path):
             raise RunError(f"run directory {path} already holds files; continue it with --resume {path} or pick another --out")
+    elif (Path(cfg.project) / "args.yaml").is_file():
+        parent = Path(cfg.project).resolve().parent
+        raise RunError(f"--project {cfg.project} is itself a run directory (it holds args.yaml), so the new run would "
+                       f"be made inside it: give the folder that holds your runs ({parent}, or a new one) as --project")
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """Create and claim a fresh run directory; never reuse one that holds files."""
+    check_new_run(cfg)
+    if cfg.out:
+        path = Path(cfg.out)
         path.mkdir(parents=True, exist_ok=True)
         return path
     stem = slug(cfg.name or f"{Path(cfg.data).stem or 'data'}-{cfg.backbone}")

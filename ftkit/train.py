@@ -58,6 +58,7 @@ from .report import print_report, write_report
 from .runs import (
     RunError,
     RunResult,
+    check_new_run,
     load_checkpoint,
     load_run_config,
     load_train_state,
@@ -446,6 +447,7 @@ def finetune(cfg: Config, console: Console | None = None, allow_download: bool =
     writes the one run directory; see ftkit/distributed.py."""
     out = console or default_console
     refuse_inside(cfg.out or cfg.project, [cfg.data], "the run directory's folder")
+    check_new_run(cfg)  # before the data is read, which can take minutes
     # an absolute data path: the run directory then works from any working directory
     cfg = replace(cfg, data=os.path.abspath(cfg.data) if cfg.data else cfg.data)
     device = resolve_device(cfg.device)  # a device that is not there fails before anything else

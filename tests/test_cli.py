@@ -274,6 +274,10 @@ def test_bad_inputs_give_clear_messages(trained, tmp_path):
         assert r.exit_code == 1 and f"Did you mean '{tmp / 'runs' / 'cli-run'}'" in " ".join(r.output.split()), command
     r = invoke("finetune", "--data", tmp / "data", *tiny_flags(tmp), "--out", run)
     assert r.exit_code == 1 and "already holds files" in r.output
+    assert "random initialisation" not in r.output  # refused before the data and the model are loaded, not after
+    r = invoke("finetune", "--data", tmp / "data", *tiny_flags(tmp), "--project", run)  # a run as the runs' folder
+    assert r.exit_code == 1 and "is itself a run directory" in r.output and str(run.resolve().parent) in r.output
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoints"]  # no run was made inside it
     assert (run / "report.json").is_file()  # nothing of the earlier run was touched
 
 
