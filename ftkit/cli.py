@@ -429,8 +429,10 @@ def ensemble(runs, out, data, split, tta, device, **kwargs):
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("paths", nargs=-1)
-@click.option("--topk", type=click.IntRange(min=1), default=3, show_default=True, help="Classes shown per image or face.")
-@click.option("--tta", type=click.Choice(CHOICES["tta"]), default="none", show_default=True)
+@click.option("--topk", "--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Classes shown per image or face.")
+@click.option("--tta", type=click.Choice(CHOICES["tta"]),
+              help="Test-time augmentation [default: the model's for images, as its scores were measured; none for "
+                   "a video or camera, where it would multiply each frame's cost].")
 @click.option("--faces", type=click.Choice(["none", "crop", "all"]),
               help="Classify the whole image, the largest face, or every face [default: as the model was "
                    "trained; every face in a video].")
@@ -498,7 +500,7 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
     if face_align is not None:
         pred.face_align = face_align
     if streaming:
-        _predict_stream(pred, model, video if video is not None else camera, video_out, every or 1, topk, tta,
+        _predict_stream(pred, model, video if video is not None else camera, video_out, every or 1, topk, tta or "none",
                         faces or "all", max_frames, fmt, output)
         return
     from .predict import prediction_rows, predict_paths, write_prediction_file
@@ -524,7 +526,8 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
     console.print(f"{len(read)} of {len(results)} image(s) read"
                   + (f", {faces_found} face(s) found" if faces_found or faces not in (None, "none") else "")
                   + (f"; top class: {', '.join(f'{c} {n}' for c, n in tops.most_common())}" if sum(tops.values()) > 1 else "")
-                  + (f"; predictions {output}" if output else ""))
+                  + (f"; predictions {output}" if output else "")
+                  + (f" (TTA {tta or pred.tta})" if (tta or pred.tta) != "none" else ""))
     if all("error" in r for r in results):
         raise click.ClickException(f"none of the {len(results)} input image(s) could be read (reasons above)")
 

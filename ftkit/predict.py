@@ -234,7 +234,7 @@ class Predictor:
     """Class probabilities for RGB uint8 images, from a run directory or an ONNX file."""
 
     def __init__(self, classes: list[str], data_config: DataConfig, forward, name: str, faces: str = "none",
-                 face_margin: float = 0.25, face_align: bool = False):
+                 face_margin: float = 0.25, face_align: bool = False, tta: str = "none"):
         self.classes = classes
         self.data_config = data_config
         self.transform = eval_transform(data_config)
@@ -243,6 +243,7 @@ class Predictor:
         self.faces = faces  # the face setting the model was trained with
         self.face_margin = face_margin
         self.face_align = face_align  # level the eyes before cropping, as the model's training did
+        self.tta = tta  # the test-time augmentation the model's own scores were measured with
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto") -> "Predictor":
@@ -254,7 +255,7 @@ class Predictor:
             return loaded.model(torch.from_numpy(x).to(loaded.device)).float().cpu().numpy()
 
         return cls(loaded.classes, loaded.data_config, forward, loaded.label, loaded.config.faces, loaded.config.face_margin,
-                   loaded.config.face_align)
+                   loaded.config.face_align, loaded.config.tta)
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "Predictor":
@@ -278,7 +279,8 @@ class Predictor:
         """The classes, preprocessing and face settings that ``ftkit export`` records in a file."""
         fields = {k: meta[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")}
         return cls(meta["classes"], DataConfig(**fields), forward, str(path),
-                   meta.get("faces", "none"), meta.get("face_margin", 0.25), meta.get("face_align", False))
+                   meta.get("faces", "none"), meta.get("face_margin", 0.25), meta.get("face_align", False),
+                   meta.get("tta", "none"))
 
     def probs(self, images: list[np.ndarray], tta: str = "none", batch_size: int = 64) -> np.ndarray:
         out = []
@@ -344,15 +346,16 @@ def classify_images(pred: Predictor, images: list[np.ndarray], faces: str, topk:
     return out
 
 
-def predict_paths(pred: Predictor, paths: list[str], topk: int = 3, tta: str = "none", faces: str | None = None,
+def predict_paths(pred: Predictor, paths: list[str], topk: int = 3, tta: str | None = None, faces: str | None = None,
                   annotate_dir: str | Path | None = None, chunk: int = 64, progress=None,
                   on_total=None) -> list[dict[str, Any]]:
     """One result per image: {path, detections} or {path, error} for an unreadable file.
 
     Images are read, classified and annotated ``chunk`` at a time, so a folder of any size
     needs the memory of one chunk; ``on_total(n)`` is told the number of files once, and
-    ``progress(n)`` is called after each chunk."""
+    ``progress(n)`` is called after each chunk. ``tta`` None: the model's own (``pred.tta``)."""
     faces = faces or ("crop" if pred.faces in ("crop", "require") else "none")
+    tta = tta or pred.tta
     if annotate_dir:
         refuse_inside(annotate_dir, paths, "--annotate folder")
     files = expand_paths(paths)

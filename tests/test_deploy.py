@@ -30,7 +30,7 @@ def run(tmp_path_factory):
     write_split_folder(tmp / "data", sizes=(("train", 10), ("val", 3), ("test", 3)))
     r = invoke("finetune", "--data", tmp / "data", "--backbone", TINY, "--no-pretrained", "--img-size", 32,
                "--epochs", 1, "--freeze-epochs", 0, "--batch-size", 8, "--workers", 0,
-               "--project", tmp / "runs", "--name", "deploy")
+               "--project", tmp / "runs", "--name", "deploy", "--tta", "flip")
     assert r.exit_code == 0, r.output
     return tmp / "runs" / "deploy"
 
@@ -116,6 +116,30 @@ def test_onnx_and_pytorch_predictions_agree(run, tmp_path, tta):
         pa, pb = ra["detections"][0]["probabilities"], rb["detections"][0]["probabilities"]
         assert max(abs(pa[c] - pb[c]) for c in pa) < 1e-4
         assert ra["detections"][0]["top"][0]["class"] == rb["detections"][0]["top"][0]["class"]
+
+
+def test_predict_takes_the_models_tta(run, tmp_path):
+    """Without --tta, predict scores images as the model's own report did (the run's TTA, which
+    an export carries), so its probabilities are those of the published numbers; --tta overrides."""
+    invoke("export", run, "--out", tmp_path / "m.onnx")
+    invoke("export", run, "--out", tmp_path / "m.ts")
+    rng = np.random.default_rng(5)
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"img{i}.png")
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images[-1])  # not mirror-symmetric
+
+    def probabilities(model, *flags):
+        r = invoke("predict", model, *images, *flags, "--format", "jsonl")
+        assert r.exit_code == 0, r.output
+        rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+        return np.array([list(row["detections"][0]["probabilities"].values()) for row in rows])
+
+    for model in (run, tmp_path / "m.onnx", tmp_path / "m.ts"):
+        default, flip, none = probabilities(model), probabilities(model, "--tta", "flip"), probabilities(model, "--tta", "none")
+        assert default.shape == (3, 3)
+        np.testing.assert_allclose(default, flip, atol=1e-6, err_msg=str(model))
+        assert np.abs(default - none).max() > 1e-4, model  # flip-averaging changed them: the default is not none
 
 
 def test_predict_every_face_and_annotate(run, tmp_path):
@@ -306,7 +330,7 @@ def test_a_video_format_this_opencv_cannot_write_leaves_no_file(run, tmp_path, m
     (["--video", "V", "--output", "t.txt"], "--output must end in .csv, .json, .jsonl"),
     (["--video", "V", "--every", "0"], "'--every': 0 is not in the range x>=1"),
     (["V", "x.png"], "v.mp4 is a video: give it alone (or with --video)"),
-    (["x.png", "--topk", "0"], "'--topk': 0 is not in the range x>=1"),
+    (["x.png", "--topk", "0"], "'--topk' / '--top-k': 0 is not in the range x>=1"),
 ])
 def test_predict_refuses_options_that_do_not_go_together(run, tmp_path, args, message):
     src = _moving_video(tmp_path / "v.mp4", frames=2)
