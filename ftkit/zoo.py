@@ -254,13 +254,25 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
         "preprocessing": {**{k: dc[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")},
                           "face_margin": config_from_dict(meta["config"]).face_margin if face_margin is None else face_margin},
         "tta": meta["config"].get("tta", "none"), "trained_from": str(run), "best_epoch": meta.get("epoch"),
-        **(extra or {}),
+        **_run_measured(run, meta), **(extra or {}),
     }
     if name in manifest:
         entry["replaced_sha256"] = manifest[name]["sha256"]
     manifest[name] = entry
     write_json(manifest_path, manifest)
     return {"name": name, "kind": "shipped" if shipped else "saved", **entry}
+
+
+def _run_measured(run: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """{"measured": ...} from the run's own report (its best checkpoint at full precision, on its
+    report's split), for ``weights list``; empty when the run wrote no report."""
+    path = run / "report.json"
+    if not path.is_file():
+        return {}
+    report = read_json(path)
+    return {"measured": {"split": f"{report['split']} split of {run.name}", "images": report["n"],
+                         "tta": meta["config"].get("tta", "none"), "weights": "the run's float32 checkpoint",
+                         **{k: round(report[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1")}}}
 
 
 def annotate_model(name: str, shipped: bool = False, **fields: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@ weights/ folder resolves by name for predict, evaluate, export and ensemble; `fi
 carries the classifier rows of classes it knows by name, bit for bit, and records its source."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,13 @@ def test_weights_list_shows_shipped_and_saved_apart(shipped, source_run):
     assert "tiny-fer" in shipped_part and "my-model" not in shipped_part
     saved_part, _, imported_part = rest.partition("imported backbone weights")
     assert "my-model" in saved_part and "tiny-fer" not in saved_part
+    # a saved model shows what its run's report measured, and says on what
+    report = json.loads((source_run / "report.json").read_text())
+    row = next(line for line in saved_part.splitlines() if "my-model" in line)
+    assert f"{report['accuracy']:.4f}" in row and f"{report['macro_f1']:.4f}" in row
+    assert f"{report['split']} split of {source_run.name}"[:12] in row
+    entry = json.loads((Path(os.environ["FTKIT_WEIGHTS"]) / "models.json").read_text())["my-model"]
+    assert entry["measured"]["images"] == report["n"] and entry["measured"]["weights"] == "the run's float32 checkpoint"
 
 
 def test_weights_remove_takes_a_saved_model_or_imported_weights_out_of_the_store(shipped, source_run, tmp_path):
