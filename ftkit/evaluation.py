@@ -168,6 +168,7 @@ def compute_report(predictions: Path) -> dict[str, Any]:
     return {
         "n": int(len(y)),
         "accuracy": float(accuracy_score(y, p)),
+        "accuracy_ci95": accuracy_interval(int((y == p).sum()), len(y)),
         "balanced_accuracy": macro["recall"],
         "macro_f1": macro["f1-score"],
         "per_class": {c: _prf(per[c]) for c in classes},
@@ -177,6 +178,17 @@ def compute_report(predictions: Path) -> dict[str, Any]:
         "classes": classes,
         "confusion_matrix": confusion_matrix(y, p, labels=labels).tolist(),
     }
+
+
+def accuracy_interval(correct: int, n: int) -> list[float] | None:
+    """The 95 % Wilson score interval of an accuracy of ``correct`` out of ``n`` (None for no
+    image): how far a small test split's accuracy can be from the model's true rate."""
+    if not n:
+        return None
+    from scipy.stats import binomtest  # see quick_metrics
+
+    ci = binomtest(correct, n).proportion_ci(0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
 
 
 def _prf(d: dict[str, float]) -> dict[str, float]:

@@ -19,7 +19,8 @@ from .images import read_image
 from .io import read_json, write_text
 from .plots import new_figure, png_bytes
 from .runs import read_args, read_record
-from .views import CLASS_METRICS, class_rows, comparison, cv_rows, headline, run_summary, scored_on, support_note
+from .views import (CLASS_METRICS, class_rows, comparison, cv_rows, headline, interval_text, run_summary, scored_on,
+                    support_note)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
@@ -154,7 +155,8 @@ def render_run(folder: Path, report: dict[str, Any], record: dict[str, Any], con
     ece, rows = expected_calibration_error(confidence, correct)
     title = f"ftkit report: {report.get('run') or folder}"
     parts = [f"<h1>{html.escape(title)}</h1>",
-             f'<p class="muted">{report["split"] or "eval"} split, {report["n"]} images</p>',
+             f'<p class="muted">{report["split"] or "eval"} split, {report["n"]} images'
+             + (f"; {html.escape(interval_text(report))}" if interval_text(report) else "") + "</p>",
              '<div class="metrics">' + "".join(f'<div class="metric">{label}<b>{value:.4f}</b></div>' for label, value in headline(report))
              + f'<div class="metric">ECE<b>{ece:.4f}</b></div></div>']
     note = support_note(report)

@@ -17,7 +17,7 @@ from .html_report import render_comparison, write_run_html
 from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes, warn_missing_glyphs
 from .runs import RunError, read_args, read_metrics, read_record, run_status, runs_beside
-from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, run_summary,
+from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, interval_text, run_summary,
                     scored_on, support_note, tta_used)
 from .zoo import find_model
 
@@ -69,7 +69,8 @@ def report_markdown(report: dict[str, Any], record: dict[str, Any], config: dict
              f"- split reported: {report.get('split')} ({report['n']} images)"
              + (f", test-time augmentation {tta_used(record, config)}" if tta_used(record, config) else "")]
     lines += [f"- {label}: {text}" for label, text in run_summary(record, config or {})]
-    lines += ["", ", ".join(f"{label} **{value:.4f}**" for label, value in headline(report)), ""]
+    lines += ["", ", ".join(f"{label} **{value:.4f}**" for label, value in headline(report))
+              + (f" ({interval_text(report)})" if interval_text(report) else ""), ""]
     note = support_note(report)
     if note:
         lines += [note, ""]
@@ -167,7 +168,8 @@ def print_report(report: dict[str, Any], console: Console, title: str = "report"
             table.add_section()  # the averages
         table.add_row(name, *(f"{m[k]:.3f}" for k in CLASS_METRICS), str(m["support"]))
     console.print(table)
-    console.print("  ".join(f"{label} [bold]{value:.4f}[/]" for label, value in headline(report)) + f"  (n={report['n']})")
+    console.print("  ".join(f"{label} [bold]{value:.4f}[/]" for label, value in headline(report))
+                  + f"  (n={report['n']}" + (f"; {interval_text(report)})" if interval_text(report) else ")"))
     note = support_note(report)
     if note:
         console.print(note)

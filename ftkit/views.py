@@ -20,6 +20,12 @@ def headline(report: dict[str, Any]) -> list[tuple[str, float]]:
     return [(label, report[key]) for label, key in HEADLINE]
 
 
+def interval_text(report: dict[str, Any]) -> str | None:
+    """The accuracy's 95 % interval as words, when the report has one (reports since it was added)."""
+    ci = report.get("accuracy_ci95")
+    return f"accuracy 95 % Wilson interval {ci[0]:.3f}-{ci[1]:.3f}" if ci else None
+
+
 def class_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """Each class, then the macro and weighted averages: (name, precision/recall/f1/support)."""
     return list(report["per_class"].items()) + [("macro avg", report["macro_avg"]), ("weighted avg", report["weighted_avg"])]

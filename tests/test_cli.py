@@ -94,6 +94,12 @@ def test_report_matches_sklearn_on_predictions(trained):
         assert report["per_class"][c]["f1"] == pytest.approx(f1[i])
         assert report["per_class"][c]["support"] == sup[i]
     assert np.array(report["confusion_matrix"]).sum() == len(rows)
+    # the accuracy's 95 % Wilson interval, from its textbook formula
+    n, acc, z = len(rows), accuracy_score(y, p), 1.959963984540054
+    centre, half = (acc + z * z / (2 * n)) / (1 + z * z / n), z * np.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert report["accuracy_ci95"] == pytest.approx([centre - half, centre + half], abs=1e-9)
+    interval = f"accuracy 95 % Wilson interval {centre - half:.3f}-{centre + half:.3f}"
+    assert interval in (run / "report.md").read_text() and interval in (run / "report.html").read_text()
 
 
 def test_report_command_regenerates_and_compares(trained):
@@ -275,9 +281,10 @@ def test_bad_inputs_give_clear_messages(trained, tmp_path):
     r = invoke("finetune", "--data", tmp / "data", *tiny_flags(tmp), "--out", run)
     assert r.exit_code == 1 and "already holds files" in r.output
     assert "random initialisation" not in r.output  # refused before the data and the model are loaded, not after
+    folders = sorted(p.name for p in run.iterdir())
     r = invoke("finetune", "--data", tmp / "data", *tiny_flags(tmp), "--project", run)  # a run as the runs' folder
     assert r.exit_code == 1 and "is itself a run directory" in r.output and str(run.resolve().parent) in r.output
-    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoints"]  # no run was made inside it
+    assert sorted(p.name for p in run.iterdir()) == folders  # no run was made inside it
     assert (run / "report.json").is_file()  # nothing of the earlier run was touched
 
 

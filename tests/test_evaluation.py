@@ -1,9 +1,10 @@
-"""Test-time augmentation: the views it averages over (evaluate --tta is tested in test_cli)."""
+"""Test-time augmentation: the views it averages over (evaluate --tta is tested in test_cli); the
+accuracy interval of a report."""
 
 import pytest
 import torch
 
-from ftkit.evaluation import TTA_SHIFT, tta_probs, tta_views
+from ftkit.evaluation import TTA_SHIFT, accuracy_interval, tta_probs, tta_views
 
 
 def test_flip_views_are_the_image_and_its_mirror():
@@ -42,3 +43,16 @@ def test_unknown_tta_mode_is_refused():
     with pytest.raises(ValueError, match="shift"):
         tta_views(torch.zeros(1, 3, 4, 4), "tencrop")
 
+
+
+def test_accuracy_interval_narrows_with_more_images_and_stays_in_0_1():
+    """Wilson's interval: published values (Newcombe 1998, table I: 81/263 -> 0.2553-0.3662), none
+    for no image, inside [0, 1] at 0 and n correct, and narrower for the same rate on more images."""
+    assert accuracy_interval(81, 263) == pytest.approx([0.2553, 0.3662], abs=1e-4)
+    assert accuracy_interval(0, 0) is None
+    low, high = accuracy_interval(0, 10)
+    assert low == pytest.approx(0, abs=1e-12) and 0 < high < 0.35
+    low, high = accuracy_interval(10, 10)
+    assert 0.65 < low < 1 and high == pytest.approx(1)
+    small, large = accuracy_interval(7, 14), accuracy_interval(700, 1400)
+    assert small[1] - small[0] > 5 * (large[1] - large[0]) and small[0] < 0.5 < small[1]
