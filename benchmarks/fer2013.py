@@ -118,7 +118,7 @@ def ship(result: RunResult, name: str, recipe: str, fer: Path, wall: float, writ
     record = result.record
     entry = save_model(result.run_dir, name, shipped=True, force=True, extra={
         "recipe": recipe, "commit": commit, "command": command_line(), "data": "FER2013 official Training split (28,709 images)",
-        "epoch_chosen_on": "PublicTest", "terms": FER_TERMS, "train_seconds": record.get("train_seconds"),
+        "epoch_chosen_on": "PublicTest", "fer2013_seen": {"train": "Training", "val": "PublicTest"}, "terms": FER_TERMS, "train_seconds": record.get("train_seconds"),
         "started_from": _started_from(record.get("weights") or {}),
     }, face_margin=FACE_MARGIN)
     loaded = load_run(name, device="cpu")

@@ -69,12 +69,14 @@ def run_record(loaded: LoadedRun) -> dict[str, Any]:
             "best_epoch": entry.get("best_epoch"), "train_seconds": entry.get("train_seconds")}
 
 
-def seen_in_training(loaded: LoadedRun, keys: list[str], data: str) -> dict[str, int]:
-    """How many of the images ``keys`` (of ``data``) the run's own split listing puts in its
-    train split (it learned from them) and in its val split (they chose its best epoch). Empty
-    for a named model, which has no listing here."""
-    listing = loaded.run / "split.csv" if loaded.run is not None else None
-    if listing is None or not listing.is_file():
+def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str) -> dict[str, int]:
+    """How many of the images ``keys`` (``split`` of ``data``) the run's own split listing puts
+    in its train split (it learned from them) and in its val split (they chose its best epoch).
+    A named model has no listing here: see ``seen_by_named_model``."""
+    if loaded.run is None:
+        return seen_by_named_model(loaded, keys, data, split)
+    listing = loaded.run / "split.csv"
+    if not listing.is_file():
         return {}
     own, given = Path(loaded.config.data), Path(data)
     if given.is_file() and not (own.is_file() and (own.samefile(given) or (
@@ -86,14 +88,31 @@ def seen_in_training(loaded: LoadedRun, keys: list[str], data: str) -> dict[str,
     return {name: counts[name] for name in ("train", "val") if counts[name]}
 
 
+def seen_by_named_model(loaded: LoadedRun, keys: list[str], data: str, split: str) -> dict[str, int]:
+    """For a named model whose manifest says which FER2013 parts it trained on and chose its
+    epoch by (``fer2013_seen``: {"train": "Training", "val": "PublicTest"}): how many of the
+    scored images are FER2013 images of those parts. A FER2013 CSV's split is its Usage; image
+    folders written from FER2013 (``ftkit data convert``, the Kaggle image releases) name each
+    file by it: ``Training_<id>``, ``PublicTest_<id>``."""
+    seen = ((loaded.source or {}).get("entry") or {}).get("fer2013_seen") or {}
+    role = {"train": "the part it trained on", "val": "the part that chose its best epoch"}
+    if Path(data).is_file():
+        counts, marked = ({split: len(keys)} if split in seen and Path(data).suffix.lower() == ".csv" else {}), "CSV Usage"
+    else:
+        counts = Counter(part for key in keys for part, usage in seen.items() if Path(key).name.startswith(f"{usage}_"))
+        marked = "file name"
+    return {f"marked FER2013 {seen[part]} ({marked}), {role[part]}": counts[part] for part in ("train", "val") if counts.get(part)}
+
+
 def trained_on_note(label: str, scored: Scored) -> str | None:
     """Why these scores are not held out, when some scored images are ones the run trained on
-    or chose its best epoch by; None when none are."""
+    or chose its best epoch by; None when none are. The counts are by the run's own split
+    ("train", "val") or, for a named model, by the FER2013 part they are marked as."""
     seen = scored.settings.get("seen_in_training") or {}
     if not seen:
         return None
     text = {"train": "in its training split", "val": "in its validation split, which chose its best epoch"}
-    parts = [f"{n} {text[name]}" for name, n in seen.items()]
+    parts = [f"{n} {text[name]}" if name in text else f"{n} {name}" for name, n in seen.items()]
     return f"of the {len(scored.keys)} images scored, {label} had {' and '.join(parts)}"
 
 
@@ -156,7 +175,7 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, tta or loaded.config.tta,
                                      progress=progress and (lambda n: progress(advance=n)))
     settings = {"overridden": overrides, "class_map": dataset.class_map, "faces": dataset.faces,
-                "skipped": len(dataset.skipped), "seen_in_training": seen_in_training(loaded, dataset.splits[chosen].keys, cfg.data)}
+                "skipped": len(dataset.skipped), "seen_in_training": seen_in_training(loaded, dataset.splits[chosen].keys, cfg.data, chosen)}
     return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta, cfg, settings)
 
 

@@ -128,6 +128,41 @@ def test_evaluate_scores_aliased_class_folders_and_takes_data_settings(shipped, 
     assert json.loads((tmp_path / "ens" / "report.json").read_text())["n"] == 9
 
 
+def test_scores_on_the_fer2013_parts_a_named_model_saw_are_noted(shipped, source_run, tmp_path):
+    """A shipped model's manifest says which FER2013 parts it trained on and chose its epoch by;
+    images marked as those parts (a CSV's Usage, or Training_/PublicTest_ file names) are counted
+    in a not-held-out note, PrivateTest and other images are not, and a model whose manifest says
+    nothing gets no note."""
+    import shutil
+
+    from test_fer2013 import _pixels, _write_csv
+
+    csv = _write_csv(tmp_path / "fer.csv", [(label, _pixels(label * 10 + i), usage) for label in (0, 3, 4)  # angry happy sad
+                                            for usage in ("Training", "PublicTest", "PrivateTest") for i in range(2)])
+    folder = tmp_path / "folder"
+    for i, path in enumerate(sorted((source_run.parent.parent / "data" / "test").rglob("*.png"))):
+        name = ("Training_7.png", "PublicTest_8.png", "PrivateTest_9.png", path.name)[i % 4]
+        (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / path.parent.name / f"{i}{name}" if i % 4 == 3 else folder / path.parent.name / name)
+
+    def note(*args):
+        r = invoke("evaluate", "tiny-fer", "--data", *args)
+        assert r.exit_code == 0, r.output
+        return " ".join(r.output.split())
+
+    assert "not held out" not in note(csv, "--split", "train", "--name", "unsaid")  # the manifest says nothing
+    zoo.annotate_model("tiny-fer", shipped=True, fer2013_seen={"train": "Training", "val": "PublicTest"})
+    assert ("of the 6 images scored, tiny-fer had 6 marked FER2013 Training (CSV Usage), the part it trained on, "
+            "so these scores are not held out") in note(csv, "--split", "train")
+    assert "6 marked FER2013 PublicTest (CSV Usage), the part that chose its best epoch" in note(csv, "--split", "val")
+    assert "not held out" not in note(csv, "--split", "test")
+    said = note(folder)
+    assert ("of the 9 images scored, tiny-fer had 3 marked FER2013 Training (file name), the part it trained on and "
+            "2 marked FER2013 PublicTest (file name), the part that chose its best epoch") in said
+    record = json.loads((tmp_path / "runs" / "tiny-fer" / "eval" / "folder-all" / "run.json").read_text())
+    assert record["eval_note"].startswith("of the 9 images scored, tiny-fer had 3 marked FER2013 Training")
+
+
 def test_named_model_needs_data_and_unknown_names_are_listed(shipped):
     r = invoke("evaluate", "tiny-fer")
     assert r.exit_code == 1 and "--data" in r.output
