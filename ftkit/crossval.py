@@ -21,6 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from .config import Config
 from .data import (DataError, DataSplits, Split, apply_shots, group_keys, grouped_split, load_data, read_split_listing,
                    resolve_listing, stratified_split)
+from .evaluation import accuracy_interval
 from .io import read_json, write_json, write_text
 from .report import cv_markdown, print_cv_report, write_report
 from .runs import RunResult, new_run_dir, read_record, update_record, write_args
@@ -68,6 +69,8 @@ def aggregate_folds(reports: list[dict[str, Any]]) -> dict[str, Any]:
         return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
 
     classes = reports[0]["classes"]
+    pooled = np.sum([r["confusion_matrix"] for r in reports], axis=0)
+    n, correct = int(pooled.sum()), int(np.trace(pooled))
     return {
         "folds": len(reports),
         "classes": classes,
@@ -75,7 +78,9 @@ def aggregate_folds(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "balanced_accuracy": stats([r["balanced_accuracy"] for r in reports]),
         "macro_f1": stats([r["macro_f1"] for r in reports]),
         "per_class_f1": {c: stats([r["per_class"][c]["f1"] for r in reports]) for c in classes},
-        "confusion_matrix": np.sum([r["confusion_matrix"] for r in reports], axis=0).tolist(),
+        "confusion_matrix": pooled.tolist(),
+        # every image is tested once: the folds' test images pooled, with the accuracy's interval
+        "pooled": {"n": n, "accuracy": correct / max(n, 1), "accuracy_ci95": accuracy_interval(correct, n)},
         "per_fold": [{"fold": i + 1, "n": r["n"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
                      for i, r in enumerate(reports)],
     }

@@ -17,8 +17,8 @@ from .html_report import render_comparison, write_run_html
 from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes, warn_missing_glyphs
 from .runs import RunError, read_args, read_metrics, read_record, run_status, runs_beside
-from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, interval_text, run_summary,
-                    scored_on, support_note, tta_used)
+from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, interval_text,
+                    pooled_text, run_summary, scored_on, support_note, tta_used)
 from .zoo import find_model
 
 
@@ -86,7 +86,7 @@ def cv_markdown(cv: dict[str, Any], root: Path) -> str:
     rows = cv_rows(cv)
     lines = [f"# ftkit cross-validation: {root}", "",
              f"{cv['folds']} folds. accuracy **{rows[-1][2]}**, macro-F1 **{rows[-1][3]}** "
-             "(mean +- sample std over folds)", "",
+             "(mean +- sample std over folds)" + (f"; {pooled_text(cv)}" if pooled_text(cv) else ""), "",
              "| fold | images | accuracy | macro-F1 |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "| class | F1 mean +- std |", "|---|---|"] + [f"| {c} | {s} |" for c, s in cv_class_rows(cv)]
@@ -205,6 +205,8 @@ def print_cv_report(root: Path, console: Console) -> None:
     for row in cv_class_rows(cv):
         per_class.add_row(*row)
     console.print(per_class)
+    if pooled_text(cv):
+        console.print(pooled_text(cv))
 
 
 def comparison_note(runs: list[str | Path]) -> str | None:

@@ -26,6 +26,16 @@ def interval_text(report: dict[str, Any]) -> str | None:
     return f"accuracy 95 % Wilson interval {ci[0]:.3f}-{ci[1]:.3f}" if ci else None
 
 
+def pooled_text(cv: dict[str, Any]) -> str | None:
+    """A cross-validation's test images pooled: their accuracy and its 95 % interval, which the
+    spread over a few small folds does not give (cv_report.json files since it was added)."""
+    pooled = cv.get("pooled")
+    if not pooled or not pooled.get("accuracy_ci95"):
+        return None
+    low, high = pooled["accuracy_ci95"]
+    return f"pooled over the {pooled['n']} test images: accuracy {pooled['accuracy']:.4f} (95 % Wilson interval {low:.3f}-{high:.3f})"
+
+
 def class_rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """Each class, then the macro and weighted averages: (name, precision/recall/f1/support)."""
     return list(report["per_class"].items()) + [("macro avg", report["macro_avg"]), ("weighted avg", report["weighted_avg"])]

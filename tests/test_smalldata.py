@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from ftkit.cli import main
 from ftkit.crossval import fold_indices
 from ftkit.data import DataError, grouped_split, load_data
+from ftkit.evaluation import accuracy_interval
 from ftkit.runs import list_runs
 from conftest import TINY, tiny_config, write_images
 
@@ -122,9 +123,16 @@ def test_cross_validation_report_aggregates_the_fold_predictions(flat_folder, tm
         assert cv["per_class_f1"][c]["mean"] == pytest.approx(np.mean(values))
         assert cv["per_class_f1"][c]["std"] == pytest.approx(np.std(values, ddof=1))
     assert cv["confusion_matrix"] == cm.tolist()
+    # the 60 pooled test images: their accuracy and its Wilson interval (scipy's, as a single run's)
+    pooled_accuracy = np.trace(cm) / 60
+    assert cv["pooled"]["n"] == 60 and cv["pooled"]["accuracy"] == pytest.approx(pooled_accuracy)
+    assert cv["pooled"]["accuracy_ci95"] == pytest.approx(accuracy_interval(int(np.trace(cm)), 60))
+    low, high = cv["pooled"]["accuracy_ci95"]
+    said = f"pooled over the 60 test images: accuracy {pooled_accuracy:.4f} (95 % Wilson interval {low:.3f}-{high:.3f})"
     assert (root / "cv_report.md").is_file() and (root / "confusion_matrix.png").is_file()
+    assert said in (root / "cv_report.md").read_text()
     r = CliRunner().invoke(main, ["report", str(root)])
-    assert r.exit_code == 0 and "3-fold cross-validation" in r.output
+    assert r.exit_code == 0 and "3-fold cross-validation" in r.output and said in " ".join(r.output.split())
     listed = list_runs(tmp_path / "runs")  # `ftkit runs` gives the same numbers, not the pooled folds'
     assert [(r["folds"], r["accuracy"], r["macro_f1"]) for r in listed] == [(3, cv["accuracy"]["mean"], cv["macro_f1"]["mean"])]
 
