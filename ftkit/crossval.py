@@ -56,7 +56,8 @@ def fold_data(data: DataSplits, pool: Split, test: np.ndarray, cfg: Config, grou
         where = stratified_split(pool.labels[rest], fractions, cfg.seed)
     splits = {"train": pool.subset(rest[where == "train"]), "val": pool.subset(rest[where == "val"]),
               "test": pool.subset(test)}
-    fold = DataSplits(data.classes, splits, data.source, data.skipped, data.class_map, data.faces, list(data.notes))
+    fold = DataSplits(data.classes, splits, data.source, data.skipped, data.class_map, data.faces, list(data.notes),
+                      data.csv_splits)
     if cfg.shots:
         apply_shots(fold, cfg.shots, cfg.seed)
     return fold

@@ -70,6 +70,7 @@ class DataSplits:
     class_map: dict[str, str] = field(default_factory=dict)  # original -> kept class name
     faces: dict | None = None  # face-cropping counts (found / fallback / skipped), when cropping
     notes: list[str] = field(default_factory=list)  # what the data layer decided, for the run record
+    csv_splits: dict[str, str] | None = None  # a FER2013 CSV's rows: the split each was read into (its Usage)
 
     @property
     def eval_split(self) -> str:
@@ -519,13 +520,13 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     """
     root = Path(cfg.data)
     skipped: list[tuple[str, str]] = []
-    preloaded, unlisted, elsewhere = None, [], set()
+    preloaded, unlisted, elsewhere, csv_splits = None, [], set(), None
     if root.suffix.lower() == ".csv":
         if cfg.label_from:
             raise DataError(f"--label-from reads classes from image file names; {root} is a FER2013 CSV, whose rows carry "
                             "their labels: leave --label-from out")
         items, preloaded, skipped = fer2013.read_fer_csv(root, strict=cfg.strict, console=console)
-        source = "csv"
+        source, csv_splits = "csv", {key: name for name, rows in items.items() for key, _ in rows}
         if cfg.splits:
             elsewhere = {c for rows in items.values() for _, c in rows}  # the CSV's classes, dropped ones too
             items = read_split_listing(Path(cfg.splits))
@@ -559,7 +560,7 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
                             f"of its classes with --merge-class {unknown[0]}=CLASS")
     classes = classes or kept
     splits = _assign_splits(items, classes, cfg) if carve else {n: _split_from_listing(r, classes) for n, r in items.items()}
-    data = DataSplits(classes, splits, source, skipped, {k: v for k, v in mapping.items() if v != k})
+    data = DataSplits(classes, splits, source, skipped, {k: v for k, v in mapping.items() if v != k}, csv_splits=csv_splits)
     if unlisted:
         note = (f"{len(unlisted)} image(s) under {root} are not in the split listing {cfg.splits} and are left out "
                 f"(e.g. {unlisted[0]}): the listing decides the splits, so images added since it was written are not used")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from .progress import progress_bar
 
 KAGGLE_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+SPLIT_TO_USAGE = {split: usage for usage, split in USAGE_TO_SPLIT.items()}
+SEEN_ROLE = {"train": "the part it trained on", "val": "the part that chose its best epoch"}  # see seen_counts
 SIDE = 48
 # How to crop a face (the detector's box grown by this fraction of its side; negative: inside it)
 # for a model trained on FER2013's ready-made crops. FER2013's own frame is about the box + 0.1
@@ -150,3 +153,21 @@ def convert_csv(path: str | Path, dest: str | Path, strict: bool = False, consol
                 counts[split][label] += 1
                 bar.advance(task)
     return counts
+
+
+def marked_usage(key: str, csv_split: str | None = None) -> str | None:
+    """The FER2013 part (Training, PublicTest, PrivateTest) an image is marked as: a CSV row's
+    Usage (``csv_split``: the split it was read into), or a file named ``<Usage>_<id>`` (``ftkit
+    data convert``'s and the Kaggle image releases' names). None when it is not marked."""
+    if csv_split is not None:
+        return SPLIT_TO_USAGE.get(csv_split)
+    prefix, sep, _ = Path(key).name.partition("_")
+    return prefix if sep and prefix in USAGE_TO_SPLIT else None
+
+
+def seen_counts(keys: list[str], seen: dict[str, str], csv_splits: dict[str, str] | None = None) -> dict[str, int]:
+    """How many of the images ``keys`` are marked as each FER2013 part of ``seen`` (a shipped
+    model's ``fer2013_seen``: {"train": "Training", "val": "PublicTest"}, the parts it trained on
+    and chose its epoch by); ``csv_splits``: each CSV row's split as read, for CSV keys."""
+    marks = Counter(marked_usage(k, csv_splits.get(k) if csv_splits is not None else None) for k in keys)
+    return {part: marks[usage] for part, usage in seen.items() if marks[usage]}

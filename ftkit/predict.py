@@ -20,6 +20,7 @@ from .data import (DataError, ImageDataset, image_files, load_data, read_image, 
 from .errors import UsageError
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import load_torchscript, read_onnx_metadata
+from .fer2013 import SEEN_ROLE, seen_counts
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
 from .io import atomic_write, new_folder, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
@@ -95,13 +96,9 @@ def seen_by_named_model(loaded: LoadedRun, keys: list[str], data: str, split: st
     folders written from FER2013 (``ftkit data convert``, the Kaggle image releases) name each
     file by it: ``Training_<id>``, ``PublicTest_<id>``."""
     seen = ((loaded.source or {}).get("entry") or {}).get("fer2013_seen") or {}
-    role = {"train": "the part it trained on", "val": "the part that chose its best epoch"}
-    if Path(data).is_file():
-        counts, marked = ({split: len(keys)} if split in seen and Path(data).suffix.lower() == ".csv" else {}), "CSV Usage"
-    else:
-        counts = Counter(part for key in keys for part, usage in seen.items() if Path(key).name.startswith(f"{usage}_"))
-        marked = "file name"
-    return {f"marked FER2013 {seen[part]} ({marked}), {role[part]}": counts[part] for part in ("train", "val") if counts.get(part)}
+    csv_splits = dict.fromkeys(keys, split) if Path(data).suffix.lower() == ".csv" else None  # not carved: split = Usage
+    return {f"marked FER2013 {seen[part]} ({'CSV Usage' if csv_splits else 'file name'}), {SEEN_ROLE[part]}": n
+            for part, n in seen_counts(keys, seen, csv_splits).items()}
 
 
 def trained_on_note(label: str, scored: Scored) -> str | None:

@@ -39,6 +39,7 @@ from .device import autocast_for, resolve_device, seed_everything
 from .distributed import SINGLE, Context
 from .errors import FtkitError
 from .evaluation import predict_split, quick_metrics, write_predictions
+from .fer2013 import SEEN_ROLE, seen_counts
 from .heads import fit_logreg, ignored_by_head
 from .io import read_json, refuse_inside
 from .models import (
@@ -436,6 +437,8 @@ def build_from_init(cfg: Config, classes: list[str], out: Console):
     out.print(f"init: {source.kind} {cfg.init} ({source.path}); classifier rows carried for "
               f"{', '.join(carried) or 'no class'}" + (f"; new rows for {', '.join(fresh)}" if fresh else ""))
     init = {**source.describe(), "classes_carried": carried, "classes_new": fresh}
+    if (source.entry or {}).get("fer2013_seen"):
+        init["fer2013_seen"] = source.entry["fer2013_seen"]
     return model, WeightsInfo("init", str(source.path), source.sha256, init=init)
 
 
@@ -503,6 +506,19 @@ def setting_notes(cfg: Config) -> list[str]:
     return notes
 
 
+def init_seen_note(data: DataSplits, init: dict[str, Any] | None) -> str | None:
+    """Said when the split a run reports on holds FER2013 images that its init model (a shipped
+    one, by its manifest's ``fer2013_seen``, which ``weights.init`` in run.json keeps) trained on
+    or chose its epoch by."""
+    seen = (init or {}).get("fer2013_seen")
+    counts = seen_counts(data.splits[data.eval_split].keys, seen, data.csv_splits) if seen else {}
+    if not counts:
+        return None
+    parts = " and ".join(f"{n} marked FER2013 {seen[part]}, {SEEN_ROLE[part]}" for part, n in counts.items())
+    return (f"of the {len(data.splits[data.eval_split])} images of the {data.eval_split} split, {init['name']} "
+            f"(this run's start) had {parts}")
+
+
 def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool = True,
              ctx: Context | None = None) -> RunResult:
     """Build the model and train it on ``data``, writing everything into a new run directory
@@ -517,6 +533,10 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
         cfg = replace(cfg, tta="flip")
         out.print("head logreg: tta set to flip, as its embeddings are flip-averaged")
     model, weights = build_model(cfg, data.classes, out, allow_download)
+    note = init_seen_note(data, weights.init)
+    if note:
+        out.print(f"[yellow]note: {note}, so this run's scores will not be held out: report on other images "
+                  "(FER2013 PrivateTest, or another set)")
     device = resolve_device(cfg.device)  # a device that is not there fails here, before any folder exists
     if cfg.amp and device.type != "cuda":
         out.print(f"[yellow]--amp: mixed precision is CUDA-only in ftkit; on {device.type} this run trains in full precision")
@@ -881,7 +901,9 @@ def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out,
     train_seconds = sum(h.get("seconds", 0.0) for h in history)
     record = update_record(
         run, status="finished", best_epoch=best_epoch, epochs_run=len(history), eval_split=split,
-        eval_note=None if split == "test" else "no test split: reported on val, which also chose the best epoch",
+        eval_note="; ".join(note for note in (
+            None if split == "test" else "no test split: reported on val, which also chose the best epoch",
+            init_seen_note(data, (read_record(run).get("weights") or {}).get("init"))) if note) or None,
         train_seconds=round(train_seconds, 3), train_images_per_s=round(images_per_s, 1),
     )
     report = write_report(run)

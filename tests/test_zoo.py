@@ -336,6 +336,34 @@ def test_finetune_from_a_run_records_its_source(source_run, tmp_path):
     assert "init:" in r.output and "new rows for contempt" in r.output
 
 
+def test_a_run_from_a_shipped_model_notes_a_report_split_of_fer2013_images_it_saw(shipped, tmp_path):
+    """Fine-tuning fer2013-fast-like models on FER2013 itself: a report split holding images the
+    start trained on (Training_ names) is said at the start and in the run's note; a CSV whose
+    report split is PrivateTest, which the start never saw, gets no note."""
+    from test_fer2013 import _pixels, _write_csv
+
+    zoo.annotate_model("tiny-fer", shipped=True, fer2013_seen={"train": "Training", "val": "PublicTest"})
+    data = write_split_folder(tmp_path / "fer", sizes=(("train", 6), ("val", 2), ("test", 2)),
+                              classes=("angry", "happy", "sad"), seed=4)
+    for i, path in enumerate(sorted((data / "test").rglob("*.png"))):  # 6 test images: 3 marked Training
+        if i % 2 == 0:
+            path.rename(path.with_name(f"Training_{i}.png"))
+    flags = ["--epochs", 1, "--freeze-epochs", 0, "--batch-size", 8, "--workers", 0, "--project", tmp_path / "runs"]
+    r = invoke("finetune", "--init", "tiny-fer", "--data", data, *flags, "--name", "folder")
+    assert r.exit_code == 0, r.output
+    said = ("of the 6 images of the test split, tiny-fer (this run's start) had 3 marked FER2013 Training, the part "
+            "it trained on")
+    assert f"note: {said}, so this run's scores will not be held out" in " ".join(r.output.split())
+    assert json.loads((tmp_path / "runs" / "folder" / "run.json").read_text())["eval_note"] == said
+    assert f"- note: {said}" in (tmp_path / "runs" / "folder" / "report.md").read_text()
+
+    csv = _write_csv(tmp_path / "fer.csv", [(label, _pixels(label * 10 + i), usage) for label in (0, 3, 4)
+                                            for usage in ("Training", "PublicTest", "PrivateTest") for i in range(3)])
+    r = invoke("finetune", "--init", "tiny-fer", "--data", csv, *flags, "--name", "csv")
+    assert r.exit_code == 0, r.output
+    assert "held out" not in r.output and json.loads((tmp_path / "runs" / "csv" / "run.json").read_text())["eval_note"] is None
+
+
 def test_init_refuses_another_backbone_and_weights_together(source_run, tmp_path):
     data = write_split_folder(tmp_path / "d", sizes=(("train", 4), ("val", 2)), classes=("angry", "sad"))
     r = invoke("finetune", "--init", source_run, "--backbone", "resnet18", "--data", data, "--project", tmp_path / "runs")
