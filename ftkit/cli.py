@@ -503,7 +503,7 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
         _predict_stream(pred, model, video if video is not None else camera, video_out, every or 1, topk, tta or "none",
                         faces or "all", max_frames, fmt, output)
         return
-    from .predict import prediction_rows, predict_paths, write_prediction_file
+    from .predict import prediction_rows, predict_paths, whole_image_hint, write_prediction_file
 
     with progress_bar(console) as bar:
         task = bar.add_task("images", total=None)
@@ -528,6 +528,9 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
                   + (f"; top class: {', '.join(f'{c} {n}' for c, n in tops.most_common())}" if sum(tops.values()) > 1 else "")
                   + (f"; predictions {output}" if output else "")
                   + (f" (TTA {tta or pred.tta})" if (tta or pred.tta) != "none" else ""))
+    hint = whole_image_hint(pred, results, faces)
+    if hint:
+        console.print(f"[yellow]{hint}")
     if all("error" in r for r in results):
         raise click.ClickException(f"none of the {len(results)} input image(s) could be read (reasons above)")
 

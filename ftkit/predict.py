@@ -362,6 +362,20 @@ def classify_images(pred: Predictor, images: list[np.ndarray], faces: str, topk:
     return out
 
 
+def whole_image_hint(pred: Predictor, results: list[dict[str, Any]], faces: str | None) -> str | None:
+    """When the model's own setting (no face cropping) had large photos classified whole: how to
+    classify the faces in them instead. None when --faces was given or no image is large."""
+    if faces is not None or pred.faces in ("crop", "require"):
+        return None
+    side = pred.data_config.img_size
+    large = sum(1 for r in results if "size" in r and min(r["size"]) > 2 * side)
+    if not large:
+        return None
+    return (f"{large} image(s) over twice the model's {side}-pixel input were classified whole, as {pred.name} was "
+            "trained (no face cropping); to classify the faces in photos, add --faces crop (the largest face) or "
+            "--faces all")
+
+
 def predict_paths(pred: Predictor, paths: list[str], topk: int = 3, tta: str | None = None, faces: str | None = None,
                   annotate_dir: str | Path | None = None, chunk: int = 64, progress=None,
                   on_total=None) -> list[dict[str, Any]]:
@@ -384,7 +398,7 @@ def predict_paths(pred: Predictor, paths: list[str], topk: int = 3, tta: str | N
         for f, name in zip(files[start:start + chunk], names[start:start + chunk]):
             try:
                 images.append(read_image(f))
-                good.append(({"path": str(f)}, name))
+                good.append(({"path": str(f), "size": [images[-1].shape[1], images[-1].shape[0]]}, name))
                 results.append(good[-1][0])
             except DataError as exc:
                 results.append({"path": str(f), "error": str(exc)})

@@ -142,6 +142,24 @@ def test_predict_takes_the_models_tta(run, tmp_path):
         assert np.abs(default - none).max() > 1e-4, model  # flip-averaging changed them: the default is not none
 
 
+def test_predict_says_how_to_classify_faces_when_large_photos_were_classified_whole(run, tmp_path):
+    """The model's own setting (no face cropping) classifies a photo whole; predict then says how
+    to classify the faces in it. Not for images near the model's input size, nor when --faces was given."""
+    rng = np.random.default_rng(6)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    r = invoke("predict", run, tmp_path / "small.png")
+    assert r.exit_code == 0 and "--faces crop" not in r.output
+    r = invoke("predict", run, tmp_path / "small.png", tmp_path / "photo.png", "--output", tmp_path / "p.json")
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and "1 image(s) over twice the model's 32-pixel input were classified whole" in said
+    assert "add --faces crop (the largest face) or --faces all" in said
+    sizes = {Path(row["path"]).name: row["size"] for row in json.loads((tmp_path / "p.json").read_text())}
+    assert sizes == {"small.png": [40, 40], "photo.png": [90, 120]}  # width, height
+    r = invoke("predict", run, tmp_path / "photo.png", "--faces", "none")
+    assert r.exit_code == 0 and "--faces crop" not in r.output
+
+
 def test_predict_every_face_and_annotate(run, tmp_path):
     two = np.full((400, 700, 3), 70, np.uint8)
     face = cv2.resize(skimage_data.astronaut(), (220, 220), interpolation=cv2.INTER_AREA)
