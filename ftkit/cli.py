@@ -373,6 +373,8 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
     note = record.get("eval_note")
     if note:
         console.print(f"[yellow]note: {note}, so these scores are not held out")
+    if record["eval_settings"].get("whole_images"):
+        console.print(f"[yellow]note: {record['eval_settings']['whole_images']}")
     click.echo(str(folder))
 
 

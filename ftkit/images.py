@@ -86,6 +86,15 @@ def read_image(path: str | Path) -> np.ndarray:
         raise DataError(f"cannot decode image {path}: {exc}") from exc
 
 
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header, without decoding it; None when unreadable."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except UNREADABLE:
+        return None
+
+
 def decode_all(paths: list[str], threads: int = 4, progress: Callable[[int], None] | None = None):
     """Decode many files with a thread pool (PIL releases the GIL while decoding).
 

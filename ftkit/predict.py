@@ -15,13 +15,14 @@ import torch
 
 from . import shards
 from .config import DATA_OVERRIDES, Config, ConfigError, validate
-from .data import (DataError, ImageDataset, image_files, load_data, read_image, read_split_listing, refuse_archive,
-                   resolve_listing)
+from .data import (DataError, ImageDataset, Split, image_files, load_data, read_image, read_split_listing,
+                   refuse_archive, resolve_listing)
 from .errors import UsageError
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import load_torchscript, read_onnx_metadata
-from .fer2013 import SEEN_ROLE, seen_counts
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
+from .fer2013 import SEEN_ROLE, seen_counts
+from .images import image_size
 from .io import atomic_write, new_folder, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
 from .report import write_report
@@ -87,6 +88,22 @@ def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str) 
     where = {os.path.abspath(key): name for name in ("train", "val") for key, _ in items.get(name, [])}
     counts = Counter(where.get(os.path.abspath(key)) for key in keys)
     return {name: counts[name] for name in ("train", "val") if counts[name]}
+
+
+def whole_image_note(split: Split, cfg: Config, loaded: LoadedRun, sample: int = 16) -> str | None:
+    """Said when the images scored are photos far larger than the model's input, scored whole
+    because the model was trained without face cropping (a FER2013 model given photos of people);
+    judged on the first ``sample`` images. None otherwise."""
+    if cfg.faces != "none" or not len(split):
+        return None
+    side = loaded.data_config.img_size
+    sizes = ([(img.shape[1], img.shape[0]) for img in split.images[:sample]] if split.images is not None
+             else [size for size in map(image_size, split.keys[:sample]) if size])
+    large = [size for size in sizes if min(size) > 2 * side]
+    if not sizes or len(large) * 2 < len(sizes):
+        return None
+    return (f"the images scored (e.g. {large[0][0]}x{large[0][1]}) are over twice {loaded.label}'s {side}-pixel input and "
+            "were scored whole, as it was trained (no face cropping); for photos of people, add --faces crop")
 
 
 def seen_by_named_model(loaded: LoadedRun, keys: list[str], data: str, split: str) -> dict[str, int]:
@@ -172,6 +189,7 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, tta or loaded.config.tta,
                                      progress=progress and (lambda n: progress(advance=n)))
     settings = {"overridden": overrides, "class_map": dataset.class_map, "faces": dataset.faces,
+                "whole_images": None if "faces" in overrides else whole_image_note(dataset.splits[chosen], cfg, loaded),
                 "skipped": len(dataset.skipped), "seen_in_training": seen_in_training(loaded, dataset.splits[chosen].keys, cfg.data, chosen)}
     return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta, cfg, settings)
 

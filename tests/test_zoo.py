@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -161,6 +162,26 @@ def test_scores_on_the_fer2013_parts_a_named_model_saw_are_noted(shipped, source
             "2 marked FER2013 PublicTest (file name), the part that chose its best epoch") in said
     record = json.loads((tmp_path / "runs" / "tiny-fer" / "eval" / "folder-all" / "run.json").read_text())
     assert record["eval_note"].startswith("of the 9 images scored, tiny-fer had 3 marked FER2013 Training")
+
+
+def test_evaluate_notes_photos_scored_whole_by_a_model_trained_without_face_cropping(shipped, tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    for side, folder in ((100, "photos"), (40, "crops")):
+        for c in ("angry", "happy", "sad"):
+            (tmp_path / folder / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (side, side + 10, 3), dtype=np.uint8)).save(tmp_path / folder / c / f"{i}.png")
+    said = ("the images scored (e.g. 110x100) are over twice tiny-fer's 32-pixel input and were scored whole, as it was "
+            "trained (no face cropping); for photos of people, add --faces crop")
+    r = invoke("evaluate", "tiny-fer", "--data", tmp_path / "photos")
+    assert r.exit_code == 0 and f"note: {said}" in " ".join(r.output.split())
+    assert json.loads((tmp_path / "runs" / "tiny-fer" / "eval" / "photos-all" / "run.json").read_text())[
+        "eval_settings"]["whole_images"] == said
+    for args in (["--data", tmp_path / "crops"], ["--data", tmp_path / "photos", "--faces", "none"]):
+        r = invoke("evaluate", "tiny-fer", *args)
+        assert r.exit_code == 0 and "scored whole" not in r.output, args
 
 
 def test_named_model_needs_data_and_unknown_names_are_listed(shipped):
