@@ -79,6 +79,8 @@ class Config:
     unfreeze: str = option("all", "all | gradual: after the head phase, unfreeze everything or one stage per epoch")
     backbone_lr_mult: float = option(0.1, "backbone learning rate = lr x this, once unfrozen")
     batch_size: int = option(64, "images per optimisation step")
+    accumulate: int = option(1, "sum the gradients of this many batches per optimizer step: batches of batch_size in "
+                                "memory, steps of batch_size x this (BatchNorm still sees batch_size)")
     lr: float = option(1e-3, "peak learning rate of the classifier head")
     weight_decay: float = option(0.01, "decoupled weight decay (adamw) or L2 (others)")
     l2sp: float = option(0.0, "pull the backbone's weights toward their pretrained start instead of toward 0 (L2-SP), decoupled like adamw's decay: each step w -= backbone lr x this x (w - start); 0: off")
@@ -224,8 +226,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"std values divide the pixels and must be above 0, got {cfg.std}")
     if cfg.channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {cfg.channels}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ConfigError("epochs and batch_size must be at least 1")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accumulate < 1:
+        raise ConfigError("epochs, batch_size and accumulate must be at least 1")
     if cfg.folds == 1 or cfg.folds < 0 or cfg.shots < 0:
         raise ConfigError(f"folds must be 0 (off) or at least 2, shots 0 or more; got folds={cfg.folds}, shots={cfg.shots}")
     for key in ("group_by", "label_from"):

@@ -324,6 +324,7 @@ class StepParts:
     ema: Any = None  # timm ModelEmaV3: the weights averaged over steps (see make_ema)
     anchors: dict[int, torch.Tensor] | None = None  # id(parameter) -> its start, with --l2sp (see pull_to_start)
     steps: int = 0  # optimisation steps taken, for the average's warm-up
+    accumulate: int = 1  # batches whose gradients are summed into one optimizer step
 
     @property
     def model(self) -> nn.Module:
@@ -346,9 +347,9 @@ def make_ema(model: nn.Module, cfg: Config):
     return ModelEmaV3(model, decay=cfg.ema, use_warmup=True, warmup_power=3 / 4)
 
 
-def optimisation_step(p: StepParts, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mix the batch (with a mixer), forward, loss, backward and one optimizer step at the
-    current rates; returns the loss and the logits."""
+def backward_pass(p: StepParts, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix the batch (with a mixer), forward, loss, and add ``weight`` x its gradient to the
+    parameters' (a share of an accumulated step); returns the loss and the logits."""
     target = y
     if p.mixer is not None and len(y) > 1:
         x, target = mix_batch(p.mixer, x, y)
@@ -357,37 +358,67 @@ def optimisation_step(p: StepParts, x: torch.Tensor, y: torch.Tensor) -> tuple[t
     with p.autocast():
         logits = p.net(x)
         loss = p.criterion(logits.float(), target)
-    p.optimizer.zero_grad(set_to_none=True)
     if p.scaler is not None:  # fp16 on CUDA
-        p.scaler.scale(loss).backward()
+        p.scaler.scale(loss * weight).backward()
+    else:
+        (loss * weight).backward()
+    return loss, logits
+
+
+def apply_step(p: StepParts) -> None:
+    """One optimizer step with the gradients summed so far, at the current rates."""
+    if p.scaler is not None:
         p.scaler.step(p.optimizer)
         p.scaler.update()
     else:
-        loss.backward()
         p.optimizer.step()
+
+
+def optimisation_step(p: StepParts, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward and one optimizer step on one batch; returns the loss and the logits."""
+    p.optimizer.zero_grad(set_to_none=True)
+    loss, logits = backward_pass(p, x, y)
+    apply_step(p)
     return loss, logits
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer steps in an epoch of ``batches``: one per ``accumulate`` batches, the last
+    group possibly shorter."""
+    return math.ceil(batches / accumulate)
 
 
 def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, task=None) -> dict[str, float]:
     """One pass over the training data; returns mean loss, accuracy and images/s, over all ranks.
 
     With a mixer each batch is mixed (see ``mix_batch`` for odd sizes); accuracy is then
-    against the unmixed labels.
+    against the unmixed labels. With ``parts.accumulate`` N, the gradients of N batches, each
+    weighted 1/N (1/size of the epoch's last, shorter group), make one optimizer step: the mean
+    over their images, as one large batch would give; under DDP only a group's last batch
+    all-reduces its gradients.
     """
     net, p = parts.net, parts
     net.train()
     freeze_bn_of_frozen(net)
     seen, correct, loss_sum, start = 0, 0, 0.0, time.perf_counter()
+    batches = len(loader)
     for step, (x, y) in enumerate(loader, 1):
         x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
-        loss, logits = optimisation_step(p, x, y)
-        if p.anchors is not None:
-            pull_to_start(p.optimizer, p.anchors)
-        if p.step_when == "step":
-            p.scheduler.step()
-        p.steps += 1
-        if p.ema is not None:
-            p.ema.update(p.model, step=p.steps)
+        first = (step - 1) // p.accumulate * p.accumulate + 1  # this batch's group: batches first...last
+        last = min(first + p.accumulate - 1, batches)
+        if step == first:
+            p.optimizer.zero_grad(set_to_none=True)
+        with net.no_sync() if step < last and hasattr(net, "no_sync") else nullcontext():
+            loss, logits = backward_pass(p, x, y, 1 / (last - first + 1))
+        if step == last:
+            apply_step(p)
+            if p.anchors is not None:
+                pull_to_start(p.optimizer, p.anchors)
+            if p.step_when == "step":
+                p.scheduler.step()
+            p.steps += 1
+            if p.ema is not None:
+                p.ema.update(p.model, step=p.steps)
         # .item() is a CPU-GPU sync point; once per step is cheap next to the step itself.
         # Under DDP the step's sums travel in one small all-reduce, so every rank sees a
         # diverged loss at the same step and they stop together.
@@ -743,13 +774,13 @@ def set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context):
     dc = resolve_data_config(model, cfg)
     loaders = Loaders(*make_loaders(data, dc, cfg, device, ctx))
     optimizer = build_optimizer(model, cfg)
-    scheduler, step_when = build_scheduler(optimizer, cfg, len(loaders.train))
+    scheduler, step_when = build_scheduler(optimizer, cfg, optimizer_steps(len(loaders.train), cfg.accumulate))
     autocast, scaler = autocast_for(device, cfg.amp)
     parts = StepParts(
         net=model, optimizer=optimizer, scheduler=scheduler, step_when=step_when, device=device,
         criterion=nn.CrossEntropyLoss(weight=_to(class_weight_tensor(data, cfg), device), label_smoothing=cfg.label_smoothing),
         autocast=autocast, scaler=scaler, memory_format=memory_format, mixer=make_mixer(cfg, len(data.classes)),
-        ema=make_ema(model, cfg),
+        ema=make_ema(model, cfg), accumulate=cfg.accumulate,
     )
     return parts, loaders, dc
 
@@ -762,7 +793,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
         parts.anchors = _anchors(run, parts.model, parts.optimizer, resuming=state is not None, ctx=ctx)
     phases = run_phases(cfg, model)
     meta = {"config": cfg.to_dict(), "classes": data.classes, "data_config": dc.to_dict(), "backbone": resolve_name(cfg.backbone)}
-    progress = TrainState.restore(state, parts, steps_per_epoch=len(loaders.train))
+    progress = TrainState.restore(state, parts, steps_per_epoch=optimizer_steps(len(loaders.train), cfg.accumulate))
     if ctx.main:
         update_record(run, status="running", error=None, device=str(parts.device), phases=describe_phases(phases, cfg),
                       data_config=dc.to_dict(), distributed=ctx.describe(distributed.backend(), cfg.batch_size) if ctx.active else None)
@@ -853,7 +884,8 @@ def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: 
     table.add_row("input", f"{dc.img_size}x{dc.img_size}, {dc.channels} channel(s){', grayscale' if dc.grayscale else ''}, "
                            f"mean {[round(m, 3) for m in dc.mean]}, std {[round(s, 3) for s in dc.std]}")
     table.add_row("phases", "; ".join(phase_text(p) for p in describe_phases(phases, cfg)))
-    table.add_row("optimisation", f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.scheduler} schedule, batch {cfg.batch_size}, "
+    batch = f"batch {cfg.batch_size}" + (f" x {cfg.accumulate} accumulated" if cfg.accumulate > 1 else "")
+    table.add_row("optimisation", f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.scheduler} schedule, {batch}, "
                                   f"augment {cfg.augment if not cfg.augment_pipeline else 'recipe pipeline'}, label smoothing {cfg.label_smoothing:g}"
                                   + (f", mixup {cfg.mixup:g}" if cfg.mixup else "") + (f", cutmix {cfg.cutmix:g}" if cfg.cutmix else "")
                                   + (f", weight average (ema) {cfg.ema:g}" if cfg.ema else "")

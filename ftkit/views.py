@@ -147,8 +147,9 @@ def run_summary(record: dict[str, Any], config: dict[str, Any]) -> list[tuple[st
         ("weights", _weights_text(weights)),
         ("input", ", ".join(f"{k} {v}" for k, v in record.get("data_config", {}).items())),
         ("schedule", ", ".join(phase_text(p) for p in record.get("phases", [])) or "-"),
-        ("optimisation", f"{config.get('optimizer')} lr {config.get('lr')}, {config.get('scheduler')}, batch {config.get('batch_size')}, "
-                         f"label smoothing {config.get('label_smoothing')}, head {config.get('head')}"
+        ("optimisation", f"{config.get('optimizer')} lr {config.get('lr')}, {config.get('scheduler')}, batch {config.get('batch_size')}"
+                         + (f" x {config['accumulate']} accumulated" if config.get("accumulate", 1) > 1 else "")
+                         + f", label smoothing {config.get('label_smoothing')}, head {config.get('head')}"
                          + (f", weight average (ema) {config['ema']}" if config.get("ema") else "")),
         ("augmentation", str(config.get("augment_pipeline") or config.get("augment"))),
         ("faces", _faces_line(config, faces)),

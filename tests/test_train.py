@@ -425,3 +425,46 @@ def test_l2sp_without_a_start_or_below_zero_is_refused(split_folder, tmp_path):
         tiny_config(split_folder, tmp_path, l2sp=1.0)  # tiny_config trains from random weights
     with pytest.raises(ConfigError, match="l2sp must be a finite number 0 or more"):
         tiny_config(split_folder, tmp_path, l2sp=-1.0, pretrained=True)
+
+
+@pytest.mark.parametrize("batches", [4, 5])  # 5: the epoch's last group is one batch
+def test_accumulated_batches_step_like_one_large_batch(batches):
+    """--accumulate 2 on batches of 4 gives the weights, schedule and step count of batches of 8
+    (with no BatchNorm, the one thing that sees the small batch); a short last group is its own mean."""
+    torch.manual_seed(0)
+    x, y = torch.randn(4 * batches, 6), torch.randint(0, 3, (4 * batches,))
+    small = [(x[i:i + 4], y[i:i + 4]) for i in range(0, len(x), 4)]
+    large = [(x[i:i + 8], y[i:i + 8]) for i in range(0, len(x), 8)]
+
+    def train(loader, accumulate):
+        model = torch.nn.Linear(6, 3)
+        torch.nn.init.constant_(model.weight, 0.1), torch.nn.init.zeros_(model.bias)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 / (1 + step))
+        parts = train_mod.StepParts(model, torch.nn.CrossEntropyLoss(), opt, sched, "step", accumulate=accumulate)
+        stats = train_mod.train_one_epoch(parts, loader)
+        return model, parts, stats
+
+    (a, pa, _), (b, pb, _) = train(small, 2), train(large, 1)
+    torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(a.bias, b.bias, rtol=0, atol=1e-6)
+    assert pa.steps == pb.steps == train_mod.optimizer_steps(batches, 2) == len(large)
+    assert pa.optimizer.param_groups[0]["lr"] == pb.optimizer.param_groups[0]["lr"]
+    (c, _, _) = train(small, 1)  # without accumulating, the small batches take twice the steps
+    assert not torch.allclose(c.weight, b.weight, atol=1e-4)
+
+
+def test_an_accumulating_run_says_so_and_resumes_exactly(split_folder, tmp_path, monkeypatch):
+    """The schedule counts optimizer steps, not batches, so an interrupted run resumes to the
+    same numbers; the plan, args.yaml and report.md say how the batch is made."""
+    settings = dict(epochs=3, freeze_epochs=0, batch_size=4, accumulate=2, augment="none", ema=0.9)
+    full = finetune(tiny_config(split_folder, tmp_path, name="full", **settings))
+    assert yaml.safe_load((full.run_dir / "args.yaml").read_text())["accumulate"] == 2
+    assert "batch 4 x 2 accumulated" in (full.run_dir / "report.md").read_text()
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        interrupt_at_epoch(patch, 3)
+        finetune(tiny_config(split_folder, tmp_path, name="cut", **settings))
+    resumed = resume(tmp_path / "runs" / "cut")
+    assert _metrics(resumed.run_dir) == _metrics(full.run_dir)
+    plain = finetune(tiny_config(split_folder, tmp_path, name="plain", **{**settings, "accumulate": 1}))
+    assert _metrics(plain.run_dir) != _metrics(full.run_dir)  # twice the steps: another run
