@@ -22,7 +22,7 @@ from .models import freeze_bn_of_frozen, set_trainable
 from .plots import new_figure, png_bytes
 from .progress import console as default_console
 from .progress import progress_bar
-from .train import build_model, optimisation_step, run_phases, set_up
+from .train import apply_step, backward_pass, build_model, run_phases, set_up
 
 SMOOTHING = 0.98  # exponential smoothing of the loss, bias-corrected as Adam's moments are
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
@@ -93,8 +93,13 @@ def find_lr(cfg: Config, console: Console | None = None, start: float = 1e-7, en
             lr = start * (end / start) ** (step / (steps - 1))
             for group, share in zip(parts.optimizer.param_groups, base):
                 group["lr"] = lr * share
-            x, y = next(batches)
-            loss = float(optimisation_step(parts, x.to(parts.device), y.to(parts.device))[0].item())
+            parts.optimizer.zero_grad(set_to_none=True)
+            loss = 0.0
+            for _ in range(cfg.accumulate):  # a step as the run would take it: --accumulate batches summed
+                x, y = next(batches)
+                loss += float(backward_pass(parts, x.to(parts.device), y.to(parts.device), 1 / cfg.accumulate)[0].item())
+            apply_step(parts)
+            loss /= cfg.accumulate
             average = SMOOTHING * average + (1 - SMOOTHING) * loss
             smoothed = average / (1 - SMOOTHING ** (step + 1))
             if not math.isfinite(smoothed) or (losses and smoothed > DIVERGED * min(losses)):

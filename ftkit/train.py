@@ -374,14 +374,6 @@ def apply_step(p: StepParts) -> None:
         p.optimizer.step()
 
 
-def optimisation_step(p: StepParts, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward, loss, backward and one optimizer step on one batch; returns the loss and the logits."""
-    p.optimizer.zero_grad(set_to_none=True)
-    loss, logits = backward_pass(p, x, y)
-    apply_step(p)
-    return loss, logits
-
-
 def optimizer_steps(batches: int, accumulate: int) -> int:
     """Optimizer steps in an epoch of ``batches``: one per ``accumulate`` batches, the last
     group possibly shorter."""

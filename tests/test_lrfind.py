@@ -68,3 +68,25 @@ def test_lr_find_cli_and_refusals(split_folder, tmp_path):
             find_lr(tiny_config(split_folder, tmp_path, **settings))
     with pytest.raises(ConfigError, match="0 < start < end"):
         find_lr(tiny_config(split_folder, tmp_path), start=1.0, end=0.1)
+
+
+def test_the_range_test_steps_as_an_accumulating_run_would(split_folder, tmp_path, monkeypatch):
+    """With --accumulate N each tested rate is one optimizer step over N batches, as the run's."""
+    import ftkit.lrfind as lrfind
+
+    calls = {"backward": 0, "step": 0}
+    real_backward, real_step = lrfind.backward_pass, lrfind.apply_step
+
+    def backward(parts, x, y, weight=1.0):
+        calls["backward"] += 1
+        assert weight == pytest.approx(1 / 3)
+        return real_backward(parts, x, y, weight)
+
+    def step(parts):
+        calls["step"] += 1
+        real_step(parts)
+
+    monkeypatch.setattr(lrfind, "backward_pass", backward)
+    monkeypatch.setattr(lrfind, "apply_step", step)
+    finding = find_lr(tiny_config(split_folder, tmp_path, freeze_epochs=0, accumulate=3), start=1e-5, end=1e-3, steps=6)
+    assert len(finding.lrs) == 6 and calls == {"backward": 18, "step": 6}
