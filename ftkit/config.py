@@ -218,7 +218,8 @@ def validate(cfg: Config) -> Config:
             bound = "0 or more" if low == -1e-12 else f"above {low:g}"
             raise ConfigError(f"{key} must be a finite number {bound}" + (f" and below {high:g}" if high else "") +
                               f", got {value}")
-    for key, low in (("patience", 0), ("workers", -1), ("cache_mb", 0), ("img_size", 8)):
+    for key, low in (("patience", 0), ("workers", -1), ("cache_mb", 0), ("img_size", 8), ("epochs", 1), ("batch_size", 1),
+                     ("accumulate", 1)):
         value = getattr(cfg, key)
         if value is not None and value < low:
             raise ConfigError(f"{key} must be at least {low}, got {value}")
@@ -226,8 +227,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"std values divide the pixels and must be above 0, got {cfg.std}")
     if cfg.channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1 or 3, got {cfg.channels}")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accumulate < 1:
-        raise ConfigError("epochs, batch_size and accumulate must be at least 1")
     if cfg.folds == 1 or cfg.folds < 0 or cfg.shots < 0:
         raise ConfigError(f"folds must be 0 (off) or at least 2, shots 0 or more; got folds={cfg.folds}, shots={cfg.shots}")
     for key in ("group_by", "label_from"):
