@@ -425,6 +425,8 @@ def ensemble(runs, out, data, split, tta, device, **kwargs):
     console.print(table)
     for note in [m["not_held_out"] for m in members if m.get("not_held_out")]:
         console.print(f"[yellow]note: {note}, so these scores are not held out")
+    for note in [m["whole_images"] for m in members if m.get("whole_images")]:
+        console.print(f"[yellow]note: {note}")
     click.echo(str(folder))
 
 

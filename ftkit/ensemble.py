@@ -57,6 +57,7 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
                         "input": f"{run.data_config.img_size}x{run.data_config.img_size}",
                         "tta": scored.tta, "best_epoch": record.get("best_epoch"),
                         "train_seconds": record.get("train_seconds"), "not_held_out": trained_on_note(run.label, scored),
+                        "whole_images": scored.settings.get("whole_images"),
                         **quick_metrics(scored.labels, scored.probs.argmax(1))})
     probs = mean_probs(scores)
     first = scores[0]

@@ -164,7 +164,7 @@ def test_scores_on_the_fer2013_parts_a_named_model_saw_are_noted(shipped, source
     assert record["eval_note"].startswith("of the 9 images scored, tiny-fer had 3 marked FER2013 Training")
 
 
-def test_evaluate_notes_photos_scored_whole_by_a_model_trained_without_face_cropping(shipped, tmp_path):
+def test_evaluate_notes_photos_scored_whole_by_a_model_trained_without_face_cropping(shipped, source_run, tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(7)
@@ -182,6 +182,10 @@ def test_evaluate_notes_photos_scored_whole_by_a_model_trained_without_face_crop
     for args in (["--data", tmp_path / "crops"], ["--data", tmp_path / "photos", "--faces", "none"]):
         r = invoke("evaluate", "tiny-fer", *args)
         assert r.exit_code == 0 and "scored whole" not in r.output, args
+    r = invoke("ensemble", "tiny-fer", source_run, "--data", tmp_path / "photos", "--out", tmp_path / "pair")
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and "note: the images scored (e.g. 110x100) are over twice tiny-fer's" in said
+    assert f"over twice {source_run}'s 32-pixel input" in said  # each member says it
 
 
 def test_named_model_needs_data_and_unknown_names_are_listed(shipped):
