@@ -509,6 +509,7 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
         return
     from .predict import prediction_rows, predict_paths, whole_image_hint, write_prediction_file
 
+    tta = tta or pred.tta  # images: scored as the model's own numbers were
     with progress_bar(console) as bar:
         task = bar.add_task("images", total=None)
         results = predict_paths(pred, list(paths), topk=topk, tta=tta, faces=faces, annotate_dir=annotate_dir,
@@ -531,7 +532,7 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
                   + (f", {faces_found} face(s) found" if faces_found or faces not in (None, "none") else "")
                   + (f"; top class: {', '.join(f'{c} {n}' for c, n in tops.most_common())}" if sum(tops.values()) > 1 else "")
                   + (f"; predictions {output}" if output else "")
-                  + (f" (TTA {tta or pred.tta})" if (tta or pred.tta) != "none" else ""))
+                  + (f" (TTA {tta})" if tta != "none" else ""))
     hint = whole_image_hint(pred, results, faces)
     if hint:
         console.print(f"[yellow]{hint}")

@@ -90,6 +90,12 @@ def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str) 
     return {name: counts[name] for name in ("train", "val") if counts[name]}
 
 
+def far_larger(size: tuple[int, int] | list[int], side: int) -> bool:
+    """An image (width, height) over twice a model's input side: a photo, not a face crop, when
+    the model was trained on crops; what the whole-image notes of evaluate and predict count."""
+    return min(size) > 2 * side
+
+
 def whole_image_note(split: Split, cfg: Config, loaded: LoadedRun, sample: int = 16) -> str | None:
     """Said when the images scored are photos far larger than the model's input, scored whole
     because the model was trained without face cropping (a FER2013 model given photos of people);
@@ -99,7 +105,7 @@ def whole_image_note(split: Split, cfg: Config, loaded: LoadedRun, sample: int =
     side = loaded.data_config.img_size
     sizes = ([(img.shape[1], img.shape[0]) for img in split.images[:sample]] if split.images is not None
              else [size for size in map(image_size, split.keys[:sample]) if size])
-    large = [size for size in sizes if min(size) > 2 * side]
+    large = [size for size in sizes if far_larger(size, side)]
     if not sizes or len(large) * 2 < len(sizes):
         return None
     return (f"the images scored (e.g. {large[0][0]}x{large[0][1]}) are over twice {loaded.label}'s {side}-pixel input and "
@@ -386,7 +392,7 @@ def whole_image_hint(pred: Predictor, results: list[dict[str, Any]], faces: str 
     if faces is not None or pred.faces in ("crop", "require"):
         return None
     side = pred.data_config.img_size
-    large = sum(1 for r in results if "size" in r and min(r["size"]) > 2 * side)
+    large = sum(1 for r in results if "size" in r and far_larger(r["size"], side))
     if not large:
         return None
     return (f"{large} image(s) over twice the model's {side}-pixel input were classified whole, as {pred.name} was "
