@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import time
 
-from common import command_line, emit_row, machine
+from common import child_result, command_line, emit_row, machine
 
 HEADER = ("| backbone | input | step | batch in memory | peak RSS | before training | training's share | images/s | "
           "machine | command |\n|---|---|---|---|---|---|---|---|---|---|")
@@ -65,10 +62,8 @@ def main() -> None:
 
     baseline = None
     for batch, accumulate in SETTINGS:
-        out = subprocess.run([sys.executable, __file__, "--child", str(batch), str(accumulate), "--backbone", args.backbone,
-                              "--img-size", str(args.img_size), "--steps", str(args.steps)],
-                             check=True, capture_output=True, text=True, env={**os.environ, "FTKIT_OFFLINE": "1"})
-        m = json.loads(out.stdout.strip().splitlines()[-1])
+        m = child_result(__file__, batch, accumulate, "--backbone", args.backbone, "--img-size", args.img_size,
+                         "--steps", args.steps)
         assert m["steps"] == args.steps, m  # every setting takes the same optimizer steps
         share = (m["peak_kb"] - m["before_kb"]) / 1024
         baseline = baseline or share

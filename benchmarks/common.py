@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -83,6 +85,14 @@ def append_row(section: str, header: str, row: str) -> None:
     end = len(text) if end == -1 else end + 1
     block = text[start:end].rstrip("\n") + "\n" + row + "\n"
     BENCHMARKS_MD.write_text(text[:start] + block + ("\n" + text[end:] if end < len(text) else ""))
+
+
+def child_result(script: str, *args: object) -> dict[str, Any]:
+    """Run ``script --child ARGS...`` in a fresh process, offline, so that what it measures (peak
+    memory above all) is its own, and return the JSON object it printed last."""
+    out = subprocess.run([sys.executable, script, "--child", *map(str, args)], check=True, capture_output=True, text=True,
+                         env={**os.environ, "FTKIT_OFFLINE": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def emit_row(section: str, header: str, row: str, write: bool = True) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import command_line, emit_row, machine
+from common import child_result, command_line, emit_row, machine
 
 HEADER = ("| images | path | peak RSS | RSS after imports | data's share | epoch time | images/s | machine | command |\n"
           "|---|---|---|---|---|---|---|---|---|")
@@ -92,9 +91,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "ftkit", "data", "shards", str(folder), str(shards), "--shard-size", "10000",
                         "--val-split", "0.01", "--test-split", "0"], check=True)
     for path, data in (("memory", folder), ("streamed", shards)):
-        out = subprocess.run([sys.executable, __file__, "--child", path, str(data), "--batch-size", str(args.batch_size)],
-                             check=True, capture_output=True, text=True, env={**os.environ, "FTKIT_OFFLINE": "1"})
-        m = json.loads(out.stdout.strip().splitlines()[-1])
+        m = child_result(__file__, path, data, "--batch-size", args.batch_size)
         row = (f"| {args.images:,} | {'decoded in memory (cache=memory)' if path == 'memory' else 'streamed from shards'} "
                f"| {m['peak_kb'] / 1024:.0f} MB | {m['imported_kb'] / 1024:.0f} MB | "
                f"{(m['peak_kb'] - m['imported_kb']) / 1024:.0f} MB | {m['seconds']:.0f} s | {m['seen'] / m['seconds']:.0f} | "
