@@ -25,7 +25,7 @@ from .progress import progress_bar
 KAGGLE_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 SPLIT_TO_USAGE = {split: usage for usage, split in USAGE_TO_SPLIT.items()}
-SEEN_ROLE = {"train": "the part it trained on", "val": "the part that chose its best epoch"}  # see seen_counts
+SEEN_ROLE = {"train": "the part it trained on", "val": "the part that chose its best epoch"}  # see seen_label
 SIDE = 48
 # How to crop a face (the detector's box grown by this fraction of its side; negative: inside it)
 # for a model trained on FER2013's ready-made crops. FER2013's own frame is about the box + 0.1
@@ -171,3 +171,9 @@ def seen_counts(keys: list[str], seen: dict[str, str], csv_splits: dict[str, str
     and chose its epoch by); ``csv_splits``: each CSV row's split as read, for CSV keys."""
     marks = Counter(marked_usage(k, csv_splits.get(k) if csv_splits is not None else None) for k in keys)
     return {part: marks[usage] for part, usage in seen.items() if marks[usage]}
+
+
+def seen_label(part: str, seen: dict[str, str], how: str | None = None) -> str:
+    """What the images ``seen_counts`` counts for ``part`` are, in words: "marked FER2013 Training
+    (``how`` they were matched), the part it trained on"."""
+    return f"marked FER2013 {seen[part]}{f' ({how})' if how else ''}, {SEEN_ROLE[part]}"

@@ -21,7 +21,7 @@ from .errors import UsageError
 from .evaluation import predict_probs, predict_split, tta_probs, write_predictions
 from .export import load_torchscript, read_onnx_metadata
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
-from .fer2013 import SEEN_ROLE, seen_counts
+from .fer2013 import seen_counts, seen_label
 from .images import image_size
 from .io import atomic_write, new_folder, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
@@ -120,8 +120,8 @@ def seen_by_named_model(loaded: LoadedRun, keys: list[str], data: str, split: st
     file by it: ``Training_<id>``, ``PublicTest_<id>``."""
     seen = ((loaded.source or {}).get("entry") or {}).get("fer2013_seen") or {}
     csv_splits = dict.fromkeys(keys, split) if Path(data).suffix.lower() == ".csv" else None  # not carved: split = Usage
-    return {f"marked FER2013 {seen[part]} ({'CSV Usage' if csv_splits else 'file name'}), {SEEN_ROLE[part]}": n
-            for part, n in seen_counts(keys, seen, csv_splits).items()}
+    how = "CSV Usage" if csv_splits else "file name"
+    return {seen_label(part, seen, how): n for part, n in seen_counts(keys, seen, csv_splits).items()}
 
 
 def trained_on_note(label: str, scored: Scored) -> str | None:

@@ -39,7 +39,7 @@ from .device import autocast_for, resolve_device, seed_everything
 from .distributed import SINGLE, Context
 from .errors import FtkitError
 from .evaluation import predict_split, quick_metrics, write_predictions
-from .fer2013 import SEEN_ROLE, seen_counts
+from .fer2013 import seen_counts, seen_label
 from .heads import fit_logreg, ignored_by_head
 from .io import read_json, refuse_inside
 from .models import (
@@ -537,7 +537,7 @@ def init_seen_note(data: DataSplits, init: dict[str, Any] | None) -> str | None:
     counts = seen_counts(data.splits[data.eval_split].keys, seen, data.csv_splits) if seen else {}
     if not counts:
         return None
-    parts = " and ".join(f"{n} marked FER2013 {seen[part]}, {SEEN_ROLE[part]}" for part, n in counts.items())
+    parts = " and ".join(f"{n} {seen_label(part, seen)}" for part, n in counts.items())
     return (f"of the {len(data.splits[data.eval_split])} images of the {data.eval_split} split, {init['name']} "
             f"(this run's start) had {parts}")
 
