@@ -51,25 +51,35 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
     return path
 
 
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # held by ctrl_c_deferred while a file is written
+
+
 @contextmanager
 def ctrl_c_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block ends, then raise it.
+    """Hold a Ctrl-C (SIGINT), or the SIGTERM torchrun sends after one, that arrives inside the
+    block until the block ends, then hand it to the handler it would have reached.
 
-    torch.save writes through a C++ zip writer: a KeyboardInterrupt raised inside one of its
-    write calls comes out as "RuntimeError: unexpected pos", and the run would be recorded as
-    failed instead of interrupted. Writes are short, so holding the signal costs nothing.
-    Only the main thread receives signals; elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    torch.save writes through a C++ zip writer: an exception raised inside one of its write
+    calls comes out as "RuntimeError: unexpected pos", and the run would be recorded as failed
+    instead of interrupted. Writes are short, so holding the signal costs nothing. Held are the
+    signals whose handler is Python code: Python's own for Ctrl-C, and the ones a distributed
+    run installs for both (ftkit.distributed.process_group); a signal left to the system's
+    default action stays as it is. Only the main thread receives signals; elsewhere the block
+    runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    held = {signum: handler for signum in DEFERRED_SIGNALS if callable(handler := signal.getsignal(signum))}
     caught: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    for signum in held:
+        signal.signal(signum, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise KeyboardInterrupt
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+    for signum in caught:  # in the order they came; a handler that raises ends the replay
+        held[signum](signum, None)
 
 
 def _new_temp(path: Path, suffix: str = ".tmp") -> tuple[int, str]:

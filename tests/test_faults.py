@@ -464,6 +464,48 @@ def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_
     assert [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]  # no temporary file left
 
 
+def test_signals_a_distributed_run_handles_are_held_during_a_write_too(tmp_path):
+    """Under torchrun, process_group installs its own SIGINT and SIGTERM handlers (both raise).
+    They used to be called inside torch.save's writes (a Ctrl-C, then torchrun's SIGTERM), so a
+    2-process run stopped by Ctrl-C could end "failed: unexpected pos"; they are now called
+    once the file is whole and in place, in the order the signals came."""
+    import os
+    import signal
+
+    from ftkit.runs import load_train_state, save_train_state
+
+    calls = []
+
+    def on_sigint(signum, frame):
+        calls.append("SIGINT")
+        raise KeyboardInterrupt
+
+    def on_sigterm(signum, frame):
+        calls.append("SIGTERM")
+
+    state = {"epoch": 2, "weights": torch.arange(300_000, dtype=torch.float32)}
+    real_save = torch.save
+
+    def save_with_signals(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's, then the terminal's Ctrl-C
+        os.kill(os.getpid(), signal.SIGINT)
+        assert calls == []  # held while the file is written
+        real_save(obj, f, *args, **kwargs)
+
+    previous = signal.signal(signal.SIGINT, on_sigint), signal.signal(signal.SIGTERM, on_sigterm)
+    torch.save = save_with_signals
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_train_state(tmp_path / "last.state.pt", state)
+        assert calls == ["SIGTERM", "SIGINT"]
+        assert signal.getsignal(signal.SIGINT) is on_sigint and signal.getsignal(signal.SIGTERM) is on_sigterm
+    finally:
+        torch.save = real_save
+        signal.signal(signal.SIGINT, previous[0]), signal.signal(signal.SIGTERM, previous[1])
+    assert torch.equal(load_train_state(tmp_path / "last.state.pt")["weights"], state["weights"])
+    assert [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]
+
+
 def test_runs_lists_each_run_with_its_state_and_how_to_resume(split_folder, tmp_path, monkeypatch):
     """A run whose record says "running" while no process holds its lock was killed."""
     from click.testing import CliRunner
