@@ -556,7 +556,7 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
         unknown = [c for c in kept if c not in classes]
         if unknown:
             raise DataError(f"class(es) {', '.join(unknown)} in {root} are unknown to the model (it knows "
-                            f"{', '.join(classes)}): leave them out with --drop-class {unknown[0]}, or score them as one "
+                            f"{', '.join(classes)}): leave them out with --drop-class {','.join(unknown)}, or score each as one "
                             f"of its classes with --merge-class {unknown[0]}=CLASS")
     classes = classes or kept
     splits = _assign_splits(items, classes, cfg) if carve else {n: _split_from_listing(r, classes) for n, r in items.items()}

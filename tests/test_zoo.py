@@ -107,6 +107,12 @@ def test_evaluate_scores_aliased_class_folders_and_takes_data_settings(shipped, 
         shutil.copytree(test / old, renamed / new)
     r = invoke("evaluate", "tiny-fer", "--data", renamed)
     assert r.exit_code == 1 and "contempt" in r.output and "--drop-class contempt" in r.output
+    two = tmp_path / "two"  # two unknown classes: the hint leaves both out, and following it works
+    shutil.copytree(renamed, two)
+    shutil.copytree(test / "sad", two / "calm")
+    r = invoke("evaluate", "tiny-fer", "--data", two)
+    assert r.exit_code == 1 and "--drop-class calm,contempt," in r.output
+    assert invoke("evaluate", "tiny-fer", "--data", two, "--drop-class", "calm,contempt").exit_code == 0
 
     r = invoke("evaluate", "tiny-fer", "--data", renamed, "--drop-class", "contempt", "--faces", "crop", "--name", "renamed")
     assert r.exit_code == 0, r.output
