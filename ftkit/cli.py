@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .config import CHOICES, CUDA_INDEX, DATA_OVERRIDES, MIN_FACE_MARGIN, Config, device_name
@@ -34,7 +35,7 @@ def _friendly(fn):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")  # each distinct warning once per command
-                warnings.showwarning = lambda msg, *a, **k: console.print(f"[yellow]warning:[/] {msg}")
+                warnings.showwarning = lambda msg, *a, **k: console.print(Text.assemble(("warning:", "yellow"), f" {msg}"))
                 return fn(*args, **kwargs)
         except (click.ClickException, click.Abort, click.exceptions.Exit):
             raise  # click's own: a usage message already, or a deliberate stop
@@ -301,7 +302,7 @@ def report(runs, html_out):
     console.print(compare_table(reports))
     note = comparison_note(list(reports))
     if note:
-        console.print(f"[yellow]note: {note}")
+        console.print(f"note: {note}", style="yellow")
     if html_out:
         write_comparison_html(reports, Path(html_out), note=note)
         console.print(f"comparison: {html_out}")
@@ -372,9 +373,9 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
     print_report(rep, console, title=f"{folder} ({rep.get('split')}{tta_title(record)})")
     note = record.get("eval_note")
     if note:
-        console.print(f"[yellow]note: {note}, so these scores are not held out")
+        console.print(f"note: {note}, so these scores are not held out", style="yellow")
     if record["eval_settings"].get("whole_images"):
-        console.print(f"[yellow]note: {record['eval_settings']['whole_images']}")
+        console.print(f"note: {record['eval_settings']['whole_images']}", style="yellow")
     click.echo(str(folder))
 
 
@@ -420,13 +421,14 @@ def ensemble(runs, out, data, split, tta, device, **kwargs):
     for m in members:
         table.add_row(m["run"], m["input"], m["tta"], f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}")
     table.add_section()
-    table.add_row("[bold]ensemble (mean probability)", "", "", f"[bold]{rep['accuracy']:.4f}", f"[bold]{rep['macro_f1']:.4f}")
+    table.add_row(*(Text(cell, style="bold") for cell in ("ensemble (mean probability)", "", "", f"{rep['accuracy']:.4f}",
+                                                       f"{rep['macro_f1']:.4f}")))
     print_report(rep, console, title=f"{folder} ({rep.get('split')})")
     console.print(table)
     for note in [m["not_held_out"] for m in members if m.get("not_held_out")]:
-        console.print(f"[yellow]note: {note}, so these scores are not held out")
+        console.print(f"note: {note}, so these scores are not held out", style="yellow")
     for note in [m["whole_images"] for m in members if m.get("whole_images")]:
-        console.print(f"[yellow]note: {note}")
+        console.print(f"note: {note}", style="yellow")
     click.echo(str(folder))
 
 
@@ -535,7 +537,7 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
                   + (f" (TTA {tta})" if tta != "none" else ""))
     hint = whole_image_hint(pred, results, faces)
     if hint:
-        console.print(f"[yellow]{hint}")
+        console.print(hint, style="yellow")
     if all("error" in r for r in results):
         raise click.ClickException(f"none of the {len(results)} input image(s) could be read (reasons above)")
 
@@ -816,7 +818,7 @@ def data_inspect(path, label_from):
       ftkit data inspect ../shared/data/fer2013/fer2013-sample.csv
       ftkit data inspect jaffe/ --label-from '[.]([A-Z]{2})[0-9]'
     """
-    from .data import inspect_source
+    from .data import inspect_source, skipped_text
 
     counts, skipped, kinds = inspect_source(path, console=console, label_from=label_from)
     console.print(_counts_table(counts, path))
@@ -826,7 +828,7 @@ def data_inspect(path, label_from):
     sample = f" (a sample of {sampled} of the {total} images)" if sampled < total else ""
     console.print(f"image sizes and modes (L: gray){sample}: {shown}{more}")
     if skipped:
-        console.print(f"[yellow]{skipped} unusable file(s) or row(s) skipped")
+        console.print(skipped_text(skipped), style="yellow")
 
 
 def _counts_table(counts: dict[str, dict[str, int]], title: str) -> Table:

@@ -148,7 +148,7 @@ def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None
     except KeyboardInterrupt:
         update_record(root, status="interrupted")
         if console:
-            console.print(f"[yellow]cross-validation interrupted; continue it (every fold) with: ftkit finetune --resume {root}")
+            console.print(f"cross-validation interrupted; continue it (every fold) with: ftkit finetune --resume {root}", style="yellow")
         raise
     except Exception as exc:
         update_record(root, status="failed", error=f"fold {len(reports) + 1}: {type(exc).__name__}: {exc}")

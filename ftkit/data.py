@@ -667,12 +667,17 @@ def _decode_or_verify(data: DataSplits, cfg: Config, console=None, force_cache: 
             data.splits[name] = split.subset(keep) if bad else split
             data.skipped += failures
     if data.skipped:
-        shown = "; ".join(f"{k} ({r})" for k, r in data.skipped[:5])
-        more = f" and {len(data.skipped) - 5} more" if len(data.skipped) > 5 else ""
-        warnings.warn(f"skipped {len(data.skipped)} unusable file(s): {shown}{more}", stacklevel=2)
+        warnings.warn(skipped_text(data.skipped), stacklevel=2)
     empty = data.classes_without_images("train") if "train" in data.splits else []
     if empty:
         raise DataError(f"no usable training images for class(es): {', '.join(empty)}")
+
+
+def skipped_text(skipped: list[tuple[str, str]], shown: int = 5) -> str:
+    """"skipped 7 unusable file(s): a.jpg (reason); ... and 2 more": the first few, named."""
+    named = "; ".join(f"{k} ({r})" for k, r in skipped[:shown])
+    more = f" and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return f"skipped {len(skipped)} unusable file(s): {named}{more}"
 
 
 def _estimate_mb(data: DataSplits, probe: int = 16) -> float:
@@ -693,9 +698,9 @@ INSPECT_SAMPLE = 2000  # images whose headers `data inspect` reads for sizes and
 
 
 def inspect_source(path: str | Path, console=None, label_from: str | None = None
-                   ) -> tuple[dict[str, dict[str, int]], int, dict[str, int]]:
+                   ) -> tuple[dict[str, dict[str, int]], list[tuple[str, str]], dict[str, int]]:
     """Per-split, per-class counts of a folder (any layout) or CSV, without splitting it, the
-    number of files or rows skipped, and how many images have each size and colour mode
+    files or rows skipped (name, reason), and how many images have each size and colour mode
     ("48x48 L": the headers only, nothing decoded; at most INSPECT_SAMPLE images, evenly spaced); ``label_from``: classes from the file names
     (see Config.label_from)."""
     cfg = validate(Config(data=str(path), cache="stream", label_from=label_from))
@@ -710,7 +715,7 @@ def inspect_source(path: str | Path, console=None, label_from: str | None = None
         # headers only, but a file open each: an evenly spaced sample of a big folder
         kinds = Counter(_image_kind(k) for k in keys[::max(1, math.ceil(len(keys) / INSPECT_SAMPLE))])
     counts = {split: dict(sorted(Counter(c for _, c in rows).items())) for split, rows in items.items()}
-    return counts, len(skipped), dict(kinds.most_common())
+    return counts, skipped, dict(kinds.most_common())
 
 
 def _image_kind(path: str) -> str:

@@ -32,8 +32,8 @@ def run_demo(out: str | None = None, data_dir: str | None = None, epochs: int | 
     pretrained = has_offline_weights(settings["backbone"])  # looked up, not loaded: finetune loads them once
     if not pretrained:
         if console:
-            console.print(f"[yellow]no pretrained {settings['backbone']} weights found offline: training from "
-                          "random initialisation (import weights with `ftkit weights import`/`pull` to start from ImageNet)")
+            console.print(f"no pretrained {settings['backbone']} weights found offline: training from "
+                          "random initialisation (import weights with `ftkit weights import`/`pull` to start from ImageNet)", style="yellow")
     # The data set sits beside the run directory, so that it is written once and reused.
     data = Path(data_dir) if data_dir else (Path(out).parent if out else Path("runs")) / "demo-data"
     if not (data / "train").is_dir():

@@ -16,7 +16,9 @@ from rich.progress import (
 
 # Output that is not a terminal (a pipe, a log, CI) gets whole lines: no width to fold or cut
 # table cells at (`ftkit weights list 2>&1 | grep NAME` must find the name), and no live bars.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 1000)
+# No markup: paths, class and run names are printed as they are ("data[train]/a.jpg" used to lose
+# "[train]", and a "[/x]" in a folder name stopped the command); styles are given as rich Text.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 1000, markup=False)
 
 
 class _Progress(Progress):
@@ -27,12 +29,12 @@ class _Progress(Progress):
 def progress_bar(out: Console | None = None) -> Progress:
     """A bar with count, elapsed and remaining time, and a free-text ``info`` field."""
     return _Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         console=out or console,
         disable=not (out or console).is_terminal,
     )

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .config import suggest
 from .evaluation import compute_report, read_predictions
@@ -168,8 +169,8 @@ def print_report(report: dict[str, Any], console: Console, title: str = "report"
             table.add_section()  # the averages
         table.add_row(name, *(f"{m[k]:.3f}" for k in CLASS_METRICS), str(m["support"]))
     console.print(table)
-    console.print("  ".join(f"{label} [bold]{value:.4f}[/]" for label, value in headline(report))
-                  + f"  (n={report['n']}" + (f"; {interval_text(report)})" if interval_text(report) else ")"))
+    line = Text("  ").join(Text.assemble(f"{label} ", (f"{value:.4f}", "bold")) for label, value in headline(report))
+    console.print(line + f"  (n={report['n']}" + (f"; {interval_text(report)})" if interval_text(report) else ")"))
     note = support_note(report)
     if note:
         console.print(note)
@@ -180,9 +181,9 @@ def compare_table(reports: dict[str, dict[str, Any]]) -> Table:
     table = Table(title="run comparison")
     table.add_column("metric")
     for name, report in reports.items():
-        table.add_column(f"{name}\n[dim]{scored_on(report)}", justify="right")
+        table.add_column(Text.assemble(f"{name}\n", (scored_on(report), "dim")), justify="right")
     for row in comparison(reports):
-        table.add_row(row.label, *["-" if v is None else (f"[bold green]{v:.4f}[/]" if row.is_best(v) else f"{v:.4f}")
+        table.add_row(row.label, *["-" if v is None else Text(f"{v:.4f}", style="bold green" if row.is_best(v) else "")
                                    for v in row.values])
     return table
 

@@ -437,7 +437,7 @@ def build_model(cfg: Config, classes: list[str], out: Console, allow_download: b
     if cfg.init:
         return build_from_init(cfg, classes, out)
     if not cfg.pretrained and not cfg.weights:
-        out.print(f"[yellow]{resolve_name(cfg.backbone)}: training from random initialisation")
+        out.print(f"{resolve_name(cfg.backbone)}: training from random initialisation", style="yellow")
         return create(cfg, n_classes), WeightsInfo("none")
     state_dict, info = find_pretrained(cfg.backbone, cfg.weights, allow_download=allow_download)
     out.print(f"weights: {info.source} {info.file or ''}")
@@ -549,7 +549,7 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
     ctx = ctx or distributed.current()
     seed_everything(cfg.seed)
     for note in setting_notes(cfg):
-        out.print(f"[yellow]{note}")
+        out.print(note, style="yellow")
     if cfg.head == "logreg" and cfg.tta == "none":
         # the regression is fitted on flip-averaged embeddings: predict the same way, and say so
         # in args.yaml and the checkpoint, so that `ftkit evaluate` repeats the run's own report
@@ -558,11 +558,11 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
     model, weights = build_model(cfg, data.classes, out, allow_download)
     note = init_seen_note(data, weights.init)
     if note:
-        out.print(f"[yellow]note: {note}, so this run's scores will not be held out: report on other images "
-                  "(FER2013 PrivateTest, or another set)")
+        out.print(f"note: {note}, so this run's scores will not be held out: report on other images "
+                  "(FER2013 PrivateTest, or another set)", style="yellow")
     device = resolve_device(cfg.device)  # a device that is not there fails here, before any folder exists
     if cfg.amp and device.type != "cuda":
-        out.print(f"[yellow]--amp: mixed precision is CUDA-only in ftkit; on {device.type} this run trains in full precision")
+        out.print(f"--amp: mixed precision is CUDA-only in ftkit; on {device.type} this run trains in full precision", style="yellow")
     run = distributed.on_main(lambda: new_run_dir(cfg), ctx)  # one folder, made by rank 0
     if weights.mean and cfg.mean is None and cfg.std is None:
         # the weights were trained with another normalisation than timm's config says
@@ -659,11 +659,11 @@ def training_session(run: Path, out: Console):
         except KeyboardInterrupt:
             if not (run / "checkpoints" / "last.state.pt").is_file():
                 update_record(run, status="interrupted", error="stopped before the first epoch ended: nothing to resume")
-                out.print(f"[yellow]interrupted before the first epoch ended: nothing to resume; start again "
-                          f"(with another --out, or after deleting {run})")
+                out.print(f"interrupted before the first epoch ended: nothing to resume; start again "
+                          f"(with another --out, or after deleting {run})", style="yellow")
             else:
                 update_record(run, status="interrupted")
-                out.print(f"[yellow]interrupted; continue with: ftkit finetune --resume {run}")
+                out.print(f"interrupted; continue with: ftkit finetune --resume {run}", style="yellow")
             raise
         except Exception as exc:
             reason = distributed.explain(exc)
@@ -799,7 +799,7 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
             if isinstance(loaders.train, shards.StreamBatches):
                 loaders.train.set_epoch(epoch)
             started = time.perf_counter()
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} \\[{phases[epoch].name}]", total=len(loaders.train), info="")
+            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs} [{phases[epoch].name}]", total=len(loaders.train), info="")
             stats = train_one_epoch(parts, loaders.train, ctx, bar, task)
             distributed.broadcast_model(model, ctx)  # every rank evaluates (and rank 0 saves) the same weights
             probs, labels, val_loss = predict_split(parts.scored, loaders.eval["val"], parts.device, "none", parts.autocast, ctx)
@@ -855,9 +855,9 @@ def _log_epoch(out: Console, bar, task, row: dict[str, Any], cfg: Config, improv
     bar.update(task, info=f"loss {row['train_loss']:.3f} val {cfg.metric} {score:.3f}{' *' if improved else ''} "
                           f"({row['images_per_s']:.0f} img/s)")
     if not out.is_terminal:  # logs and CI have no live bars: one line per epoch
-        out.print(f"epoch {row['epoch']}/{cfg.epochs} \\[{row['phase']}] train loss {row['train_loss']:.4f} "
+        out.print(f"epoch {row['epoch']}/{cfg.epochs} [{row['phase']}] train loss {row['train_loss']:.4f} "
                   f"val loss {row['val_loss']:.4f} val accuracy {row['val_accuracy']:.4f} "
-                  f"val macro-F1 {row['val_macro_f1']:.4f} ({row['images_per_s']:.0f} img/s)")
+                  f"val macro-F1 {row['val_macro_f1']:.4f} ({row['images_per_s']:.0f} img/s)", markup=False)
 
 
 def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: list[Phase], device, dc,
@@ -934,7 +934,7 @@ def _finish(run, cfg, data, model, eval_loaders, device, autocast, history, out,
     tta = tta_title(record, {"tta": cfg.tta})  # per-epoch val scores had none: say why these differ
     print_report(report, out, title=f"{run} ({split} split, best epoch {best_epoch}{tta})")
     if record["eval_note"]:
-        out.print(f"[yellow]note: {record['eval_note']}, so these scores are not held out")
+        out.print(f"note: {record['eval_note']}, so these scores are not held out", style="yellow")
     return RunResult(run, report, history, record)
 
 

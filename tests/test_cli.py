@@ -366,3 +366,19 @@ def test_missing_pretrained_weights_fail_before_any_run_directory(trained, tmp_p
     assert r.exit_code == 1
     assert "no pretrained weights for test_efficientnet found offline" in r.output and "--no-pretrained" in r.output
     assert not (tmp_path / "runs" / "nope").exists()
+
+
+def test_paths_and_names_with_brackets_are_printed_as_they_are(tmp_path):
+    """Messages are not rich markup: "faces[train]" used to print as "faces", and a "[/b]" in a
+    path stopped the command with rich's MarkupError."""
+    root = write_split_folder(tmp_path / "faces[train]" / "set[/b]")
+    (root / "train" / "alpha" / "notes[red].txt").write_text("not an image")
+    skipped = str(root / "train" / "alpha" / "notes[red].txt")
+    r = invoke("data", "inspect", root)
+    assert r.exit_code == 0 and f"skipped 1 unusable file(s): {skipped} (not an image file)" in r.output
+
+    r = invoke("finetune", "--data", root, *tiny_flags(tmp_path), "--freeze-epochs", 1)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert skipped in text and "epoch 1/2 [head]" in text and "epoch 2/2 [full]" in text
+    assert text.count(str(root)) >= 2  # the warning, and the data row of the run's summary
