@@ -17,7 +17,7 @@ from .evaluation import compute_report, read_predictions
 from .html_report import render_comparison, write_run_html
 from .io import atomic_write, read_json, write_json, write_text
 from .plots import new_figure, png_bytes, warn_missing_glyphs
-from .runs import RunError, read_args, read_metrics, read_record, run_status, runs_beside
+from .runs import RunError, read_args, read_metrics, read_record, run_status, runs_beside, runs_inside_hint
 from .views import (CLASS_METRICS, class_rows, comparison, confusion_rows, cv_class_rows, cv_rows, headline, interval_text,
                     pooled_text, run_summary, scored_on, support_note, tta_used)
 from .zoo import find_model
@@ -48,6 +48,9 @@ def write_report(folder: Path, predictions: Path | None = None, name: str | None
             folds = f"; its finished folds report on their own: ftkit report {folder}/{done[0]}" if done else ""
             raise RunError(f"{folder} {ended[status]} before it finished, so it has no report: continue it with "
                            f"ftkit finetune --resume {folder}{folds}")
+        if status is None:
+            hint = runs_inside_hint(folder, trained=False) or "; give the folder that ftkit finetune, evaluate or ensemble wrote"
+            raise RunError(f"{folder} is not an ftkit run directory (no run.json){hint}")
         raise RunError(f"{predictions} not found: is {folder} a finished ftkit run directory?")
     report = compute_report(predictions)
     record = read_record(folder)

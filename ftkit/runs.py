@@ -184,6 +184,20 @@ def runs_beside(path: Path) -> list[str]:
         return []
 
 
+def runs_inside_hint(path: Path, trained: bool = True) -> str:
+    """For a folder given where one run was meant: if it holds run directories (the --project
+    folder, runs/), the text that names them; else "". ``trained``: only runs that trained a
+    model (not evaluations or ensembles, which hold scores)."""
+    try:
+        inside = sorted(d for d in path.iterdir() if (d / ("args.yaml" if trained else "run.json")).is_file())
+    except OSError:
+        return ""
+    if not inside:
+        return ""
+    named = ", ".join(str(d) for d in inside[:3]) + (" ..." if len(inside) > 3 else "")
+    return f"; it holds {len(inside)} run director{'y' if len(inside) == 1 else 'ies'} ({named}): give one of them (`ftkit runs {path}` lists them)"
+
+
 def refuse_scores(path: Path) -> None:
     """Refuse a folder that ``ftkit evaluate`` or ``ftkit ensemble`` wrote where a trained run is
     needed (to load, export, save or resume): it holds scores, no model; say what to give."""
@@ -203,7 +217,8 @@ def require_run(path: str | Path) -> Path:
     path = Path(path)
     refuse_scores(path)
     if not (path / "args.yaml").is_file():
-        raise RunError(f"{path} is not an ftkit run directory (no args.yaml); give the folder that `ftkit finetune` wrote")
+        hint = runs_inside_hint(path) or "; give the folder that `ftkit finetune` wrote"
+        raise RunError(f"{path} is not an ftkit run directory (no args.yaml){hint}")
     if not (path / "checkpoints" / "best.json").is_file():
         folds = sorted(p.name for p in path.glob("fold-*") if p.is_dir())
         if folds:

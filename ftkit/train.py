@@ -73,6 +73,7 @@ from .runs import (
     remove_partial_files,
     run_lock,
     runs_beside,
+    runs_inside_hint,
     save_checkpoint,
     save_train_state,
     update_record,
@@ -589,8 +590,8 @@ def resume(run_dir: str | Path, console: Console | None = None, data: str | Path
     if not run.exists():
         raise RunError(f"run directory {run} not found.{suggest(str(run), runs_beside(run))}")
     if not (run / "args.yaml").is_file():
-        raise RunError(f"{run} is not an ftkit run directory (no args.yaml): give the folder an interrupted "
-                       "`ftkit finetune` wrote")
+        hint = runs_inside_hint(run) or ": give the folder an interrupted `ftkit finetune` wrote"
+        raise RunError(f"{run} is not an ftkit run directory (no args.yaml){hint}")
     cfg = load_run_config(run)
     record = read_record(run)
     moved = data is not None and os.path.abspath(data) != os.path.abspath(cfg.data)

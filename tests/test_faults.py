@@ -383,6 +383,27 @@ def test_resuming_a_folder_that_is_not_a_run_names_it(tmp_path):
     assert list((tmp_path / "folder").iterdir()) == []
 
 
+def test_a_folder_of_runs_given_for_one_run_names_the_runs_in_it(tmp_path):
+    """`ftkit report runs` (the --project folder, not a run in it) said only that runs/ had no
+    predictions.csv; each command that takes one run now names the runs inside. Those that need
+    a trained model name only trained runs, not evaluations (scores, no model)."""
+    from click.testing import CliRunner
+
+    from ftkit.cli import main
+
+    runs = tmp_path / "runs"
+    for name, files in (("faces", ("args.yaml", "run.json")), ("scored", ("run.json",))):
+        (runs / name).mkdir(parents=True)
+        for f in files:
+            (runs / name / f).write_text("{}")
+    r = CliRunner().invoke(main, ["report", str(runs)])
+    assert r.exit_code == 1 and f"holds 2 run directories ({runs / 'faces'}, {runs / 'scored'})" in r.output, r.output
+    for args in (["finetune", "--resume", str(runs)], ["export", str(runs)], ["evaluate", str(runs), "--data", str(tmp_path)]):
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 1 and f"holds 1 run directory ({runs / 'faces'}): give one of them" in r.output, (args, r.output)
+    assert sorted(p.name for p in runs.rglob("*")) == ["args.yaml", "faces", "run.json", "run.json", "scored"]
+
+
 def test_an_export_that_cannot_be_written_names_the_users_file(trained, tmp_path, monkeypatch):
     """A full disk while the candidate is written: the message names model.onnx, not our temp file."""
     import errno
