@@ -503,11 +503,17 @@ def predict_video(pred: Predictor, source: str | int, out: str | Path | None, ev
     what was read so far is kept and ``stopped`` is True."""
     import cv2
 
-    capture = cv2.VideoCapture(source)
+    if isinstance(source, str) and not Path(source).is_file():
+        raise DataError(f"video {source} not found" if not Path(source).exists() else f"video {source} is not a file")
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # its warnings for an absent camera: ours says it
+    try:
+        capture = cv2.VideoCapture(source)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if not capture.isOpened():
-        what = f"camera {source}" if isinstance(source, int) else f"video {source}"
-        raise DataError(f"cannot open {what}: " + ("no camera at that index" if isinstance(source, int)
-                                                   else "missing file or a format OpenCV cannot decode"))
+        raise DataError(f"cannot open camera {source}: no camera at that index" if isinstance(source, int)
+                        else f"cannot open video {source}: a format OpenCV cannot decode (convert it to .mp4, e.g. with ffmpeg)")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else 0
     total = min(count, max_frames) if count > 0 and max_frames else (count if count > 0 else max_frames)

@@ -363,7 +363,9 @@ def test_bad_inputs_for_predict_and_export(run, tmp_path):
     assert r.exit_code == 1 and "neither a run directory nor a named model" in r.output
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     r = CliRunner().invoke(main, ["predict", str(run), "--video", str(tmp_path / "broken.mp4")])
-    assert r.exit_code == 1 and "cannot open video" in r.output
+    assert r.exit_code == 1 and "cannot open video" in r.output and "convert it to .mp4" in r.output
+    r = CliRunner().invoke(main, ["predict", str(run), "--video", str(tmp_path / "gone.mp4")])
+    assert r.exit_code == 1 and f"video {tmp_path / 'gone.mp4'} not found" in r.output
     r = CliRunner().invoke(main, ["predict", str(run), str(tmp_path / "nothing-here.png")])
     assert r.exit_code == 1 and "does not exist" in r.output
     r = CliRunner().invoke(main, ["predict", str(tmp_path / "missing.onnx"), "x.png"])
