@@ -204,7 +204,7 @@ def validate(cfg: Config) -> Config:
     for key, options in CHOICES.items():
         value = getattr(cfg, key)
         if value not in options and not (key == "device" and CUDA_INDEX.fullmatch(value)):
-            raise choice_error(f"value for {key!r}:", value, (*options, "cuda:N"))
+            raise choice_error(f"value for {key!r}:", value, (*options, "cuda:N") if key == "device" else options)
     for key in ("val_split", "test_split"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")

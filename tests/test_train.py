@@ -119,6 +119,10 @@ def test_unknown_optimizer_lists_valid_names(split_folder, tmp_path):
 
     with pytest.raises(ConfigError, match="unknown value for 'optimizer': 'adamm'.*Did you mean 'adam'.*Valid: adamw, adam, sgd, rmsprop"):
         tiny_config(split_folder, tmp_path, optimizer="adamm")
+    with pytest.raises(ConfigError, match=r"Valid: adamw, adam, sgd, rmsprop\.$"):  # a GPU index is a device's, not every choice's
+        tiny_config(split_folder, tmp_path, optimizer="adamm")
+    with pytest.raises(ConfigError, match=r"unknown value for 'device': 'gpu'.*Valid: .*cuda:N"):
+        tiny_config(split_folder, tmp_path, device="gpu")
 
 
 TIMING_COLUMNS = ("images_per_s", "seconds")
