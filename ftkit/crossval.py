@@ -119,6 +119,16 @@ def _run_fold(folder: Path, fold: DataSplits, cfg: Config, train_on, resume_on, 
     return resume_on(folder, console)
 
 
+def _unmake(root: Path, there: bool) -> None:
+    """Take back a cross-validation folder that holds only its own args.yaml and run.json, as a
+    single run that fails before training leaves nothing behind (so the same --out can be used
+    again); a folder that was there before, empty, is kept, empty."""
+    for name in ("args.yaml", "run.json"):
+        (root / name).unlink(missing_ok=True)
+    if not there and not any(root.iterdir()):
+        root.rmdir()
+
+
 def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None, allow_download: bool = True,
                    root: Path | None = None, resume_on: Callable[..., RunResult] | None = None) -> RunResult:
     """Train one run per fold with ``train_on`` (ftkit.train.train_on: the training is handed in, so
@@ -131,8 +141,11 @@ def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None
     pool = concat(list(data.splits.values()))
     groups = group_keys(pool.keys, cfg.group_by) if cfg.group_by else None
     tests = fold_indices(pool.labels, cfg.folds, cfg.seed, groups)  # data too small for K folds: no folder made
+    made = None  # the folder this call made, and whether it was there (empty) before
     if root is None:
+        there = bool(cfg.out) and Path(cfg.out).is_dir()
         root = new_run_dir(cfg)
+        made = (root, there)
         write_args(root, cfg.to_dict())
     update_record(root, status="running", error=None, folds=cfg.folds)  # a resumed root's earlier failure is over
     reports = []
@@ -151,7 +164,10 @@ def cross_validate(cfg: Config, train_on: Callable[..., RunResult], console=None
             console.print(f"cross-validation interrupted; continue it (every fold) with: ftkit finetune --resume {root}", style="yellow")
         raise
     except Exception as exc:
-        update_record(root, status="failed", error=f"fold {len(reports) + 1}: {type(exc).__name__}: {exc}")
+        if made and not any(root.glob("fold-*")):
+            _unmake(*made)  # failed before any fold began (weights, device): nothing to keep or resume
+        else:
+            update_record(root, status="failed", error=f"fold {len(reports) + 1}: {type(exc).__name__}: {exc}")
         raise
     cv = aggregate_folds(reports)
     write_json(root / "cv_report.json", cv)

@@ -366,6 +366,13 @@ def test_missing_pretrained_weights_fail_before_any_run_directory(trained, tmp_p
     assert r.exit_code == 1
     assert "no pretrained weights for test_efficientnet found offline" in r.output and "--no-pretrained" in r.output
     assert not (tmp_path / "runs" / "nope").exists()
+    # a cross-validation too: its folder was left 'failed', and the same --out then refused
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "cv", tmp_path / "empty"):
+        r = invoke("finetune", "--data", tmp / "data", "--backbone", TINY, "--img-size", 32, "--epochs", 1, "--folds", 2,
+                   "--out", out)
+        assert r.exit_code == 1 and "no pretrained weights for test_efficientnet" in r.output, r.output
+    assert not (tmp_path / "cv").exists() and list((tmp_path / "empty").iterdir()) == []  # a folder of the user's is kept
 
 
 def test_paths_and_names_with_brackets_are_printed_as_they_are(tmp_path):
