@@ -259,7 +259,8 @@ def lr_find(recipe, start, end, steps, plot_path, **kwargs):
         raise click.ClickException(
             f"the loss did not fall between lr {start:g} and {end:g} ({finding.phase} phase; plot: {plot_path}), so the "
             "test names no rate: " + ("a frozen backbone without pretrained weights learns little (try --freeze-epochs "
-                                      "0), or " if finding.phase == "head" else "") + "give it more --steps")
+                                      "0), or " if finding.phase == "head" and not finding.pretrained else "")
+            + "give it more --steps (each step is one batch; a small set may need a smaller --batch-size)")
     console.print(f"lowest loss at lr {finding.minimum:.1e}; steepest fall at {finding.steepest:.1e}; "
                   f"suggested --lr {finding.suggestion:.1e} (a tenth of the lowest-loss rate); plot: {plot_path}")
     click.echo(f"{finding.suggestion:.1e}")

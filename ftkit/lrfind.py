@@ -36,6 +36,7 @@ class LRFinding:
     losses: list[float]  # the smoothed training loss after each step
     phase: str  # the phase the test ran in: "head" (backbone frozen) or "full"
     stopped_early: bool  # the loss diverged before the last step
+    pretrained: bool = True  # the model started from trained weights (not random initialisation)
 
     @property
     def minimum(self) -> float:
@@ -78,7 +79,7 @@ def find_lr(cfg: Config, console: Console | None = None, start: float = 1e-7, en
         raise ConfigError("lr-find tests gradient steps on one training split: leave out --folds and --head logreg")
     seed_everything(cfg.seed)
     data = load_data(cfg, console=out)
-    model, _ = build_model(cfg, data.classes, out, allow_download=False)
+    model, weights = build_model(cfg, data.classes, out, allow_download=False)
     parts, loaders, _ = set_up(replace(cfg, scheduler="none"), data, model, ctx=SINGLE)
     phase = run_phases(cfg, model)[0]
     set_trainable(model, phase.unfrozen_stages)
@@ -110,7 +111,7 @@ def find_lr(cfg: Config, console: Console | None = None, start: float = 1e-7, en
             bar.update(task, advance=1, info=f"lr {lr:.1e} loss {smoothed:.3f}")
     if len(losses) < 3:
         raise ConfigError(f"the loss diverged within {len(losses) + 1} steps from lr {start:g}: lower --start")
-    return LRFinding(lrs, losses, phase.name, stopped)
+    return LRFinding(lrs, losses, phase.name, stopped, pretrained=weights.source != "none")
 
 
 def plot_lr_finding(finding: LRFinding, path: str | Path) -> Path:

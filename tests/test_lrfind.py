@@ -70,6 +70,19 @@ def test_lr_find_cli_and_refusals(split_folder, tmp_path):
         find_lr(tiny_config(split_folder, tmp_path), start=1.0, end=0.1)
 
 
+@pytest.mark.parametrize("pretrained", [False, True])
+def test_a_test_that_names_no_rate_says_why(pretrained, split_folder, tmp_path, monkeypatch):
+    """A flat curve names no rate; the frozen-random-backbone reason is given only when the model
+    had no pretrained weights (it was given to an ImageNet model whose loss had not fallen 3 %)."""
+    import ftkit.lrfind
+
+    flat = LRFinding(list(np.geomspace(1e-7, 1.0, 20)), [2.0] * 20, "head", False, pretrained=pretrained)
+    monkeypatch.setattr(ftkit.lrfind, "find_lr", lambda *args, **kwargs: flat)
+    r = CliRunner().invoke(main, ["lr-find", "--data", str(split_folder), "--plot", str(tmp_path / "p.png")])
+    assert r.exit_code == 1 and "did not fall between lr 1e-07 and 1 (head phase" in r.output
+    assert ("without pretrained weights learns little" in r.output) is not pretrained and "more --steps" in r.output
+
+
 def test_the_range_test_steps_as_an_accumulating_run_would(split_folder, tmp_path, monkeypatch):
     """With --accumulate N each tested rate is one optimizer step over N batches, as the run's."""
     import ftkit.lrfind as lrfind
