@@ -828,7 +828,7 @@ def data_inspect(path, label_from):
     total, sampled = sum(n for per in counts.values() for n in per.values()), sum(kinds.values())
     sample = f" (a sample of {sampled} of the {total} images)" if sampled < total else ""
     console.print(f"image sizes and modes (L: gray){sample}: {shown}{more}")
-    if skipped:
+    if skipped and Path(path).suffix.lower() != ".csv":  # a CSV's malformed rows: its reader has named them
         console.print(skipped_text(skipped), style="yellow")
 
 

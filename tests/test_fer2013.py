@@ -65,6 +65,8 @@ def test_malformed_rows_are_skipped_with_line_numbers(tmp_path):
     assert len(items["train"]) == 1 and len(items["val"]) == 1
     with pytest.raises(DataError, match="line 3: expected 2304 pixel values"):
         read_fer_csv(path, strict=True)
+    r = CliRunner().invoke(main, ["data", "inspect", str(path)])  # the rows named once, by line
+    assert r.exit_code == 0 and r.output.count("bad.csv") == 2 and "line 6: unknown Usage 'Validation'" in r.output, r.output
 
 
 def test_wrong_header_is_refused(tmp_path):
