@@ -818,10 +818,12 @@ def data_inspect(path, label_from):
     Example:
       ftkit data inspect ../shared/data/fer2013/fer2013-sample.csv
       ftkit data inspect jaffe/ --label-from '[.]([A-Z]{2})[0-9]'
+      ftkit data inspect shards/
     """
-    from .data import inspect_source, skipped_text
+    from .data import skipped_text
+    from .shards import inspect_data
 
-    counts, skipped, kinds = inspect_source(path, console=console, label_from=label_from)
+    counts, skipped, kinds = inspect_data(path, console=console, label_from=label_from)
     console.print(_counts_table(counts, path))
     shown = ", ".join(f"{kind} {n}" for kind, n in list(kinds.items())[:6])
     more = f" and {len(kinds) - 6} more kinds" if len(kinds) > 6 else ""

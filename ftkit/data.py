@@ -713,15 +713,16 @@ def inspect_source(path: str | Path, console=None, label_from: str | None = None
         items, _ = _folder_items(root, cfg, skipped)
         keys = [k for rows in items.values() for k, _ in rows]
         # headers only, but a file open each: an evenly spaced sample of a big folder
-        kinds = Counter(_image_kind(k) for k in keys[::max(1, math.ceil(len(keys) / INSPECT_SAMPLE))])
+        kinds = Counter(image_kind(k) for k in keys[::max(1, math.ceil(len(keys) / INSPECT_SAMPLE))])
     counts = {split: dict(sorted(Counter(c for _, c in rows).items())) for split, rows in items.items()}
     return counts, skipped, dict(kinds.most_common())
 
 
-def _image_kind(path: str) -> str:
-    """"WIDTHxHEIGHT MODE" from the file's header (PIL opens lazily), or "unreadable"."""
+def image_kind(file) -> str:
+    """"WIDTHxHEIGHT MODE" from an image file's header (a path or an open file; PIL opens
+    lazily), or "unreadable"."""
     try:
-        with Image.open(path) as im:
+        with Image.open(file) as im:
             return f"{im.width}x{im.height} {im.mode}"
     except UNREADABLE:
         return "unreadable"

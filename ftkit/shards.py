@@ -15,7 +15,10 @@ shuffling and writing are the ``webdataset`` package's.
 from __future__ import annotations
 
 import io
+import itertools
 import random
+import tarfile
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +29,7 @@ import torch
 import webdataset as wds
 
 from .config import Config, ConfigError
-from .data import DataError, DataSplits, Split, load_data, read_image, read_split_listing
+from .data import INSPECT_SAMPLE, DataError, DataSplits, Split, image_kind, inspect_source, load_data, read_image, read_split_listing
 from .distributed import SINGLE, Context
 from .io import holds_files, new_folder, read_json, refuse_inside, write_json
 from .progress import progress_bar
@@ -103,6 +106,24 @@ def source_exists(path: str | Path) -> bool:
     """Whether data is where ``path`` says: a folder or CSV, or a brace pattern of shard files
     (which names no file as it stands)."""
     return Path(path).exists() or shard_root(path) is not None
+
+
+def inspect_data(path: str | Path, console=None, label_from: str | None = None
+                 ) -> tuple[dict[str, dict[str, int]], list[tuple[str, str]], dict[str, int]]:
+    """``data.inspect_source`` for any source, shard folders too: a shard folder's counts come
+    from its index, and its sizes and modes from the headers of the images at the start of each
+    split's first shard (at most INSPECT_SAMPLE in all)."""
+    if not shard_root(path):
+        return inspect_source(path, console=console, label_from=label_from)
+    data = load_shards(Config(data=str(path)))
+    counts = {name: dict(sorted(Counter(data.classes[i] for i in split.labels).items())) for name, split in data.splits.items()}
+    kinds: Counter = Counter()
+    for split in data.splits.values():
+        with tarfile.open(split.shards[0][0]) as tar:
+            images = (m for m in tar if m.isfile() and not m.name.endswith(".cls"))  # a sample: its image, class, index
+            for member in itertools.islice(images, INSPECT_SAMPLE // len(data.splits)):
+                kinds[image_kind(tar.extractfile(member))] += 1
+    return counts, [], dict(kinds.most_common())
 
 
 def load_shards(cfg: Config) -> DataSplits:
@@ -245,12 +266,16 @@ def load(cfg: Config, console=None) -> DataSplits:
 def stream_loaders(data: DataSplits, train_tf, eval_tf, cfg: Config, ctx: Context, workers: int, pin: bool):
     """The streamed counterparts of the cached loaders (see train.make_loaders)."""
     train = data.splits["train"]
-    if len(train) < cfg.batch_size:
-        raise ConfigError(f"the training shards hold {len(train)} images, fewer than --batch-size {cfg.batch_size}")
-    per_rank = cfg.batch_size // ctx.world
+    batch = cfg.batch_size
+    if len(train) < batch:
+        if ctx.world > 1:  # each process streams its own shards: one batch of all of them cannot be split evenly
+            raise ConfigError(f"the training shards hold {len(train)} images, fewer than --batch-size {batch}: lower it "
+                              f"to {len(train) // ctx.world * ctx.world} or less")
+        batch = len(train)  # one batch of every image, as a folder of that size trains
+    per_rank = batch // ctx.world
     stream = ShardStream(train, train_tf, ctx, cfg.seed, train=True)
     loader = torch.utils.data.DataLoader(stream, batch_size=per_rank, num_workers=workers, pin_memory=pin)
-    train_loader = StreamBatches(loader, per_rank, len(train) // cfg.batch_size)
+    train_loader = StreamBatches(loader, per_rank, len(train) // batch)
     eval_loaders = {
         name: torch.utils.data.DataLoader(ShardStream(split, eval_tf, ctx), batch_size=cfg.batch_size * 2,
                                           num_workers=min(workers, len(split.shards)), pin_memory=pin)

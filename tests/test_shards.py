@@ -179,3 +179,22 @@ def test_a_run_on_a_brace_pattern_of_shards_is_found_again_by_resume(flat, tmp_p
     run = finetune(tiny_config(shards / "train-{000000..000001}.tar", tmp_path, epochs=1, freeze_epochs=0, name="brace")).run_dir
     with pytest.raises(RunError, match="has finished"):  # not: "which is not there any more"
         resume(run)
+
+
+def test_data_inspect_reads_a_shard_folder_and_a_set_smaller_than_a_batch_trains_in_one(flat, tmp_path):
+    """`data inspect` on shards said the folder had no class folders; a training split smaller
+    than --batch-size was refused on shards, where a folder of that size trains in one batch."""
+    shards = tmp_path / "shards"
+    write_shards(resolve(None, data=str(flat), seed=1), shards, shard_size=10)
+    index = json.loads((shards / "dataset.json").read_text())
+    r = CliRunner().invoke(main, ["data", "inspect", str(shards)])
+    assert r.exit_code == 0, r.output
+    for name, entry in index["splits"].items():
+        row = next(line for line in r.output.splitlines() if f" {name} " in line).split("│")
+        assert [int(n) for n in row[2:-1]] == [entry["labels"].count(i) for i in range(3)] + [entry["count"]]
+    sampled = sum(entry["shards"][0]["count"] for entry in index["splits"].values())  # each split's first shard
+    assert f"(a sample of {sampled} of the 60 images): 24x24 RGB {sampled}" in r.output
+
+    train = index["splits"]["train"]["count"]
+    result = finetune(tiny_config(shards, tmp_path, batch_size=train + 10, epochs=1, freeze_epochs=0))
+    assert json.loads((result.run_dir / "run.json").read_text())["status"] == "finished"
