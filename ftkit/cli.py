@@ -352,8 +352,10 @@ def runs_list(folder):
 @config_options(only=DATA_OVERRIDES, default="the run's")
 @_friendly
 def evaluate(run, data, split, tta, name, device, **kwargs):
-    """Score a trained run, or a named model, on another folder or split; writes RUN/eval/<name>/
-    (runs/<model name>/eval/<name>/ for a named model).
+    """Score a trained run, a named model or an exported file on another folder or split; writes
+    RUN/eval/<name>/ (runs/<model name>/eval/<name>/ for a named model, eval/<name>/ beside an
+    exported .onnx or TorchScript file, which is scored as deployed: on the CPU, with the
+    preprocessing and TTA recorded in it).
 
     Faces are cropped and classes selected as the run was trained unless the options below say
     otherwise; class folders named by a usual alias of the model's classes (anger, happiness,
@@ -363,6 +365,7 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
     Examples:
       ftkit evaluate runs/faces-mobilenetv2 --data other_faces/ --split test --tta flip
       ftkit evaluate fer2013-fast --data my_photos/ --faces crop --drop-class contempt
+      ftkit evaluate runs/faces-mobilenetv2/export/model.onnx --data other_faces/
     """
     from .io import read_json
     from .predict import evaluate_run
@@ -392,7 +395,8 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
 def ensemble(runs, out, data, split, tta, device, **kwargs):
     """Average the class probabilities of several runs on the same images and report on them.
 
-    Each run keeps its own input size, preprocessing and TTA; the runs must share class names.
+    Each run keeps its own input size, preprocessing and TTA; the runs must share class names. A
+    member may be a named model or an exported .onnx or TorchScript file too.
     OUT gets predictions.csv, the report files and each member's predictions under members/.
 
     \b

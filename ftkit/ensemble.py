@@ -18,7 +18,7 @@ import numpy as np
 
 from .evaluation import quick_metrics, write_predictions
 from .io import holds_files, new_folder, refuse_inside
-from .predict import LoadedRun, Scored, load_run, run_record, score_run, trained_on_note
+from .predict import LoadedRun, Scored, load_model, run_record, score_run, trained_on_note
 from .report import write_report
 from .runs import RunError, update_record, write_classes
 
@@ -89,7 +89,7 @@ def score_members(runs: list[str | Path], data: str | None = None, split: str = 
     loaded: list[LoadedRun] = []
     scores: list[Scored] = []
     for i, run in enumerate(runs):
-        member = load_run(run, device)
+        member = load_model(run, device)
         if loaded and sorted(member.classes) != sorted(loaded[0].classes):
             raise RunError(f"{run} predicts classes {member.classes}, but {runs[0]} predicts {loaded[0].classes}; "
                            "an ensemble's runs must share their class names")

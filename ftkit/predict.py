@@ -42,11 +42,14 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
     trained on ready-cropped faces. Writes predictions.csv and the report files into
     ``RUN/eval/<name>/`` (never over an earlier evaluation) and returns (that folder, the report).
     """
-    loaded = load_run(run, device)
+    loaded = load_model(run, device)
     scored = score_run(loaded, data, split, tta, console, overrides=overrides)
-    # a named model has no run directory: its evaluations go under runs/<name>/eval/
-    home = loaded.run if loaded.run is not None else Path("runs") / loaded.name
-    folder = _new_eval_dir(home, name or f"{Path(scored.data).stem}-{scored.split}")  # taken, empty
+    # a named model has no run directory: its evaluations go under runs/<name>/eval/; an exported
+    # file's beside it, under eval/, named after it too (several files may share the folder)
+    exported = (loaded.source or {}).get("kind") in EXPORT_KINDS
+    home = loaded.run or (Path(run).parent if exported else Path("runs") / loaded.name)
+    default = f"{Path(run).name + '-' if exported else ''}{Path(scored.data).stem}-{scored.split}"
+    folder = _new_eval_dir(home, name or default)  # taken, empty
     try:
         with new_folder(folder, "evaluation folder") as work:  # whole when it appears, or not at all
             write_predictions(work / "predictions.csv", scored.keys, scored.labels, scored.probs, loaded.classes)
@@ -60,6 +63,48 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
             folder.rmdir()
         raise
     return folder, report
+
+
+EXPORT_KINDS = ("onnx", "torchscript")
+
+
+def load_model(target: str | Path, device: str = "auto") -> LoadedRun:
+    """``zoo.load_run`` for anything ``ftkit evaluate`` and ``ftkit ensemble`` score: a run, a
+    named model, or an ``.onnx`` / TorchScript file written by ``ftkit export`` (on the CPU, with
+    the classes, preprocessing, face settings and TTA recorded in it), so that the file that is
+    deployed can be scored as it is."""
+    kind = exported_format(target)
+    if kind is None:
+        return load_run(target, device)
+    path = Path(target)
+    if not path.is_file():
+        raise DataError(f"{kind} model {path} not found")
+    model, meta = (OnnxModel(path), read_onnx_metadata(path)) if kind == "onnx" else load_torchscript(path)
+    config = Config(data="", backbone=meta.get("backbone") or Config().backbone, faces=meta.get("faces", "none"),
+                    face_margin=meta.get("face_margin", 0.25), face_align=meta.get("face_align", False),
+                    tta=meta.get("tta", "none"))
+    source = {"kind": kind, "name": str(path), "path": str(path), "sha256": sha256sum(path), "backbone": meta.get("backbone"),
+              "classes": meta["classes"], "exported_from": meta.get("run"), "entry": {"backbone": meta.get("backbone")}}
+    return LoadedRun(None, model, meta["classes"], export_data_config(meta), config, torch.device("cpu"), str(path), source)
+
+
+class OnnxModel(torch.nn.Module):
+    """An ONNX Runtime session (CPU) as a module: a float32 NCHW batch in, logits out."""
+
+    def __init__(self, path: str | Path):
+        import onnxruntime as ort
+
+        super().__init__()
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        return torch.from_numpy(self.session.run(None, {"input": batch})[0])
+
+
+def export_data_config(meta: dict[str, Any]) -> DataConfig:
+    """The preprocessing that ``ftkit export`` records in a file."""
+    return DataConfig(**{k: meta[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")})
 
 
 def run_record(loaded: LoadedRun) -> dict[str, Any]:
@@ -160,7 +205,8 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     same thing share one decoded copy of the data (an ensemble decodes a 290 MB CSV once).
     ``overrides`` replaces data settings of the run (only DATA_OVERRIDES)."""
     if loaded.run is None and not data:
-        raise DataError(f"{loaded.name} is a named model with no data of its own: give the images to score with --data")
+        raise DataError(f"{loaded.name} has no data of its own (a named model or an exported file): give the images to "
+                        "score with --data")
     overrides = dict(overrides or {})
     other = sorted(set(overrides) - set(DATA_OVERRIDES))
     if other:
@@ -299,10 +345,8 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "Predictor":
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return cls._from_export(read_onnx_metadata(path), lambda x: session.run(None, {"input": x})[0], path)
+        model = OnnxModel(path)
+        return cls._from_export(read_onnx_metadata(path), lambda x: model(torch.from_numpy(x)).numpy(), path)
 
     @classmethod
     def from_torchscript(cls, path: str | Path) -> "Predictor":
@@ -317,8 +361,7 @@ class Predictor:
     @classmethod
     def _from_export(cls, meta: dict[str, Any], forward, path: str | Path) -> "Predictor":
         """The classes, preprocessing and face settings that ``ftkit export`` records in a file."""
-        fields = {k: meta[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")}
-        return cls(meta["classes"], DataConfig(**fields), forward, str(path),
+        return cls(meta["classes"], export_data_config(meta), forward, str(path),
                    meta.get("faces", "none"), meta.get("face_margin", 0.25), meta.get("face_align", False),
                    meta.get("tta", "none"))
 

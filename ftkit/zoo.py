@@ -115,8 +115,8 @@ def load_source(target: str | Path, checkpoint: str = "best") -> ModelSource:
                            weights, meta)
     found = find_model(str(target))
     if found is None and path.is_file() and exported_format(path):
-        raise ModelNotFound(f"{target} is an exported model file: `ftkit predict` takes it; to evaluate, fine-tune "
-                            "from or export again, give the run directory or named model it was exported from")
+        raise ModelNotFound(f"{target} is an exported model file: `ftkit predict`, `evaluate` and `ensemble` take it; "
+                            "to fine-tune from it or export again, give the run directory or named model it was exported from")
     if found is None:
         names = [m["name"] for m in list_models()]
         runs = runs_beside(path)  # a mistyped run directory: the runs beside where it would be

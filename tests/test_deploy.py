@@ -374,10 +374,38 @@ def test_bad_inputs_for_predict_and_export(run, tmp_path):
     r = CliRunner().invoke(main, ["predict", str(tmp_path / "state.pt"), "x.png"])
     assert r.exit_code == 1 and "is not a TorchScript file" in r.output
     invoke("export", run, "--out", tmp_path / "m.onnx")
-    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "m.onnx")])  # said: neither a run nor a named model
-    assert r.exit_code == 1 and "is an exported model file: `ftkit predict` takes it" in r.output
+    r = CliRunner().invoke(main, ["evaluate", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 1 and "m.onnx has no data of its own (a named model or an exported file)" in r.output
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "m.onnx")])  # said: neither a run nor a named model
+    assert r.exit_code == 1 and "is an exported model file: `ftkit predict`, `evaluate` and `ensemble` take it" in r.output
     r = CliRunner().invoke(main, ["export", str(tmp_path / "missing-run")])
     assert r.exit_code == 1 and "neither a run directory nor a named model" in r.output
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_file_is_evaluated_and_ensembled_as_it_is_deployed(run, fmt, tmp_path):
+    """`ftkit evaluate model.onnx --data DIR` scores the deployed file with the preprocessing and
+    TTA it records, and matches its run; its evaluation goes beside it. An ensemble takes it too."""
+    out = tmp_path / ("m.onnx" if fmt == "onnx" else "m.ts")
+    assert invoke("export", run, "--format", fmt, "--out", out).exit_code == 0
+    data = run.parent.parent / "data"
+    r = invoke("evaluate", out, "--data", data, "--split", "test")
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "eval" / f"{out.name}-data-test"
+    assert r.output.strip().splitlines()[-1] == str(folder)
+    r = invoke("evaluate", run, "--data", data, "--split", "test", "--name", "pytorch")
+    assert r.exit_code == 0, r.output
+    exported, pytorch = (np.loadtxt(f / "predictions.csv", delimiter=",", skiprows=1, usecols=(3, 4, 5))
+                         for f in (folder, run / "eval" / "pytorch"))
+    assert np.abs(exported - pytorch).max() < 1e-4  # the flip TTA the run recorded, applied to the file too
+    record = json.loads((folder / "run.json").read_text())
+    assert record["eval_tta"] == "flip" and record["model"]["kind"] == fmt and record["model"]["exported_from"] == str(run)
+    assert json.loads((folder / "report.json").read_text())["n"] == 9
+
+    r = invoke("ensemble", run, out, "--data", data, "--split", "test", "--out", tmp_path / "ens")
+    assert r.exit_code == 0, r.output
+    members = json.loads((tmp_path / "ens" / "run.json").read_text())["ensemble"]
+    assert [m["run"] for m in members] == [str(run), str(out)]
 
 
 def test_export_replaces_its_own_earlier_export_but_no_other_file(run, tmp_path):
