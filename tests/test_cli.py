@@ -271,7 +271,7 @@ def test_bad_inputs_give_clear_messages(trained, tmp_path):
     r = invoke("finetune", "--data", tmp / "data", "--augment", "heavy")  # Click checks the choice (usage error: 2)
     assert r.exit_code == 2 and "'heavy' is not one of 'none', 'light', 'fer', 'strong'" in r.output
     r = invoke("report", tmp_path)
-    assert r.exit_code == 1 and "predictions.csv" in r.output
+    assert r.exit_code == 1 and f"{tmp_path} is not an ftkit run directory (no run.json)" in r.output
     r = invoke("predict", tmp_path / "nope", "x.png")
     assert r.exit_code == 1 and "neither a run directory nor a named model" in r.output
     for command in (["predict", tmp / "runs" / "cli-rn", "x.png"], ["report", tmp / "runs" / "cli-rn"],
