@@ -215,7 +215,9 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
         raise DataError(f"{loaded.name} trained on {loaded.config.data}, which is not there any more: if it moved, record "
                         f"its new place with ftkit finetune --resume {loaded.name} --data NEW_PLACE (a finished run too; "
                         "then its own split is scored again), or give other images to score with --data")
-    cfg = validate(replace(loaded.config, data=data or loaded.config.data,
+    # the data's absolute place, as a run records its own: the scores' record, predictions.csv and
+    # report.html's thumbnails stay right when read from another folder
+    cfg = validate(replace(loaded.config, data=os.path.abspath(data) if data else loaded.config.data,
                            splits=None if data else str(loaded.run / "split.csv"), **overrides))
     if overrides.get("face_align") and cfg.faces == "none":
         raise ConfigError("face_align levels the eyes of detected faces: give faces crop or require with it")

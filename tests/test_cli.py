@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -389,3 +390,21 @@ def test_paths_and_names_with_brackets_are_printed_as_they_are(tmp_path):
     text = " ".join(r.output.split())
     assert skipped in text and "epoch 1/2 [head]" in text and "epoch 2/2 [full]" in text
     assert text.count(str(root)) >= 2  # the warning, and the data row of the run's summary
+
+
+def test_an_evaluation_records_where_its_images_are_not_where_it_was_run_from(trained, tmp_path, monkeypatch):
+    """`evaluate RUN --data faces/` recorded 'faces' and relative image paths: read from another
+    folder, the record and report.html's thumbnails pointed nowhere. A run records its data's
+    absolute place; an evaluation now does too."""
+    import shutil
+
+    tmp, run = trained
+    shutil.copytree(tmp / "data" / "test", tmp_path / "faces")
+    monkeypatch.chdir(tmp_path)
+    r = invoke("evaluate", run, "--data", "faces", "--name", "relative")
+    assert r.exit_code == 0, r.output
+    folder = run / "eval" / "relative"
+    assert json.loads((folder / "run.json").read_text())["eval_data"] == str(tmp_path / "faces")
+    with open(folder / "predictions.csv") as f:
+        assert all(Path(row["path"]).is_absolute() and Path(row["path"]).is_file() for row in csv.DictReader(f))
+    shutil.rmtree(folder)  # the run is shared with other tests
