@@ -87,10 +87,12 @@ def test_mismatched_checkpoint_names_the_tensor():
         fit_to_model(_foreign(other), TINY)
 
 
-def test_import_writes_store_and_manifest(tmp_path, store):
+def test_import_writes_store_and_manifest(tmp_path, store, monkeypatch):
     reference = timm.create_model(TINY, num_classes=1000).state_dict()
     torch.save(_foreign(reference), tmp_path / "foreign.pth")
-    entry = import_weights(tmp_path / "foreign.pth", TINY)
+    monkeypatch.chdir(tmp_path)
+    entry = import_weights("foreign.pth", TINY)
+    assert entry["source"] == str(tmp_path / "foreign.pth")  # the file's place, not as typed in some folder
     target = store / f"{TINY}.safetensors"
     assert target.is_file() and entry["sha256"] == sha256sum(target)
     manifest = read_manifest(store)
