@@ -79,6 +79,9 @@ def load_model(target: str | Path, device: str = "auto") -> LoadedRun:
     path = Path(target)
     if not path.is_file():
         raise DataError(f"{kind} model {path} not found")
+    if device not in ("auto", "cpu"):
+        raise ConfigError(f"{path} is scored on the CPU, as ftkit's {kind} runtime runs it; leave out --device {device}, "
+                          "or score the run directory or named model it was exported from on the GPU")
     model, meta = (OnnxModel(path), read_onnx_metadata(path)) if kind == "onnx" else load_torchscript(path)
     config = Config(data="", backbone=meta.get("backbone") or Config().backbone, faces=meta.get("faces", "none"),
                     face_margin=meta.get("face_margin", 0.25), face_align=meta.get("face_align", False),

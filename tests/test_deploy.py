@@ -402,6 +402,9 @@ def test_an_exported_file_is_evaluated_and_ensembled_as_it_is_deployed(run, fmt,
     assert record["eval_tta"] == "flip" and record["model"]["kind"] == fmt and record["model"]["exported_from"] == str(run)
     assert json.loads((folder / "report.json").read_text())["n"] == 9
 
+    r = invoke("evaluate", out, "--data", data, "--device", "cuda")  # not taken silently and run on the CPU
+    assert r.exit_code == 1 and "is scored on the CPU" in r.output and not (tmp_path / "eval" / f"{out.name}-data-test-2").exists()
+
     r = invoke("ensemble", run, out, "--data", data, "--split", "test", "--out", tmp_path / "ens")
     assert r.exit_code == 0, r.output
     members = json.loads((tmp_path / "ens" / "run.json").read_text())["ensemble"]
