@@ -275,23 +275,33 @@ def write_split_listing(data: DataSplits, path: Path, root: str | Path | None = 
 
 
 def read_split_listing(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """A run's split.csv (path,class,split), or a listing of one's own: path and class (or label)
+    columns, with a split column or without one (every row "all": ftkit carves the splits, as
+    for a flat folder); other columns (a subject, a source) are left aside."""
     if not path.is_file():
-        raise DataError(f"split listing {path} not found (it is the split.csv of an earlier run)")
+        raise DataError(f"split listing {path} not found (it is the split.csv of an earlier run, or a CSV of your own "
+                        "with path and class columns)")
     out: dict[str, list[tuple[str, str]]] = {}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames != ["path", "class", "split"]:
-            raise DataError(f"{path}: expected the header path,class,split, got {reader.fieldnames}")
+        fields = reader.fieldnames or []
+        label = next((name for name in ("class", "label") if name in fields), None)
+        if "path" not in fields or label is None:
+            raise DataError(f"{path}: expected a header with path and class (or label) columns, and split if the "
+                            f"listing decides the splits (a run's split.csv: path,class,split); got {','.join(fields)}")
         seen: dict[str, str] = {}
         for line, row in enumerate(reader, 2):
-            name, key = row["split"], row["path"]
+            name, key = row.get("split") or "all", row["path"]
+            if not key or not row[label]:
+                raise DataError(f"{path}, line {line}: an empty {'path' if not key else label}; every row names an image "
+                                "and its class")
             if name not in SPLITS and name != "all":
                 raise DataError(f"{path}, line {line}: unknown split {name!r} (valid: {', '.join(SPLITS)}, all)")
             if key in seen:
                 raise DataError(f"{path}, line {line}: {key} is listed twice ({seen[key]} and {name}); "
                                 "an image belongs to one split")
             seen[key] = name
-            out.setdefault(name, []).append((key, row["class"]))
+            out.setdefault(name, []).append((key, row[label]))
     if "train" not in out and "all" not in out:
         raise DataError(f"{path} lists no train split")
     return out

@@ -115,6 +115,24 @@ def test_split_listing_reproduces_the_split(flat_folder, tmp_path):
     assert "added-later.png" in later.notes[0]
 
 
+def test_a_listing_of_ones_own_labels_the_images_and_ftkit_splits_them(flat_folder, tmp_path, classes):
+    """A CSV of path and label (fastai's from_csv): classes from the CSV, not the folders; with
+    no split column ftkit carves the splits; extra columns are left aside; a BOM is read through."""
+    images = sorted(Path(flat_folder).rglob("*.png"))
+    rows = [f"{p.relative_to(flat_folder).as_posix()},{p.parent.name.upper()},subject{i % 5}" for i, p in enumerate(images)]
+    (tmp_path / "labels.csv").write_text("\ufeffpath,label,subject\n" + "\n".join(rows[:-3]) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="3 image.s. under .* are not in the split listing"):
+        data = load_data(tiny_config(flat_folder, tmp_path, splits=str(tmp_path / "labels.csv")))
+    assert data.classes == [c.upper() for c in classes]
+    counts = {name: len(split.keys) for name, split in data.splits.items()}
+    assert set(counts) == {"train", "val", "test"} and sum(counts.values()) == len(images) - 3
+    for bad, message in (("file,class\na.png,x\n", "expected a header with path and class"),
+                         ("path,class\na.png,\n", "line 2: an empty class")):
+        (tmp_path / "bad.csv").write_text(bad)
+        with pytest.raises(DataError, match=message):
+            load_data(tiny_config(flat_folder, tmp_path, splits=str(tmp_path / "bad.csv")))
+
+
 def test_a_listing_of_a_run_that_drops_a_class_warns_of_nothing(flat_folder, tmp_path, classes, recwarn):
     """The dropped class's images are not in the listing, and are not 'left out' by it."""
     from ftkit.data import write_split_listing
