@@ -326,7 +326,8 @@ def check_listing_files(items: dict[str, list[tuple[str, str]]], root: Path, lis
         for key, _ in rows:
             file = Path(key)
             if not file.is_file():
-                raise DataError(f"{listing}: {key} no longer exists; the listing does not describe the data as it is now")
+                raise DataError(f"{listing}: {key} is listed but not there; the listing does not describe the data as it "
+                                "is now (its paths are relative to the data folder, --data)")
             if root.is_dir() and base not in Path(os.path.abspath(file)).parents:
                 raise DataError(f"{listing}: {key} is not inside --data {root}; the listing belongs to another data set")
 

@@ -278,7 +278,7 @@ def test_a_split_listing_gives_exactly_its_split_or_refuses(flat_folder, tmp_pat
 
     refused([lines[0], lines[1].rsplit(",", 1)[0] + ",holdout", *lines[2:]], "unknown split 'holdout'")
     refused([*lines, lines[1].rsplit(",", 1)[0] + ",test"], "listed twice")
-    refused([lines[0], lines[1].replace(".png", "-gone.png"), *lines[2:]], "no longer exists")
+    refused([lines[0], lines[1].replace(".png", "-gone.png"), *lines[2:]], "is listed but not there")
     other = write_split_folder(tmp_path / "other", sizes=(("train", 4),))
     refused(lines, "not inside --data", data_root=other)
     again = load_data(tiny_config(flat_folder, tmp_path, splits=str(listing)))

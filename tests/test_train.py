@@ -221,7 +221,7 @@ def test_a_run_whose_data_moved_resumes_with_data_and_records_the_new_place(spli
     shutil.copytree(moved, short)
     next((short / "train").rglob("*.png")).unlink()
     r = CliRunner().invoke(main, ["finetune", "--resume", str(cut), "--data", str(short)])
-    assert r.exit_code == 1 and "no longer exists" in r.output
+    assert r.exit_code == 1 and "is listed but not there" in r.output
     assert yaml.safe_load((cut / "args.yaml").read_text())["data"] == str(split_folder)  # a failed move changes nothing
 
     r = CliRunner().invoke(main, ["finetune", "--resume", str(cut), "--data", str(moved)])
