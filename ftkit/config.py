@@ -197,7 +197,8 @@ def _check_items(key: str, values: list, item: Any) -> list:
 
 
 # The data settings of a trained run that scoring it on other images may replace (ftkit evaluate).
-DATA_OVERRIDES = ("faces", "face_margin", "face_align", "label_from", "classes", "drop_classes", "merge_classes", "strict")
+DATA_OVERRIDES = ("faces", "face_margin", "face_align", "label_from", "splits", "classes", "drop_classes", "merge_classes",
+                  "strict")
 
 
 def validate(cfg: Config) -> Config:

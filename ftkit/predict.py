@@ -220,8 +220,11 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
                         "then its own split is scored again), or give other images to score with --data")
     # the data's absolute place, as a run records its own: the scores' record, predictions.csv and
     # report.html's thumbnails stay right when read from another folder
+    if overrides.get("splits"):  # a listing of the scored images (a labels CSV): where it is, wherever read from
+        overrides["splits"] = os.path.abspath(overrides["splits"])
+    own = None if data else str(loaded.run / "split.csv")
     cfg = validate(replace(loaded.config, data=os.path.abspath(data) if data else loaded.config.data,
-                           splits=None if data else str(loaded.run / "split.csv"), **overrides))
+                           **{"splits": own, **overrides}))
     if overrides.get("face_align") and cfg.faces == "none":
         raise ConfigError("face_align levels the eyes of detected faces: give faces crop or require with it")
     if shards.shard_root(cfg.data):
@@ -271,8 +274,8 @@ def _score_shards(loaded: LoadedRun, cfg: Config, split: str, tta: str | None, p
 
 
 # Fixed when shards are written: a model's own settings for them do not apply to shards.
-_SHARD_FIXED = ("label_from", "classes", "drop_classes", "merge_classes", "faces", "shots", "folds", "group_by", "sampler",
-                "head")
+_SHARD_FIXED = ("label_from", "splits", "classes", "drop_classes", "merge_classes", "faces", "shots", "folds", "group_by",
+                "sampler", "head")
 
 # The settings load_data reads when it carves no split (carve=False, as in scoring).
 _SCORING_DATA_FIELDS = ("data", "splits", "strict", "label_from", "classes", "drop_classes", "merge_classes", "faces", "face_margin",

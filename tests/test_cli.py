@@ -408,3 +408,24 @@ def test_an_evaluation_records_where_its_images_are_not_where_it_was_run_from(tr
     with open(folder / "predictions.csv") as f:
         assert all(Path(row["path"]).is_absolute() and Path(row["path"]).is_file() for row in csv.DictReader(f))
     shutil.rmtree(folder)  # the run is shared with other tests
+
+
+def test_evaluate_takes_a_labels_csv_for_the_images_it_scores(trained, tmp_path):
+    """`evaluate RUN --data photos/ --splits labels.csv`: the CSV names the images and their
+    classes (any case, the model's aliases), as `finetune --splits` takes it."""
+    tmp, run = trained
+    test = tmp / "data" / "test"
+    images = sorted(test.rglob("*.png"))[::2]
+    rows = "".join(f"{p.relative_to(test).as_posix()},{p.parent.name.upper()}\n" for p in images)
+    (tmp_path / "labels.csv").write_text("path,label\n" + rows)
+    r = invoke("evaluate", run, "--data", test, "--splits", tmp_path / "labels.csv", "--name", "listed")
+    assert r.exit_code == 0, r.output
+    folder = run / "eval" / "listed"
+    assert json.loads((folder / "report.json").read_text())["n"] == len(images)
+    with open(folder / "predictions.csv") as f:
+        assert sorted(row["path"] for row in csv.DictReader(f)) == sorted(map(str, images))
+    settings = json.loads((folder / "run.json").read_text())["eval_settings"]
+    assert settings["overridden"] == {"splits": str(tmp_path / "labels.csv")}
+    import shutil
+
+    shutil.rmtree(folder)  # the run is shared with other tests
