@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from .evaluation import predict_probs, predict_split, tta_probs, write_predictio
 from .export import load_torchscript, read_onnx_metadata
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
 from .fer2013 import seen_counts, seen_label
-from .images import image_size
+from .images import image_size, not_data
 from .io import atomic_write, new_folder, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
 from .report import write_report
@@ -306,18 +307,27 @@ def _new_eval_dir(run: Path, name: str) -> Path:
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
-    """Image files from a mix of files and folders (recursively), in a stable order."""
+    """Image files from a mix of files and folders (recursively), in a stable order. Video
+    files in the folders are not images: they are named (a warning, or the error when the
+    folders hold nothing else), with how to classify one."""
     found: list[Path] = []
+    videos: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
             found += image_files(p)
+            videos += sorted(v for v in p.rglob("*") if v.suffix.lower() in VIDEO_EXTENSIONS and v.is_file()
+                             and not not_data(v.relative_to(p)))
         elif p.is_file():
             refuse_archive(p, "the folder of images it holds")
             found.append(p)
         else:
             raise DataError(f"{p} does not exist")
+    hint = (f"{len(videos)} video file(s) in the folder(s) given are not read with images (e.g. {videos[0]}): classify "
+            f"each one alone, ftkit predict MODEL {videos[0]}") if videos else ""
     if not found:
-        raise DataError(f"no image files found in {', '.join(paths)}")
+        raise DataError(f"no image files found in {', '.join(paths)}" + (f"; {hint}" if hint else ""))
+    if hint:
+        warnings.warn(hint, stacklevel=2)
     return found
 
 

@@ -287,6 +287,23 @@ def test_a_video_given_as_a_path_is_read_as_one(run, tmp_path):
         [line for line in as_video.output.splitlines() if line.startswith("{")]
 
 
+def test_a_video_in_a_folder_of_images_is_named_not_passed_over(run, tmp_path):
+    """A folder holding photos and a clip: the clip was left out without a word, and a folder
+    of clips only was 'no image files found'."""
+    (tmp_path / "clips").mkdir()
+    src = _moving_video(tmp_path / "clips" / "clip.mp4")
+    Image.fromarray(class_image(0, np.random.default_rng(0), 32)).save(tmp_path / "clips" / "photo.png")
+    r = CliRunner().invoke(main, ["predict", str(run), str(tmp_path / "clips")])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and "1 of 1 image(s) read" in said, r.output
+    assert f"1 video file(s) in the folder(s) given are not read with images (e.g. {src})" in said
+    assert f"ftkit predict MODEL {src}" in said
+    (tmp_path / "clips" / "photo.png").unlink()
+    r = CliRunner().invoke(main, ["predict", str(run), str(tmp_path / "clips")])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "no image files found" in said and f"classify each one alone, ftkit predict MODEL {src}" in said
+
+
 def test_ctrl_c_ends_a_video_and_keeps_what_was_read(run, tmp_path, monkeypatch):
     """Ctrl-C is how a camera stream is stopped: the annotated video and the track keep the
     frames read so far. Stopped before the first frame, an earlier --out file is untouched."""
