@@ -605,12 +605,16 @@ def apply_shots(data: DataSplits, shots: int, seed: int) -> None:
     """Keep ``shots`` training images per class (drawn with ``seed``); the rest of the
     training pool becomes the test split when there is none, and is left out otherwise."""
     train = data.splits["train"]
+    counts = np.bincount(train.labels, minlength=len(data.classes))
+    if counts.min() < shots:
+        fewest = int(counts.argmin())
+        raise DataError(f"--shots {shots}: class {data.classes[fewest]!r} has only {counts[fewest]} training image(s), the "
+                        f"fewest of any class, once the val and test splits are set apart: give --shots {counts[fewest]} or "
+                        "fewer, or add images of it")
     rng = np.random.default_rng(seed)
     chosen = []
     for label in range(len(data.classes)):
         index = np.flatnonzero(train.labels == label)
-        if len(index) < shots:
-            raise DataError(f"--shots {shots}: class {data.classes[label]!r} has only {len(index)} training images")
         chosen += sorted(rng.choice(index, size=shots, replace=False).tolist())
     rest = sorted(set(range(len(train))) - set(chosen))
     data.splits["train"] = train.subset(chosen)

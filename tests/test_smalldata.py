@@ -42,6 +42,11 @@ def test_shots_draws_n_per_class_and_holds_out_the_rest(split_folder, tmp_path):
     assert a.splits["train"].keys == b.splits["train"].keys
     c = load_data(tiny_config(split_folder, tmp_path, shots=5, seed=3))
     assert c.splits["train"].keys != a.splits["train"].keys
+    for image in sorted((split_folder / "train" / "beta").glob("*.png"))[3:]:  # beta keeps 3 training images
+        image.unlink()
+    with pytest.raises(DataError, match=r"--shots 5: class 'beta' has only 3 training image\(s\), the fewest of any "
+                                        r"class, .*: give --shots 3 or fewer"):
+        load_data(tiny_config(split_folder, tmp_path, shots=5))
 
 
 def test_shots_rest_becomes_test_when_there_is_none(flat_folder, tmp_path):
