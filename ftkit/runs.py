@@ -67,8 +67,12 @@ def check_new_run(cfg: Config) -> None:
     (new runs would be made inside that run)."""
     if cfg.out:
         path = Path(cfg.out)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out {path} is a file, not a folder: give a new folder for the run")
         if holds_files(path):
             raise RunError(f"run directory {path} already holds files; continue it with --resume {path} or pick another --out")
+    elif Path(cfg.project).exists() and not Path(cfg.project).is_dir():
+        raise RunError(f"--project {cfg.project} is a file, not a folder: give the folder that holds your runs")
     elif (Path(cfg.project) / "args.yaml").is_file():
         parent = Path(cfg.project).resolve().parent
         raise RunError(f"--project {cfg.project} is itself a run directory (it holds args.yaml), so the new run would "

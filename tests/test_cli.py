@@ -287,6 +287,11 @@ def test_bad_inputs_give_clear_messages(trained, tmp_path):
     assert r.exit_code == 1 and "is itself a run directory" in r.output and str(run.resolve().parent) in r.output
     assert sorted(p.name for p in run.iterdir()) == folders  # no run was made inside it
     assert (run / "report.json").is_file()  # nothing of the earlier run was touched
+    for flag, message in (("--out", "is a file, not a folder: give a new folder for the run"),
+                          ("--project", "is a file, not a folder: give the folder that holds your runs")):
+        r = invoke("finetune", "--data", tmp / "data", *tiny_flags(tmp), flag, run / "report.json")
+        assert r.exit_code == 1 and f"{flag} {run / 'report.json'} {message}" in r.output, r.output
+        assert "random initialisation" not in r.output  # said before the model is built, not as 'File exists' after
 
 
 def test_backbones_lists_aliases(tmp_path, monkeypatch):
