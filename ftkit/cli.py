@@ -244,8 +244,9 @@ def lr_find(recipe, start, end, steps, plot_path, **kwargs):
       ftkit lr-find --data faces/ --backbone mobilenetv2 --input gray48
       ftkit lr-find --recipe recipes/fewshot.yaml --data my_faces/ --steps 60
     """
-    from .lrfind import find_lr, plot_lr_finding
+    from .lrfind import check_plot_path, find_lr, plot_lr_finding
 
+    check_plot_path(plot_path)
     finding = find_lr(_training_config(recipe, kwargs), console=console, start=start, end=end, steps=steps)
     plot_lr_finding(finding, plot_path)
     table = Table(title=f"lr range test ({finding.phase} phase, {len(finding.lrs)} steps"

@@ -114,6 +114,22 @@ def find_lr(cfg: Config, console: Console | None = None, start: float = 1e-7, en
     return LRFinding(lrs, losses, phase.name, stopped, pretrained=weights.source != "none")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_plot_path(path: str | Path) -> None:
+    """Refuse, before the test runs, a plot path that would replace a file that is not a PNG
+    (an earlier plot is replaced; someone's notes are not), or that does not end in .png."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--plot {path}: the plot is a PNG image; give a path ending in .png")
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                raise ConfigError(f"--plot {path} is a file that is not a PNG image (an earlier plot would be): nothing was "
+                                  "written; give another path")
+
+
 def plot_lr_finding(finding: LRFinding, path: str | Path) -> Path:
     """Loss against learning rate (log scale), with the suggestions marked."""
     fig = new_figure((7, 4))

@@ -83,6 +83,23 @@ def test_a_test_that_names_no_rate_says_why(pretrained, split_folder, tmp_path, 
     assert ("without pretrained weights learns little" in r.output) is not pretrained and "more --steps" in r.output
 
 
+def test_the_plot_never_replaces_a_file_that_is_not_an_earlier_plot(split_folder, tmp_path, monkeypatch):
+    """--plot notes.txt used to be overwritten with the PNG after the test had run."""
+    import ftkit.lrfind
+
+    ran = []
+    monkeypatch.setattr(ftkit.lrfind, "find_lr", lambda *args, **kwargs: ran.append(1))
+    (tmp_path / "notes.txt").write_text("my notes")
+    (tmp_path / "notes.png").write_text("not a picture")
+    for name, message in (("notes.txt", "give a path ending in .png"), ("notes.png", "is a file that is not a PNG image")):
+        r = CliRunner().invoke(main, ["lr-find", "--data", str(split_folder), "--plot", str(tmp_path / name)])
+        assert r.exit_code == 1 and message in r.output, r.output
+    assert ran == [] and (tmp_path / "notes.txt").read_text() == "my notes" and (tmp_path / "notes.png").read_text() == "not a picture"
+    finding = LRFinding(list(np.geomspace(1e-7, 1.0, 20)), [2.0] * 20, "head", False)
+    plot_lr_finding(finding, tmp_path / "earlier.png")
+    ftkit.lrfind.check_plot_path(tmp_path / "earlier.png")  # an earlier plot may be replaced
+
+
 def test_the_range_test_steps_as_an_accumulating_run_would(split_folder, tmp_path, monkeypatch):
     """With --accumulate N each tested rate is one optimizer step over N batches, as the run's."""
     import ftkit.lrfind as lrfind
