@@ -665,9 +665,27 @@ PREDICTION_FILES = (".csv", ".json", ".jsonl")
 
 
 def check_prediction_file(path: str | Path) -> None:
-    """Refuse an --output name of an unknown kind before any work is done."""
-    if Path(path).suffix.lower() not in PREDICTION_FILES:
-        raise UsageError(f"--output must end in {', '.join(PREDICTION_FILES)}, got {Path(path).name}")
+    """Refuse, before any work is done, an --output name of an unknown kind, or one that would
+    replace a file that is not an earlier predictions file of ftkit's (`--output fer2013.csv`
+    must not overwrite the data set)."""
+    path = Path(path)
+    if path.suffix.lower() not in PREDICTION_FILES:
+        raise UsageError(f"--output must end in {', '.join(PREDICTION_FILES)}, got {path.name}")
+    if path.exists() and not _earlier_predictions(path):
+        raise UsageError(f"--output {path} exists and is not an earlier ftkit predictions file: nothing was written; "
+                         "give another name, or delete it first")
+
+
+def _earlier_predictions(path: Path) -> bool:
+    """Whether ``path`` begins as ftkit writes predictions: the CSV header of images or video
+    frames, or JSON/JSONL records with detections (an empty one is an earlier run's too)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8", errors="replace")
+    if path.suffix.lower() == ".csv":
+        return head.startswith(("path,face,region,box,", "frame,time_s,face,region,box,"))
+    return head.strip() in ("", "[]") or '"detections"' in head
 
 
 def write_prediction_file(path: Path, records: list[dict[str, Any]], rows) -> None:

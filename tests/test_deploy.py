@@ -287,6 +287,22 @@ def test_a_video_given_as_a_path_is_read_as_one(run, tmp_path):
         [line for line in as_video.output.splitlines() if line.startswith("{")]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
+def test_predictions_replace_an_earlier_predictions_file_but_no_other_file(run, tmp_path, suffix):
+    """`--output fer2013.csv` used to overwrite the data set with predictions."""
+    photo = tmp_path / "photo.png"
+    Image.fromarray(class_image(0, np.random.default_rng(0), 32)).save(photo)
+    out = tmp_path / f"preds{suffix}"
+    assert invoke("predict", run, photo, "--output", out).exit_code == 0
+    assert invoke("predict", run, photo, photo, "--output", out).exit_code == 0  # an earlier predictions file: replaced
+    assert out.read_text().count(str(photo)) == 2
+    theirs = tmp_path / f"data{suffix}"
+    theirs.write_text("emotion,pixels,Usage\n0,1 2 3,Training\n")
+    r = CliRunner().invoke(main, ["predict", str(run), str(photo), "--output", str(theirs)])
+    assert r.exit_code == 1 and "exists and is not an earlier ftkit predictions file: nothing was written" in r.output
+    assert theirs.read_text() == "emotion,pixels,Usage\n0,1 2 3,Training\n"
+
+
 def test_a_video_in_a_folder_of_images_is_named_not_passed_over(run, tmp_path):
     """A folder holding photos and a clip: the clip was left out without a word, and a folder
     of clips only was 'no image files found'."""
