@@ -549,6 +549,15 @@ def check_video_out(out: str | Path, source: str | None) -> None:
         raise UsageError(f"--out {out.name}: the annotated video must end in " + " or ".join(VIDEO_CODECS))
     if source is not None and Path(source).exists() and out.exists() and out.samefile(source):
         raise UsageError(f"--out {out} is the input video; choose another file name")
+    # an earlier annotated video (with its track beside it) is replaced; another video, or a
+    # file of someone's where the track would go, is not
+    track = out.with_suffix(".jsonl")
+    if track.exists() and not _earlier_predictions(track):
+        raise UsageError(f"--out {out}: its track would go to {track}, which exists and is not an earlier ftkit track: "
+                         "nothing was written; choose another file name")
+    if out.exists() and not track.is_file():
+        raise UsageError(f"--out {out} exists and is not an annotated video ftkit wrote (it writes {track.name} beside "
+                         "one): nothing was written; choose another file name, or delete it first")
 
 
 def predict_video(pred: Predictor, source: str | int, out: str | Path | None, every: int = 1, topk: int = 3,

@@ -303,6 +303,26 @@ def test_predictions_replace_an_earlier_predictions_file_but_no_other_file(run, 
     assert theirs.read_text() == "emotion,pixels,Usage\n0,1 2 3,Training\n"
 
 
+def test_an_annotated_video_replaces_its_own_earlier_self_but_no_other_file(run, tmp_path):
+    """--out holiday.mp4 (another video of the user's) and a track over someone's .jsonl were
+    overwritten; an earlier annotated video, its track beside it, is replaced."""
+    src = _moving_video(tmp_path / "clip.mp4", frames=4)
+    args = ["predict", str(run), "--video", str(src), "--every", "2"]
+    out = tmp_path / "annotated.mp4"
+    for _ in range(2):  # the second time over its own earlier output
+        r = CliRunner().invoke(main, [*args, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+    theirs = _moving_video(tmp_path / "holiday.mp4", frames=2)
+    before = theirs.read_bytes()
+    r = CliRunner().invoke(main, [*args, "--out", str(theirs)])
+    assert r.exit_code == 1 and "is not an annotated video ftkit wrote" in " ".join(r.output.split())
+    (tmp_path / "notes.jsonl").write_text("my notes\n")
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "notes.mp4")])
+    assert r.exit_code == 1 and "which exists and is not an earlier ftkit track" in " ".join(r.output.split())
+    assert theirs.read_bytes() == before and (tmp_path / "notes.jsonl").read_text() == "my notes\n"
+    assert not (tmp_path / "notes.mp4").exists() and not (tmp_path / "holiday.jsonl").exists()
+
+
 def test_a_video_in_a_folder_of_images_is_named_not_passed_over(run, tmp_path):
     """A folder holding photos and a clip: the clip was left out without a word, and a folder
     of clips only was 'no image files found'."""
