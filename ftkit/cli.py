@@ -279,10 +279,13 @@ def report(runs, html_out):
       ftkit report runs/faces-mobilenetv2
       ftkit report runs/a runs/b runs/c --html comparison.html
     """
+    from .html_report import check_page_path
     from .io import write_text
     from .report import (compare_table, comparison_note, print_cv_report, print_report, write_comparison_html,
                          write_report)
 
+    if html_out:
+        check_page_path(html_out)
     reports = {}
     for run in runs:
         reports[run] = write_report(Path(run))  # a cross-validated run: its pooled report and fold table

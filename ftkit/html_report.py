@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UsageError
 from .evaluation import read_predictions
 from .fer2013 import SIDE
 from .images import read_image
@@ -197,9 +198,25 @@ def render_run(folder: Path, report: dict[str, Any], record: dict[str, Any], con
     return _page(title, "\n".join(parts))
 
 
+PAGE_START = "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>"
+
+
 def _page(title: str, body: str) -> str:
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>{body}</body></html>\n")
+    return f"{PAGE_START}{html.escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>\n"
+
+
+def check_page_path(path: str | Path) -> None:
+    """Refuse, before any work, an HTML path that is not .html, or that would replace a file
+    that is not a page ftkit wrote (every one's title begins "ftkit ")."""
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--html {path}: the page is HTML; give a path ending in .html")
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(len(PAGE_START) + 6).decode("utf-8", errors="replace")
+        if head != PAGE_START + "ftkit ":
+            raise UsageError(f"--html {path} exists and is not a page ftkit wrote: nothing was written; give another "
+                             "name, or delete it first")
 
 
 def write_run_html(folder: Path, report: dict[str, Any], run_dir: Path | None = None) -> Path:

@@ -434,3 +434,19 @@ def test_evaluate_takes_a_labels_csv_for_the_images_it_scores(trained, tmp_path)
     import shutil
 
     shutil.rmtree(folder)  # the run is shared with other tests
+
+
+def test_report_html_replaces_an_earlier_page_but_no_other_file(trained, tmp_path):
+    """`report RUN --html notes.html` (or notes.txt) overwrote the file with the run's page."""
+    _, run = trained
+    page = tmp_path / "page.html"
+    for _ in range(2):  # the second time over its own earlier page
+        r = invoke("report", run, "--html", page)
+        assert r.exit_code == 0 and page.read_text().startswith("<!doctype html>"), r.output
+    (tmp_path / "notes.html").write_text("<html>my notes</html>")
+    (tmp_path / "notes.txt").write_text("my notes")
+    for name, message in (("notes.html", "exists and is not a page ftkit wrote: nothing was written"),
+                          ("notes.txt", "give a path ending in .html")):
+        r = invoke("report", run, run, "--html", tmp_path / name)
+        assert r.exit_code == 1 and message in r.output, r.output
+    assert (tmp_path / "notes.html").read_text() == "<html>my notes</html>" and (tmp_path / "notes.txt").read_text() == "my notes"
