@@ -658,9 +658,15 @@ def video_summary(track: list[dict[str, Any]], classes: list[str]) -> dict[str, 
             "per_class": per_class}
 
 
+# The first columns of the predictions CSVs, before one probability column per class: what
+# writes them and what recognises an earlier one (check_prediction_file) read them here.
+IMAGE_COLUMNS = ("path", "face", "region", "box", "predicted", "probability", "error")
+FRAME_COLUMNS = ("frame", "time_s", "face", "region", "box", "predicted", "probability")
+
+
 def video_rows(track: list[dict[str, Any]], classes: list[str]):
     """Header, then one row per face of each analysed frame (a row with no class where none was found)."""
-    yield ["frame", "time_s", "face", "region", "box", "predicted", "probability", *[f"p_{c}" for c in classes]]
+    yield [*FRAME_COLUMNS, *[f"p_{c}" for c in classes]]
     for t in track:
         if not t["detections"]:
             yield [t["frame"], t["time_s"], "", "", "", "", "", *[""] * len(classes)]
@@ -673,13 +679,20 @@ def video_rows(track: list[dict[str, Any]], classes: list[str]):
 PREDICTION_FILES = (".csv", ".json", ".jsonl")
 
 
+def _prediction_kind(path: Path) -> str:
+    """The suffix that says how predictions are written to ``path``; refused when unknown."""
+    suffix = path.suffix.lower()
+    if suffix not in PREDICTION_FILES:
+        raise UsageError(f"--output must end in {', '.join(PREDICTION_FILES)}, got {path.name}")
+    return suffix
+
+
 def check_prediction_file(path: str | Path) -> None:
     """Refuse, before any work is done, an --output name of an unknown kind, or one that would
     replace a file that is not an earlier predictions file of ftkit's (`--output fer2013.csv`
     must not overwrite the data set)."""
     path = Path(path)
-    if path.suffix.lower() not in PREDICTION_FILES:
-        raise UsageError(f"--output must end in {', '.join(PREDICTION_FILES)}, got {path.name}")
+    _prediction_kind(path)
     if path.exists() and not _earlier_predictions(path):
         raise UsageError(f"--output {path} exists and is not an earlier ftkit predictions file: nothing was written; "
                          "give another name, or delete it first")
@@ -693,15 +706,15 @@ def _earlier_predictions(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(4096).decode("utf-8", errors="replace")
     if path.suffix.lower() == ".csv":
-        return head.startswith(("path,face,region,box,", "frame,time_s,face,region,box,"))
+        return head.startswith(tuple(",".join(columns) + "," for columns in (IMAGE_COLUMNS, FRAME_COLUMNS)))
     return head.strip() in ("", "[]") or '"detections"' in head
 
 
 def write_prediction_file(path: Path, records: list[dict[str, Any]], rows) -> None:
     """Write predictions as JSON or JSONL (``records``, one per image or analysed frame) or
-    as CSV (``rows``, header first), by the file's suffix."""
-    check_prediction_file(path)
-    suffix = path.suffix.lower()
+    as CSV (``rows``, header first), by the file's suffix. Whether an existing file may be
+    replaced was decided before the work, by ``check_prediction_file``."""
+    suffix = _prediction_kind(path)
     if suffix == ".json":
         write_json(path, records)
     elif suffix == ".jsonl":
@@ -712,7 +725,7 @@ def write_prediction_file(path: Path, records: list[dict[str, Any]], rows) -> No
 
 def prediction_rows(results: list[dict[str, Any]], classes: list[str]):
     """Header, then one row per detection (or per unreadable file)."""
-    yield ["path", "face", "region", "box", "predicted", "probability", "error", *[f"p_{c}" for c in classes]]
+    yield [*IMAGE_COLUMNS, *[f"p_{c}" for c in classes]]
     for r in results:
         if "error" in r:
             yield [r["path"], "", "", "", "", "", r["error"], *[""] * len(classes)]
