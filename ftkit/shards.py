@@ -35,6 +35,7 @@ from .io import holds_files, new_folder, read_json, refuse_inside, write_json
 from .progress import progress_bar
 
 INDEX = "dataset.json"
+LABEL_FIELDS = ("cls", "idx.cls")  # a sample's fields besides its image: its class, its place in the split
 FORMAT = "ftkit-shards"
 VERSION = 1
 SHUFFLE_BUFFER = 2000  # samples held for shuffling in each DataLoader worker while streaming
@@ -120,7 +121,7 @@ def inspect_data(path: str | Path, console=None, label_from: str | None = None
     kinds: Counter = Counter()
     for split in data.splits.values():
         with tarfile.open(split.shards[0][0]) as tar:
-            images = (m for m in tar if m.isfile() and not m.name.endswith(".cls"))  # a sample: its image, class, index
+            images = (m for m in tar if m.isfile() and m.name.split(".", 1)[-1] not in LABEL_FIELDS)
             for member in itertools.islice(images, INSPECT_SAMPLE // len(data.splits)):
                 kinds[image_kind(tar.extractfile(member))] += 1
     return counts, [], dict(kinds.most_common())
@@ -218,7 +219,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         return int(sample["idx.cls"]) % self.ctx.world == self.ctx.rank
 
     def _decode(self, sample: dict):
-        ext = next(k for k in sample if not k.startswith("__") and k not in ("cls", "idx.cls"))
+        ext = next(k for k in sample if not k.startswith("__") and k not in LABEL_FIELDS)
         try:
             image = read_image(io.BytesIO(sample[ext]))
         except DataError as exc:
