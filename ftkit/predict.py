@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, PngImagePlugin
 
 from . import shards
 from .config import DATA_OVERRIDES, Config, ConfigError, validate
@@ -23,7 +24,7 @@ from .evaluation import predict_probs, predict_split, tta_probs, write_predictio
 from .export import load_torchscript, read_onnx_metadata
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
 from .fer2013 import seen_counts, seen_label
-from .images import image_size, not_data
+from .images import UNREADABLE, image_size, not_data
 from .io import atomic_write, new_folder, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
 from .report import write_report
@@ -475,6 +476,8 @@ def predict_paths(pred: Predictor, paths: list[str], topk: int = 3, tta: str | N
         refuse_inside(annotate_dir, paths, "--annotate folder")
     files = expand_paths(paths)
     names = annotated_names([str(f) for f in files])  # from the inputs alone: the same run, the same names
+    if annotate_dir:
+        check_annotate_dir(annotate_dir, names)
     if on_total:
         on_total(len(files))
     results = []
@@ -527,11 +530,32 @@ def draw_detections(image: np.ndarray, detections: list[dict[str, Any]]) -> np.n
     return canvas
 
 
-def _write_annotated(path: Path, image: np.ndarray, detections) -> None:
-    import cv2
+ANNOTATED_BY = ("Software", "ftkit predict --annotate")  # a PNG text chunk that marks the images it writes
 
-    ok, png = cv2.imencode(".png", cv2.cvtColor(draw_detections(image, detections), cv2.COLOR_RGB2BGR))
-    atomic_write(path, lambda f: f.write(png.tobytes()), mode="wb")
+
+def check_annotate_dir(folder: str | Path, names: list[str]) -> None:
+    """Refuse, before any image is written, an --annotate folder where a file of one of the
+    output names is not an annotated image ftkit wrote (an earlier run's are replaced)."""
+    for name in names:
+        path = Path(folder) / name
+        if path.exists() and not _annotated_by_ftkit(path):
+            raise UsageError(f"--annotate {folder}: {path} exists and is not an annotated image ftkit wrote: nothing was "
+                             "written; give another folder, or move that file")
+
+
+def _annotated_by_ftkit(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            return im.format == "PNG" and im.info.get(ANNOTATED_BY[0]) == ANNOTATED_BY[1]
+    except UNREADABLE:
+        return False
+
+
+def _write_annotated(path: Path, image: np.ndarray, detections) -> None:
+    marked = PngImagePlugin.PngInfo()
+    marked.add_text(*ANNOTATED_BY)
+    atomic_write(path, lambda f: Image.fromarray(draw_detections(image, detections)).save(f, format="PNG", pnginfo=marked),
+                 mode="wb")
 
 
 # --- video and camera --------------------------------------------------------------------

@@ -323,6 +323,28 @@ def test_an_annotated_video_replaces_its_own_earlier_self_but_no_other_file(run,
     assert not (tmp_path / "notes.mp4").exists() and not (tmp_path / "holiday.jsonl").exists()
 
 
+def test_annotated_images_replace_their_own_earlier_selves_but_no_other_file(run, tmp_path):
+    """--annotate DIR wrote DIR/<stem>.png over whatever file of that name was there (a photo of
+    the user's); its own earlier images are replaced, and are marked as ftkit's."""
+    rng = np.random.default_rng(5)
+    for name in ("a", "b"):
+        Image.fromarray(class_image(0, rng)).save(tmp_path / f"{name}.jpg")
+    out = tmp_path / "ann"
+    args = ["predict", str(run), str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg"), "--annotate", str(out)]
+    for _ in range(2):  # the second time over its own earlier images
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+    (out / "a.png").unlink()
+    theirs = Image.fromarray(class_image(1, rng))
+    theirs.save(out / "a.png")  # a PNG of the user's, by the name a.jpg's annotation would take
+    before = (out / "a.png").read_bytes(), (out / "b.png").read_bytes()
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and f"{out / 'a.png'} exists and is not an annotated image ftkit wrote: nothing was written" in (
+        " ".join(r.output.split()))
+    assert ((out / "a.png").read_bytes(), (out / "b.png").read_bytes()) == before  # b.png not rewritten either
+
+
 def test_a_video_in_a_folder_of_images_is_named_not_passed_over(run, tmp_path):
     """A folder holding photos and a clip: the clip was left out without a word, and a folder
     of clips only was 'no image files found'."""
