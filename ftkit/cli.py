@@ -818,8 +818,15 @@ def data_shards(src, dest, shard_size, **kwargs):
 @data.command("inspect")
 @click.argument("path", type=click.Path())
 @click.option("--label-from", help="Regex over each image's path whose first group is its class (instead of class folders).")
+@click.option("--duplicates", is_flag=True, help="Decode every image and report the pixel-identical ones: copies across "
+              "splits (scores not held out) and copies filed under different classes.")
+@click.option("--duplicates-csv", type=click.Path(dir_okay=False), help="Write every group of copies to this CSV "
+              "(group, split, class, path); implies --duplicates.")
+@click.option("--held-out-csv", type=click.Path(dir_okay=False), help="Write a split listing (path, class, split) of the "
+              "source less the val and test images that have a copy in train, for --splits of finetune or evaluate: "
+              "scores held out from those copies. Implies --duplicates.")
 @_friendly
-def data_inspect(path, label_from):
+def data_inspect(path, label_from, duplicates, duplicates_csv, held_out_csv):
     """Per-split, per-class image counts of any supported data source, and its image sizes and modes.
 
     \b
@@ -827,10 +834,22 @@ def data_inspect(path, label_from):
       ftkit data inspect ../shared/data/fer2013/fer2013-sample.csv
       ftkit data inspect jaffe/ --label-from '[.]([A-Z]{2})[0-9]'
       ftkit data inspect shards/
+      ftkit data inspect fer2013/ --duplicates-csv fer2013-copies.csv
+      ftkit data inspect fer2013/ --held-out-csv fer2013-held-out.csv
+      ftkit evaluate fer2013-fast --data fer2013/ --splits fer2013-held-out.csv --split val
     """
     from .data import skipped_text
-    from .shards import inspect_data
+    from .duplicates import check_duplicates_csv
+    from .shards import inspect_data, shard_root
 
+    duplicates = duplicates or bool(duplicates_csv or held_out_csv)
+    if duplicates_csv:
+        check_duplicates_csv(duplicates_csv)
+    if held_out_csv and Path(held_out_csv).exists():
+        raise click.UsageError(f"--held-out-csv {held_out_csv} exists: nothing was written; give another name, or delete it first")
+    if duplicates and shard_root(path):
+        raise click.UsageError(f"--duplicates reads image files or a CSV; {path} is a shard folder: give the data "
+                               "its shards were written from")
     counts, skipped, kinds = inspect_data(path, console=console, label_from=label_from)
     console.print(_counts_table(counts, path))
     shown = ", ".join(f"{kind} {n}" for kind, n in list(kinds.items())[:6])
@@ -840,6 +859,36 @@ def data_inspect(path, label_from):
     console.print(f"image sizes and modes (L: gray){sample}: {shown}{more}")
     if skipped and Path(path).suffix.lower() != ".csv":  # a CSV's malformed rows: its reader has named them
         console.print(skipped_text(skipped), style="yellow")
+    if held_out_csv and not ("train" in counts and {"val", "test"} & set(counts)):
+        raise click.UsageError(f"--held-out-csv: {path} has no train split and val or test split to hold apart (it has "
+                               f"{', '.join(counts)}); a held-out listing needs train/ beside val/ or test/")
+    if duplicates:
+        _show_duplicates(path, label_from, duplicates_csv, held_out_csv)
+
+
+def _show_duplicates(path, label_from, csv_path, held_out_path) -> None:
+    from .data import inspect_duplicates, write_listing
+    from .duplicates import write_duplicates_csv
+
+    found = inspect_duplicates(path, console=console, label_from=label_from)
+    table = Table(title=f"{path}: pixel-identical images", show_header=False)
+    table.add_column("what")
+    table.add_column("how many", justify="right")
+    for row in found.summary_rows():
+        table.add_row(*row)
+    console.print(table)
+    for line in found.example_lines(path):
+        console.print(f"  {line}")
+    if found.copies_of_training():
+        console.print("a val or test image with a copy in train is not held out: delete one of the copies, or move "
+                      "them to one split", style="yellow")
+    if csv_path:
+        write_duplicates_csv(found, csv_path, path)
+        console.print(f"every group: {csv_path}")
+    if held_out_path:
+        write_listing(found.held_out_items(), held_out_path, path)
+        left = sum(found.copies_of_training().values())
+        console.print(f"the split listing without the {left} val and test images that have a copy in train: {held_out_path}")
 
 
 def _counts_table(counts: dict[str, dict[str, int]], title: str) -> Table:

@@ -19,7 +19,7 @@ from rich.rule import Rule
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from .config import Config
-from .data import (DataError, DataSplits, Split, apply_shots, group_keys, grouped_split, load_data, read_split_listing,
+from .data import (DataError, DataSplits, Split, apply_shots, group_keys, grouped_split, load_data, note_copies, read_split_listing,
                    resolve_listing, stratified_split)
 from .evaluation import accuracy_interval
 from .io import read_json, write_json, write_text
@@ -60,6 +60,7 @@ def fold_data(data: DataSplits, pool: Split, test: np.ndarray, cfg: Config, grou
                       data.csv_splits)
     if cfg.shots:
         apply_shots(fold, cfg.shots, cfg.seed)
+    note_copies(fold)
     return fold
 
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 from . import fer2013
 from .config import Config, suggest, validate
+from .duplicates import Duplicates, copies_note, find_duplicates
 from .faces import BoxCache, crop_faces
 from .images import (  # noqa: F401 (re-exported)
     IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, has_images, image_files, not_data, read_image, refuse_archive, verify_image,
@@ -257,6 +258,13 @@ def write_split_listing(data: DataSplits, path: Path, root: str | Path | None = 
     the data folder ``root`` are written relative to it, so that the listing (and the run holding
     it) works from any working directory and after the run directory moves."""
 
+    write_listing({name: [(key, data.classes[label]) for key, label in zip(split.keys, split.labels)]
+                   for name, split in data.splits.items()}, path, root)
+
+
+def write_listing(items: dict[str, list[tuple[str, str]]], path: str | Path, root: str | Path | None = None) -> None:
+    """Write split -> [(key, class)] as a split listing (path, class, split), paths inside the
+    data folder ``root`` relative to it."""
     base = Path(os.path.abspath(root)) if root and Path(root).is_dir() else None
 
     def relative(key: str) -> str:
@@ -267,9 +275,9 @@ def write_split_listing(data: DataSplits, path: Path, root: str | Path | None = 
 
     def rows():
         yield ["path", "class", "split"]
-        for name, split in data.splits.items():
-            for key, label in zip(split.keys, split.labels):
-                yield [relative(key), data.classes[label], name]
+        for name, listed in items.items():
+            for key, cls in listed:
+                yield [relative(key), cls, name]
 
     atomic_write(path, lambda f: csv.writer(f).writerows(rows()), mode="w")
 
@@ -302,8 +310,6 @@ def read_split_listing(path: Path) -> dict[str, list[tuple[str, str]]]:
                                 "an image belongs to one split")
             seen[key] = name
             out.setdefault(name, []).append((key, row[label]))
-    if "train" not in out and "all" not in out:
-        raise DataError(f"{path} lists no train split")
     return out
 
 
@@ -487,6 +493,10 @@ def _flatten(found: dict[str, list[str]], folder: Path) -> list[tuple[str, str]]
 
 def _assign_splits(items: dict[str, list[tuple[str, str]]], classes: list[str], cfg: Config):
     """Turn raw (key, class) lists into train/val/test Splits, carving missing ones out of train."""
+    if "all" not in items and "train" not in items and cfg.splits:
+        raise DataError(f"{cfg.splits} lists no train split ({', '.join(items)} only): training needs train rows, or a "
+                        "listing without a split column (a listing of scored images alone is for `ftkit evaluate RUN "
+                        "--data DATA --splits LISTING --split NAME`)")
     if "all" not in items and "train" not in items:
         raise DataError(f"{cfg.data} has {'/, '.join(items)}/ but no train/ folder: training needs train/<class>/ images "
                         "(a folder of val/ or test/ alone can only be scored: ftkit evaluate RUN --data ...)")
@@ -596,9 +606,21 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
             split.images = [preloaded[k] for k in split.keys]
     else:
         _decode_or_verify(data, cfg, console, force_cache=cfg.faces != "none")
+    note_copies(data)
     if cfg.faces != "none":
         _crop_faces(data, cfg, console)
     return data
+
+
+def note_copies(data: DataSplits) -> None:
+    """Warn, and note in the run record, when val or test images are pixel copies of training
+    images. Only decoded (cached) data is compared: streamed data is not decoded here."""
+    if any(split.images is None for split in data.splits.values()):
+        return
+    note = copies_note({name: split.images for name, split in data.splits.items()})
+    if note:
+        warnings.warn(note, stacklevel=3)
+        data.notes.append(note)
 
 
 def apply_shots(data: DataSplits, shots: int, seed: int) -> None:
@@ -718,19 +740,36 @@ def inspect_source(path: str | Path, console=None, label_from: str | None = None
     files or rows skipped (name, reason), and how many images have each size and colour mode
     ("48x48 L": the headers only, nothing decoded; at most INSPECT_SAMPLE images, evenly spaced); ``label_from``: classes from the file names
     (see Config.label_from)."""
-    cfg = validate(Config(data=str(path), cache="stream", label_from=label_from))
-    root = Path(path)
-    if root.suffix.lower() == ".csv":
-        items, _, skipped = fer2013.read_fer_csv(root, console=console)
+    items, preloaded, skipped = _source_items(path, label_from, console)
+    if preloaded is not None:
         kinds = Counter({f"{fer2013.SIDE}x{fer2013.SIDE} L": sum(len(rows) for rows in items.values())})
     else:
-        skipped = []
-        items, _ = _folder_items(root, cfg, skipped)
         keys = [k for rows in items.values() for k, _ in rows]
         # headers only, but a file open each: an evenly spaced sample of a big folder
         kinds = Counter(image_kind(k) for k in keys[::max(1, math.ceil(len(keys) / INSPECT_SAMPLE))])
     counts = {split: dict(sorted(Counter(c for _, c in rows).items())) for split, rows in items.items()}
     return counts, skipped, dict(kinds.most_common())
+
+
+def inspect_duplicates(path: str | Path, console=None, label_from: str | None = None) -> Duplicates:
+    """The pixel-identical images of a folder (any layout) or CSV, as it stands (not split):
+    every image is decoded once, with a progress bar."""
+    items, preloaded, _ = _source_items(path, label_from, console)
+    with progress_bar(console) as bar:
+        task = bar.add_task("comparing pixels", total=sum(len(rows) for rows in items.values()))
+        return find_duplicates(items, preloaded, progress=lambda n: bar.advance(task, n))
+
+
+def _source_items(path: str | Path, label_from: str | None, console=None):
+    """(items, preloaded, skipped) of a folder or CSV: split -> [(key, class)] as the source
+    lays them out, a CSV's decoded rows (None for a folder), and the files or rows skipped."""
+    cfg = validate(Config(data=str(path), cache="stream", label_from=label_from))
+    root = Path(path)
+    if root.suffix.lower() == ".csv":
+        return fer2013.read_fer_csv(root, console=console)
+    skipped: list[tuple[str, str]] = []
+    items, _ = _folder_items(root, cfg, skipped)
+    return items, None, skipped
 
 
 def image_kind(file) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -95,16 +95,19 @@ def image_size(path: str | Path) -> tuple[int, int] | None:
         return None
 
 
-def decode_all(paths: list[str], threads: int = 4, progress: Callable[[int], None] | None = None):
+def decode_all(paths: list[str], threads: int = 4, progress: Callable[[int], None] | None = None,
+               keep: Callable[[np.ndarray], Any] | None = None):
     """Decode many files with a thread pool (PIL releases the GIL while decoding).
 
     Returns (images, failures) where images[i] is None for a file that failed and
-    failures lists (path, reason).
+    failures lists (path, reason). With ``keep``, images[i] is what it makes of the image (a
+    digest: the pixels of a large folder need not all be held at once).
     """
 
     def one(path: str):
         try:
-            return read_image(path), None
+            image = read_image(path)
+            return (keep(image) if keep else image), None
         except DataError as exc:
             return None, str(exc.__cause__ or exc)
 

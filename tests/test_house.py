@@ -146,7 +146,7 @@ def test_the_public_api_is_what_the_package_promises_and_import_stays_light():
 # from the source by test_imports_only_go_down_and_never_in_a_circle).
 LAYERS = {
     "foundation": {"errors", "config", "io", "progress", "device", "distributed", "plots"},
-    "data": {"images", "fer2013", "faces", "synth", "data", "shards"},
+    "data": {"images", "fer2013", "faces", "synth", "duplicates", "data", "shards"},
     "model": {"models", "transforms", "weights"},
     "run directory, evaluation and reports": {"runs", "zoo", "evaluation", "views", "html_report", "report"},
     "training": {"heads", "crossval", "train", "lrfind"},

@@ -1,0 +1,199 @@
+"""Pixel-identical images: the same picture under two names, found by its decoded pixels.
+
+A picture in both the training split and a split that is scored makes that score not held
+out, and copies filed under different classes are label noise. FER2013 has both: 280 of its
+3,589 PublicTest images are copies of Training images. ``ftkit data inspect --duplicates``
+lists the copies of a source; a run notes how many of its val and test images have a copy
+among its training images.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .errors import UsageError
+from .images import decode_all
+from .io import atomic_write
+
+COLUMNS = ("group", "split", "class", "path")  # the header of a --duplicates-csv file
+
+
+def pixel_digest(image: np.ndarray) -> bytes:
+    """Equal for images with the same size and pixels, whatever their names and formats (a PNG
+    and a lossless re-save of it; a gray file and its RGB copy, both decoded to RGB)."""
+    digest = hashlib.blake2b(str(image.shape).encode(), digest_size=16)
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.digest()
+
+
+@dataclass(frozen=True)
+class Copy:
+    """One image of a group of pixel-identical images."""
+
+    split: str
+    cls: str
+    key: str  # file path, or a CSV row id
+
+
+@dataclass
+class Duplicates:
+    """The groups of pixel-identical images in a source (two or more images each), and the
+    images looked at: split -> [(key, class)]."""
+
+    groups: list[list[Copy]]
+    items: dict[str, list[tuple[str, str]]]
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): not compared
+
+    @property
+    def images(self) -> dict[str, int]:
+        """Images looked at per split."""
+        return {split: len(rows) for split, rows in self.items.items()}
+
+    @property
+    def extra(self) -> int:
+        """Images beyond the first of each group: how many a clean-up would delete."""
+        return sum(len(g) - 1 for g in self.groups)
+
+    def across_splits(self) -> list[list[Copy]]:
+        return [g for g in self.groups if len({c.split for c in g}) > 1]
+
+    def conflicting(self) -> list[list[Copy]]:
+        """Groups whose copies are filed under different classes."""
+        return [g for g in self.groups if len({c.cls for c in g}) > 1]
+
+    def copies_of_training(self) -> dict[str, int]:
+        """Per split other than train: its images that have a copy in train (not held out)."""
+        counts: dict[str, int] = {}
+        for group in self.groups:
+            if any(c.split == "train" for c in group):
+                for c in group:
+                    if c.split != "train":
+                        counts[c.split] = counts.get(c.split, 0) + 1
+        return counts
+
+    def held_out_items(self) -> dict[str, list[tuple[str, str]]]:
+        """The images, less those of val and test that have a copy in train: what a listing
+        for --splits keeps so that the scores are held out from the copies."""
+        copied = {c.key for g in self.groups if any(c.split == "train" for c in g) for c in g if c.split != "train"}
+        return {split: [(k, c) for k, c in rows if k not in copied] for split, rows in self.items.items()}
+
+    def ordered(self) -> list[list[Copy]]:
+        """The groups that matter most first: copies with different classes, then copies across
+        splits, then the largest."""
+        return sorted(self.groups, key=lambda g: (-len({c.cls for c in g}), -len({c.split for c in g}), -len(g)))
+
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """(what, how many) for a table: the groups, the copies across splits and classes, and
+        per split the images that are copies of training images."""
+        rows = [("images compared", f"{sum(self.images.values()):,}"),
+                ("groups of pixel-identical images", f"{len(self.groups):,} ({sum(len(g) for g in self.groups):,} images)"),
+                ("copies beyond the first of each group", f"{self.extra:,}"),
+                ("groups with different classes", f"{len(self.conflicting()):,}")]
+        if len(self.images) > 1:
+            rows.append(("groups across splits", f"{len(self.across_splits()):,}"))
+        copies = self.copies_of_training()
+        rows += [(f"{split} images with a copy in train", f"{copies.get(split, 0):,} of {n:,}")
+                 for split, n in self.images.items() if split != "train" and "train" in self.images]
+        if self.unreadable:
+            rows.append(("unreadable, not compared", f"{len(self.unreadable):,} (e.g. {self.unreadable[0][0]})"))
+        return rows
+
+    def example_lines(self, root: str | Path, shown: int = 5) -> list[str]:
+        """The first ``shown`` groups (most important first), one line each: split/class and
+        path of every copy, paths relative to ``root``."""
+        def line(group: list[Copy], named: int = 4) -> str:
+            text = " = ".join(f"{_relative(c.key, root)} ({c.split}/{c.cls})" for c in group[:named])
+            return text + (f" = {len(group) - named} more" if len(group) > named else "")
+
+        lines = [line(group) for group in self.ordered()[:shown]]
+        more = len(self.groups) - shown
+        if more > 0:
+            lines.append(f"... and {more:,} more group{'s' if more > 1 else ''}")
+        return lines
+
+
+def _relative(key: str, root: str | Path) -> str:
+    """``key`` relative to ``root`` where it lies under it (a CSV row id is left as it is)."""
+    try:
+        return str(Path(key).relative_to(root))
+    except ValueError:
+        return key
+
+
+def group_copies(digests: Iterable[tuple[Copy, bytes]]) -> list[list[Copy]]:
+    """The groups of two or more images with the same digest, in the order first met."""
+    found: dict[bytes, list[Copy]] = defaultdict(list)
+    for copy, digest in digests:
+        found[digest].append(copy)
+    return [g for g in found.values() if len(g) > 1]
+
+
+def find_duplicates(items: dict[str, list[tuple[str, str]]], preloaded: dict[str, np.ndarray] | None = None,
+                    progress: Callable[[int], None] | None = None) -> Duplicates:
+    """Decode every image of ``items`` (split -> [(key, class)]; ``preloaded`` images by key,
+    for a CSV's rows) and group the pixel-identical ones. An unreadable file is named in
+    ``unreadable`` and compared with nothing."""
+    copies = [Copy(split, cls, key) for split, rows in items.items() for key, cls in rows]
+    if preloaded is not None:
+        digests = [pixel_digest(preloaded[c.key]) for c in copies]
+        unreadable = []
+        if progress:
+            progress(len(copies))
+    else:
+        digests, unreadable = decode_all([c.key for c in copies], progress=progress, keep=pixel_digest)
+    groups = group_copies((c, d) for c, d in zip(copies, digests) if d is not None)
+    return Duplicates(groups, items, unreadable)
+
+
+def copies_note(splits: dict[str, list[np.ndarray]]) -> str | None:
+    """For a run whose images are decoded: how many of its val and test images are pixel copies
+    of a training image, so that their scores are not held out; None when none is."""
+    if "train" not in splits:
+        return None
+    seen = {pixel_digest(image) for image in splits["train"]}
+    counts = {name: sum(pixel_digest(image) in seen for image in images)
+              for name, images in splits.items() if name != "train"}
+    found = [f"{n} of the {len(splits[name])} {name} images" for name, n in counts.items() if n]
+    if not found:
+        return None
+    return (f"{' and '.join(found)} are pixel copies of training images, so their scores are not fully held out: "
+            "`ftkit data inspect DATA --duplicates` lists them")
+
+
+# --- the list of copies, as a file -------------------------------------------------------
+
+
+def check_duplicates_csv(path: str | Path) -> None:
+    """Refuse, before any image is decoded, a --duplicates-csv path that does not end in .csv or
+    that names a file other than an earlier list of copies (a data set's labels.csv must not be
+    overwritten)."""
+    path = Path(path)
+    if path.suffix.lower() != ".csv":
+        raise UsageError(f"--duplicates-csv {path}: the list is a CSV file; give a path ending in .csv")
+    if path.exists():
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), [])
+        if tuple(header) != COLUMNS:
+            raise UsageError(f"--duplicates-csv {path} exists and is not an earlier list of copies: nothing was written; "
+                             "give another name, or delete it first")
+
+
+def write_duplicates_csv(duplicates: Duplicates, path: str | Path, root: str | Path) -> Path:
+    """One row per image of each group (groups numbered from 1, most important first), paths
+    relative to ``root`` where they lie under it."""
+
+    def write(f) -> None:
+        out = csv.writer(f)
+        out.writerow(COLUMNS)
+        for number, group in enumerate(duplicates.ordered(), 1):
+            out.writerows((number, c.split, c.cls, _relative(c.key, root)) for c in group)
+
+    return atomic_write(path, write)
