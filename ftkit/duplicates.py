@@ -107,11 +107,16 @@ class Duplicates:
         return rows
 
     def example_lines(self, root: str | Path, shown: int = 5) -> list[str]:
-        """The first ``shown`` groups (most important first), one line each: split/class and
-        path of every copy, paths relative to ``root``."""
-        def line(group: list[Copy], named: int = 4) -> str:
-            text = " = ".join(f"{_relative(c.key, root)} ({c.split}/{c.cls})" for c in group[:named])
-            return text + (f" = {len(group) - named} more" if len(group) > named else "")
+        """The first ``shown`` groups (most important first), one line each: the paths of its
+        first four copies relative to ``root``, each with its split and class where the path
+        does not say them."""
+        def named(copy: Copy) -> str:  # the split and class, where the path does not already say them
+            path, where = _relative(copy.key, root), f"{copy.split}/{copy.cls}"
+            return path if path.startswith(where + "/") else f"{path} ({where})"
+
+        def line(group: list[Copy], most: int = 4) -> str:
+            text = " = ".join(named(c) for c in group[:most])
+            return text + (f" = {len(group) - most} more" if len(group) > most else "")
 
         lines = [line(group) for group in self.ordered()[:shown]]
         more = len(self.groups) - shown

@@ -70,7 +70,7 @@ def test_data_inspect_lists_copies_and_writes_a_held_out_listing(tmp_path):
     assert "images compared 62" in out and "groups of pixel-identical images 2 (4 images)" in out
     assert "groups with different classes 1" in out and "groups across splits 1" in out
     assert "val images with a copy in train 1 of 13" in out and "test images with a copy in train 0 of 12" in out
-    assert "train/beta/img_001.png (train/beta) = train/gamma/also_beta.png (train/gamma)" in out  # the label noise first
+    assert "train/beta/img_001.png = train/gamma/also_beta.png train/alpha/img_000.png = val/alpha/copy.bmp" in out  # label noise first
     assert rows(copies) == [["group", "split", "class", "path"],
                             ["1", "train", "beta", "train/beta/img_001.png"], ["1", "train", "gamma", "train/gamma/also_beta.png"],
                             ["2", "train", "alpha", "train/alpha/img_000.png"], ["2", "val", "alpha", "val/alpha/copy.bmp"]]
