@@ -172,9 +172,11 @@ def test_two_processes_accumulating_half_batches_give_the_run_of_one(tmp_path):
     wa = load_file(one.run_dir / "checkpoints" / "last.safetensors")
     wb = load_file(tmp_path / "two" / "run" / "checkpoints" / "last.safetensors")
     assert max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa) < 1e-3
+    # the losses drift with the weights: by epoch 3, 1.5e-5 (val) on one AMD EPYC machine, 1e-5 or
+    # less on others; the float order alone, where a wrong step moves the weights by 2.9e-2
     for ra, rb in zip(_metrics(one.run_dir), _metrics(tmp_path / "two" / "run"), strict=True):
         for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"):
-            assert float(ra[key]) == pytest.approx(float(rb[key]), abs=LOSS_TOLERANCE), (key, ra["epoch"])
+            assert float(ra[key]) == pytest.approx(float(rb[key]), abs=10 * LOSS_TOLERANCE), (key, ra["epoch"])
 
 
 @pytest.mark.slow
