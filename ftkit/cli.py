@@ -293,10 +293,13 @@ def report(runs, html_out):
             print_cv_report(Path(run), console)
         elif len(runs) == 1:
             from .runs import read_args, read_record
-            from .views import tta_title
+            from .views import record_notes, tta_title
 
-            tta = tta_title(read_record(Path(run)), read_args(Path(run)))
+            record = read_record(Path(run))
+            tta = tta_title(record, read_args(Path(run)))
             print_report(reports[run], console, title=f"{run} ({reports[run].get('split')} split{tta})")
+            for note in record_notes(record):
+                console.print(f"note: {note}", style="yellow")
     if len(reports) == 1:
         page = Path(runs[0]) / "report.html"
         console.print(f"report: {page}")

@@ -584,7 +584,8 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     data = DataSplits(classes, splits, source, skipped, {k: v for k, v in mapping.items() if v != k}, csv_splits=csv_splits)
     if unlisted:
         note = (f"{len(unlisted)} image(s) under {root} are not in the split listing {cfg.splits} and are left out "
-                f"(e.g. {unlisted[0]}): the listing decides the splits, so images added since it was written are not used")
+                f"(e.g. {unlisted[0]}): the listing decides which images are used (these were added since it was written, "
+                "or left out of it on purpose)")
         warnings.warn(note, stacklevel=2)
         data.notes.append(note)
     if cfg.shots and carve:

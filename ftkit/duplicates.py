@@ -169,7 +169,8 @@ def copies_note(splits: dict[str, list[np.ndarray]]) -> str | None:
     found = [f"{n} of the {len(splits[name])} {name} images" for name, n in counts.items() if n]
     if not found:
         return None
-    return (f"{' and '.join(found)} are pixel copies of training images, so their scores are not fully held out: "
+    what = "is a pixel copy of a training image" if sum(counts.values()) == 1 else "are pixel copies of training images"
+    return (f"{' and '.join(found)} {what}, so their scores are not fully held out: "
             "`ftkit data inspect DATA --duplicates` lists them")
 
 

@@ -157,9 +157,15 @@ def run_summary(record: dict[str, Any], config: dict[str, Any]) -> list[tuple[st
                             f"{record.get('train_images_per_s')} train images/s, best epoch {record.get('best_epoch')}"),
         ("skipped files", str(record.get("skipped", {}).get("count", 0))),
     ]
-    if record.get("eval_note"):
-        rows.append(("note", record["eval_note"]))
-    return rows
+    return rows + [("note", note) for note in record_notes(record)]
+
+
+def record_notes(record: dict[str, Any]) -> list[str]:
+    """What a reader of the scores should know: for a run, what the data layer noted of its
+    splits (val or test images that are copies of training images, a class missing from val...);
+    then the scores' own note (not held out)."""
+    notes = list((record.get("data") or {}).get("notes", [])) if "eval_data" not in record else []
+    return notes + ([record["eval_note"]] if record.get("eval_note") else [])
 
 
 def _weights_text(weights: dict[str, Any]) -> str:

@@ -82,9 +82,11 @@ def test_data_inspect_lists_copies_and_writes_a_held_out_listing(tmp_path):
     r = invoke("finetune", "--data", root, "--backbone", TINY, "--no-pretrained", "--img-size", 32, "--epochs", 1,
                "--batch-size", 8, "--workers", 0, "--out", tmp_path / "run")
     assert r.exit_code == 0, r.output
-    note = "1 of the 13 val images are pixel copies of training images"
+    note = "1 of the 13 val images is a pixel copy of a training image"
     assert note in " ".join(r.output.split())  # the run says so, and records it
     assert any(n.startswith(note) for n in json.loads((tmp_path / "run" / "run.json").read_text())["data"]["notes"])
+    assert f"- note: {note}" in (tmp_path / "run" / "report.md").read_text()  # and its report
+    assert f"note: {note}" in " ".join(invoke("report", tmp_path / "run").output.split())
     r = invoke("evaluate", tmp_path / "run", "--data", root, "--splits", held, "--split", "val", "--name", "held")
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "run" / "eval" / "held" / "report.json").read_text())
@@ -146,8 +148,8 @@ def test_a_fold_notes_test_images_that_are_copies_of_its_training_images():
     images[11] = images[0].copy()  # image 11 is image 0 again
     pool = Split([f"img{i}.png" for i in range(12)], np.array([0, 1] * 6), images)
     data = DataSplits(["a", "b"], {"all": pool}, "flat")
-    with pytest.warns(UserWarning, match="1 of the 2 test images are pixel copies of training images"):
+    with pytest.warns(UserWarning, match="1 of the 2 test images is a pixel copy of a training image"):
         fold = fold_data(data, pool, np.array([10, 11]), Config(val_split=0.2), None)
-    assert fold.notes[-1].startswith("1 of the 2 test images are pixel copies")
+    assert fold.notes[-1].startswith("1 of the 2 test images is a pixel copy")
     clean = fold_data(data, pool, np.array([0, 11]), Config(val_split=0.2), None)  # both copies tested, none trained on
-    assert not any("pixel copies" in n for n in clean.notes) and data.notes == []
+    assert not any("pixel cop" in n for n in clean.notes) and data.notes == []
