@@ -43,7 +43,8 @@ class Config:
     val_split: float = option(0.15, "fraction of train held out for validation when there is no val split")
     test_split: float = option(0.15, "fraction held out for testing when a flat folder has no test split")
     splits: str | None = option(None, "split.csv of an earlier run: reuse exactly that split; or a CSV of your own "
-                                      "with path and class (or label) columns, paths relative to the data folder, and "
+                                      "with path (or file, filename, image) and class (or label) columns, paths relative "
+                                      "to the data folder, and "
                                       "an optional split column (without it ftkit splits the images it lists)")
     label_from: str | None = option(None, "regex over each image's path inside the data (or split) folder: its first "
                                           "group is the class, for sets named by expression (JAFFE's KA.AN1.39.tiff: "

@@ -282,34 +282,42 @@ def write_listing(items: dict[str, list[tuple[str, str]]], path: str | Path, roo
     atomic_write(path, lambda f: csv.writer(f).writerows(rows()), mode="w")
 
 
+# The columns of a split listing, by role: the header names each takes (case aside)
+LISTING_COLUMNS = {"path": ("path", "file", "filename", "file_name", "image"), "class": ("class", "label"), "split": ("split",)}
+
+
 def read_split_listing(path: Path) -> dict[str, list[tuple[str, str]]]:
-    """A run's split.csv (path,class,split), or a listing of one's own: path and class (or label)
-    columns, with a split column or without one (every row "all": ftkit carves the splits, as
-    for a flat folder); other columns (a subject, a source) are left aside."""
+    """A run's split.csv (path,class,split), or a listing of one's own: path and class columns
+    (named as LISTING_COLUMNS allows, in any case), with a split column or without one (every
+    row "all": ftkit carves the splits, as for a flat folder); other columns (a subject, a
+    source) are left aside. Spaces around a class or split are not part of it."""
     if not path.is_file():
         raise DataError(f"split listing {path} not found (it is the split.csv of an earlier run, or a CSV of your own "
                         "with path and class columns)")
     out: dict[str, list[tuple[str, str]]] = {}
     with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, skipinitialspace=True)  # "path, class" and "a.jpg, happy" as written by hand
         fields = reader.fieldnames or []
-        label = next((name for name in ("class", "label") if name in fields), None)
-        if "path" not in fields or label is None:
-            raise DataError(f"{path}: expected a header with path and class (or label) columns, and split if the "
-                            f"listing decides the splits (a run's split.csv: path,class,split); got {','.join(fields)}")
+        column = {role: next((f for name in names for f in fields if f.strip().lower() == name), None)  # path before file
+                  for role, names in LISTING_COLUMNS.items()}
+        if column["path"] is None or column["class"] is None:
+            raise DataError(f"{path}: expected a header with path (or file, filename, image) and class (or label) "
+                            "columns, and split if the listing decides the splits (a run's split.csv: path,class,split); "
+                            f"got {','.join(fields)}")
         seen: dict[str, str] = {}
         for line, row in enumerate(reader, 2):
-            name, key = row.get("split") or "all", row["path"]
-            if not key or not row[label]:
-                raise DataError(f"{path}, line {line}: an empty {'path' if not key else label}; every row names an image "
-                                "and its class")
+            key, cls = row[column["path"]] or "", (row[column["class"]] or "").strip()
+            name = ((row[column["split"]] or "").strip() if column["split"] else "") or "all"
+            if not key or not cls:
+                raise DataError(f"{path}, line {line}: an empty {'path' if not key else column['class']}; every row names an "
+                                "image and its class")
             if name not in SPLITS and name != "all":
                 raise DataError(f"{path}, line {line}: unknown split {name!r} (valid: {', '.join(SPLITS)}, all)")
             if key in seen:
                 raise DataError(f"{path}, line {line}: {key} is listed twice ({seen[key]} and {name}); "
                                 "an image belongs to one split")
             seen[key] = name
-            out.setdefault(name, []).append((key, row[label]))
+            out.setdefault(name, []).append((key, cls))
     return out
 
 
@@ -317,7 +325,11 @@ def resolve_listing(items: dict[str, list[tuple[str, str]]], root: Path) -> dict
     """A listing's relative paths are relative to the data folder (listings written before
     were relative to the working directory: those still resolve when run from there)."""
     def resolve(key: str) -> str:
-        if Path(key).is_absolute() or not root.is_dir():
+        if not root.is_dir():
+            return key
+        if "\\" in key and not (root / key).exists() and not Path(key).exists():
+            key = key.replace("\\", "/")  # a listing written on Windows (happy\img1.jpg)
+        if Path(key).is_absolute():
             return key
         inside = root / key
         return str(inside) if inside.exists() or not Path(key).exists() else key

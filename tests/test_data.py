@@ -126,11 +126,24 @@ def test_a_listing_of_ones_own_labels_the_images_and_ftkit_splits_them(flat_fold
     assert data.classes == [c.upper() for c in classes]
     counts = {name: len(split.keys) for name, split in data.splits.items()}
     assert set(counts) == {"train", "val", "test"} and sum(counts.values()) == len(images) - 3
-    for bad, message in (("file,class\na.png,x\n", "expected a header with path and class"),
+    for bad, message in (("name,class\na.png,x\n", "expected a header with path .or file, filename, image. and class"),
                          ("path,class\na.png,\n", "line 2: an empty class")):
         (tmp_path / "bad.csv").write_text(bad)
         with pytest.raises(DataError, match=message):
             load_data(tiny_config(flat_folder, tmp_path, splits=str(tmp_path / "bad.csv")))
+
+
+def test_a_listing_written_by_hand_or_on_windows_reads_as_meant(flat_folder, tmp_path, classes):
+    """Headers in any case (Filename, Label, Split), spaces after the commas, and backslashes in
+    the paths: the classes used to keep their leading space (' alpha') and the paths were
+    'listed but not there'."""
+    images = sorted(Path(flat_folder).rglob("*.png"))
+    rows = [f"{p.parent.name}\\{p.name}, {p.parent.name} , {'train' if i % 4 else 'val'}" for i, p in enumerate(images)]
+    (tmp_path / "labels.csv").write_text("Filename, Label, Split\n" + "\n".join(rows) + "\n")
+    data = load_data(tiny_config(flat_folder, tmp_path, splits=str(tmp_path / "labels.csv")))
+    assert data.classes == classes
+    assert {name: len(split) for name, split in data.splits.items()} == {"train": 45, "val": 15}
+    assert all(Path(k).is_file() for split in data.splits.values() for k in split.keys)
 
 
 def test_a_listing_of_a_run_that_drops_a_class_warns_of_nothing(flat_folder, tmp_path, classes, recwarn):
