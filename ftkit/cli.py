@@ -877,7 +877,7 @@ def _show_duplicates(path, label_from, csv_path, held_out_path) -> None:
     table = Table(title=f"{path}: pixel-identical images", show_header=False)
     table.add_column("what")
     table.add_column("how many", justify="right")
-    for row in found.summary_rows():
+    for row in found.summary_rows(path):
         table.add_row(*row)
     console.print(table)
     for line in found.example_lines(path):

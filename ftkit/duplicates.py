@@ -50,6 +50,7 @@ class Duplicates:
     groups: list[list[Copy]]
     items: dict[str, list[tuple[str, str]]]
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): not compared
+    blank: list[Copy] = field(default_factory=list)  # images of one colour all over: nothing to learn from
 
     @property
     def images(self) -> dict[str, int]:
@@ -90,9 +91,10 @@ class Duplicates:
         return sorted(self.groups, key=lambda g: (-len({c.cls for c in g}), -len({c.split for c in g}), -len(g)))
 
 
-    def summary_rows(self) -> list[tuple[str, str]]:
-        """(what, how many) for a table: the groups, the copies across splits and classes, and
-        per split the images that are copies of training images."""
+    def summary_rows(self, root: str | Path) -> list[tuple[str, str]]:
+        """(what, how many) for a table: the groups, the copies across splits and classes, per
+        split the images that are copies of training images, and the blank images (paths
+        relative to ``root``)."""
         rows = [("images compared", f"{sum(self.images.values()):,}"),
                 ("groups of pixel-identical images", f"{len(self.groups):,} ({sum(len(g) for g in self.groups):,} images)"),
                 ("copies beyond the first of each group", f"{self.extra:,}"),
@@ -102,6 +104,8 @@ class Duplicates:
         copies = self.copies_of_training()
         rows += [(f"{split} images with a copy in train", f"{copies.get(split, 0):,} of {n:,}")
                  for split, n in self.images.items() if split != "train" and "train" in self.images]
+        if self.blank:
+            rows.append(("blank images (one colour all over)", f"{len(self.blank):,} (e.g. {_relative(self.blank[0].key, root)})"))
         if self.unreadable:
             rows.append(("unreadable, not compared", f"{len(self.unreadable):,} (e.g. {self.unreadable[0][0]})"))
         return rows
@@ -148,14 +152,21 @@ def find_duplicates(items: dict[str, list[tuple[str, str]]], preloaded: dict[str
     ``unreadable`` and compared with nothing."""
     copies = [Copy(split, cls, key) for split, rows in items.items() for key, cls in rows]
     if preloaded is not None:
-        digests = [pixel_digest(preloaded[c.key]) for c in copies]
+        found = [fingerprint(preloaded[c.key]) for c in copies]
         unreadable = []
         if progress:
             progress(len(copies))
     else:
-        digests, unreadable = decode_all([c.key for c in copies], progress=progress, keep=pixel_digest)
-    groups = group_copies((c, d) for c, d in zip(copies, digests) if d is not None)
-    return Duplicates(groups, items, unreadable)
+        found, unreadable = decode_all([c.key for c in copies], progress=progress, keep=fingerprint)
+    read = [(c, f) for c, f in zip(copies, found) if f is not None]
+    groups = group_copies((c, digest) for c, (digest, _) in read)
+    return Duplicates(groups, items, unreadable, blank=[c for c, (_, flat) in read if flat])
+
+
+def fingerprint(image: np.ndarray) -> tuple[bytes, bool]:
+    """The image's pixel digest, and whether it is blank: one colour all over (FER2013 has
+    twelve black squares, filed under five classes)."""
+    return pixel_digest(image), bool((image == image[:1, :1]).all())
 
 
 def copies_note(splits: dict[str, list[np.ndarray]]) -> str | None:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ftkit.cli import main
-from ftkit.duplicates import Copy, Duplicates, pixel_digest
+from ftkit.duplicates import Copy, Duplicates, fingerprint, pixel_digest
 from conftest import TINY, write_split_folder
 
 
@@ -34,6 +34,7 @@ def with_copies(root):
     write_split_folder(root)
     Image.open(root / "train/alpha/img_000.png").save(root / "val/alpha/copy.bmp")
     shutil.copy(root / "train/beta/img_001.png", root / "train/gamma/also_beta.png")
+    Image.new("RGB", (24, 24), (200, 0, 0)).save(root / "train/alpha/blank.png")  # one colour: blank, but no copy
     return root
 
 
@@ -45,6 +46,11 @@ def test_pixel_digest_is_the_pixels_and_shape_not_the_file(tmp_path):
     assert pixel_digest(changed) != pixel_digest(image)
     assert pixel_digest(image.reshape(2, 8, 3)) != pixel_digest(image)  # same bytes, another picture
     assert pixel_digest(image[:, ::-1]) == pixel_digest(np.ascontiguousarray(image[:, ::-1]))  # a view is read as laid out
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 200
+    assert fingerprint(red)[1] and fingerprint(np.zeros((4, 4, 3), np.uint8))[1]  # one colour, any colour
+    red[3, 3, 1] = 1
+    assert not fingerprint(red)[1] and not fingerprint(image)[1]
 
 
 def test_counts_of_copies_across_splits_and_classes():
@@ -67,15 +73,16 @@ def test_data_inspect_lists_copies_and_writes_a_held_out_listing(tmp_path):
     r = invoke("data", "inspect", root, "--duplicates-csv", copies, "--held-out-csv", held)
     assert r.exit_code == 0, r.output
     out = text(r)
-    assert "images compared 62" in out and "groups of pixel-identical images 2 (4 images)" in out
+    assert "images compared 63" in out and "groups of pixel-identical images 2 (4 images)" in out
     assert "groups with different classes 1" in out and "groups across splits 1" in out
     assert "val images with a copy in train 1 of 13" in out and "test images with a copy in train 0 of 12" in out
+    assert "blank images (one colour all over) 1 (e.g. train/alpha/blank.png)" in out
     assert "train/beta/img_001.png = train/gamma/also_beta.png train/alpha/img_000.png = val/alpha/copy.bmp" in out  # label noise first
     assert rows(copies) == [["group", "split", "class", "path"],
                             ["1", "train", "beta", "train/beta/img_001.png"], ["1", "train", "gamma", "train/gamma/also_beta.png"],
                             ["2", "train", "alpha", "train/alpha/img_000.png"], ["2", "val", "alpha", "val/alpha/copy.bmp"]]
     listed = rows(held)
-    assert listed[0] == ["path", "class", "split"] and len(listed) == 1 + 62 - 1
+    assert listed[0] == ["path", "class", "split"] and len(listed) == 1 + 63 - 1
     assert ["val/alpha/copy.bmp", "alpha", "val"] not in listed and ["train/alpha/img_000.png", "alpha", "train"] in listed
 
     # the listing scores val without the copy
