@@ -57,7 +57,7 @@ def fold_data(data: DataSplits, pool: Split, test: np.ndarray, cfg: Config, grou
     splits = {"train": pool.subset(rest[where == "train"]), "val": pool.subset(rest[where == "val"]),
               "test": pool.subset(test)}
     fold = DataSplits(data.classes, splits, data.source, data.skipped, data.class_map, data.faces, list(data.notes),
-                      data.csv_splits)
+                      data.csv_splits, data.digests)
     if cfg.shots:
         apply_shots(fold, cfg.shots, cfg.seed)
     note_copies(fold)

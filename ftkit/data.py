@@ -29,7 +29,7 @@ from PIL import Image
 
 from . import fer2013
 from .config import Config, suggest, validate
-from .duplicates import Duplicates, copies_note, find_duplicates
+from .duplicates import Duplicates, copies_note, find_duplicates, pixel_digest
 from .faces import BoxCache, crop_faces
 from .images import (  # noqa: F401 (re-exported)
     IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, has_images, image_files, not_data, read_image, refuse_archive, verify_image,
@@ -72,6 +72,11 @@ class DataSplits:
     faces: dict | None = None  # face-cropping counts (found / fallback / skipped), when cropping
     notes: list[str] = field(default_factory=list)  # what the data layer decided, for the run record
     csv_splits: dict[str, str] | None = None  # a FER2013 CSV's rows: the split each was read into (its Usage)
+    digests: dict[str, bytes] | None = None  # key -> pixel digest of its decoded image (before face cropping), when cached
+
+    def split_digests(self) -> dict[str, list[bytes]]:
+        """Per split, the pixel digests of its images (when they were taken: decoded data)."""
+        return {name: [self.digests[k] for k in split.keys] for name, split in self.splits.items()} if self.digests else {}
 
     @property
     def eval_split(self) -> str:
@@ -626,11 +631,14 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
 
 
 def note_copies(data: DataSplits) -> None:
-    """Warn, and note in the run record, when val or test images are pixel copies of training
-    images. Only decoded (cached) data is compared: streamed data is not decoded here."""
+    """Take the pixel digest of every decoded image (``data.digests``, by key) and warn, noting it
+    in the run record, when val or test images are pixel copies of training images. Only decoded
+    (cached) data is compared: streamed data is not decoded here."""
     if any(split.images is None for split in data.splits.values()):
         return
-    note = copies_note({name: split.images for name, split in data.splits.items()})
+    if data.digests is None:
+        data.digests = {k: pixel_digest(image) for split in data.splits.values() for k, image in zip(split.keys, split.images)}
+    note = copies_note(data.split_digests())
     if note:
         warnings.warn(note, stacklevel=3)
         data.notes.append(note)

@@ -23,12 +23,13 @@ from .images import decode_all
 from .io import atomic_write
 
 COLUMNS = ("group", "split", "class", "path")  # the header of a --duplicates-csv file
+DIGEST_BYTES = 16
 
 
 def pixel_digest(image: np.ndarray) -> bytes:
     """Equal for images with the same size and pixels, whatever their names and formats (a PNG
     and a lossless re-save of it; a gray file and its RGB copy, both decoded to RGB)."""
-    digest = hashlib.blake2b(str(image.shape).encode(), digest_size=16)
+    digest = hashlib.blake2b(str(image.shape).encode(), digest_size=DIGEST_BYTES)
     digest.update(np.ascontiguousarray(image).tobytes())
     return digest.digest()
 
@@ -169,14 +170,14 @@ def fingerprint(image: np.ndarray) -> tuple[bytes, bool]:
     return pixel_digest(image), bool((image == image[:1, :1]).all())
 
 
-def copies_note(splits: dict[str, list[np.ndarray]]) -> str | None:
-    """For a run whose images are decoded: how many of its val and test images are pixel copies
-    of a training image, so that their scores are not held out; None when none is."""
+def copies_note(splits: dict[str, list[bytes]]) -> str | None:
+    """For a run whose images are decoded (``splits``: the pixel digests of each split's images):
+    how many of its val and test images are pixel copies of a training image, so that their
+    scores are not held out; None when none is."""
     if "train" not in splits:
         return None
-    seen = {pixel_digest(image) for image in splits["train"]}
-    counts = {name: sum(pixel_digest(image) in seen for image in images)
-              for name, images in splits.items() if name != "train"}
+    seen = set(splits["train"])
+    counts = {name: sum(digest in seen for digest in digests) for name, digests in splits.items() if name != "train"}
     found = [f"{n} of the {len(splits[name])} {name} images" for name, n in counts.items() if n]
     if not found:
         return None
@@ -214,3 +215,23 @@ def write_duplicates_csv(duplicates: Duplicates, path: str | Path, root: str | P
             out.writerows((number, c.split, c.cls, _relative(c.key, root)) for c in group)
 
     return atomic_write(path, write)
+
+
+# --- a run's digests, for telling its training images when it is scored --------------------
+
+DIGESTS = "digests.npz"  # in a run directory: the pixel digests of its train and val images
+SEEN_SPLITS = ("train", "val")  # the splits a run learned from and chose its epoch by
+
+
+def write_digests(path: str | Path, splits: dict[str, list[bytes]]) -> Path:
+    """The digests of the train and val images, one array of 16-byte strings per split."""
+    arrays = {name: np.array(splits[name], dtype=f"S{DIGEST_BYTES}") for name in SEEN_SPLITS if name in splits}
+    return atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
+
+
+def read_digests(path: str | Path) -> dict[str, set[bytes]]:
+    """split -> the digests of its images, as ``write_digests`` wrote them ({} without the file)."""
+    if not Path(path).is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as arrays:
+        return {name: {bytes(d) for d in arrays[name]} for name in arrays.files}

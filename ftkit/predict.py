@@ -24,6 +24,7 @@ from .evaluation import predict_probs, predict_split, tta_probs, write_predictio
 from .export import load_torchscript, read_onnx_metadata
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
 from .fer2013 import seen_counts, seen_label
+from .duplicates import DIGESTS, SEEN_SPLITS, read_digests
 from .images import UNREADABLE, image_size, not_data
 from .io import atomic_write, new_folder, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
@@ -121,23 +122,39 @@ def run_record(loaded: LoadedRun) -> dict[str, Any]:
             "best_epoch": entry.get("best_epoch"), "train_seconds": entry.get("train_seconds")}
 
 
-def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str) -> dict[str, int]:
-    """How many of the images ``keys`` (``split`` of ``data``) the run's own split listing puts
-    in its train split (it learned from them) and in its val split (they chose its best epoch).
-    A named model has no listing here: see ``seen_by_named_model``."""
+def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str,
+                     digests: list[bytes | None] | None = None) -> dict[str, int]:
+    """How many of the images ``keys`` (``split`` of ``data``) were in the run's train split (it
+    learned from them) and in its val split (they chose its best epoch): the same file, by the
+    run's own split listing, or a pixel copy of one, by the run's digests and the scored images'
+    ``digests`` (when both were decoded). A named model has neither: see ``seen_by_named_model``."""
     if loaded.run is None:
         return seen_by_named_model(loaded, keys, data, split)
+    where = [_listed_split(loaded, keys, data), _copied_split(loaded, digests)]
+    counts = Counter(next((w[i] for w in where if w and w[i]), None) for i in range(len(keys)))
+    return {name: counts[name] for name in SEEN_SPLITS if counts[name]}
+
+
+def _listed_split(loaded: LoadedRun, keys: list[str], data: str) -> list[str | None] | None:
+    """Per scored image, the split (train or val) of the run's that lists the same file."""
     listing = loaded.run / "split.csv"
     if not listing.is_file():
-        return {}
+        return None
     own, given = Path(loaded.config.data), Path(data)
     if given.is_file() and not (own.is_file() and (own.samefile(given) or (
             own.stat().st_size == given.stat().st_size and sha256sum(own) == sha256sum(given)))):
-        return {}  # a CSV's keys are its file name and line: another CSV of that name is other images
+        return None  # a CSV's keys are its file name and line: another CSV of that name is other images
     items = resolve_listing(read_split_listing(listing), Path(loaded.config.data))
-    where = {os.path.abspath(key): name for name in ("train", "val") for key, _ in items.get(name, [])}
-    counts = Counter(where.get(os.path.abspath(key)) for key in keys)
-    return {name: counts[name] for name in ("train", "val") if counts[name]}
+    where = {os.path.abspath(key): name for name in SEEN_SPLITS for key, _ in items.get(name, [])}
+    return [where.get(os.path.abspath(key)) for key in keys]
+
+
+def _copied_split(loaded: LoadedRun, digests: list[bytes | None] | None) -> list[str | None] | None:
+    """Per scored image, the split (train or val) of the run's that holds a pixel copy of it."""
+    seen = read_digests(loaded.run / DIGESTS) if digests else {}
+    if not seen:
+        return None
+    return [next((name for name in SEEN_SPLITS if d in seen.get(name, ())), None) for d in digests]
 
 
 def far_larger(size: tuple[int, int] | list[int], side: int) -> bool:
@@ -176,14 +193,16 @@ def seen_by_named_model(loaded: LoadedRun, keys: list[str], data: str, split: st
 
 def trained_on_note(label: str, scored: Scored) -> str | None:
     """Why these scores are not held out, when some scored images are ones the run trained on
-    or chose its best epoch by; None when none are. The counts are by the run's own split
-    ("train", "val") or, for a named model, by the FER2013 part they are marked as."""
+    or chose its best epoch by (the file, or a pixel copy of it); None when none are. The counts
+    are by the run's own split ("train", "val") or, for a named model, by the FER2013 part they
+    are marked as."""
     seen = scored.settings.get("seen_in_training") or {}
     if not seen:
         return None
     text = {"train": "in its training split", "val": "in its validation split, which chose its best epoch"}
     parts = [f"{n} {text[name]}" if name in text else f"{n} {name}" for name, n in seen.items()]
-    return f"of the {len(scored.keys)} images scored, {label} had {' and '.join(parts)}"
+    how = " (the same files, or pixel copies of them)" if set(seen) & set(text) else ""
+    return f"of the {len(scored.keys)} images scored, {label} had {' and '.join(parts)}{how}"
 
 
 @dataclass
@@ -252,7 +271,9 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
                                      progress=progress and (lambda n: progress(advance=n)))
     settings = {"overridden": overrides, "class_map": dataset.class_map, "faces": dataset.faces,
                 "whole_images": None if "faces" in overrides else whole_image_note(dataset.splits[chosen], cfg, loaded),
-                "skipped": len(dataset.skipped), "seen_in_training": seen_in_training(loaded, dataset.splits[chosen].keys, cfg.data, chosen)}
+                "skipped": len(dataset.skipped),
+                "seen_in_training": seen_in_training(loaded, dataset.splits[chosen].keys, cfg.data, chosen,
+                                                     dataset.split_digests().get(chosen))}
     return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta, cfg, settings)
 
 

@@ -35,6 +35,7 @@ from . import shards
 from .config import Config, ConfigError, choice_error, suggest
 from .crossval import cross_validate
 from .data import DataSplits, ImageDataset, check_listing, write_split_listing
+from .duplicates import DIGESTS, write_digests
 from .device import autocast_for, resolve_device, seed_everything
 from .distributed import SINGLE, Context
 from .errors import FtkitError
@@ -700,6 +701,8 @@ def _write_run_inputs(run: Path, cfg: Config, data: DataSplits, model: nn.Module
     write_args(run, cfg.to_dict())
     write_classes(run, data.classes)
     write_split_listing(data, run / "split.csv", root=cfg.data)
+    if data.digests:  # decoded data: evaluate can then tell copies of these images among the ones it scores
+        write_digests(run / DIGESTS, data.split_digests())
     update_record(
         run,
         status="running",

@@ -180,9 +180,9 @@ def test_evaluating_images_the_run_learned_from_says_so(trained):
         return json.loads((run / "eval" / name / "run.json").read_text())["eval_note"], result.output
 
     note, output = scored("--data", tmp / "data" / "train", name="seen-train")  # the train folder, scored whole
-    assert note == f"of the 36 images scored, {run} had 36 in its training split" and "note:" in output
+    assert note == f"of the 36 images scored, {run} had 36 in its training split (the same files, or pixel copies of them)" and "note:" in output
     note, _ = scored("--data", tmp / "data", "--split", "val", name="seen-val")
-    assert note == f"of the 12 images scored, {run} had 12 in its validation split, which chose its best epoch"
+    assert note == f"of the 12 images scored, {run} had 12 in its validation split, which chose its best epoch (the same files, or pixel copies of them)"
     note, output = scored("--data", tmp / "data", "--split", "test", name="held-out")
     assert note is None and "note:" not in output
     assert "- note: of the 36 images" in (run / "eval" / "seen-train" / "report.md").read_text()

@@ -160,3 +160,30 @@ def test_a_fold_notes_test_images_that_are_copies_of_its_training_images():
     assert fold.notes[-1].startswith("1 of the 2 test images is a pixel copy")
     clean = fold_data(data, pool, np.array([0, 11]), Config(val_split=0.2), None)  # both copies tested, none trained on
     assert not any("pixel cop" in n for n in clean.notes) and data.notes == []
+
+
+def test_evaluate_counts_pixel_copies_of_the_runs_training_images_under_other_names(tmp_path):
+    """A 'new' folder holding re-saved training images used to be scored as held out: only the
+    same files, by the run's split.csv, were counted."""
+    root = write_split_folder(tmp_path / "faces")
+    flags = ["--backbone", TINY, "--no-pretrained", "--img-size", 32, "--epochs", 1, "--batch-size", 8, "--workers", 0]
+    assert invoke("finetune", "--data", root, *flags, "--out", tmp_path / "run").exit_code == 0
+    assert (tmp_path / "run" / "digests.npz").is_file()
+    other = tmp_path / "other"
+    for cls in ("alpha", "beta", "gamma"):
+        (other / cls).mkdir(parents=True)
+        Image.open(root / "train" / cls / "img_000.png").save(other / cls / "renamed.bmp")  # seen, as a copy
+        Image.open(root / "val" / cls / "img_001.png").save(other / cls / "also.png")  # chose the epoch
+        shutil.copy(root / "test" / cls / "img_002.png", other / cls / "fresh.png")  # held out
+    r = invoke("evaluate", tmp_path / "run", "--data", other, "--name", "other")
+    assert r.exit_code == 0, r.output
+    note = json.loads((tmp_path / "run" / "eval" / "other" / "run.json").read_text())["eval_note"]
+    assert note == (f"of the 9 images scored, {tmp_path / 'run'} had 3 in its training split and 3 in its validation split, "
+                    "which chose its best epoch (the same files, or pixel copies of them)")
+
+    # a streamed run decodes nothing up front: no digests, and its evaluations count files only
+    r = invoke("finetune", "--data", root, *flags, "--cache", "stream", "--out", tmp_path / "streamed")
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "streamed" / "digests.npz").exists()
+    r = invoke("evaluate", tmp_path / "streamed", "--data", other, "--name", "other")
+    assert r.exit_code == 0 and json.loads((tmp_path / "streamed" / "eval" / "other" / "run.json").read_text())["eval_note"] is None

@@ -79,7 +79,7 @@ def test_ensemble_on_another_split_with_one_tta(runs):
     assert json.loads((tmp / "ens-val" / "report.json").read_text())["n"] == 12
     # the val split chose each member's best epoch: each one's note says so, in the record and report
     notes = [m["not_held_out"] for m in record["ensemble"]]
-    assert notes == [f"of the 12 images scored, {r} had 12 in its validation split, which chose its best epoch" for r in (a, b)]
+    assert notes == [f"of the 12 images scored, {r} had 12 in its validation split, which chose its best epoch (the same files, or pixel copies of them)" for r in (a, b)]
     assert all(f"- note: {n}" in (tmp / "ens-val" / "report.md").read_text() for n in notes)
     assert "note:" in result.output
 
