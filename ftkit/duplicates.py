@@ -217,20 +217,21 @@ def write_duplicates_csv(duplicates: Duplicates, path: str | Path, root: str | P
     return atomic_write(path, write)
 
 
-# --- a run's digests, for telling its training images when it is scored --------------------
+# --- digests kept, for telling a model's training images when it is scored ----------------
 
 DIGESTS = "digests.npz"  # in a run directory: the pixel digests of its train and val images
 SEEN_SPLITS = ("train", "val")  # the splits a run learned from and chose its epoch by
 
 
-def write_digests(path: str | Path, splits: dict[str, list[bytes]]) -> Path:
-    """The digests of the train and val images, one array of 16-byte strings per split."""
-    arrays = {name: np.array(splits[name], dtype=f"S{DIGEST_BYTES}") for name in SEEN_SPLITS if name in splits}
+def write_digests(path: str | Path, parts: dict[str, list[bytes]]) -> Path:
+    """Pixel digests by part (a run's train and val splits; FER2013's Training and PublicTest),
+    one array of 16-byte strings each."""
+    arrays = {name: np.array(digests, dtype=f"S{DIGEST_BYTES}") for name, digests in parts.items()}
     return atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
 
 
 def read_digests(path: str | Path) -> dict[str, set[bytes]]:
-    """split -> the digests of its images, as ``write_digests`` wrote them ({} without the file)."""
+    """part -> the digests of its images, as ``write_digests`` wrote them ({} without the file)."""
     if not Path(path).is_file():
         return {}
     with np.load(path, allow_pickle=False) as arrays:

@@ -165,12 +165,19 @@ def marked_usage(key: str, csv_split: str | None = None) -> str | None:
     return prefix if sep and prefix in USAGE_TO_SPLIT else None
 
 
-def seen_counts(keys: list[str], seen: dict[str, str], csv_splits: dict[str, str] | None = None) -> dict[str, int]:
+def seen_counts(keys: list[str], seen: dict[str, str], csv_splits: dict[str, str] | None = None,
+                digests: list[bytes] | None = None, known: dict[str, set[bytes]] | None = None) -> dict[str, int]:
     """How many of the images ``keys`` are marked as each FER2013 part of ``seen`` (a shipped
     model's ``fer2013_seen``: {"train": "Training", "val": "PublicTest"}, the parts it trained on
-    and chose its epoch by); ``csv_splits``: each CSV row's split as read, for CSV keys."""
-    marks = Counter(marked_usage(k, csv_splits.get(k) if csv_splits is not None else None) for k in keys)
-    return {part: marks[usage] for part, usage in seen.items() if marks[usage]}
+    and chose its epoch by); ``csv_splits``: each CSV row's split as read, for CSV keys. With the
+    images' pixel ``digests`` and the ``known`` digests of each part (a shipped model's
+    ``fer2013_digests``), an image not marked by its name or Usage is counted by its pixels."""
+    marks = [marked_usage(k, csv_splits.get(k) if csv_splits is not None else None) for k in keys]
+    if digests is not None and known:
+        marks = [mark if mark in seen.values() else next((usage for usage in seen.values() if digest in known.get(usage, ())), mark)
+                 for mark, digest in zip(marks, digests)]
+    counts = Counter(marks)
+    return {part: counts[usage] for part, usage in seen.items() if counts[usage]}
 
 
 def seen_label(part: str, seen: dict[str, str], how: str | None = None) -> str:

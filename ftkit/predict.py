@@ -32,7 +32,7 @@ from .report import write_report
 from .runs import RunError, read_record, slug, update_record, write_args
 from .transforms import eval_transform
 from .weights import sha256sum
-from .zoo import LoadedRun, exported_format, load_run
+from .zoo import LoadedRun, exported_format, fer2013_digests, load_run
 
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", tta: str | None = None,
@@ -129,7 +129,7 @@ def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str,
     run's own split listing, or a pixel copy of one, by the run's digests and the scored images'
     ``digests`` (when both were decoded). A named model has neither: see ``seen_by_named_model``."""
     if loaded.run is None:
-        return seen_by_named_model(loaded, keys, data, split)
+        return seen_by_named_model(loaded, keys, data, split, digests)
     where = [_listed_split(loaded, keys, data), _copied_split(loaded, digests)]
     counts = Counter(next((w[i] for w in where if w and w[i]), None) for i in range(len(keys)))
     return {name: counts[name] for name in SEEN_SPLITS if counts[name]}
@@ -179,16 +179,20 @@ def whole_image_note(split: Split, cfg: Config, loaded: LoadedRun, sample: int =
             "were scored whole, as it was trained (no face cropping); for photos of people, add --faces crop")
 
 
-def seen_by_named_model(loaded: LoadedRun, keys: list[str], data: str, split: str) -> dict[str, int]:
+def seen_by_named_model(loaded: LoadedRun, keys: list[str], data: str, split: str,
+                        digests: list[bytes | None] | None = None) -> dict[str, int]:
     """For a named model whose manifest says which FER2013 parts it trained on and chose its
     epoch by (``fer2013_seen``: {"train": "Training", "val": "PublicTest"}): how many of the
     scored images are FER2013 images of those parts. A FER2013 CSV's split is its Usage; image
     folders written from FER2013 (``ftkit data convert``, the Kaggle image releases) name each
-    file by it: ``Training_<id>``, ``PublicTest_<id>``."""
-    seen = ((loaded.source or {}).get("entry") or {}).get("fer2013_seen") or {}
+    file by it: ``Training_<id>``, ``PublicTest_<id>``. With the scored images' pixel ``digests``
+    and the model's ``fer2013_digests``, a FER2013 image under another name is counted too."""
+    entry = (loaded.source or {}).get("entry") or {}
+    seen = entry.get("fer2013_seen") or {}
     csv_splits = dict.fromkeys(keys, split) if Path(data).suffix.lower() == ".csv" else None  # not carved: split = Usage
-    how = "CSV Usage" if csv_splits else "file name"
-    return {seen_label(part, seen, how): n for part, n in seen_counts(keys, seen, csv_splits).items()}
+    known = fer2013_digests(entry) if seen and digests else {}
+    how = ("CSV Usage" if csv_splits else "file name") + (" or pixels" if known else "")
+    return {seen_label(part, seen, how): n for part, n in seen_counts(keys, seen, csv_splits, digests, known).items()}
 
 
 def trained_on_note(label: str, scored: Scored) -> str | None:

@@ -35,7 +35,7 @@ from . import shards
 from .config import Config, ConfigError, choice_error, suggest
 from .crossval import cross_validate
 from .data import DataSplits, ImageDataset, check_listing, write_split_listing
-from .duplicates import DIGESTS, write_digests
+from .duplicates import DIGESTS, SEEN_SPLITS, write_digests
 from .device import autocast_for, resolve_device, seed_everything
 from .distributed import SINGLE, Context
 from .errors import FtkitError
@@ -86,7 +86,7 @@ from .runs import (
 from .transforms import augmentations, eval_transform, train_transform
 from .views import tta_title
 from .weights import WeightsInfo, find_pretrained
-from .zoo import load_source, match_classes, transfer_head
+from .zoo import fer2013_digests, load_source, match_classes, transfer_head
 
 # --- phases and schedules (pure functions) -----------------------------------------------
 
@@ -462,8 +462,9 @@ def build_from_init(cfg: Config, classes: list[str], out: Console):
     out.print(f"init: {source.kind} {cfg.init} ({source.path}); classifier rows carried for "
               f"{', '.join(carried) or 'no class'}" + (f"; new rows for {', '.join(fresh)}" if fresh else ""))
     init = {**source.describe(), "classes_carried": carried, "classes_new": fresh}
-    if (source.entry or {}).get("fer2013_seen"):
-        init["fer2013_seen"] = source.entry["fer2013_seen"]
+    for key in ("fer2013_seen", "fer2013_digests"):
+        if (source.entry or {}).get(key):
+            init[key] = source.entry[key]
     return model, WeightsInfo("init", str(source.path), source.sha256, init=init)
 
 
@@ -536,10 +537,13 @@ def init_seen_note(data: DataSplits, init: dict[str, Any] | None) -> str | None:
     one, by its manifest's ``fer2013_seen``, which ``weights.init`` in run.json keeps) trained on
     or chose its epoch by."""
     seen = (init or {}).get("fer2013_seen")
-    counts = seen_counts(data.splits[data.eval_split].keys, seen, data.csv_splits) if seen else {}
+    split = data.eval_split
+    known = fer2013_digests(init) if seen else {}
+    counts = seen_counts(data.splits[split].keys, seen, data.csv_splits, data.split_digests().get(split), known) if seen else {}
     if not counts:
         return None
-    parts = " and ".join(f"{n} {seen_label(part, seen)}" for part, n in counts.items())
+    how = "name, CSV Usage or pixels" if known and data.digests else None
+    parts = " and ".join(f"{n} {seen_label(part, seen, how)}" for part, n in counts.items())
     return (f"of the {len(data.splits[data.eval_split])} images of the {data.eval_split} split, {init['name']} "
             f"(this run's start) had {parts}")
 
@@ -702,7 +706,7 @@ def _write_run_inputs(run: Path, cfg: Config, data: DataSplits, model: nn.Module
     write_classes(run, data.classes)
     write_split_listing(data, run / "split.csv", root=cfg.data)
     if data.digests:  # decoded data: evaluate can then tell copies of these images among the ones it scores
-        write_digests(run / DIGESTS, data.split_digests())
+        write_digests(run / DIGESTS, {name: d for name, d in data.split_digests().items() if name in SEEN_SPLITS})
     update_record(
         run,
         status="running",

@@ -28,6 +28,7 @@ from timm.models import adapt_input_conv
 from .config import Config, bundled, config_from_dict, load_recipe, resolve, suggest
 from .data import canonical_class
 from .device import resolve_device
+from .duplicates import read_digests
 from .io import read_json, write_json
 from .models import DataConfig, ModelError, create, resolve_name
 from .runs import RunError, load_checkpoint, read_args, read_weights, require_run, runs_beside, write_weights
@@ -273,6 +274,13 @@ def _run_measured(run: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return {"measured": {"split": f"{report['split']} split of {run.name}", "images": report["n"],
                          "tta": meta["config"].get("tta", "none"), "weights": "the run's float32 checkpoint",
                          **{k: round(report[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1")}}}
+
+
+def fer2013_digests(entry: dict[str, Any] | None) -> dict[str, set[bytes]]:
+    """The pixel digests of the FER2013 parts a shipped model (or a run started from one: its
+    ``weights.init``) saw, from the file its entry names in weights/ ({} when it names none)."""
+    name = (entry or {}).get("fer2013_digests")
+    return read_digests(SHIPPED_DIR / name) if name else {}
 
 
 def annotate_model(name: str, shipped: bool = False, **fields: Any) -> dict[str, Any]:

@@ -170,6 +170,51 @@ def test_scores_on_the_fer2013_parts_a_named_model_saw_are_noted(shipped, source
     assert record["eval_note"].startswith("of the 9 images scored, tiny-fer had 3 marked FER2013 Training")
 
 
+def test_fer2013_images_under_other_names_are_counted_by_their_pixels(shipped, tmp_path):
+    """A shipped model's fer2013_digests (weights/fer2013-digests.npz for the real ones) tell the
+    FER2013 images it trained on or chose its epoch by among the scored ones whatever their names:
+    only Training_/PublicTest_ names and a CSV's Usage were counted, so renamed images and PNGs
+    saved from the CSV were taken as held out."""
+    import shutil
+
+    from PIL import Image
+
+    from ftkit.duplicates import pixel_digest, write_digests
+    from ftkit.fer2013 import read_fer_csv
+    from test_fer2013 import _pixels, _write_csv
+
+    usages = ("Training", "PublicTest", "PrivateTest")
+    csv = _write_csv(tmp_path / "fer.csv", [(label, _pixels(100 * u + label * 10 + i), usage) for label in (0, 3, 4)
+                                            for u, usage in enumerate(usages) for i in range(2)])
+    items, images, _ = read_fer_csv(csv)
+    write_digests(tmp_path / "ship" / "fer-digests.npz", {usage: [pixel_digest(images[k]) for k, _ in items[split]]
+                                                          for usage, split in (("Training", "train"), ("PublicTest", "val"))})
+    zoo.annotate_model("tiny-fer", shipped=True, fer2013_seen={"train": "Training", "val": "PublicTest"},
+                       fer2013_digests="fer-digests.npz")
+    scored = tmp_path / "renamed"  # every CSV row as a PNG named after nothing FER2013
+    for split, rows in items.items():
+        for i, (key, cls) in enumerate(rows):
+            (scored / split / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[key][:, :, 0]).save(scored / split / cls / f"face{i}.png")
+    r = invoke("evaluate", "tiny-fer", "--data", scored / "train", "--name", "train")
+    assert r.exit_code == 0, r.output
+    assert ("of the 6 images scored, tiny-fer had 6 marked FER2013 Training (file name or pixels), the part it trained on"
+            in " ".join(r.output.split()))
+    r = invoke("evaluate", "tiny-fer", "--data", scored / "test", "--name", "test")  # PrivateTest: seen by neither
+    assert r.exit_code == 0 and "not held out" not in r.output
+
+    # a run started from the model says it at its start, for a test split of renamed PublicTest images
+    (scored / "val").rename(scored / "held")
+    shutil.copytree(scored / "held", scored / "val")
+    (scored / "test").rename(scored / "private")
+    (scored / "held").rename(scored / "test")
+    r = invoke("finetune", "--init", "tiny-fer", "--data", scored, "--epochs", 1, "--freeze-epochs", 0, "--batch-size", 4,
+               "--workers", 0, "--project", tmp_path / "runs", "--name", "renamed")
+    assert r.exit_code == 0, r.output
+    assert ("of the 6 images of the test split, tiny-fer (this run's start) had 6 marked FER2013 PublicTest (name, CSV "
+            "Usage or pixels), the part that chose its best epoch") in " ".join(r.output.split())
+
+
 def test_evaluate_notes_photos_scored_whole_by_a_model_trained_without_face_cropping(shipped, source_run, tmp_path):
     from PIL import Image
 
@@ -520,8 +565,9 @@ def test_a_wheel_carries_the_recipes_and_shipped_models_and_finds_them(tmp_path)
     for name in ("ftkit", "recipes"):
         shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     shipped = json.loads((root / "weights" / "shipped.json").read_text())
-    for name in ("pyproject.toml", "README.md", "LICENSE", "weights/shipped.json",
-                 *(f"weights/{entry['file']}" for entry in shipped.values())):
+    tracked = {entry[key] for entry in shipped.values() for key in ("file", "fer2013_digests") if entry.get(key)}
+    assert "fer2013-digests.npz" in tracked
+    for name in ("pyproject.toml", "README.md", "LICENSE", "weights/shipped.json", *(f"weights/{file}" for file in tracked)):
         (source / name).parent.mkdir(exist_ok=True)
         shutil.copy(root / name, source / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
@@ -530,8 +576,8 @@ def test_a_wheel_carries_the_recipes_and_shipped_models_and_finds_them(tmp_path)
     (wheel,) = (tmp_path / "dist").glob("ftkit-*.whl")
     with zipfile.ZipFile(wheel) as z:
         z.extractall(tmp_path / "site")
-    for entry in shipped.values():
-        assert (tmp_path / "site" / "ftkit" / "shipped" / entry["file"]).read_bytes() == (root / "weights" / entry["file"]).read_bytes()
+    for file in tracked:
+        assert (tmp_path / "site" / "ftkit" / "shipped" / file).read_bytes() == (root / "weights" / file).read_bytes()
     assert sorted(p.name for p in (tmp_path / "site" / "ftkit" / "recipes").iterdir()) == \
         sorted(p.name for p in (root / "recipes").glob("*.yaml"))
     (tmp_path / "elsewhere").mkdir()
