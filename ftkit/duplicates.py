@@ -4,7 +4,9 @@ A picture in both the training split and a split that is scored makes that score
 out, and copies filed under different classes are label noise. FER2013 has both: 280 of its
 3,589 PublicTest images are copies of Training images. ``ftkit data inspect --duplicates``
 lists the copies of a source; a run notes how many of its val and test images have a copy
-among its training images.
+among its training images, and keeps the digests of its train and val images (``digests.npz``)
+so that ``ftkit evaluate`` counts their copies among the images it scores, under any name, as
+``weights/fer2013-digests.npz`` does for the shipped FER2013 models.
 """
 
 from __future__ import annotations
