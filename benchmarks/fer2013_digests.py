@@ -1,6 +1,6 @@
 """Write weights/fer2013-digests.npz: the pixel digests of FER2013's Training and PublicTest images
 (16 bytes each), the parts the shipped models trained on and chose their epoch by, and name the
-file in their manifest entries. `ftkit evaluate fer2013-fast --data DIR` then counts the FER2013
+file in their manifest entries, with how many PublicTest images are copies of Training images. `ftkit evaluate fer2013-fast --data DIR` then counts the FER2013
 images among the scored ones by their pixels too, whatever their names or file format (a CSV row,
 a PNG from `ftkit data convert`, a renamed file), and so does a run started with `--init`.
 
@@ -38,12 +38,15 @@ def main() -> None:
                 raise SystemExit(f"unreadable FER2013 image {failures[0][0]}: {failures[0][1]}")
             parts[part] = digests
     path = write_digests(ROOT / "weights" / FILE, parts)
+    training = set(parts["Training"])
+    copies = {"images": sum(d in training for d in parts["PublicTest"]), "of": len(parts["PublicTest"])}
     for name, entry in read_models(ROOT / "weights" / SHIPPED).items():
         if entry.get("fer2013_seen"):
-            annotate_model(name, shipped=True, fer2013_digests=FILE)
+            annotate_model(name, shipped=True, fer2013_digests=FILE, publictest_copies_of_training=copies)
     print(json.dumps({"file": str(path), "bytes": path.stat().st_size, "sha256": sha256sum(path),
                       "images": {part: len(d) for part, d in parts.items()},
-                      "distinct": {part: len(set(d)) for part, d in parts.items()}}, indent=2))
+                      "distinct": {part: len(set(d)) for part, d in parts.items()},
+                      "publictest_copies_of_training": copies}, indent=2))
 
 
 if __name__ == "__main__":

@@ -934,6 +934,13 @@ def weights_list():
                           ",".join(m["classes"]), _number(measured.get("accuracy")), _number(measured.get("macro_f1")),
                           measured.get("split", ""), f"{m['bytes'] / 1e6:.1f} MB", m["sha256"][:16] + "...")
         console.print(table)
+        noted = next((m for m in rows if m.get("publictest_copies_of_training")), None)
+        if noted:
+            copies = noted["publictest_copies_of_training"]
+            chose = ("PublicTest chose these models' epochs, so their numbers are not held out; and "
+                     if noted.get("epoch_chosen_on") == "PublicTest" else "")
+            console.print(f"note: {chose}{copies['images']:,} of PublicTest's {copies['of']:,} images are pixel copies of FER2013 Training "
+                          "images, which they trained on (README: the shipped models without them)", style="yellow")
     table = _table(f"imported backbone weights ({store_dir()})", ("timm name", "file", "sha256", "source", "parameters"))
     for name, e in read_manifest().items():
         table.add_row(name, e["file"], e["sha256"][:16] + "...", e["source"], f"{e['parameters']:,}")

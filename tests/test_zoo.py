@@ -255,6 +255,17 @@ def test_a_changed_file_is_refused(shipped, tmp_path):
         load_run("tiny-fer")
 
 
+def test_weights_list_says_what_the_shipped_models_numbers_are_worth():
+    """The real checkout's manifest: its accuracy is on PublicTest, which chose the epoch and
+    holds copies of Training images; the list says both, with the count the manifest records."""
+    entry = json.loads((Path(__file__).resolve().parents[1] / "weights" / "shipped.json").read_text())["fer2013-fast"]
+    copies = entry["publictest_copies_of_training"]
+    assert entry["epoch_chosen_on"] == "PublicTest" and 0 < copies["images"] < copies["of"] == entry["measured"]["images"]
+    said = " ".join(invoke("weights", "list").output.split())
+    assert ("note: PublicTest chose these models' epochs, so their numbers are not held out; and "
+            f"{copies['images']:,} of PublicTest's {copies['of']:,} images are pixel copies of FER2013 Training images") in said
+
+
 def test_weights_list_shows_shipped_and_saved_apart(shipped, source_run):
     r = invoke("weights", "save", source_run, "my-model")
     assert r.exit_code == 0, r.output
@@ -266,6 +277,7 @@ def test_weights_list_shows_shipped_and_saved_apart(shipped, source_run):
         r = invoke("weights", "save", source_run, bad)
         assert r.exit_code == 1 and "use letters, digits, '-' and '_'" in r.output, bad
     out = invoke("weights", "list").output
+    assert "pixel copies" not in out  # tiny-fer's manifest says nothing of FER2013
     shipped_part, _, rest = out.partition("saved models")
     assert "tiny-fer" in shipped_part and "my-model" not in shipped_part
     saved_part, _, imported_part = rest.partition("imported backbone weights")
