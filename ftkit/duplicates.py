@@ -227,8 +227,9 @@ SEEN_SPLITS = ("train", "val")  # the splits a run learned from and chose its ep
 
 def write_digests(path: str | Path, parts: dict[str, list[bytes]]) -> Path:
     """Pixel digests by part (a run's train and val splits; FER2013's Training and PublicTest),
-    one array of 16-byte strings each."""
-    arrays = {name: np.array(digests, dtype=f"S{DIGEST_BYTES}") for name, digests in parts.items()}
+    one (N, 16) uint8 array each: numpy's bytes dtype would drop a digest's trailing zero bytes."""
+    arrays = {name: np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), DIGEST_BYTES)
+              for name, digests in parts.items()}
     return atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
 
 
@@ -237,4 +238,4 @@ def read_digests(path: str | Path) -> dict[str, set[bytes]]:
     if not Path(path).is_file():
         return {}
     with np.load(path, allow_pickle=False) as arrays:
-        return {name: {bytes(d) for d in arrays[name]} for name in arrays.files}
+        return {name: {row.tobytes() for row in arrays[name]} for name in arrays.files}
