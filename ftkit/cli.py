@@ -939,8 +939,10 @@ def weights_list():
             copies = noted["publictest_copies_of_training"]
             chose = ("PublicTest chose these models' epochs, so their numbers are not held out; and "
                      if noted.get("epoch_chosen_on") == "PublicTest" else "")
+            without = ", ".join(f"{m['name']} {_number(m['measured_without_training_copies']['accuracy'])}"
+                                for m in rows if m.get("measured_without_training_copies"))
             console.print(f"note: {chose}{copies['images']:,} of PublicTest's {copies['of']:,} images are pixel copies of FER2013 Training "
-                          "images, which they trained on (README: the shipped models without them)", style="yellow")
+                          "images, which they trained on" + (f"; accuracy without them: {without}" if without else ""), style="yellow")
     table = _table(f"imported backbone weights ({store_dir()})", ("timm name", "file", "sha256", "source", "parameters"))
     for name, e in read_manifest().items():
         table.add_row(name, e["file"], e["sha256"][:16] + "...", e["source"], f"{e['parameters']:,}")
