@@ -830,7 +830,8 @@ def data_shards(src, dest, shard_size, **kwargs):
               "scores held out from those copies. Implies --duplicates.")
 @_friendly
 def data_inspect(path, label_from, duplicates, duplicates_csv, held_out_csv):
-    """Per-split, per-class image counts of any supported data source, and its image sizes and modes.
+    """Per-split, per-class image counts of any supported data source, and its image sizes and modes;
+    with --duplicates, its pixel-identical and blank images.
 
     \b
     Example:

@@ -159,7 +159,8 @@ def detect_layout(root: Path, labeled: bool = False) -> str:
         raise DataError(f"data folder {root} does not exist: give a folder of class folders or a FER2013 CSV")
     if not root.is_dir():
         refuse_archive(root, "the folder of class folders it holds")
-        raise DataError(f"{root} is not a folder or a .csv file")
+        single = " (one image: `ftkit predict MODEL FILE` classifies it)" if root.suffix.lower() in IMAGE_EXTENSIONS else ""
+        raise DataError(f"{root} is not a folder or a .csv file: give the folder of class folders{single}")
 
     def is_run(d: Path) -> bool:
         return (d / "args.yaml").is_file() and (d / "run.json").is_file()

@@ -143,6 +143,8 @@ def test_files_of_the_users_are_not_overwritten_and_shards_are_refused(tmp_path)
         assert invoke("data", "inspect", root, "--duplicates-csv", copies).exit_code == 0
     assert len(rows(copies)) == 5
 
+    r = invoke("data", "inspect", root / "train" / "alpha" / "img_000.png")
+    assert r.exit_code != 0 and "(one image: `ftkit predict MODEL FILE` classifies it)" in text(r)
     flat = tmp_path / "flat"
     shutil.copytree(root / "train", flat)
     r = invoke("data", "inspect", flat, "--held-out-csv", tmp_path / "held.csv")
