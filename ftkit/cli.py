@@ -883,7 +883,8 @@ def _show_duplicates(path, label_from, csv_path, held_out_path) -> None:
     console.print(table)
     for line in found.example_lines(path):
         console.print(f"  {line}")
-    if found.copies_of_training():
+    copies = sum(found.copies_of_training().values())
+    if copies:
         console.print("a val or test image with a copy in train is not held out: delete one of the copies, or move "
                       "them to one split", style="yellow")
     if csv_path:
@@ -891,8 +892,7 @@ def _show_duplicates(path, label_from, csv_path, held_out_path) -> None:
         console.print(f"every group: {csv_path}")
     if held_out_path:
         write_listing(found.held_out_items(), held_out_path, path)
-        left = sum(found.copies_of_training().values())
-        console.print(f"the split listing without the {left} val and test images that have a copy in train: {held_out_path}")
+        console.print(f"the split listing without the {copies} val and test images that have a copy in train: {held_out_path}")
 
 
 def _counts_table(counts: dict[str, dict[str, int]], title: str) -> Table:

@@ -511,11 +511,11 @@ def _flatten(found: dict[str, list[str]], folder: Path) -> list[tuple[str, str]]
 
 def _assign_splits(items: dict[str, list[tuple[str, str]]], classes: list[str], cfg: Config):
     """Turn raw (key, class) lists into train/val/test Splits, carving missing ones out of train."""
-    if "all" not in items and "train" not in items and cfg.splits:
-        raise DataError(f"{cfg.splits} lists no train split ({', '.join(items)} only): training needs train rows, or a "
-                        "listing without a split column (a listing of scored images alone is for `ftkit evaluate RUN "
-                        "--data DATA --splits LISTING --split NAME`)")
     if "all" not in items and "train" not in items:
+        if cfg.splits:
+            raise DataError(f"{cfg.splits} lists no train split ({', '.join(items)} only): training needs train rows, or "
+                            "a listing without a split column (a listing of scored images alone is for `ftkit evaluate "
+                            "RUN --data DATA --splits LISTING --split NAME`)")
         raise DataError(f"{cfg.data} has {'/, '.join(items)}/ but no train/ folder: training needs train/<class>/ images "
                         "(a folder of val/ or test/ alone can only be scored: ftkit evaluate RUN --data ...)")
     if "all" in items:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -72,20 +72,18 @@ class Duplicates:
         """Groups whose copies are filed under different classes."""
         return [g for g in self.groups if len({c.cls for c in g}) > 1]
 
+    def _training_copies(self) -> list[Copy]:
+        """The images of splits other than train that have a copy in train (not held out)."""
+        return [c for g in self.groups if any(c.split == "train" for c in g) for c in g if c.split != "train"]
+
     def copies_of_training(self) -> dict[str, int]:
-        """Per split other than train: its images that have a copy in train (not held out)."""
-        counts: dict[str, int] = {}
-        for group in self.groups:
-            if any(c.split == "train" for c in group):
-                for c in group:
-                    if c.split != "train":
-                        counts[c.split] = counts.get(c.split, 0) + 1
-        return counts
+        """Per split other than train: how many of its images have a copy in train."""
+        return dict(Counter(c.split for c in self._training_copies()))
 
     def held_out_items(self) -> dict[str, list[tuple[str, str]]]:
         """The images, less those of val and test that have a copy in train: what a listing
         for --splits keeps so that the scores are held out from the copies."""
-        copied = {c.key for g in self.groups if any(c.split == "train" for c in g) for c in g if c.split != "train"}
+        copied = {c.key for c in self._training_copies()}
         return {split: [(k, c) for k, c in rows if k not in copied] for split, rows in self.items.items()}
 
     def ordered(self) -> list[list[Copy]]:
@@ -231,6 +229,13 @@ def write_digests(path: str | Path, parts: dict[str, list[bytes]]) -> Path:
     arrays = {name: np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(len(digests), DIGEST_BYTES)
               for name, digests in parts.items()}
     return atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
+
+
+def holding_part(digests: list[bytes], parts: dict[str, set[bytes]], order: Iterable[str]) -> list[str | None]:
+    """Per digest, the first part of ``order`` whose digests (``parts``, as read_digests gives
+    them) hold it, or None."""
+    order = [name for name in order if name in parts]
+    return [next((name for name in order if digest in parts[name]), None) for digest in digests]
 
 
 def read_digests(path: str | Path) -> dict[str, set[bytes]]:

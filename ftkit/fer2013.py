@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .duplicates import holding_part
 from .images import DataError
 from .io import holds_files, new_folder
 from .progress import progress_bar
@@ -174,8 +175,8 @@ def seen_counts(keys: list[str], seen: dict[str, str], csv_splits: dict[str, str
     ``fer2013_digests``), an image not marked by its name or Usage is counted by its pixels."""
     marks = [marked_usage(k, csv_splits.get(k) if csv_splits is not None else None) for k in keys]
     if digests is not None and known:
-        marks = [mark if mark in seen.values() else next((usage for usage in seen.values() if digest in known.get(usage, ())), mark)
-                 for mark, digest in zip(marks, digests)]
+        held = holding_part(digests, known, seen.values())
+        marks = [mark if mark in seen.values() else (part or mark) for mark, part in zip(marks, held)]
     counts = Counter(marks)
     return {part: counts[usage] for part, usage in seen.items() if counts[usage]}
 

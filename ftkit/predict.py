@@ -24,7 +24,7 @@ from .evaluation import predict_probs, predict_split, tta_probs, write_predictio
 from .export import load_torchscript, read_onnx_metadata
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
 from .fer2013 import seen_counts, seen_label
-from .duplicates import DIGESTS, SEEN_SPLITS, read_digests
+from .duplicates import DIGESTS, SEEN_SPLITS, holding_part, read_digests
 from .images import UNREADABLE, image_size, not_data
 from .io import atomic_write, new_folder, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
@@ -152,9 +152,7 @@ def _listed_split(loaded: LoadedRun, keys: list[str], data: str) -> list[str | N
 def _copied_split(loaded: LoadedRun, digests: list[bytes | None] | None) -> list[str | None] | None:
     """Per scored image, the split (train or val) of the run's that holds a pixel copy of it."""
     seen = read_digests(loaded.run / DIGESTS) if digests else {}
-    if not seen:
-        return None
-    return [next((name for name in SEEN_SPLITS if d in seen.get(name, ())), None) for d in digests]
+    return holding_part(digests, seen, SEEN_SPLITS) if seen else None
 
 
 def far_larger(size: tuple[int, int] | list[int], side: int) -> bool:
