@@ -86,6 +86,9 @@ class Config:
                                 "memory, steps of batch_size x this (BatchNorm still sees batch_size)")
     lr: float = option(1e-3, "peak learning rate of the classifier head")
     weight_decay: float = option(0.01, "decoupled weight decay (adamw) or L2 (others)")
+    bn_stats: str = option("update", "update | frozen: BatchNorm running statistics follow the training batches, or keep "
+                           "the start's (normalising with them in training too; scale and shift still train), as Keras "
+                           "advises for fine-tuning on small data; frozen wants a lower lr (1e-4 where 1e-3 diverged)")
     l2sp: float = option(0.0, "pull the backbone's weights toward their pretrained start instead of toward 0 (L2-SP), decoupled like adamw's decay: each step w -= backbone lr x this x (w - start); 0: off")
     optimizer: str = option("adamw", "adamw | adam | sgd | rmsprop")
     scheduler: str = option("cosine", "cosine | onecycle | plateau | none")
@@ -127,6 +130,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sampler": ("random", "balanced"),
     "augment": ("none", "light", "fer", "strong"),
     "tta": ("none", "flip", "shift"),
+    "bn_stats": ("update", "frozen"),
     "metric": ("macro_f1", "accuracy", "balanced_accuracy", "loss"),
     "device": ("auto", "cpu", "cuda", "mps"),
 }
@@ -249,6 +253,9 @@ def validate(cfg: Config) -> Config:
     if cfg.l2sp and not (cfg.init or cfg.weights or cfg.pretrained):
         raise ConfigError("l2sp pulls the backbone toward its pretrained start, and this run has none (pretrained off, "
                           "no init or weights): drop l2sp, or start from pretrained weights")
+    if cfg.bn_stats == "frozen" and not (cfg.init or cfg.weights or cfg.pretrained):
+        raise ConfigError("bn_stats frozen keeps the start's BatchNorm statistics, and this run has none (pretrained off, "
+                          "no init or weights): its layers would normalise with mean 0 and variance 1; use bn_stats update")
     if cfg.init and cfg.weights:
         raise ConfigError(f"init ({cfg.init}) and weights ({cfg.weights}) both say where to start: give one of them")
     if cfg.warmup_epochs > cfg.epochs:

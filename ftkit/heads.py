@@ -58,13 +58,13 @@ def fold_into_linear(classifier: nn.Linear, clf: LogisticRegression, scaler: Sta
 
 
 # what only gradient training uses: a logreg run takes no step, so these change nothing in it
-GRADIENT_ONLY = ("epochs", "freeze_epochs", "unfreeze", "backbone_lr_mult", "lr", "weight_decay", "l2sp", "optimizer",
+GRADIENT_ONLY = ("epochs", "freeze_epochs", "unfreeze", "backbone_lr_mult", "lr", "weight_decay", "l2sp", "bn_stats", "optimizer",
                  "scheduler", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "class_weights", "sampler",
                  "augment", "augment_pipeline", "patience", "drop_rate", "accumulate")
 
 
 # what only a backbone that trains uses: --head linear keeps it frozen throughout
-BACKBONE_ONLY = ("freeze_epochs", "unfreeze", "backbone_lr_mult", "l2sp")
+BACKBONE_ONLY = ("freeze_epochs", "unfreeze", "backbone_lr_mult", "l2sp", "bn_stats")
 
 
 def ignored_by_head(cfg: Config) -> list[str]:

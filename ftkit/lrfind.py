@@ -84,7 +84,7 @@ def find_lr(cfg: Config, console: Console | None = None, start: float = 1e-7, en
     phase = run_phases(cfg, model)[0]
     set_trainable(model, phase.unfrozen_stages)
     model.train()
-    freeze_bn_of_frozen(model)
+    freeze_bn_of_frozen(model, every_layer=cfg.bn_stats == "frozen")
     base = [group["lr"] / cfg.lr for group in parts.optimizer.param_groups]  # each group's share of --lr
     batches = itertools.chain.from_iterable(itertools.repeat(loaders.train))
     lrs, losses, average, stopped = [], [], 0.0, False

@@ -166,15 +166,17 @@ def set_trainable(model: nn.Module, unfrozen_stages: int | None) -> None:
         p.requires_grad_(name in keep)
 
 
-def freeze_bn_of_frozen(model: nn.Module) -> None:
-    """Keep BatchNorm layers whose parameters are frozen in eval mode (running stats fixed).
+def freeze_bn_of_frozen(model: nn.Module, every_layer: bool = False) -> None:
+    """Keep BatchNorm layers whose parameters are frozen in eval mode (running stats fixed);
+    with ``every_layer`` (``bn_stats: frozen``), all of them, trained or not.
 
-    Called after ``model.train()``: a frozen stage must not drift through its statistics.
+    Called after ``model.train()``: a frozen stage must not drift through its statistics, and a
+    few-shot batch of 16 need not replace the statistics the start learned on a large set.
     """
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters())
-            if params and not any(p.requires_grad for p in params):
+            if every_layer or (params and not any(p.requires_grad for p in params)):
                 module.eval()
 
 

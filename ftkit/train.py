@@ -327,6 +327,7 @@ class StepParts:
     anchors: dict[int, torch.Tensor] | None = None  # id(parameter) -> its start, with --l2sp (see pull_to_start)
     steps: int = 0  # optimisation steps taken, for the average's warm-up
     accumulate: int = 1  # batches whose gradients are summed into one optimizer step
+    frozen_bn: bool = False  # bn_stats frozen: every BatchNorm layer keeps its start's running statistics
 
     @property
     def model(self) -> nn.Module:
@@ -393,7 +394,7 @@ def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, t
     """
     net, p = parts.net, parts
     net.train()
-    freeze_bn_of_frozen(net)
+    freeze_bn_of_frozen(net, every_layer=p.frozen_bn)
     seen, correct, loss_sum, start = 0, 0, 0.0, time.perf_counter()
     batches = len(loader)
     for step, (x, y) in enumerate(loader, 1):
@@ -780,7 +781,7 @@ def set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context):
         net=model, optimizer=optimizer, scheduler=scheduler, step_when=step_when, device=device,
         criterion=nn.CrossEntropyLoss(weight=_to(class_weight_tensor(data, cfg), device), label_smoothing=cfg.label_smoothing),
         autocast=autocast, scaler=scaler, memory_format=memory_format, mixer=make_mixer(cfg, len(data.classes)),
-        ema=make_ema(model, cfg), accumulate=cfg.accumulate,
+        ema=make_ema(model, cfg), accumulate=cfg.accumulate, frozen_bn=cfg.bn_stats == "frozen",
     )
     return parts, loaders, dc
 
@@ -889,7 +890,8 @@ def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: 
                                   f"augment {cfg.augment if not cfg.augment_pipeline else 'recipe pipeline'}, label smoothing {cfg.label_smoothing:g}"
                                   + (f", mixup {cfg.mixup:g}" if cfg.mixup else "") + (f", cutmix {cfg.cutmix:g}" if cfg.cutmix else "")
                                   + (f", weight average (ema) {cfg.ema:g}" if cfg.ema else "")
-                                  + (f", backbone pulled to its start (l2sp {cfg.l2sp:g})" if cfg.l2sp else ""))
+                                  + (f", backbone pulled to its start (l2sp {cfg.l2sp:g})" if cfg.l2sp else "")
+                                  + (", BatchNorm statistics of the start (frozen)" if cfg.bn_stats == "frozen" else ""))
     out.print(table)
 
 

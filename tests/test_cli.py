@@ -39,7 +39,7 @@ def test_every_command_has_help():
 
 def test_finetune_help_is_generated_from_the_config():
     out = invoke("finetune", "--help").output
-    for flag in ("--backbone-lr-mult", "--freeze-epochs", "--drop-class", "--merge-class", "--no-pretrained", "--amp"):
+    for flag in ("--backbone-lr-mult", "--freeze-epochs", "--drop-class", "--merge-class", "--no-pretrained", "--amp", "--bn-stats"):
         assert flag in out
     assert "backbone learning rate = lr x this" in out
     # the help is the field's metadata, not a comment parsed out of the source

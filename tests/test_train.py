@@ -431,6 +431,41 @@ def test_l2sp_without_a_start_or_below_zero_is_refused(split_folder, tmp_path):
         tiny_config(split_folder, tmp_path, l2sp=-1.0, pretrained=True)
 
 
+def test_frozen_batchnorm_statistics_stay_the_starts_while_every_weight_trains(split_folder, tmp_path):
+    from ftkit.runs import load_train_state
+
+    torch.manual_seed(7)
+    model = create(tiny_config(split_folder, tmp_path), 3)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in norms:  # statistics unlike a fresh layer's 0 and 1, as a pretrained start has
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save(model.state_dict(), tmp_path / "start.pth")
+    settings = dict(weights=str(tmp_path / "start.pth"), epochs=2, freeze_epochs=0, backbone_lr_mult=1.0)
+    runs = {stats: finetune(tiny_config(split_folder, tmp_path, name=stats, bn_stats=stats, **settings)).run_dir
+            for stats in ("update", "frozen")}
+    trained = {stats: load_train_state(run / "checkpoints" / "last.state.pt")["model"] for stats, run in runs.items()}
+    statistics = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    scales = [k.replace("running_mean", "weight") for k in statistics if k.endswith("running_mean")]
+    assert len(scales) == len(norms) > 3
+    assert all(torch.equal(trained["frozen"][k], start[k]) for k in statistics)
+    assert all(not torch.equal(trained["update"][k], start[k]) for k in statistics)
+    assert all(not torch.equal(trained["frozen"][k], start[k]) for k in scales)  # scale (and shift) still train
+    assert yaml.safe_load((runs["frozen"] / "args.yaml").read_text())["bn_stats"] == "frozen"
+
+
+def test_frozen_batchnorm_statistics_need_a_start_and_a_known_value(split_folder, tmp_path):
+    with pytest.raises(ConfigError, match="bn_stats frozen keeps the start's BatchNorm statistics, and this run has none"):
+        tiny_config(split_folder, tmp_path, bn_stats="frozen")  # tiny_config trains from random weights
+    with pytest.raises(ConfigError, match="Valid: update, frozen"):
+        tiny_config(split_folder, tmp_path, bn_stats="fixed", pretrained=True)
+    # a frozen backbone's statistics never move: the setting is named as not used, not taken silently
+    for head in ("linear", "logreg"):
+        notes = train_mod.setting_notes(tiny_config(split_folder, tmp_path, bn_stats="frozen", pretrained=True, head=head))
+        assert any(f"head {head}" in n and "bn_stats=frozen do not apply" in n for n in notes), notes
+
+
 @pytest.mark.parametrize("batches", [4, 5])  # 5: the epoch's last group is one batch
 def test_accumulated_batches_step_like_one_large_batch(batches):
     """--accumulate 2 on batches of 4 gives the weights, schedule and step count of batches of 8
