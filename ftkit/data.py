@@ -32,7 +32,8 @@ from .config import Config, suggest, validate
 from .duplicates import Duplicates, copies_note, find_duplicates, pixel_digest
 from .faces import BoxCache, crop_faces
 from .images import (  # noqa: F401 (re-exported)
-    IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, has_images, image_files, not_data, read_image, refuse_archive, verify_image,
+    IMAGE_EXTENSIONS, UNREADABLE, DataError, dangling_link, decode_all, has_images, image_files, not_data, read_image, refuse_archive,
+    verify_image, walk_files,
 )
 from .io import atomic_write
 from .progress import progress_bar
@@ -122,13 +123,24 @@ def _class_dirs(root: Path) -> list[Path]:
 
 def _scan_class_folders(root: Path, skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
     """Map class name -> sorted image paths under ``root/<class>/`` (recursively)."""
+    skipped += [(str(p), why) for p in sorted(root.iterdir()) if not not_data(Path(p.name)) and (why := dangling_link(p))]
     found: dict[str, list[str]] = {}
     for class_dir in _class_dirs(root):
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not not_data(p.relative_to(class_dir)))
-        images = [str(p) for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-        skipped += [(str(p), "not an image file") for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        images = []
+        for path in sorted(walk_files(class_dir)):
+            if reason := _not_an_image(path):
+                skipped.append((str(path), reason))
+            else:
+                images.append(str(path))
         found[class_dir.name] = images
     return found
+
+
+def _not_an_image(path: Path) -> str | None:
+    """Why a file found in a data folder is left out (a dangling link, another kind of file), or None."""
+    if broken := dangling_link(path):
+        return broken
+    return None if path.suffix.lower() in IMAGE_EXTENSIONS else "not an image file"
 
 
 def _scan_labeled_files(root: Path, pattern: str, skipped: list[tuple[str, str]]) -> dict[str, list[str]]:
@@ -136,12 +148,10 @@ def _scan_labeled_files(root: Path, pattern: str, skipped: list[tuple[str, str]]
     first group (or the match) of ``pattern`` searched in each path relative to ``root``."""
     regex = re.compile(pattern)
     found: dict[str, list[str]] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    for path in sorted(walk_files(root)):
         relative = path.relative_to(root)
-        if not_data(relative):
-            continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append((str(path), "not an image file"))
+        if reason := _not_an_image(path):
+            skipped.append((str(path), reason))
             continue
         match = regex.search(relative.as_posix())
         label = first_group(match) if match else None

@@ -3,10 +3,12 @@ cannot use. The data, face and FER2013 modules all read through here."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,9 +36,52 @@ def not_data(relative: Path) -> bool:
     return any(part.startswith(".") or part in NOT_DATA for part in relative.parts)
 
 
+def walk_files(folder: Path) -> Iterator[Path]:
+    """Every file under ``folder`` that :func:`not_data` keeps, following symbolic links to
+    folders and to files as torchvision's ImageFolder does. Paths keep the links as found (a
+    listing written from them stays valid where the links are). Each real folder is read once:
+    a link back to a folder above it (a loop), or a second link to a folder already read, is
+    named in a warning and not followed. A dangling link is yielded like a file
+    (:func:`dangling_link` tells it), so that callers name it instead of losing it silently."""
+    root = os.fspath(folder)
+    seen = {_identity(root): root}
+    for top, dirs, files in os.walk(root, followlinks=True):
+        here, kept = Path(os.path.realpath(top)), []
+        for name in sorted(dirs):
+            path = os.path.join(top, name)
+            if not_data(Path(name)):
+                continue
+            if here.is_relative_to(os.path.realpath(path)):
+                warnings.warn(f"{path} is a symbolic link to a folder that holds it (a loop): not followed; "
+                              "remove the link or point it elsewhere", stacklevel=2)
+            elif (first := seen.setdefault(_identity(path), path)) != path:
+                warnings.warn(f"{path} is the same folder as {first}, already read: its files are counted once",
+                              stacklevel=2)
+            else:
+                kept.append(name)
+        dirs[:] = kept
+        yield from (Path(top, name) for name in files if not not_data(Path(name)))
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """What a folder is, whatever the path it is reached by (for the loop check)."""
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def dangling_link(path: Any) -> str | None:
+    """Why ``path`` cannot be read when it is a symbolic link whose target is missing; else None
+    (also for what is no path, such as the bytes of a file in a shard)."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to {os.readlink(path)}, which does not exist: mend or remove the link"
+    return None
+
+
 def _images(folder: Path) -> Iterator[Path]:
-    return (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            and not not_data(p.relative_to(folder)))
+    return (p for p in walk_files(folder) if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or dangling_link(p)))
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -67,12 +112,14 @@ def refuse_archive(path: Path, instead: str) -> None:
 UNREADABLE = (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path | BinaryIO) -> np.ndarray:
     """Decode any common image file to an RGB ``uint8`` array of shape (H, W, 3).
 
     Handles EXIF orientation, palette and alpha modes, and 16-bit / float grayscale
     (rescaled to 0-255). Raises DataError naming the file when it cannot be decoded.
     """
+    if broken := dangling_link(path):
+        raise DataError(f"cannot read image {path}: it is {broken}")
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
@@ -109,7 +156,7 @@ def decode_all(paths: list[str], threads: int = 4, progress: Callable[[int], Non
             image = read_image(path)
             return (keep(image) if keep else image), None
         except DataError as exc:
-            return None, str(exc.__cause__ or exc)
+            return None, dangling_link(path) or str(exc.__cause__ or exc)
 
     images: list[np.ndarray | None] = []
     failures: list[tuple[str, str]] = []
@@ -125,6 +172,8 @@ def decode_all(paths: list[str], threads: int = 4, progress: Callable[[int], Non
 
 def verify_image(path: str) -> str | None:
     """Cheap header check for streamed data; returns the reason a file is unusable, or None."""
+    if broken := dangling_link(path):
+        return broken
     try:
         with Image.open(path) as im:
             im.verify()

@@ -25,7 +25,7 @@ from .export import load_torchscript, read_onnx_metadata
 from .faces import aligned_crop, centre_crop, detect_faces, square_crop
 from .fer2013 import seen_counts, seen_label
 from .duplicates import DIGESTS, SEEN_SPLITS, holding_part, read_digests
-from .images import UNREADABLE, image_size, not_data
+from .images import UNREADABLE, image_size, walk_files
 from .io import atomic_write, new_folder, refuse_inside, temp_beside, write_json, write_text
 from .models import DataConfig
 from .report import write_report
@@ -339,8 +339,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             found += image_files(p)
-            videos += sorted(v for v in p.rglob("*") if v.suffix.lower() in VIDEO_EXTENSIONS and v.is_file()
-                             and not not_data(v.relative_to(p)))
+            videos += sorted(v for v in walk_files(p) if v.suffix.lower() in VIDEO_EXTENSIONS and v.is_file())
         elif p.is_file():
             refuse_archive(p, "the folder of images it holds")
             found.append(p)
