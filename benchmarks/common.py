@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: the shared data, the machine, BENCHMARKS.md rows."""
+"""Helpers shared by the benchmarks: the shared data, the machine, the measured rows."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from typing import Any
 
 import yaml
 
+import results
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FER_TAR = SHARED / "fer2013" / "fer2013-trainval.tar.gz"
 FER_SHA256 = "a6dae57c74a715349cdc225e91f4fb250fef5f55a0d354260d43423bb518f1b0"
-BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 
 
 def extract_fer(work: Path) -> Path:
@@ -74,19 +75,6 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
 
 
-def append_row(section: str, header: str, row: str) -> None:
-    """Append a table row under ``## section`` in BENCHMARKS.md (creating the section)."""
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.is_file() else "# Benchmarks\n"
-    marker = f"## {section}\n"
-    if marker not in text:
-        text = text.rstrip("\n") + f"\n\n{marker}\n{header}\n"
-    start = text.index(marker)
-    end = text.find("\n## ", start + len(marker))
-    end = len(text) if end == -1 else end + 1
-    block = text[start:end].rstrip("\n") + "\n" + row + "\n"
-    BENCHMARKS_MD.write_text(text[:start] + block + ("\n" + text[end:] if end < len(text) else ""))
-
-
 def child_result(script: str, *args: object) -> dict[str, Any]:
     """Run ``script --child ARGS...`` in a fresh process, offline, so that what it measures (peak
     memory above all) is its own, and return the JSON object it printed last."""
@@ -95,11 +83,13 @@ def child_result(script: str, *args: object) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def emit_row(section: str, header: str, row: str, write: bool = True) -> None:
-    """Print a measured row and, unless ``write`` is false (--no-write), append it to BENCHMARKS.md."""
+def emit_row(section: str, header: str, row: str, write: bool = True, key: int = 1) -> None:
+    """Print a measured row and, unless ``write`` is false (--no-write), record it in
+    benchmarks/results/ and render BENCHMARKS.md and docs/benchmarks.md again. A new table's
+    rows are told apart by their first ``key`` cells and their command."""
     print(row, flush=True)
     if write:
-        append_row(section, header, row)
+        results.record(section, header, row, key=key)
 
 
 def parse_settings(text: str, flag: str) -> dict[str, Any]:

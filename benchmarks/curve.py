@@ -38,7 +38,7 @@ def main() -> None:
         line = (f"| {run.name} | {row['epoch']} | {row['phase']} | {minutes:.1f} min | {steady:.1f} min "
                 f"| {float(row['images_per_s']):.0f} "
                 f"| {float(row['val_accuracy']):.4f} | {float(row['val_macro_f1']):.4f} | `{command_line()}` |")
-        emit_row(f"Accuracy versus training time: {run.name}", HEADER, line, write=not args.no_write)
+        emit_row(f"Accuracy versus training time: {run.name}", HEADER, line, write=not args.no_write, key=2)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from ftkit.ensemble import mean_probs, score_members
 from ftkit.evaluation import quick_metrics
 from ftkit.progress import console
 
-SECTION = "Ensembles of finished FER2013 runs (mean probability; the Training slice decides)"
+SECTION = "Ensembles of finished FER2013 runs"
 HEADER = ("| runs | members | training time, summed | val accuracy (Training slice, decides) | PublicTest accuracy "
           "| PublicTest macro-F1 | machine | command |\n|---|---|---|---|---|---|---|---|")
 

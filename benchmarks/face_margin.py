@@ -36,7 +36,7 @@ from ftkit.progress import console
 from ftkit.transforms import eval_transform
 from ftkit.zoo import match_classes, resolve_config
 
-SECTION = "Face margin for the shipped FER2013 models (no test split used)"
+SECTION = "Face margin for the shipped FER2013 models"
 HEADER = ("| measurement | margin | images | result | machine | command |\n|---|---|---|---|---|---|")
 
 

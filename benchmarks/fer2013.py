@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--set", dest="settings", default="", metavar='"KEY=VALUE ..."',
                         help='recipe settings to override, e.g. "augment=light mixup=0.2"')
-    parser.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true", help="print the rows only; record nothing in benchmarks/results/")
     parser.add_argument("--select-on", choices=("slice", "publictest"), default="slice",
                         help="slice: pick the epoch on 10 %% of Training and report on PublicTest (held out); "
                              "publictest: train on all of Training and pick the epoch on PublicTest, as the "
@@ -104,7 +104,7 @@ def main() -> None:
     if args.export_weights:
         ship(result, args.export_weights, recipe, fer, wall, write=not args.no_write)
         return
-    emit_row("FER2013 (7 classes unless noted; PublicTest held out)", HEADER, row, write=not args.no_write)
+    emit_row("FER2013 recipes from ImageNet weights", HEADER, row, write=not args.no_write)
 
 
 SHIPPED_HEADER = ("| model | backbone | input | file | PublicTest accuracy (shipped file) | PublicTest macro-F1 "
@@ -130,7 +130,7 @@ def ship(result: RunResult, name: str, recipe: str, fer: Path, wall: float, writ
     row = (f"| {name} | {entry['backbone']} | {entry['preprocessing']['img_size']}px | {entry['bytes'] / 1e6:.1f} MB {entry['dtype']} "
            f"| {measured['accuracy']:.4f} | {measured['macro_f1']:.4f} | {result.report['accuracy']:.4f} "
            f"| {entry['best_epoch']} | {wall / 60:.1f} min | {machine()} | `{command_line()}` |")
-    emit_row("Shipped expression models (trained on all of Training, epoch chosen on PublicTest)", SHIPPED_HEADER, row, write=write)
+    emit_row("Shipped expression models", SHIPPED_HEADER, row, write=write)
 
 
 def _started_from(weights: dict) -> str | None:

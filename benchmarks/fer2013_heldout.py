@@ -1,7 +1,7 @@
 """Score each shipped FER2013 model on all of PublicTest and on the PublicTest images that are not
 pixel copies of Training images (280 of the 3,589 are; the models trained on them), record the
 second in the model's manifest entry (``measured_without_training_copies``, shown by `ftkit weights
-list`) and append both to BENCHMARKS.md.
+list`) and record both in benchmarks/results/.
 
     python benchmarks/fer2013_heldout.py
 
@@ -28,7 +28,7 @@ from ftkit.zoo import SHIPPED, annotate_model, fer2013_digests, read_models
 
 HEADER = ("| model | PublicTest accuracy (3,589) | macro-F1 | without copies of Training: images | accuracy | macro-F1 "
           "| machine | command |\n|---|---|---|---|---|---|---|---|")
-SECTION = "The shipped models on PublicTest without its copies of Training images (script)"
+SECTION = "Shipped models on PublicTest without its copies of Training images"
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def main() -> None:
         n, seconds, rss = out.stdout.split()[-3:]
         row = (f"| {path.name} | {n} | {size_mb:.0f} MB | {label} | {float(seconds):.1f} s | {rss} MB "
                f"| {machine()} | `{command_line()}` |")
-        emit_row("FER2013 CSV loading (full-size file)", HEADER, row, write=not args.no_write)
+        emit_row("FER2013 CSV loading", HEADER, row, write=not args.no_write)
 
 
 if __name__ == "__main__":

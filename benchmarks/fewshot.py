@@ -46,8 +46,8 @@ HEADER = ("| method | backbone | input | shots/class | seeds | PublicTest accura
 TUNING_HEADER = ("| method | settings | input | shots/class | seeds | val macro-F1 (Training slice, decides) "
                  "| PublicTest accuracy | PublicTest macro-F1 | wall time per run | machine | command |\n"
                  "|---|---|---|---|---|---|---|---|---|---|---|")
-GRID_SECTION = "Few-shot FER2013 (PublicTest, mean +- sample std over seeds)"
-TUNING_SECTION = "Few-shot fine-tuning settings (PublicTest, mean +- sample std over seeds; the Training slice decides)"
+GRID_SECTION = "Few-shot FER2013"
+TUNING_SECTION = "Few-shot FER2013 settings (the Training slice decides)"
 
 
 def mean_std(values: list[float]) -> str:

@@ -22,7 +22,7 @@ from ftkit.zoo import resolve_config
 from ftkit.export import export_onnx
 from ftkit.models import INPUT_MODES, create, resolve_name
 
-SECTION = "Inference on the CPU (PyTorch eager vs onnxruntime, same run)"
+SECTION = "Inference on the CPU: PyTorch eager against onnxruntime"
 HEADER = ("| recipe(s) | backbone | input | engine | batch 1 p50 | batch 1 p95 | batch 1 img/s | batch 64 img/s "
           "| machine | command |\n|---|---|---|---|---|---|---|---|---|---|")
 

