@@ -31,7 +31,7 @@ from .errors import FtkitError  # noqa: E402
 # public name -> module that defines it
 _LAZY = {
     "finetune": "train", "resume": "train", "RunResult": "train", "find_lr": "lrfind",
-    "evaluate_run": "predict", "predict_paths": "predict", "open_predictor": "predict", "load_run": "predict",
+    "evaluate_run": "scoring", "predict_paths": "predict", "open_predictor": "predict", "load_run": "zoo",
     "ensemble_runs": "ensemble", "export_run": "export", "write_shards": "shards",
 }
 

@@ -493,7 +493,8 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
         ftkit predict runs/faces clip.mp4 --out clip_annotated.mp4 --every 5
         ftkit predict fer2013-fast --camera 0 --format jsonl
     """
-    from .predict import VIDEO_EXTENSIONS, check_prediction_file, check_video_out, open_predictor
+    from .predict import VIDEO_EXTENSIONS, check_prediction_file, open_predictor
+    from .video import check_video_out
 
     videos = [p for p in paths if Path(p).suffix.lower() in VIDEO_EXTENSIONS and not Path(p).is_dir()]
     if videos and video is None and camera is None:
@@ -566,7 +567,8 @@ def _predict_stream(pred, model, source, video_out, every, topk, tta, faces, max
     frames are analysed (csv, jsonl), then a summary of the expressions seen."""
     import csv
 
-    from .predict import predict_video, video_rows, video_summary, write_prediction_file
+    from .predict import write_prediction_file
+    from .video import predict_video, video_rows, video_summary
 
     out = csv.writer(sys.stdout)
     if fmt == "csv":

@@ -18,7 +18,7 @@ import numpy as np
 
 from .evaluation import quick_metrics, write_predictions
 from .io import holds_files, new_folder, refuse_inside
-from .predict import LoadedRun, Scored, load_model, run_record, score_run, trained_on_note
+from .scoring import LoadedRun, Scored, load_model, run_record, score_run, trained_on_note
 from .report import write_report
 from .runs import RunError, update_record, write_classes
 
@@ -28,7 +28,7 @@ def ensemble_runs(runs: list[str | Path], out: str | Path, data: str | None = No
                   overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Score every run on ``split`` of ``data`` (default: each run's own data and split file),
     average their probabilities, and write the ensemble's report into a new folder ``out``.
-    ``overrides`` replaces every member's data settings, as in ftkit.predict.score_run.
+    ``overrides`` replaces every member's data settings, as in ftkit.scoring.score_run.
 
     ``progress(run_index, total=None, advance=None)`` follows the scoring. Returns (out, report).
     The folder appears only when complete; an existing, non-empty ``out`` is never touched.

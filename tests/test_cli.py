@@ -194,7 +194,7 @@ def test_a_failed_evaluation_leaves_no_folder(trained, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device", str(run / "eval"))
 
-    monkeypatch.setattr("ftkit.predict.write_report", broken)
+    monkeypatch.setattr("ftkit.scoring.write_report", broken)
     result = CliRunner().invoke(main, ["evaluate", str(run), "--name", "broken"])
     assert result.exit_code == 1 and "No space left on device" in result.output
     assert not list((run / "eval").glob("*broken*")) and not list((run / "eval").glob(".*"))

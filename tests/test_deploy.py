@@ -365,10 +365,10 @@ def test_a_video_in_a_folder_of_images_is_named_not_passed_over(run, tmp_path):
 def test_ctrl_c_ends_a_video_and_keeps_what_was_read(run, tmp_path, monkeypatch):
     """Ctrl-C is how a camera stream is stopped: the annotated video and the track keep the
     frames read so far. Stopped before the first frame, an earlier --out file is untouched."""
-    from ftkit import predict as predict_module
+    from ftkit import video as video_module
 
     src = _moving_video(tmp_path / "moving.mp4")
-    real, calls = predict_module.classify_images, []
+    real, calls = video_module.classify_images, []
 
     def interrupt_at(n):
         def classify(*args, **kwargs):
@@ -379,7 +379,7 @@ def test_ctrl_c_ends_a_video_and_keeps_what_was_read(run, tmp_path, monkeypatch)
         return classify
 
     out = tmp_path / "annotated.mp4"
-    monkeypatch.setattr(predict_module, "classify_images", interrupt_at(3))
+    monkeypatch.setattr(video_module, "classify_images", interrupt_at(3))
     r = CliRunner().invoke(main, ["predict", str(run), "--video", str(src), "--every", "2", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "4 frames read (stopped by Ctrl-C), 2 analysed" in r.output
@@ -390,7 +390,7 @@ def test_ctrl_c_ends_a_video_and_keeps_what_was_read(run, tmp_path, monkeypatch)
 
     before = out.read_bytes()
     calls.clear()
-    monkeypatch.setattr(predict_module, "classify_images", interrupt_at(1))
+    monkeypatch.setattr(video_module, "classify_images", interrupt_at(1))
     r = CliRunner().invoke(main, ["predict", str(run), "--video", str(src), "--out", str(out)])
     assert r.exit_code == 1 and "no frames could be read" in r.output and "stopped by Ctrl-C" in r.output
     assert out.read_bytes() == before

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from conftest import tiny_config, write_split_folder
 from ftkit.cli import main
-import ftkit.predict
+import ftkit.scoring
 from ftkit.ensemble import in_class_order, score_members
 from ftkit.evaluation import read_predictions
 from ftkit.predict import Scored, data_key, load_run, score_run
@@ -138,8 +138,8 @@ def test_members_with_the_same_data_share_one_decode(runs, monkeypatch):
     serves both runs and both splits, and gives the probabilities each run scores alone."""
     _, a, b, _ = runs
     calls = []
-    real = ftkit.predict.load_data
-    monkeypatch.setattr(ftkit.predict, "load_data", lambda *args, **kw: calls.append(args) or real(*args, **kw))
+    real = ftkit.scoring.load_data
+    monkeypatch.setattr(ftkit.scoring, "load_data", lambda *args, **kw: calls.append(args) or real(*args, **kw))
     datasets = {}
     shared = {split: score_members([a, b], split=split, datasets=datasets)[1] for split in ("test", "val")}
     assert len(calls) == 1 and len(datasets) == 1

@@ -146,11 +146,11 @@ def test_the_public_api_is_what_the_package_promises_and_import_stays_light():
 # from the source by test_imports_only_go_down_and_never_in_a_circle).
 LAYERS = {
     "foundation": {"errors", "config", "io", "progress", "device", "distributed", "plots"},
-    "data": {"images", "fer2013", "faces", "synth", "duplicates", "data", "shards"},
+    "data": {"images", "fer2013", "faces", "synth", "duplicates", "splits", "sources", "data", "shards"},
     "model": {"models", "transforms", "weights"},
     "run directory, evaluation and reports": {"runs", "zoo", "evaluation", "views", "html_report", "report"},
     "training": {"heads", "crossval", "train", "lrfind"},
-    "using a run": {"predict", "ensemble", "export", "demo"},
+    "using a run": {"scoring", "predict", "video", "ensemble", "export", "demo"},
     "command line": {"cli", "__main__", "__init__"},
 }
 
