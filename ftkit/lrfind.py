@@ -22,7 +22,9 @@ from .models import freeze_bn_of_frozen, set_trainable
 from .plots import new_figure, png_bytes
 from .progress import console as default_console
 from .progress import progress_bar
-from .train import apply_step, backward_pass, build_model, run_phases, set_up
+from .loop import apply_step, backward_pass
+from .schedule import run_phases
+from .train import build_model, set_up
 
 SMOOTHING = 0.98  # exponential smoothing of the loss, bias-corrected as Adam's moments are
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its minimum
