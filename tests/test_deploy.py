@@ -182,7 +182,7 @@ def test_predict_every_face_and_annotate(run, tmp_path):
 
 
 def test_a_big_folder_table_shows_the_first_images_and_the_counts_cover_all(run, tmp_path, monkeypatch):
-    import ftkit.cli as cli
+    import ftkit.cli_predict as cli
 
     monkeypatch.setattr(cli, "TABLE_IMAGES", 3)
     rng = np.random.default_rng(3)
