@@ -102,7 +102,7 @@ def matches(box: tuple[float, float, float, float], truth: tuple[float, float, f
 
 
 def haar(frame: np.ndarray) -> list[tuple[int, int, int, int]]:
-    return [(b.x, b.y, b.w, b.h) for b in detect_faces(frame)]
+    return [(b.x, b.y, b.w, b.h) for b in detect_faces(frame, "haar")]
 
 
 def blazeface(model: Path):

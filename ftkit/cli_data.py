@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from .cli_options import config_options, flag_overrides, friendly
-from .config import MIN_FACE_MARGIN
+from .config import CHOICES, MIN_FACE_MARGIN
 from .progress import console, progress_bar
 
 
@@ -47,8 +47,10 @@ def data_synth(dest, train, val, test, size, seed):
 @click.option("--require", is_flag=True, help="Leave out images without a face (default: centre crop).")
 @click.option("--size", default=0, show_default=True, help="Resize crops to SIZE x SIZE (0: keep).")
 @click.option("--align", is_flag=True, help="Turn each face so its eyes are level, and place the crop by them.")
+@click.option("--detector", type=click.Choice(CHOICES["face_detector"]), default="auto", show_default=True,
+              help="auto (RetinaFace, or OpenCV's Haar cascades without onnxruntime), retinaface or haar.")
 @friendly
-def data_faces(src, dst, margin, require, size, align):
+def data_faces(src, dst, margin, require, size, align, detector):
     """Crop the largest face of every image once, keeping the folder structure.
 
     Example:
@@ -60,10 +62,11 @@ def data_faces(src, dst, margin, require, size, align):
 
     with progress_bar(console) as bar:
         task = bar.add_task("faces", total=None)
-        result = crop_folder(src, dst, margin=margin, require=require, size=size, align=align,
+        result = crop_folder(src, dst, margin=margin, require=require, size=size, align=align, detector_name=detector,
                              progress=lambda n: bar.advance(task, n), on_total=lambda n: bar.update(task, total=n))
     stats = result.stats
-    console.print(f"{result.written} crop(s) written: faces found in {stats.found} image(s); centre-cropped "
+    console.print(f"{result.written} crop(s) written ({result.detector['name']} detector): faces found in {stats.found} "
+                  f"image(s), {stats.several} of them with more than one face (the largest taken); centre-cropped "
                   f"{len(stats.fallback)}; no face, left out {len(stats.skipped)}; unreadable, left out {len(result.unreadable)}")
     lines = ([f"  no face, centre-cropped: {p}" for p in stats.fallback] + [f"  no face, left out: {p}" for p in stats.skipped]
              + [f"  unreadable, left out: {why}" for why in result.unreadable.values()])
@@ -98,7 +101,7 @@ def data_convert(csv_path, dest, strict):
 @click.argument("dest", type=click.Path(file_okay=False))
 @click.option("--shard-size", default=10_000, show_default=True, type=click.IntRange(min=1), help="Images per tar shard.")
 @config_options(only=("val_split", "test_split", "splits", "label_from", "classes", "drop_classes", "merge_classes", "strict",
-                      "faces", "face_margin", "face_align", "group_by", "seed"))
+                      "faces", "face_margin", "face_align", "face_detector", "group_by", "seed"))
 @friendly
 def data_shards(src, dest, shard_size, **kwargs):
     """Write any data source as WebDataset tar shards, streamed by `finetune --data DEST`.

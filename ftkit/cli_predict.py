@@ -30,6 +30,9 @@ from .progress import console, progress_bar
                    "detector's box [default: the model's].")
 @click.option("--face-align/--no-face-align", default=None,
               help="Level each face's eyes before cropping [default: as the model was trained].")
+@click.option("--face-detector", type=click.Choice(CHOICES["face_detector"]),
+              help="auto (RetinaFace, or OpenCV's Haar cascades without onnxruntime), retinaface or haar [default: the "
+                   "model's].")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False), help="Write copies of the images with boxes and labels here.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "jsonl"]), default="table", show_default=True,
               help="How results are printed (csv and jsonl: to standard output, a video's frames as they come).")
@@ -43,8 +46,8 @@ from .progress import console, progress_bar
 @click.option("--max-frames", type=click.IntRange(min=1), help="With --video/--camera: stop after this many frames.")
 @device_option
 @friendly
-def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_dir, fmt, output, video, camera, video_out, every,
-            max_frames, device):
+def predict(model, paths, topk, tta, faces, face_margin, face_align, face_detector, annotate_dir, fmt, output, video, camera,
+            video_out, every, max_frames, device):
     """Top-k classes for images, folders, a video or a camera; MODEL is a run, a named model
     (`ftkit weights list`) or an exported .onnx or TorchScript (.ts, .pt) file.
 
@@ -71,6 +74,8 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, annotate_di
         pred.face_margin = face_margin
     if face_align is not None:
         pred.face_align = face_align
+    if face_detector is not None:
+        pred.face_detector = face_detector
     if video is not None or camera is not None:
         _predict_stream(pred, model, video if video is not None else camera, video_out, every or 1, topk, tta or "none",
                         faces or "all", max_frames, fmt, output)

@@ -56,8 +56,11 @@ class Config:
     faces: str = option("none", "none | crop | require: crop the largest face (require: leave out images without one)")
     face_margin: float = option(0.25, "margin added around a detected face, as a fraction of its side "
                                       f"(negative, above {MIN_FACE_MARGIN:g}: a crop inside the detector's box)")
-    face_align: bool = option(False, "turn each face so its eyes are level and place the crop by them (OpenCV eye "
-                                     "cascade; a face whose eyes are not found is cropped by its box)")
+    face_align: bool = option(False, "turn each face so its eyes are level and place the crop by them (the detector's "
+                                     "eye landmarks, or OpenCV's eye cascade; a face whose eyes are not found is cropped "
+                                     "by its box)")
+    face_detector: str = option("auto", "auto | retinaface | haar: the face detector (auto: RetinaFace, or OpenCV's "
+                                        "Haar cascades when onnxruntime is not installed)")
     shots: int = option(0, "few-shot: train on this many images per class, hold the rest out (0: all)")
     folds: int = option(0, "stratified K-fold cross-validation with this many folds (0: one split)")
     group_by: str | None = option(None, "regex over the path; its first group (or match) keeps groups on one side")
@@ -121,6 +124,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "input": ("rgb224", "gray48"),
     "faces": ("none", "crop", "require"),
+    "face_detector": ("auto", "retinaface", "haar"),
     "head": ("finetune", "linear", "logreg"),
     "cache": ("auto", "memory", "stream"),
     "unfreeze": ("all", "gradual"),
@@ -202,7 +206,7 @@ def _check_items(key: str, values: list, item: Any) -> list:
 
 
 # The data settings of a trained run that scoring it on other images may replace (ftkit evaluate).
-DATA_OVERRIDES = ("faces", "face_margin", "face_align", "label_from", "splits", "classes", "drop_classes", "merge_classes",
+DATA_OVERRIDES = ("faces", "face_margin", "face_align", "face_detector", "label_from", "splits", "classes", "drop_classes", "merge_classes",
                   "strict")
 
 
@@ -352,5 +356,8 @@ def resolve(recipe: str | Path | None = None, base: dict[str, Any] | None = None
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
-    """Rebuild a Config saved in a run directory or checkpoint (tolerates keys added later)."""
+    """Rebuild a Config saved in a run directory or checkpoint (tolerates keys added later). A run
+    that cropped faces before there was a choice of detector cropped them with the cascades."""
+    if values.get("faces", "none") != "none" and "face_detector" not in values:
+        values = {**values, "face_detector": "haar"}
     return merge(Config(), {k: v for k, v in values.items() if k in FIELDS}, source="saved config")

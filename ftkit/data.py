@@ -31,7 +31,7 @@ from PIL import Image
 from . import fer2013
 from .config import Config, validate
 from .duplicates import Duplicates, copies_note, find_duplicates, pixel_digest
-from .faces import BoxCache, crop_faces
+from .faces import BoxCache, crop_faces, describe
 from .images import (  # noqa: F401 (re-exported: data.py is the data layer's front)
     IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, has_images, image_files, not_data, read_image, refuse_archive,
     verify_image, walk_files,
@@ -235,9 +235,10 @@ def note_copies(data: DataSplits) -> None:
 
 
 def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
-
-    cache = BoxCache()
-    totals = {"found": 0, "fallback": 0, "skipped": 0, "fallback_files": [], "skipped_files": []}
+    """Crop every image to its largest face, as ``cfg.faces`` says; ``data.faces`` records the
+    counts and the detector that ran (for run.json)."""
+    cache = BoxCache(detector_name=cfg.face_detector)
+    totals = {"found": 0, "fallback": 0, "skipped": 0, "several": 0, "fallback_files": [], "skipped_files": []}
     with progress_bar(console) as bar:
         task = bar.add_task("finding faces", total=sum(len(s) for s in data.splits.values()))
         for name, split in list(data.splits.items()):
@@ -248,7 +249,10 @@ def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
             data.splits[name] = split.subset(keep) if len(keep) < len(crops) else split
             for key, value in stats.to_dict().items():
                 totals[key] += value
-    data.faces = totals
+    data.faces = {**totals, "detector": describe(cache.detect)}
+    if totals["several"]:
+        note = (f"{totals['several']} image(s) show more than one face; the largest was taken (run.json: faces.several)")
+        warnings.warn(note, stacklevel=2)
     if totals["fallback"]:
         warnings.warn(f"no face found in {totals['fallback']} image(s), centre-cropped instead "
                       f"(e.g. {totals['fallback_files'][0]}); --faces require leaves them out", stacklevel=2)

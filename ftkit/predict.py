@@ -59,7 +59,7 @@ class Predictor:
     """Class probabilities for RGB uint8 images, from a run directory or an ONNX file."""
 
     def __init__(self, classes: list[str], data_config: DataConfig, forward, name: str, faces: str = "none",
-                 face_margin: float = 0.25, face_align: bool = False, tta: str = "none"):
+                 face_margin: float = 0.25, face_align: bool = False, tta: str = "none", face_detector: str = "auto"):
         self.classes = classes
         self.data_config = data_config
         self.transform = eval_transform(data_config)
@@ -69,6 +69,7 @@ class Predictor:
         self.face_margin = face_margin
         self.face_align = face_align  # level the eyes before cropping, as the model's training did
         self.tta = tta  # the test-time augmentation the model's own scores were measured with
+        self.face_detector = face_detector  # auto, retinaface or haar (the detector of its training, when it cropped faces)
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto") -> "Predictor":
@@ -80,7 +81,7 @@ class Predictor:
             return loaded.model(torch.from_numpy(x).to(loaded.device)).float().cpu().numpy()
 
         return cls(loaded.classes, loaded.data_config, forward, loaded.label, loaded.config.faces, loaded.config.face_margin,
-                   loaded.config.face_align, loaded.config.tta)
+                   loaded.config.face_align, loaded.config.tta, loaded.config.face_detector)
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "Predictor":
@@ -102,7 +103,7 @@ class Predictor:
         """The classes, preprocessing and face settings that ``ftkit export`` records in a file."""
         return cls(meta["classes"], export_data_config(meta), forward, str(path),
                    meta.get("faces", "none"), meta.get("face_margin", 0.25), meta.get("face_align", False),
-                   meta.get("tta", "none"))
+                   meta.get("tta", "none"), meta.get("face_detector", "haar" if meta.get("faces", "none") != "none" else "auto"))
 
     def probs(self, images: list[np.ndarray], tta: str = "none", batch_size: int = 64) -> np.ndarray:
         out = []
@@ -127,7 +128,8 @@ def open_predictor(target: str | Path, device: str = "auto") -> Predictor:
 # --- faces in, predictions out -----------------------------------------------------------
 
 
-def regions(image: np.ndarray, faces: str, margin: float, align: bool = False) -> list[tuple[str, list[int] | None, np.ndarray]]:
+def regions(image: np.ndarray, faces: str, margin: float, align: bool = False,
+            detector_name: str = "auto") -> list[tuple[str, list[int] | None, np.ndarray]]:
     """(region, box, crop) triples to classify, region being "image" (the whole image), "face"
     or "centre" (``align``: each face turned so its eyes are level, see
     ``ftkit.faces.aligned_crop``).
@@ -137,7 +139,7 @@ def regions(image: np.ndarray, faces: str, margin: float, align: bool = False) -
     """
     if faces == "none":
         return [("image", None, image)]
-    boxes = detect_faces(image)
+    boxes = detect_faces(image, detector_name)
     crop = aligned_crop if align else square_crop
     if faces == "all":
         return [("face", [b.x, b.y, b.w, b.h], crop(image, b, margin)) for b in boxes]
@@ -150,7 +152,7 @@ def regions(image: np.ndarray, faces: str, margin: float, align: bool = False) -
 def classify_images(pred: Predictor, images: list[np.ndarray], faces: str, topk: int = 3, tta: str = "none"):
     """Per image, a list of detections: {region, box, top: [{class, probability}...], probabilities};
     region: "face", "image" (the whole image) or "centre" (a centre crop: no face was found)."""
-    found = [regions(img, faces, pred.face_margin, pred.face_align) for img in images]
+    found = [regions(img, faces, pred.face_margin, pred.face_align, pred.face_detector) for img in images]
     crops = [crop for per in found for _, _, crop in per]
     probs = pred.probs(crops, tta)
     k = min(max(topk, 1), len(pred.classes))  # the best class is always listed: every output names it

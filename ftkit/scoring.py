@@ -83,6 +83,7 @@ def load_model(target: str | Path, device: str = "auto") -> LoadedRun:
     model, meta = (OnnxModel(path), read_onnx_metadata(path)) if kind == "onnx" else load_torchscript(path)
     config = Config(data="", backbone=meta.get("backbone") or Config().backbone, faces=meta.get("faces", "none"),
                     face_margin=meta.get("face_margin", 0.25), face_align=meta.get("face_align", False),
+                    face_detector=meta.get("face_detector", "haar" if meta.get("faces", "none") != "none" else "auto"),
                     tta=meta.get("tta", "none"))
     source = {"kind": kind, "name": str(path), "path": str(path), "sha256": sha256sum(path), "backbone": meta.get("backbone"),
               "classes": meta["classes"], "exported_from": meta.get("run"), "entry": {"backbone": meta.get("backbone")}}

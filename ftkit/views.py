@@ -120,8 +120,11 @@ def _faces_line(config: dict[str, Any], faces: dict[str, Any] | None) -> str:
     line = str(config.get("faces"))
     if config.get("faces") not in (None, "none"):
         line += f", margin {config.get('face_margin')}" + (", eyes levelled" if config.get("face_align") else "")
+        detector = (faces or {}).get("detector", {}).get("name") or config.get("face_detector")
+        line += f", {detector} detector" if detector else ""
     if faces:
-        line += f" ({faces['found']} found, {faces['fallback']} centre-cropped, {faces['skipped']} left out)"
+        several = f", {faces['several']} with several faces (largest taken)" if faces.get("several") else ""
+        line += f" ({faces['found']} found, {faces['fallback']} centre-cropped, {faces['skipped']} left out{several})"
     return line
 
 

@@ -585,6 +585,7 @@ def test_a_wheel_carries_the_recipes_and_shipped_models_and_finds_them(tmp_path)
     shipped = json.loads((root / "weights" / "shipped.json").read_text())
     tracked = {entry[key] for entry in shipped.values() for key in ("file", "fer2013_digests") if entry.get(key)}
     assert "fer2013-digests.npz" in tracked
+    tracked |= {"retinaface-mnet025.onnx", "retinaface-LICENSE.txt"}  # the face detector ships beside the models
     for name in ("pyproject.toml", "README.md", "LICENSE", "weights/shipped.json", *(f"weights/{file}" for file in tracked)):
         (source / name).parent.mkdir(exist_ok=True)
         shutil.copy(root / name, source / name)
@@ -599,13 +600,14 @@ def test_a_wheel_carries_the_recipes_and_shipped_models_and_finds_them(tmp_path)
     assert sorted(p.name for p in (tmp_path / "site" / "ftkit" / "recipes").iterdir()) == \
         sorted(p.name for p in (root / "recipes").glob("*.yaml"))
     (tmp_path / "elsewhere").mkdir()
-    probe = ("import ftkit, ftkit.config as c, ftkit.zoo as z; "
-             "print(ftkit.__file__, c.find_recipe('fewshot'), z.find_model('fer2013-fast')[1], sep='\\n')")
+    probe = ("import ftkit, ftkit.config as c, ftkit.zoo as z, ftkit.faces as f; "
+             "print(ftkit.__file__, c.find_recipe('fewshot'), z.find_model('fer2013-fast')[1], f.model_file(), sep='\\n')")
     env = {k: v for k, v in os.environ.items() if k != "FTKIT_WEIGHTS"} | {"PYTHONPATH": str(tmp_path / "site")}
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path / "elsewhere", env=env)
     assert ran.returncode == 0, ran.stderr
-    package, recipe, model = ran.stdout.split()
+    package, recipe, model, face_model = ran.stdout.split()
     installed = tmp_path / "site" / "ftkit"
     assert Path(package).parent == installed
     assert Path(recipe) == installed / "recipes" / "fewshot.yaml"
     assert Path(model) == installed / "shipped" / shipped["fer2013-fast"]["file"]
+    assert Path(face_model) == installed / "shipped" / "retinaface-mnet025.onnx"
