@@ -111,18 +111,20 @@ _BGR_MEAN = np.array([104.0, 117.0, 123.0], dtype=np.float32)  # the means it wa
 # RetinaFace's box onto the frontal cascade's, so that a face margin means the same with either:
 # the cascade's side over RetinaFace's longer side, and the shift of its centre (in RetinaFace
 # sides, down positive). Medians over the faces both found in every third image of the posed
-# taiwanese set (../shared/data), no labels used: `python benchmarks/faces.py --calibrate`.
+# taiwanese set (../shared/data), no labels used: `python benchmarks/faces_wild.py --part calibrate`.
 RF_TO_HAAR_SIDE, RF_TO_HAAR_DX, RF_TO_HAAR_DY = 0.955, 0.006, 0.005
 
 
 class RetinaFace:
-    """RetinaFace (MobileNet-0.25) on onnxruntime: boxes, scores and five landmarks."""
+    """RetinaFace (MobileNet-0.25) on onnxruntime: boxes, scores and five landmarks. ``score`` is
+    the confidence a face needs (0.6: the model's author's display threshold, not tuned here),
+    ``nms`` the overlap at which boxes merge; frames larger than ``max_side`` are shrunk first."""
 
     name = "retinaface"
     FILE = "retinaface-mnet025.onnx"
     SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
 
-    def __init__(self, score: float = 0.8, nms: float = 0.4, max_side: int = 640, path: Path | None = None):
+    def __init__(self, score: float = 0.6, nms: float = 0.4, max_side: int = 640, path: Path | None = None):
         import onnxruntime  # noqa: F401  (absent: ImportError, and detector() falls back to the cascades)
 
         self.path = path or model_file()

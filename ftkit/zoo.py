@@ -144,10 +144,11 @@ def _load_named(name: str, kind: str, file: Path, entry: dict[str, Any]) -> Mode
 
 
 def _with_entry(meta: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
-    """A named model's metadata with its manifest's face margin, which says how to crop faces
-    for it (a model trained on ready-cropped faces, like FER2013's, has none in its config)."""
-    margin = entry.get("preprocessing", {}).get("face_margin")
-    return meta if margin is None else {**meta, "config": {**meta["config"], "face_margin": margin}}
+    """A named model's metadata with its manifest's face margin, detector and alignment, which say
+    how to crop faces for it (a model trained on ready-cropped faces, like FER2013's, has none in its config)."""
+    pre = entry.get("preprocessing", {})
+    faces = {k: pre[k] for k in ("face_margin", "face_detector", "face_align") if pre.get(k) is not None}
+    return {**meta, "config": {**meta["config"], **faces}} if faces else meta
 
 
 def source_meta(target: str | Path) -> dict[str, Any]:
@@ -253,7 +254,9 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
         "file": target.name, "sha256": sha256sum(target), "bytes": target.stat().st_size,
         "dtype": str(dtype).removeprefix("torch."), "backbone": meta["backbone"], "classes": meta["classes"],
         "preprocessing": {**{k: dc[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")},
-                          "face_margin": config_from_dict(meta["config"]).face_margin if face_margin is None else face_margin},
+                          "face_margin": config_from_dict(meta["config"]).face_margin if face_margin is None else face_margin,
+                          "face_detector": config_from_dict(meta["config"]).face_detector,
+                          "face_align": config_from_dict(meta["config"]).face_align},
         "tta": meta["config"].get("tta", "none"), "trained_from": str(run), "best_epoch": meta.get("epoch"),
         **_run_measured(run, meta), **(extra or {}),
     }

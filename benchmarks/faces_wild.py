@@ -1,0 +1,230 @@
+"""Faces as they come: detection, alignment and the shipped models on pictures made from the
+faces in ../shared/data. Nothing here is tuned on a test split; the making is kept simple and
+its settings are the constants below, so that it is not tuned to itself either.
+
+1. Detection (``--part detect``): FER2013 PublicTest faces (tight 48x48 crops, so the pasted
+   square is the true box) placed into 640x480 pictures over scikit-image backgrounds, 0-3 per
+   picture, at a random place, side and tilt (up to +-30 degrees), some pictures blurred, some
+   dimmed, with drawn clutter. A face is found when a detected box matches it (centre within
+   0.35 of its side, side 0.5-2x); a detection that matches no face is a false positive.
+   CPU milliseconds per picture, batch 1, per detector, side by side in one run.
+2. Accuracy (``--part accuracy``): the shipped models, without training, on the validation
+   subjects of the posed taiwanese set (benchmarks/face_margin.py's; never a test fold), each
+   image upright and turned by a random angle (up to +-30 degrees), cropped by each detector,
+   with and without eye alignment. ``recovered`` is the share of the accuracy lost to the turn
+   that alignment wins back.
+3. ``--part calibrate``: the mapping of RetinaFace's box onto the frontal cascade's
+   (ftkit.faces.RF_TO_HAAR_*): medians over the faces both find in every third posed image.
+
+    python benchmarks/faces_wild.py --part detect
+    python benchmarks/faces_wild.py --part accuracy
+    python benchmarks/faces_wild.py --part calibrate --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from common import command_line, emit_row, extract_fer, machine
+from face_margin import validation_subjects
+from faces import backgrounds
+from transfer import extract
+
+from ftkit.data import ImageDataset
+from ftkit.evaluation import predict_probs, quick_metrics
+from ftkit.faces import RetinaFace, aligned_crop, centre_crop, detector, square_crop
+from ftkit.images import image_files, read_image
+from ftkit.predict import load_run
+from ftkit.transforms import eval_transform
+from ftkit.zoo import match_classes
+
+PICTURE = (480, 640)  # height, width
+FACES_PER_PICTURE = (0, 1, 1, 2, 3)  # drawn uniformly: a fifth of the pictures have none
+SIDE = (48, 200)  # face side in pixels
+TILT = 30  # degrees, either way
+BLUR, DIM = 0.3, 0.3  # shares of pictures blurred (Gaussian sigma 1-2.5), dimmed (x 0.25-0.5)
+CLUTTER = 6  # drawn shapes per picture
+DETECTORS = ("haar", "retinaface")
+DETECT_HEADER = ("| detector | pictures | placed faces | found | false positives per 100 pictures | pictures with no face: "
+                 "any detection | ms per picture (CPU, batch 1) | machine | command |\n|---|---|---|---|---|---|---|---|---|")
+ACCURACY_HEADER = ("| model | detector | images | upright: accuracy, macro-F1 | upright, eyes levelled | turned | turned, eyes "
+                   "levelled | recovered | ms per face: detect + align / classify | machine | command |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def tilt(image: np.ndarray, degrees: float, border=cv2.BORDER_REFLECT) -> np.ndarray:
+    h, w = image.shape[:2]
+    return cv2.warpAffine(image, cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0), (w, h), borderMode=border)
+
+
+def make_pictures(faces: list[Path], count: int, seed: int) -> list[tuple[np.ndarray, list[tuple[float, float, float]]]]:
+    """(picture, [(centre x, centre y, side)] of its faces) pairs."""
+    rng = np.random.default_rng(seed)
+    pool, pictures, next_face = backgrounds(), [], 0
+    for _ in range(count):
+        picture = cv2.resize(pool[int(rng.integers(len(pool)))], PICTURE[::-1], interpolation=cv2.INTER_LINEAR)
+        for _ in range(CLUTTER):  # shapes with edges and contrast, as a room or a street has
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            centre = (int(rng.integers(0, PICTURE[1])), int(rng.integers(0, PICTURE[0])))
+            if rng.random() < 0.5:
+                cv2.ellipse(picture, centre, (int(rng.integers(10, 80)), int(rng.integers(10, 80))), float(rng.uniform(0, 180)),
+                            0, 360, colour, -1)
+            else:
+                cv2.rectangle(picture, centre, (centre[0] + int(rng.integers(10, 120)), centre[1] + int(rng.integers(10, 120))),
+                              colour, int(rng.choice([-1, 3])))
+        truths = []
+        for _ in range(int(rng.choice(FACES_PER_PICTURE))):
+            side = int(rng.integers(*SIDE))
+            face = cv2.cvtColor(cv2.imread(str(faces[next_face % len(faces)]), cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2RGB)
+            next_face += 1
+            face = tilt(cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC), float(rng.uniform(-TILT, TILT)))
+            mask = np.zeros((side, side), np.uint8)
+            cv2.ellipse(mask, (side // 2, side // 2), (side // 2 - 1, side // 2 - 1), 0, 0, 360, 255, -1)  # no square corners
+            for _ in range(20):  # a place that overlaps no face placed before
+                x, y = int(rng.integers(0, PICTURE[1] - side)), int(rng.integers(0, PICTURE[0] - side))
+                if all(abs(x + side / 2 - cx) > (side + s) / 2 or abs(y + side / 2 - cy) > (side + s) / 2 for cx, cy, s in truths):
+                    break
+            else:
+                continue
+            region = picture[y:y + side, x:x + side]
+            region[mask > 0] = face[mask > 0]
+            truths.append((x + side / 2, y + side / 2, side))
+        if rng.random() < BLUR:
+            picture = cv2.GaussianBlur(picture, (0, 0), float(rng.uniform(1, 2.5)))
+        if rng.random() < DIM:
+            picture = (picture * rng.uniform(0.25, 0.5)).astype(np.uint8)
+        pictures.append((picture, truths))
+    return pictures
+
+
+def matched(box, truth) -> bool:
+    cx, cy, side = truth
+    off = np.hypot(box.x + box.w / 2 - cx, box.y + box.h / 2 - cy)
+    return off <= 0.35 * side and 0.5 * side <= max(box.w, box.h) <= 2 * side
+
+
+def score_detector(detect, pictures) -> dict:
+    detect(pictures[0][0])  # the first call loads the model: not timed
+    found = placed = false = empty_hit = empty = 0
+    times = []
+    for picture, truths in pictures:
+        started = time.process_time()
+        boxes = detect(picture)
+        times.append(time.process_time() - started)
+        left = list(truths)
+        for box in boxes:
+            hit = next((t for t in left if matched(box, t)), None)
+            if hit is None:
+                false += 1
+            else:
+                left.remove(hit)
+        placed += len(truths)
+        found += len(truths) - len(left)
+        empty += not truths
+        empty_hit += not truths and bool(boxes)
+    return {"placed": placed, "found": found, "false": false, "empty": empty, "empty_hit": empty_hit,
+            "ms": 1000 * float(np.mean(times))}
+
+
+def detect_part(args) -> None:
+    files = sorted((extract_fer(Path(args.work)) / "val").rglob("*.jpg"))
+    rng = np.random.default_rng(args.seed)
+    faces = [files[i] for i in rng.choice(len(files), min(len(files), 3 * args.pictures), replace=False)]
+    pictures = make_pictures(faces, args.pictures, args.seed)
+    chosen = {"haar": detector("haar")}
+    for score in args.scores:  # the default (RetinaFace's own) first
+        chosen[f"retinaface, score {score:g}" + (" (default)" if score == RetinaFace().settings["score"] else "")] = \
+            RetinaFace(score=score)
+    for name, detect in chosen.items():
+        r = score_detector(detect, pictures)
+        emit_row("Face detectors on faces placed into pictures", DETECT_HEADER,
+                 f"| {name} | {len(pictures)} | {r['placed']} | {r['found'] / r['placed']:.1%} ({r['found']}) "
+                 f"| {100 * r['false'] / len(pictures):.1f} | {r['empty_hit']} of {r['empty']} | {r['ms']:.1f} | {machine()} "
+                 f"| `{command_line()}` |", write=not args.no_write)
+
+
+def crops(images, angles, name: str, align: bool) -> tuple[list[np.ndarray], float]:
+    """Each image turned by its angle, cropped to its largest face; and the ms per image that took."""
+    detect, crop = detector(name), aligned_crop if align else square_crop
+    out, started = [], time.process_time()
+    for image, angle in zip(images, angles):
+        turned = tilt(image, angle) if angle else image
+        boxes = detect(turned)
+        out.append(crop(turned, boxes[0], 0.0) if boxes else centre_crop(turned))
+    return out, 1000 * (time.process_time() - started) / len(images)
+
+
+def accuracy_part(args) -> None:
+    classes, split = validation_subjects(Path(args.work))
+    originals = list(split.images)
+    angles = np.random.default_rng(args.seed).uniform(-TILT, TILT, len(originals))
+    for model in args.models:
+        loaded = load_run(model, device="cpu")
+        order = match_classes(loaded.classes, classes)
+        columns = [order[t] for t in range(len(classes))]
+        transform = eval_transform(loaded.data_config)
+
+        def metrics(images):
+            split.images = images
+            started = time.process_time()
+            loader = torch.utils.data.DataLoader(ImageDataset(split, transform), batch_size=128)
+            probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, "none")
+            m = quick_metrics(labels, probs[:, columns].argmax(1))
+            return m, 1000 * (time.process_time() - started) / len(images)
+
+        for name in DETECTORS:
+            upright, _ = metrics(crops(originals, np.zeros(len(originals)), name, align=False)[0])
+            upright_levelled, _ = metrics(crops(originals, np.zeros(len(originals)), name, align=True)[0])
+            turned, _ = metrics(crops(originals, angles, name, align=False)[0])
+            images, detect_ms = crops(originals, angles, name, align=True)
+            levelled, classify_ms = metrics(images)
+            lost = upright["accuracy"] - turned["accuracy"]
+            recovered = f"{(levelled['accuracy'] - turned['accuracy']) / lost:.0%}" if lost > 0 else "nothing lost"
+            cell = lambda m: f"{m['accuracy']:.4f}, {m['macro_f1']:.4f}"  # noqa: E731
+            emit_row("Shipped models on turned faces, with and without eye alignment", ACCURACY_HEADER,
+                     f"| {model} | {name} | {len(originals)} | {cell(upright)} | {cell(upright_levelled)} | {cell(turned)} "
+                     f"| {cell(levelled)} | {recovered} "
+                     f"| {detect_ms:.1f} / {classify_ms:.1f} | {machine()} | `{command_line()}` |", write=not args.no_write, key=2)
+
+
+def calibrate_part(args) -> None:
+    haar, rf = detector("haar"), detector("retinaface")
+    side, dx, dy = [], [], []
+    for path in image_files(extract(Path(args.work)))[::3]:
+        image = read_image(path)
+        h, r = haar(image), rf(image)
+        if h and r:  # RetinaFace's boxes as they come out of the network: undo the mapping
+            from ftkit.faces import RF_TO_HAAR_DX, RF_TO_HAAR_DY, RF_TO_HAAR_SIDE
+
+            raw = r[0].w / RF_TO_HAAR_SIDE
+            rcx = r[0].x + r[0].w / 2 - RF_TO_HAAR_DX * raw
+            rcy = r[0].y + r[0].h / 2 - RF_TO_HAAR_DY * raw
+            side.append(h[0].w / raw)
+            dx.append((h[0].x + h[0].w / 2 - rcx) / raw)
+            dy.append((h[0].y + h[0].h / 2 - rcy) / raw)
+    print(f"{len(side)} faces: side {np.median(side):.3f} (quartiles {np.percentile(side, 25):.3f}-{np.percentile(side, 75):.3f}), "
+          f"dx {np.median(dx):.3f}, dy {np.median(dy):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["detect", "accuracy", "calibrate"], required=True)
+    parser.add_argument("--pictures", type=int, default=300)
+    parser.add_argument("--scores", type=float, nargs="+", default=[0.6, 0.8], help="RetinaFace confidence thresholds to measure")
+    parser.add_argument("--models", nargs="+", default=["fer2013-fast", "fer2013-best"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="/tmp/ftkit-bench")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)  # batch-1 CPU costs, comparable between the detectors and the classifier
+    {"detect": detect_part, "accuracy": accuracy_part, "calibrate": calibrate_part}[args.part](args)
+
+
+if __name__ == "__main__":
+    main()
