@@ -6,6 +6,8 @@ of Training (``val accuracy``); PublicTest is printed too, but is not what decid
     python benchmarks/fer2013_select.py --variants D G E F   # input size and memory format
     python benchmarks/fer2013_select.py --variants E H I J K L M   # backbone, label smoothing,
         # mixup/cutmix, balanced sampling, augmentation strength, each against E
+    python benchmarks/fer2013_select.py --variants E N O P   # distillation from the shipped models
+        # (their mean) at a few alpha / temperature settings, against E
     python benchmarks/fer2013_select.py --summarize /tmp/ftkit-bench/select   # rows from finished runs
 """
 
@@ -39,6 +41,12 @@ VARIANTS.update({
     "K": E + ["--sampler", "balanced"],
     "L": E + ["--augment", "light"],
     "M": E + ["--augment", "strong"],
+})
+TEACHERS = ["--teacher", "fer2013-fast,fer2013-best", "--teacher-tta", "flip"]  # they trained on all of Training, the slice too
+VARIANTS.update({
+    "N": E + TEACHERS + ["--distill-alpha", "0.5", "--distill-temperature", "2"],
+    "O": E + TEACHERS + ["--distill-alpha", "0.9", "--distill-temperature", "4"],
+    "P": E + TEACHERS + ["--distill-alpha", "0.5", "--distill-temperature", "4"],
 })
 SECTION = "FER2013 recipe proxy (400 images per class, 3 epochs)"
 HEADER = ("| variant | settings | val accuracy (Training slice, decides) | PublicTest accuracy | wall time | machine | command |\n"

@@ -61,6 +61,42 @@ def finetune(recipe, resume_run, nproc, **kwargs):
         ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013/ --nproc 4
         torchrun --nproc-per-node 4 -m ftkit finetune --recipe recipes/fer2013-fast.yaml --data fer2013/
     """
+    _run_training(recipe, resume_run, nproc, kwargs)
+
+
+@main.command()
+@click.argument("teachers", nargs=-1)
+@click.option("--recipe", type=click.Path(dir_okay=False), help="YAML recipe of the student: a file, or the name of one of ftkit's (fer2013-fast, ...); flags override it.")
+@click.option("--resume", "resume_run", type=click.Path(file_okay=False), help="Continue an interrupted distillation run directory.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train in this many processes on this machine (one per GPU, or CPU processes) with DDP.")
+@config_options
+@friendly
+def distill(teachers, recipe, resume_run, nproc, **kwargs):
+    """Train a student on the labels and on the soft targets of trained models (TEACHERS: run
+    directories or named models; several are averaged): knowledge distillation.
+
+    The teachers score every training image once, before the first epoch; their outputs are
+    cached in the run directory (teacher.safetensors), so the student's epochs cost no teacher
+    pass. The loss is (1 - alpha) x the labels' cross-entropy + alpha x T^2 x KL(teachers || student)
+    at temperature T (--distill-alpha, --distill-temperature). Everything else is as in finetune.
+
+    Example:
+
+    \b
+        ftkit distill runs/fer-a runs/fer-b --recipe fer2013-fast --data fer2013/ --name student
+        ftkit distill fer2013-best --data my_faces/ --backbone mobilenetv3-small --epochs 20
+        ftkit distill --resume runs/student
+    """
+    if resume_run and teachers:
+        raise click.UsageError("--resume continues a run with its own teachers (args.yaml): leave out TEACHERS")
+    if teachers:
+        kwargs["teacher"] = ",".join([*teachers, *([kwargs["teacher"]] if kwargs.get("teacher") else [])])
+    _run_training(recipe, resume_run, nproc, kwargs, distilling=True)
+
+
+def _run_training(recipe: str | None, resume_run: str | None, nproc: int, kwargs: dict, distilling: bool = False) -> None:
+    """finetune and distill: a new run from the resolved config, or an interrupted one resumed."""
     from .distributed import from_env
     from .train import finetune as run_finetune
     from .train import resume
@@ -78,6 +114,9 @@ def finetune(recipe, resume_run, nproc, **kwargs):
         result = resume(resume_run, console=console, data=moved)
     else:
         cfg = _training_config(recipe, kwargs)
+        if distilling and not cfg.teacher:
+            raise click.UsageError("name at least one teacher (TEACHERS, --teacher or a recipe's teacher:): a run "
+                                   "directory or a named model (ftkit weights list)")
         if launched:
             _launch_torchrun(nproc, ["finetune"], cfg)
         result = run_finetune(cfg, console=console)

@@ -107,6 +107,16 @@ class Config:
     metric: str = option("macro_f1", "macro_f1 | accuracy | balanced_accuracy | loss: picks the best epoch")
     patience: int = option(0, "stop after this many epochs without improvement (0: never stop early)")
     ema: float = option(0.0, "average the weights over steps with this decay (0: off; 0.999-0.9999 typical): the average is what is evaluated and saved")
+    # --- distillation -----------------------------------------------------------------
+    teacher: list[str] = option([], "distil from these trained models (run directories or named models, comma-separated; "
+                                    "several: their mean): their outputs on the training images, computed once per run, "
+                                    "are soft targets beside the labels")
+    distill_alpha: float = option(0.5, "with teacher: the soft targets' share of the loss; the labels' cross-entropy has "
+                                       "the rest")
+    distill_temperature: float = option(2.0, "with teacher: softens teacher and student outputs in the soft term (which "
+                                             "is scaled by its square)")
+    teacher_tta: str = option("model", "model | none | flip | shift: the test-time augmentation the teachers score the "
+                                       "training images with (model: each teacher's own; shift costs 10 passes)")
     # --- runtime ----------------------------------------------------------------------
     device: str = option("auto", "auto | cpu | cuda | mps, or one GPU: cuda:N (or N)")
     amp: bool = option(False, "mixed precision on CUDA (bf16 where supported, else fp16 with a grad scaler)")
@@ -134,6 +144,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "sampler": ("random", "balanced"),
     "augment": ("none", "light", "fer", "strong"),
     "tta": ("none", "flip", "shift"),
+    "teacher_tta": ("model", "none", "flip", "shift"),
     "bn_stats": ("update", "frozen"),
     "metric": ("macro_f1", "accuracy", "balanced_accuracy", "loss"),
     "device": ("auto", "cpu", "cuda", "mps"),
@@ -265,11 +276,26 @@ def validate(cfg: Config) -> Config:
     if cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs:g}) is longer than the run (epochs {cfg.epochs}): the learning "
                           "rate would never reach lr; lower warmup_epochs")
+    _check_distillation(cfg)
     if not 0 <= cfg.seed < 2**32:
         raise ConfigError(f"seed must be in [0, 2**32), got {cfg.seed}")
     if not 0 <= cfg.freeze_epochs <= cfg.epochs:
         raise ConfigError(f"freeze_epochs ({cfg.freeze_epochs}) must be between 0 and epochs ({cfg.epochs})")
     return cfg
+
+
+def _check_distillation(cfg: Config) -> None:
+    if not 0.0 <= cfg.distill_alpha <= 1.0 or not (math.isfinite(cfg.distill_temperature) and cfg.distill_temperature > 0):
+        raise ConfigError(f"distill_alpha must be in [0, 1] and distill_temperature above 0; got alpha {cfg.distill_alpha}, "
+                          f"temperature {cfg.distill_temperature}")
+    if not cfg.teacher:
+        return
+    if cfg.head != "finetune":
+        raise ConfigError(f"teacher: distillation trains the student by gradient steps, and head {cfg.head} takes none: "
+                          "use head finetune")
+    if cfg.mixup or cfg.cutmix:
+        raise ConfigError("teacher: mixup and cutmix blend images, but the teachers' targets are of single images: drop "
+                          "mixup and cutmix from a distillation run (augment strong, with its cut-out holes, still applies)")
 
 
 # what timm's train.py, Keras, fastai and Ultralytics call some of ftkit's keys: named in the
@@ -280,7 +306,8 @@ OTHER_NAMES = {
     "max_epochs": "epochs", "num_epochs": "epochs", "wd": "weight_decay", "opt": "optimizer", "sched": "scheduler",
     "lr_scheduler": "scheduler", "smoothing": "label_smoothing", "num_workers": "workers", "model_ema_decay": "ema",
     "warmup": "warmup_epochs", "drop": "drop_rate", "dropout": "drop_rate", "freeze": "freeze_epochs",
-    "early_stopping_patience": "patience", "in_chans": "channels", "output": "out", "run_dir": "out",
+    "early_stopping_patience": "patience", "teachers": "teacher", "kd_alpha": "distill_alpha",
+    "kd_temperature": "distill_temperature", "temperature": "distill_temperature", "in_chans": "channels", "output": "out", "run_dir": "out",
 }
 
 

@@ -22,6 +22,7 @@ from . import shards
 from .config import Config
 from .data import DataSplits, ImageDataset
 from .device import seed_everything
+from .distill import WithSoftTargets
 from .distributed import SINGLE, Context
 from .errors import FtkitError
 from .models import freeze_bn_of_frozen
@@ -35,8 +36,11 @@ def _workers(cfg: Config, cached: bool) -> int:
     return 0 if cached else min(4, max(1, (torch.get_num_threads() or 2) - 1))
 
 
-def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device, ctx: Context = SINGLE):
-    """Train loader (augmented, seeded sampler) and eval loaders for every split.
+def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device, ctx: Context = SINGLE,
+                 soft: torch.Tensor | None = None):
+    """Train loader (augmented, seeded sampler) and eval loaders for every split. With ``soft``
+    (the teachers' softened probabilities per training image) the train loader's batches are
+    (images, labels, soft targets).
 
     Under DDP every rank draws the same global order (one generator, one seed) and takes its
     slice of each global batch (``distributed.RankBatches``); each eval loader serves the rank's
@@ -58,8 +62,9 @@ def make_loaders(data: DataSplits, dc, cfg: Config, device: torch.device, ctx: C
     if ctx.active:
         batches = distributed.RankBatches(batches, ctx)
     common = dict(num_workers=_workers(cfg, train.images is not None), pin_memory=device.type == "cuda")
+    train_set = ImageDataset(train, train_tf)
     train_loader = torch.utils.data.DataLoader(
-        ImageDataset(train, train_tf), batch_sampler=batches,
+        train_set if soft is None else WithSoftTargets(train_set, soft), batch_sampler=batches,
         worker_init_fn=partial(seed_worker, rank=ctx.rank), **common,
     )
     eval_tf = eval_transform(dc)
@@ -170,9 +175,11 @@ def make_ema(model: nn.Module, cfg: Config):
     return ModelEmaV3(model, decay=cfg.ema, use_warmup=True, warmup_power=3 / 4)
 
 
-def backward_pass(p: StepParts, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def backward_pass(p: StepParts, x: torch.Tensor, y: torch.Tensor, weight: float = 1.0,
+                  soft: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix the batch (with a mixer), forward, loss, and add ``weight`` x its gradient to the
-    parameters' (a share of an accumulated step); returns the loss and the logits."""
+    parameters' (a share of an accumulated step); returns the loss and the logits. ``soft``: the
+    teachers' targets of a distillation run (its criterion is a distill.DistillLoss)."""
     target = y
     if p.mixer is not None and len(y) > 1:
         x, target = mix_batch(p.mixer, x, y)
@@ -180,7 +187,7 @@ def backward_pass(p: StepParts, x: torch.Tensor, y: torch.Tensor, weight: float 
         x = x.contiguous(memory_format=p.memory_format)
     with p.autocast():
         logits = p.net(x)
-        loss = p.criterion(logits.float(), target)
+        loss = p.criterion(logits.float(), target) if soft is None else p.criterion(logits.float(), target, soft)
     if p.scaler is not None:  # fp16 on CUDA
         p.scaler.scale(loss * weight).backward()
     else:
@@ -217,14 +224,15 @@ def train_one_epoch(parts: StepParts, loader, ctx: Context = SINGLE, bar=None, t
     freeze_bn_of_frozen(net, every_layer=p.frozen_bn)
     seen, correct, loss_sum, start = 0, 0, 0.0, time.perf_counter()
     batches = len(loader)
-    for step, (x, y) in enumerate(loader, 1):
+    for step, (x, y, *soft) in enumerate(loader, 1):  # soft: the teachers' targets, in a distillation run
         x, y = x.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
+        soft = soft[0].to(p.device, non_blocking=True) if soft else None
         first = (step - 1) // p.accumulate * p.accumulate + 1  # this batch's group: batches first...last
         last = min(first + p.accumulate - 1, batches)
         if step == first:
             p.optimizer.zero_grad(set_to_none=True)
         with net.no_sync() if step < last and hasattr(net, "no_sync") else nullcontext():
-            loss, logits = backward_pass(p, x, y, 1 / (last - first + 1))
+            loss, logits = backward_pass(p, x, y, 1 / (last - first + 1), soft)
         if step == last:
             apply_step(p)
             if p.anchors is not None:

@@ -33,6 +33,8 @@ from .crossval import cross_validate
 from .data import DataSplits, check_listing, write_split_listing
 from .duplicates import DIGESTS, SEEN_SPLITS, write_digests
 from .device import autocast_for, resolve_device, seed_everything
+from .distill import CACHE as TEACHER_CACHE
+from .distill import DistillLoss, softened, teacher_targets
 from .distributed import SINGLE, Context
 from .evaluation import predict_split, quick_metrics, write_predictions
 from .fer2013 import seen_counts, seen_label
@@ -418,8 +420,9 @@ class Loaders:
     train_transform: Any
 
 
-def set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context):
-    """Device, memory format, loaders, loss, optimizer, schedule and mixed precision for ``model``."""
+def set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context, soft: torch.Tensor | None = None):
+    """Device, memory format, loaders, loss, optimizer, schedule and mixed precision for ``model``;
+    ``soft``: the teachers' softened probabilities per training image, for a distillation run."""
     device = distributed.device_for(resolve_device(cfg.device), ctx)
     model.to(device)
     memory_format = torch.channels_last if cfg.channels_last else None
@@ -430,13 +433,15 @@ def set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context):
         # load into a plain model
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     dc = resolve_data_config(model, cfg)
-    loaders = Loaders(*make_loaders(data, dc, cfg, device, ctx))
+    loaders = Loaders(*make_loaders(data, dc, cfg, device, ctx, soft))
     optimizer = build_optimizer(model, cfg)
     scheduler, step_when = build_scheduler(optimizer, cfg, optimizer_steps(len(loaders.train), cfg.accumulate))
     autocast, scaler = autocast_for(device, cfg.amp)
+    criterion = nn.CrossEntropyLoss(weight=_to(class_weight_tensor(data, cfg), device), label_smoothing=cfg.label_smoothing)
+    if cfg.teacher:
+        criterion = DistillLoss(criterion, cfg.distill_alpha, cfg.distill_temperature)
     parts = StepParts(
-        net=model, optimizer=optimizer, scheduler=scheduler, step_when=step_when, device=device,
-        criterion=nn.CrossEntropyLoss(weight=_to(class_weight_tensor(data, cfg), device), label_smoothing=cfg.label_smoothing),
+        net=model, optimizer=optimizer, scheduler=scheduler, step_when=step_when, device=device, criterion=criterion,
         autocast=autocast, scaler=scaler, memory_format=memory_format, mixer=make_mixer(cfg, len(data.classes)),
         ema=make_ema(model, cfg), accumulate=cfg.accumulate, frozen_bn=cfg.bn_stats == "frozen",
     )
@@ -445,8 +450,12 @@ def set_up(cfg: Config, data: DataSplits, model: nn.Module, ctx: Context):
 
 def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: dict | None, out: Console,
            ctx: Context = SINGLE) -> RunResult:
-    # --- set up: device, data, loss, optimizer, schedule, phases, and where the run stands
-    parts, loaders, dc = set_up(cfg, data, model, ctx)
+    # --- set up: the teachers' targets (once per run), device, data, loss, optimizer, schedule,
+    # phases, and where the run stands
+    soft = None
+    if cfg.teacher:
+        soft = softened(distributed.on_main(lambda: teacher_targets(run, cfg, data, out), ctx), cfg.distill_temperature)
+    parts, loaders, dc = set_up(cfg, data, model, ctx, soft)
     if cfg.l2sp:
         parts.anchors = _anchors(run, parts.model, parts.optimizer, resuming=state is not None, ctx=ctx)
     phases = run_phases(cfg, model)
@@ -454,7 +463,9 @@ def _train(run: Path, cfg: Config, data: DataSplits, model: nn.Module, state: di
     progress = TrainState.restore(state, parts, steps_per_epoch=optimizer_steps(len(loaders.train), cfg.accumulate))
     if ctx.main:
         update_record(run, status="running", error=None, device=str(parts.device), phases=describe_phases(phases, cfg),
-                      data_config=dc.to_dict(), distributed=ctx.describe(distributed.backend(), cfg.batch_size) if ctx.active else None)
+                      data_config=dc.to_dict(), distributed=ctx.describe(distributed.backend(), cfg.batch_size) if ctx.active else None,
+                      distill={"teachers": list(cfg.teacher), "alpha": cfg.distill_alpha, "temperature": cfg.distill_temperature,
+                               "teacher_tta": cfg.teacher_tta, "targets": TEACHER_CACHE} if cfg.teacher else None)
     _print_plan(out, run, cfg, data, phases, parts.device, dc, ctx)
 
     # --- per epoch: train, evaluate, save
@@ -549,6 +560,9 @@ def _print_plan(out: Console, run: Path, cfg: Config, data: DataSplits, phases: 
                                   + (f", weight average (ema) {cfg.ema:g}" if cfg.ema else "")
                                   + (f", backbone pulled to its start (l2sp {cfg.l2sp:g})" if cfg.l2sp else "")
                                   + (", BatchNorm statistics of the start (frozen)" if cfg.bn_stats == "frozen" else ""))
+    if cfg.teacher:
+        table.add_row("distillation", f"from {', '.join(cfg.teacher)}: loss = {1 - cfg.distill_alpha:g} x labels' cross-entropy "
+                                      f"+ {cfg.distill_alpha:g} x T^2 x KL to the teachers' targets at T {cfg.distill_temperature:g}")
     out.print(table)
 
 

@@ -149,7 +149,7 @@ LAYERS = {
     "data": {"images", "fer2013", "faces", "synth", "duplicates", "splits", "sources", "data", "shards"},
     "model": {"models", "transforms", "weights"},
     "run directory, evaluation and reports": {"runs", "zoo", "evaluation", "views", "html_report", "report"},
-    "training": {"heads", "crossval", "schedule", "loop", "train", "lrfind"},
+    "training": {"heads", "crossval", "schedule", "distill", "loop", "train", "lrfind"},
     "using a run": {"scoring", "predict", "video", "ensemble", "export", "demo"},
     "command line": {"cli_options", "cli_data", "cli_weights", "cli_predict", "cli", "__main__", "__init__"},
 }
