@@ -34,7 +34,7 @@ from .data import DataSplits, check_listing, write_split_listing
 from .duplicates import DIGESTS, SEEN_SPLITS, write_digests
 from .device import autocast_for, resolve_device, seed_everything
 from .distill import CACHE as TEACHER_CACHE
-from .distill import DistillLoss, softened, teacher_targets
+from .distill import DistillLoss, softened, teacher_origin, teacher_targets
 from .distributed import SINGLE, Context
 from .evaluation import predict_split, quick_metrics, write_predictions
 from .fer2013 import seen_counts, seen_label
@@ -192,10 +192,10 @@ def setting_notes(cfg: Config) -> list[str]:
     return notes
 
 
-def init_seen_note(data: DataSplits, init: dict[str, Any] | None) -> str | None:
-    """Said when the split a run reports on holds FER2013 images that its init model (a shipped
-    one, by its manifest's ``fer2013_seen``, which ``weights.init`` in run.json keeps) trained on
-    or chose its epoch by."""
+def init_seen_note(data: DataSplits, init: dict[str, Any] | None, role: str = "this run's start") -> str | None:
+    """Said when the split a run reports on holds FER2013 images that its init model or a teacher
+    (``role``; a shipped one, by its manifest's ``fer2013_seen``, which ``weights.init`` in run.json
+    keeps) trained on or chose its epoch by."""
     seen = (init or {}).get("fer2013_seen")
     split = data.eval_split
     known = fer2013_digests(init) if seen else {}
@@ -205,7 +205,7 @@ def init_seen_note(data: DataSplits, init: dict[str, Any] | None) -> str | None:
     how = "name, CSV Usage or pixels" if known and data.digests else None
     parts = " and ".join(f"{n} {seen_label(part, seen, how)}" for part, n in counts.items())
     return (f"of the {len(data.splits[data.eval_split])} images of the {data.eval_split} split, {init['name']} "
-            f"(this run's start) had {parts}")
+            f"({role}) had {parts}")
 
 
 def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool = True,
@@ -222,10 +222,11 @@ def train_on(data: DataSplits, cfg: Config, out: Console, allow_download: bool =
         cfg = replace(cfg, tta="flip")
         out.print("head logreg: tta set to flip, as its embeddings are flip-averaged")
     model, weights = build_model(cfg, data.classes, out, allow_download)
-    note = init_seen_note(data, weights.init)
-    if note:
-        out.print(f"note: {note}, so this run's scores will not be held out: report on other images "
-                  "(FER2013 PrivateTest, or another set)", style="yellow")
+    for source, role in [(weights.init, "this run's start"), *((teacher_origin(t), "a teacher") for t in cfg.teacher)]:
+        note = init_seen_note(data, source, role)
+        if note:
+            out.print(f"note: {note}, so this run's scores will not be held out: report on other images "
+                      "(FER2013 PrivateTest, or another set)", style="yellow")
     device = resolve_device(cfg.device)  # a device that is not there fails here, before any folder exists
     if cfg.amp and device.type != "cuda":
         out.print(f"--amp: mixed precision is CUDA-only in ftkit; on {device.type} this run trains in full precision", style="yellow")

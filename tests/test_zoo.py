@@ -213,6 +213,12 @@ def test_fer2013_images_under_other_names_are_counted_by_their_pixels(shipped, t
     assert r.exit_code == 0, r.output
     assert ("of the 6 images of the test split, tiny-fer (this run's start) had 6 marked FER2013 PublicTest (name, CSV "
             "Usage or pixels), the part that chose its best epoch") in " ".join(r.output.split())
+    # and so does a run that a shipped model teaches
+    r = invoke("distill", "tiny-fer", "--init", "tiny-fer", "--data", scored, "--epochs", 1, "--freeze-epochs", 0,
+               "--batch-size", 4, "--workers", 0, "--project", tmp_path / "runs", "--name", "taught")
+    assert r.exit_code == 0, r.output
+    assert ("of the 6 images of the test split, tiny-fer (a teacher) had 6 marked FER2013 PublicTest (name, CSV "
+            "Usage or pixels), the part that chose its best epoch") in " ".join(r.output.split())
 
 
 def test_evaluate_notes_photos_scored_whole_by_a_model_trained_without_face_cropping(shipped, source_run, tmp_path):
