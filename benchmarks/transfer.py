@@ -130,6 +130,8 @@ def main() -> None:
                         help="margin around a detected face (--faces crop); 0 is recipes/fewshot.yaml's, -0.1 the "
                              "shipped models' (face_margin.py)")
     parser.add_argument("--face-align", action="store_true", help="level each face's eyes before cropping (ftkit's face_align)")
+    parser.add_argument("--face-detector", choices=["auto", "retinaface", "haar"], default="auto",
+                        help="the face detector that crops every image (ftkit's face_detector; auto: RetinaFace)")
     parser.add_argument("--work", default="/tmp/ftkit-bench")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -138,7 +140,8 @@ def main() -> None:
     data_dir = extract(work)
     faces = face_settings(args)
     full = load_data(resolve_config(None, data=str(data_dir), cache="memory", **faces), console=console, carve=False)
-    crop_note = f", faces cropped (margin {args.face_margin:g}{', eyes levelled' if args.face_align else ''})" if faces else ""
+    crop_note = (f", faces cropped by {args.face_detector} (margin {args.face_margin:g}{', eyes levelled' if args.face_align else ''})"
+                 if faces else "")
     groups = group_keys(full.splits["all"].keys, SUBJECT)
     all_folds = fold_indices(full.splits["all"].labels, 5, seed=0, groups=groups)
     folds = [all_folds[k - 1] for k in args.folds]
@@ -170,13 +173,15 @@ def face_settings(args) -> dict[str, Any]:
     """How every start's images are cropped (the same for all of them)."""
     if args.faces == "none":
         return {}
-    return {"faces": args.faces, "face_margin": args.face_margin, **({"face_align": True} if args.face_align else {})}
+    return {"faces": args.faces, "face_margin": args.face_margin, **({"face_align": True} if args.face_align else {}),
+            **({"face_detector": args.face_detector} if args.face_detector != "auto" else {})}
 
 
 def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, Any], shots: int | None) -> dict[str, Any]:
     recipe, _ = STARTS[start]
     cell: dict[str, Any] = {"acc": [], "f1": [], "val": [], "secs": [], "n": []}
-    tag = "".join(f"-{k}{v}" for k, v in sets.items()) + ("-aligned" if args.face_align else "")
+    tag = "".join(f"-{k}{v}" for k, v in sets.items()) + ("-aligned" if args.face_align else "") + \
+        (f"-{args.face_detector}" if args.face_detector != "auto" else "")
     for k, test in zip(args.folds, folds):
         for seed in args.seeds:
             extra = {"epochs": args.all_epochs} if shots is None else {}

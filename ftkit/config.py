@@ -111,9 +111,9 @@ class Config:
     teacher: list[str] = option([], "distil from these trained models (run directories or named models, comma-separated; "
                                     "several: their mean): their outputs on the training images, computed once per run, "
                                     "are soft targets beside the labels")
-    distill_alpha: float = option(0.5, "with teacher: the soft targets' share of the loss; the labels' cross-entropy has "
+    distill_alpha: float = option(0.9, "with teacher: the soft targets' share of the loss; the labels' cross-entropy has "
                                        "the rest")
-    distill_temperature: float = option(2.0, "with teacher: softens teacher and student outputs in the soft term (which "
+    distill_temperature: float = option(4.0, "with teacher: softens teacher and student outputs in the soft term (which "
                                              "is scaled by its square)")
     teacher_tta: str = option("model", "model | none | flip | shift: the test-time augmentation the teachers score the "
                                        "training images with (model: each teacher's own; shift costs 10 passes)")

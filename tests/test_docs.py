@@ -145,3 +145,18 @@ def test_a_new_row_replaces_the_one_it_measures_again(tmp_path):
     assert results.render(results.load(tmp_path), headline=True).count("## ") == 0  # a new table is a detail table
     with pytest.raises(ValueError, match="3 cells"):
         results.record("A table (of things)", header, "| a | b | c |", folder=tmp_path)
+
+
+CHEAP = {"ftkit backbones": "mobilenetv2", "ftkit weights list": "fer2013-fast", "ftkit finetune --help": "--recipe"}
+# ^ what each prints, in part
+
+
+@pytest.mark.parametrize("command", sorted(c for c in readme_commands() if c in CHEAP))
+def test_the_docs_commands_that_need_no_data_run(command, tmp_path, monkeypatch):
+    """The documented commands that need no data or model of one's own run as shown (in an empty folder)."""
+    from click.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, shlex.split(command)[1:])
+    assert r.exit_code == 0, r.output
+    assert CHEAP[command] in r.output
