@@ -30,7 +30,7 @@ from .evaluation import predict_probs
 from .progress import progress_bar
 from .runs import RunError, read_weights, write_weights
 from .transforms import eval_transform
-from .zoo import find_model, load_run, match_classes
+from .zoo import fer2013_provenance, find_model, load_run, match_classes
 
 CACHE = "teacher.safetensors"  # inside the run directory
 
@@ -82,10 +82,8 @@ def teacher_origin(teacher: str) -> dict | None:
     manifest's ``fer2013_seen`` and ``fer2013_digests``), for the note that a run's scores are not
     held out; None for a run directory or a model without one."""
     found = find_model(teacher) if not Path(teacher).is_dir() else None
-    if found is None or not found[2].get("fer2013_seen"):
-        return None
-    entry = found[2]
-    return {"name": teacher, **{k: entry[k] for k in ("fer2013_seen", "fer2013_digests") if entry.get(k)}}
+    seen = fer2013_provenance(found[2]) if found else {}
+    return {"name": teacher, **seen} if seen.get("fer2013_seen") else None
 
 
 def split_tag(keys: list[str]) -> str:

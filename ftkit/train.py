@@ -86,7 +86,7 @@ from .schedule import cosine_with_warmup, plan_phases  # noqa: F401 (re-exported
 from .transforms import augmentations
 from .views import tta_title
 from .weights import WeightsInfo, find_pretrained
-from .zoo import fer2013_digests, load_source, match_classes, transfer_head
+from .zoo import fer2013_digests, fer2013_provenance, load_source, match_classes, transfer_head
 
 
 # --- the whole run -----------------------------------------------------------------------
@@ -121,10 +121,7 @@ def build_from_init(cfg: Config, classes: list[str], out: Console):
     fresh = [c for i, c in enumerate(classes) if i not in matched]
     out.print(f"init: {source.kind} {cfg.init} ({source.path}); classifier rows carried for "
               f"{', '.join(carried) or 'no class'}" + (f"; new rows for {', '.join(fresh)}" if fresh else ""))
-    init = {**source.describe(), "classes_carried": carried, "classes_new": fresh}
-    for key in ("fer2013_seen", "fer2013_digests"):
-        if (source.entry or {}).get(key):
-            init[key] = source.entry[key]
+    init = {**source.describe(), "classes_carried": carried, "classes_new": fresh, **fer2013_provenance(source.entry)}
     return model, WeightsInfo("init", str(source.path), source.sha256, init=init)
 
 

@@ -249,14 +249,13 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
     keep = {k: meta[k] for k in ("config", "classes", "data_config", "backbone", "epoch")}
     target = manifest_path.parent / f"{name}.safetensors"
     write_weights(target, tensors, keep)
-    dc = meta["data_config"]
+    dc, cfg = meta["data_config"], config_from_dict(meta["config"])
     entry = {
         "file": target.name, "sha256": sha256sum(target), "bytes": target.stat().st_size,
         "dtype": str(dtype).removeprefix("torch."), "backbone": meta["backbone"], "classes": meta["classes"],
         "preprocessing": {**{k: dc[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")},
-                          "face_margin": config_from_dict(meta["config"]).face_margin if face_margin is None else face_margin,
-                          "face_detector": config_from_dict(meta["config"]).face_detector,
-                          "face_align": config_from_dict(meta["config"]).face_align},
+                          "face_margin": cfg.face_margin if face_margin is None else face_margin,
+                          "face_detector": cfg.face_detector, "face_align": cfg.face_align},
         "tta": meta["config"].get("tta", "none"), "trained_from": str(run), "best_epoch": meta.get("epoch"),
         **_run_measured(run, meta), **(extra or {}),
     }
@@ -277,6 +276,13 @@ def _run_measured(run: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return {"measured": {"split": f"{report['split']} split of {run.name}", "images": report["n"],
                          "tta": meta["config"].get("tta", "none"), "weights": "the run's float32 checkpoint",
                          **{k: round(report[k], 4) for k in ("accuracy", "balanced_accuracy", "macro_f1")}}}
+
+
+def fer2013_provenance(entry: dict[str, Any] | None) -> dict[str, Any]:
+    """What a shipped model's entry says of the FER2013 parts it saw (``fer2013_seen``) and the
+    file of their pixel digests (``fer2013_digests``): what a run started or taught by it keeps,
+    for the note that its scores are not held out."""
+    return {k: entry[k] for k in ("fer2013_seen", "fer2013_digests") if (entry or {}).get(k)}
 
 
 def fer2013_digests(entry: dict[str, Any] | None) -> dict[str, set[bytes]]:
