@@ -27,6 +27,7 @@ row also gives the validation macro-F1 at the chosen epoch, which is what decide
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import sys
 import tarfile
@@ -37,11 +38,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from common import ROOT, SHARED, command_line, emit_row, machine, parse_settings
 
 from ftkit.crossval import fold_indices
 from ftkit.data import DataSplits, ImageDataset, group_keys, grouped_split, load_data
 from ftkit.evaluation import predict_probs, quick_metrics
+from ftkit.io import read_json, read_yaml
 from ftkit.predict import load_run
 from ftkit.progress import console
 from ftkit.train import train_on
@@ -133,6 +136,8 @@ def main() -> None:
     parser.add_argument("--face-detector", choices=["auto", "retinaface", "haar"], default="auto",
                         help="the face detector that crops every image (ftkit's face_detector; auto: RetinaFace)")
     parser.add_argument("--work", default="/tmp/ftkit-bench")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read a fold and seed back from its finished run of the same settings (args.yaml) instead of training it again")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
@@ -173,8 +178,24 @@ def face_settings(args) -> dict[str, Any]:
     """How every start's images are cropped (the same for all of them)."""
     if args.faces == "none":
         return {}
-    return {"faces": args.faces, "face_margin": args.face_margin, **({"face_align": True} if args.face_align else {}),
+    # face_align always explicit: a start from the shipped model would otherwise take its manifest's
+    # alignment into args.yaml, while the images were cropped once, here, without it
+    return {"faces": args.faces, "face_margin": args.face_margin, "face_align": bool(args.face_align),
             **({"face_detector": args.face_detector} if args.face_detector != "auto" else {})}
+
+
+def finished_run(cfg) -> dict[str, float] | None:
+    """A finished run of this name whose args.yaml is ``cfg``: its numbers, read back (``--reuse``)."""
+    for run in sorted(Path(cfg.project).glob(f"{cfg.name}*")):
+        if not (run / "report.json").is_file() or read_yaml(run / "args.yaml") != yaml.safe_load(yaml.safe_dump(cfg.to_dict())):
+            continue
+        record, report = read_json(run / "run.json"), read_json(run / "report.json")
+        if record.get("status") != "finished":
+            continue
+        with open(run / "metrics.csv", newline="") as f:
+            val = [float(row["val_macro_f1"]) for row in csv.DictReader(f)][int(record["best_epoch"]) - 1]
+        return {"secs": float(record["train_seconds"]), "acc": report["accuracy"], "f1": report["macro_f1"], "val": val}
+    return None
 
 
 def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, Any], shots: int | None) -> dict[str, Any]:
@@ -188,14 +209,18 @@ def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, 
             cfg = resolve_config(recipe, data="taiwanese", project=str(Path(args.work) / "transfer-runs"), seed=seed,
                                  name=f"{start}{tag}-{shots or 'all'}shot-fold{k}-seed{seed}",
                                  **{"faces": args.faces, **face_settings(args)}, **extra, **sets)
+            cfg = replace(cfg, workers=0)
             data = fold_data(full, groups, test, shots, seed)
-            started = time.perf_counter()
-            result = train_on(data, replace(cfg, workers=0), console)
-            cell["secs"].append(time.perf_counter() - started)
-            cell["acc"].append(result.report["accuracy"])
-            cell["f1"].append(result.report["macro_f1"])
-            cell["val"].append(result.history[result.record["best_epoch"] - 1]["val_macro_f1"])
-            cell["n"].append(len(data.splits["train"]))
+            done = finished_run(cfg) if args.reuse else None
+            if done is None:
+                started = time.perf_counter()
+                result = train_on(data, cfg, console)
+                done = {"secs": time.perf_counter() - started, "acc": result.report["accuracy"], "f1": result.report["macro_f1"],
+                        "val": result.history[result.record["best_epoch"] - 1]["val_macro_f1"]}
+            else:
+                console.print(f"{cfg.name}: read from its finished run (--reuse)")
+            for key, value in {**done, "n": len(data.splits["train"])}.items():
+                cell[key].append(value)
     cell["size"] = cfg.img_size
     return cell
 

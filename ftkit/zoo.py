@@ -26,6 +26,7 @@ import torch
 from timm.models import adapt_input_conv
 
 from .config import Config, bundled, config_from_dict, load_recipe, resolve, suggest
+from . import faces
 from .data import canonical_class
 from .device import resolve_device
 from .duplicates import read_digests
@@ -255,7 +256,8 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
         "dtype": str(dtype).removeprefix("torch."), "backbone": meta["backbone"], "classes": meta["classes"],
         "preprocessing": {**{k: dc[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")},
                           "face_margin": cfg.face_margin if face_margin is None else face_margin,
-                          "face_detector": cfg.face_detector, "face_align": cfg.face_align},
+                          "face_detector": cfg.face_detector, "face_align": cfg.face_align,
+                          "face_detector_settings": faces.describe(faces.detector(cfg.face_detector))},
         "tta": meta["config"].get("tta", "none"), "trained_from": str(run), "best_epoch": meta.get("epoch"),
         **_run_measured(run, meta), **(extra or {}),
     }

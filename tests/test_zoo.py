@@ -54,6 +54,11 @@ def test_shipped_file_is_fp16_with_its_manifest_entry(shipped, source_run, tmp_p
     entry = manifest["tiny-fer"]
     assert entry["classes"] == ["angry", "happy", "sad"] and entry["dtype"] == "float16"
     assert entry["preprocessing"]["img_size"] == 32 and entry["terms"] == "test data"
+    # the detector that crops faces for the model, with its version and settings: what the real
+    # shipped entries record, so a re-export keeps them
+    real = json.loads((Path(__file__).resolve().parents[1] / "weights" / "shipped.json").read_text())
+    assert entry["preprocessing"]["face_detector_settings"] == real["fer2013-fast"]["preprocessing"]["face_detector_settings"]
+    assert entry["preprocessing"]["face_detector_settings"]["name"] == "retinaface"
     from safetensors.torch import load_file
 
     tensors = load_file(str(tmp_path / "ship" / entry["file"]))
