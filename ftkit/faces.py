@@ -118,18 +118,21 @@ RF_TO_HAAR_SIDE, RF_TO_HAAR_DX, RF_TO_HAAR_DY = 0.955, 0.006, 0.005
 class RetinaFace:
     """RetinaFace (MobileNet-0.25) on onnxruntime: boxes, scores and five landmarks. ``score`` is
     the confidence a face needs (0.6: the model's author's display threshold, not tuned here),
-    ``nms`` the overlap at which boxes merge; frames larger than ``max_side`` are shrunk first."""
+    ``nms`` the overlap at which boxes merge; frames larger than ``max_side`` are shrunk first.
+    ``threads`` caps onnxruntime's threads (default: its own choice, one per core)."""
 
     name = "retinaface"
     FILE = "retinaface-mnet025.onnx"
     SHA256 = "b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5"
 
-    def __init__(self, score: float = 0.6, nms: float = 0.4, max_side: int = 640, path: Path | None = None):
+    def __init__(self, score: float = 0.6, nms: float = 0.4, max_side: int = 640, path: Path | None = None,
+                 threads: int | None = None):
         import onnxruntime  # noqa: F401  (absent: ImportError, and detector() falls back to the cascades)
 
         self.path = path or model_file()
         self.settings = {"score": score, "nms": nms, "max_side": max_side}
         self.version = f"mobilenet0.25, {self.FILE} sha256 {self.SHA256[:12]}"
+        self.threads = threads  # how fast, not what it finds: not a setting
         self._session = None
 
     def session(self):
@@ -138,6 +141,8 @@ class RetinaFace:
 
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            if self.threads:
+                options.intra_op_num_threads = options.inter_op_num_threads = self.threads
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         return self._session
 
@@ -162,8 +167,10 @@ class RetinaFace:
         return sorted(found, key=lambda b: -b.area)
 
 
+@functools.lru_cache(maxsize=8)  # a video's frames, or a folder of one camera's photos, share one size
 def _priors(width: int, height: int) -> np.ndarray:
-    """RetinaFace's anchor boxes (cx, cy, w, h), relative to the input's size, in its output order."""
+    """RetinaFace's anchor boxes (cx, cy, w, h), relative to the input's size, in its output order
+    (read-only: it is shared between calls)."""
     rows = []
     for stride, sizes in _ANCHORS:
         ny, nx = -(-height // stride), -(-width // stride)
@@ -171,7 +178,9 @@ def _priors(width: int, height: int) -> np.ndarray:
         centres = np.stack([(xs.ravel() + 0.5) * stride / width, (ys.ravel() + 0.5) * stride / height], axis=1)
         for_each = [np.hstack([centres, np.tile([s / width, s / height], (len(centres), 1))]) for s in sizes]
         rows.append(np.stack(for_each, axis=1).reshape(-1, 4))
-    return np.concatenate(rows)
+    priors = np.concatenate(rows)
+    priors.flags.writeable = False
+    return priors
 
 
 def _cascade_geometry(box: np.ndarray, score: float, points: np.ndarray) -> Box:

@@ -53,6 +53,9 @@ def test_two_faces_give_two_boxes_with_eye_points():
         # the face's own eyes (measured once on the photo: about (205, 101) and (247, 103))
         assert abs(lx - (left + 205 * scale)) < 6 and abs(rx - (left + 247 * scale)) < 6
         assert abs(ly - (top + 101 * scale)) < 6
+    # on one thread it finds the same; the anchors it keeps for this size are not changed by a call
+    assert [b.to_list() for b in RetinaFace(threads=1)(picture)] == [b.to_list() for b in boxes]
+    assert [b.to_list() for b in detect_faces(picture)] == [b.to_list() for b in boxes]
 
 
 def test_a_face_turned_20_degrees_comes_out_level():
