@@ -27,7 +27,6 @@ row also gives the validation macro-F1 at the chosen epoch, which is what decide
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import sys
 import tarfile
@@ -47,6 +46,7 @@ from ftkit.evaluation import predict_probs, quick_metrics
 from ftkit.io import read_json, read_yaml
 from ftkit.predict import load_run
 from ftkit.progress import console
+from ftkit.runs import read_metrics
 from ftkit.train import train_on
 from ftkit.transforms import eval_transform
 from ftkit.zoo import match_classes, resolve_config
@@ -192,8 +192,7 @@ def finished_run(cfg) -> dict[str, float] | None:
         record, report = read_json(run / "run.json"), read_json(run / "report.json")
         if record.get("status") != "finished":
             continue
-        with open(run / "metrics.csv", newline="") as f:
-            val = [float(row["val_macro_f1"]) for row in csv.DictReader(f)][int(record["best_epoch"]) - 1]
+        val = read_metrics(run)[int(record["best_epoch"]) - 1]["val_macro_f1"]
         return {"secs": float(record["train_seconds"]), "acc": report["accuracy"], "f1": report["macro_f1"], "val": val}
     return None
 
