@@ -16,11 +16,15 @@ its settings are the constants below, so that it is not tuned to itself either.
    image upright and turned by a random angle (up to +-30 degrees), cropped by each detector,
    with and without eye alignment. ``recovered`` is the share of the accuracy lost to the turn
    that alignment wins back.
-3. ``--part calibrate``: the mapping of RetinaFace's box onto the frontal cascade's
+3. Several faces (``--part several``): in the real images here (the posed set, and a sample of
+   FER2013 Training), how many hold more than one detected face; where some do, the shipped
+   model's accuracy on them when the largest face is taken against the one nearest the centre.
+4. ``--part calibrate``: the mapping of RetinaFace's box onto the frontal cascade's
    (ftkit.faces.RF_TO_HAAR_*): medians over the faces both find in every third posed image.
 
     python benchmarks/faces_wild.py --part detect
     python benchmarks/faces_wild.py --part accuracy
+    python benchmarks/faces_wild.py --part several
     python benchmarks/faces_wild.py --part calibrate --no-write
 """
 
@@ -38,13 +42,14 @@ from face_margin import validation_subjects
 from faces import CAT, backgrounds
 from transfer import extract
 
-from ftkit.data import ImageDataset
+from ftkit.data import ImageDataset, load_data
 from ftkit.evaluation import predict_probs, quick_metrics
 from ftkit.faces import RetinaFace, aligned_crop, centre_crop, detector, square_crop
 from ftkit.images import image_files, read_image
 from ftkit.predict import load_run
+from ftkit.progress import console
 from ftkit.transforms import eval_transform
-from ftkit.zoo import match_classes
+from ftkit.zoo import match_classes, resolve_config
 
 PICTURE = (480, 640)  # height, width
 FACES_PER_PICTURE = (0, 1, 1, 2, 3)  # drawn uniformly: a fifth of the pictures have none
@@ -60,6 +65,9 @@ DETECT_HEADER = ("| detector | faces | pictures | placed faces | found | false p
 ACCURACY_HEADER = ("| model | detector | images | upright: accuracy, macro-F1 | upright, eyes levelled | turned | turned, eyes "
                    "levelled | recovered | ms per face: detect + align / classify at batch 1 / classify in batches of 128 "
                    "| machine | command |\n|---|---|---|---|---|---|---|---|---|---|---|")
+SEVERAL_HEADER = ("| images | detector | scored | with several faces | accuracy of fer2013-fast on those: largest face / most central face "
+                  "| machine | command |\n|---|---|---|---|---|---|---|")
+FER_SAMPLE = 5000  # FER2013 Training images drawn for --part several
 
 
 def tilt(image: np.ndarray, degrees: float, border=cv2.BORDER_REFLECT) -> np.ndarray:
@@ -225,6 +233,44 @@ def accuracy_part(args) -> None:
                      f"| {detect_ms:.1f} / {alone_ms:.1f} / {classify_ms:.1f} | {machine()} | `{command_line()}` |", write=not args.no_write, key=2)
 
 
+def central(boxes, image: np.ndarray):
+    h, w = image.shape[:2]
+    return min(boxes, key=lambda b: np.hypot(b.x + b.w / 2 - w / 2, b.y + b.h / 2 - h / 2))
+
+
+def several_part(args) -> None:
+    work = Path(args.work)
+    fer = sorted((extract_fer(work) / "train").rglob("*.jpg"))
+    fer = [fer[i] for i in np.random.default_rng(args.seed).choice(len(fer), FER_SAMPLE, replace=False)]
+    posed = load_data(resolve_config(None, data=str(extract(work)), cache="memory"), console=console, carve=False)
+    posed = posed.splits["all"], posed.classes
+    sets = {f"posed set, all {len(posed[0].keys):,}": {Path(k): posed[1][y] for k, y in zip(posed[0].keys, posed[0].labels)},
+            f"FER2013 Training, {FER_SAMPLE:,} drawn": {f: f.parent.name for f in fer}}
+    loaded = load_run("fer2013-fast", device="cpu")
+    transform = eval_transform(loaded.data_config)
+    crop = aligned_crop if loaded.config.face_align else square_crop  # as predict crops for the model
+    for label, files in sets.items():
+        for name in DETECTORS:
+            detect, picks = one_thread(name), {"largest": 0, "central": 0}
+            several = []
+            for path in files:
+                image = read_image(path)
+                boxes = detect(image)
+                if len(boxes) > 1:
+                    several.append((path, image, boxes))
+            for path, image, boxes in several:
+                truth = match_classes(loaded.classes, [files[path]])
+                for pick, box in (("largest", boxes[0]), ("central", central(boxes, image))):
+                    with torch.inference_mode():
+                        x = transform(crop(image, box, loaded.config.face_margin))[None]
+                        picks[pick] += int(loaded.model(x).argmax()) == truth[0]
+            accuracy = (f"{picks['largest'] / len(several):.3f} / {picks['central'] / len(several):.3f}" if several
+                        else "none to choose between")
+            emit_row("Images with several faces: the largest or the most central", SEVERAL_HEADER,
+                     f"| {label} | {name} | {len(files):,} | {len(several)} | {accuracy} | {machine()} | `{command_line()}` |",
+                     write=not args.no_write, key=2)
+
+
 def calibrate_part(args) -> None:
     haar, rf = detector("haar"), detector("retinaface")
     side, dx, dy = [], [], []
@@ -246,7 +292,7 @@ def calibrate_part(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["detect", "accuracy", "calibrate"], required=True)
+    parser.add_argument("--part", choices=["detect", "accuracy", "several", "calibrate"], required=True)
     parser.add_argument("--pictures", type=int, default=300)
     parser.add_argument("--faces-from", choices=["both", "fer", "posed"], default="both",
                         help="the faces placed into the pictures (--part detect)")
@@ -258,7 +304,7 @@ def main() -> None:
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)  # batch-1 CPU costs, comparable between the detectors and the classifier
-    {"detect": detect_part, "accuracy": accuracy_part, "calibrate": calibrate_part}[args.part](args)
+    {"detect": detect_part, "accuracy": accuracy_part, "several": several_part, "calibrate": calibrate_part}[args.part](args)
 
 
 if __name__ == "__main__":
