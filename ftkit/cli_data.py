@@ -66,7 +66,8 @@ def data_faces(src, dst, margin, require, size, align, detector):
                              progress=lambda n: bar.advance(task, n), on_total=lambda n: bar.update(task, total=n))
     stats = result.stats
     console.print(f"{result.written} crop(s) written ({result.detector['name']} detector): faces found in {stats.found} "
-                  f"image(s), {stats.several} of them with more than one face (the largest taken); centre-cropped "
+                  f"image(s), {stats.several} of them with more than one face (the largest taken), {stats.whole} already face "
+                  f"crops (copied whole); centre-cropped "
                   f"{len(stats.fallback)}; no face, left out {len(stats.skipped)}; unreadable, left out {len(result.unreadable)}")
     lines = ([f"  no face, centre-cropped: {p}" for p in stats.fallback] + [f"  no face, left out: {p}" for p in stats.skipped]
              + [f"  unreadable, left out: {why}" for why in result.unreadable.values()])

@@ -238,7 +238,7 @@ def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
     """Crop every image to its largest face, as ``cfg.faces`` says; ``data.faces`` records the
     counts and the detector that ran (for run.json)."""
     cache = BoxCache(detector_name=cfg.face_detector)
-    totals = {"found": 0, "fallback": 0, "skipped": 0, "several": 0, "fallback_files": [], "skipped_files": []}
+    totals = {"found": 0, "fallback": 0, "skipped": 0, "several": 0, "whole": 0, "fallback_files": [], "skipped_files": []}
     with progress_bar(console) as bar:
         task = bar.add_task("finding faces", total=sum(len(s) for s in data.splits.values()))
         for name, split in list(data.splits.items()):

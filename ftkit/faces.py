@@ -301,6 +301,26 @@ def aligned_crop(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
                           borderMode=cv2.BORDER_REPLICATE)
 
 
+# A face whose box spans this share of the image's shorter side means the image is already a face
+# crop, framed as FER2013's are: cropping again would cut into the face, so it is used whole.
+# RetinaFace's boxes span at least 0.85 in 91 % of the FER2013 Training crops where it finds a face
+# (median 0.94), and in none of the posed set's 1,232 head-and-shoulders photos (median 0.67).
+FILLS = 0.85
+
+
+def fills(box: Box, image: np.ndarray) -> bool:
+    """Whether the face fills ``image``, which is then already a face crop (see ``FILLS``)."""
+    return max(box.w, box.h) >= FILLS * min(image.shape[:2])
+
+
+def face_crop(image: np.ndarray, box: Box, margin: float, align: bool = False) -> np.ndarray:
+    """The face's square (``align``: eyes levelled, see ``aligned_crop``), or the image whole
+    (its centred square) when the face already fills it."""
+    if fills(box, image):
+        return centre_crop(image)
+    return (aligned_crop if align else square_crop)(image, box, margin)
+
+
 def centre_crop(image: np.ndarray) -> np.ndarray:
     """The largest centred square: the fallback when no face is found."""
     h, w = image.shape[:2]
@@ -366,28 +386,29 @@ class FaceStats:
     fallback: list[str] | None = None  # images cropped in the centre (no face found)
     skipped: list[str] | None = None  # images left out (no face, --faces require)
     several: int = 0  # images with more than one face, where the largest was taken
+    whole: int = 0  # of those found, images the face already fills (face crops already): used whole
 
     def to_dict(self) -> dict:
         return {"found": self.found, "fallback": len(self.fallback or []), "skipped": len(self.skipped or []),
-                "several": self.several, "fallback_files": self.fallback or [], "skipped_files": self.skipped or []}
+                "several": self.several, "whole": self.whole, "fallback_files": self.fallback or [], "skipped_files": self.skipped or []}
 
 
 def crop_faces(keys: list[str], images: list[np.ndarray], mode: str, margin: float,
                cache: BoxCache | None = None, progress=None, align: bool = False,
                detector_name: str = "auto") -> tuple[list[np.ndarray | None], FaceStats]:
-    """Crop the largest face of every image (``align``: level its eyes first). With
-    ``mode='require'`` an image without a face becomes None (to be left out); otherwise it
+    """Crop the largest face of every image (``align``: level its eyes first; see ``face_crop``).
+    With ``mode='require'`` an image without a face becomes None (to be left out); otherwise it
     falls back to a centre crop. ``cache`` (which fixes the detector) keeps the boxes of files."""
     stats = FaceStats(0, [], [])
     out: list[np.ndarray | None] = []
-    crop = aligned_crop if align else square_crop
     detect = cache.detect if cache else detector(detector_name)
     for key, image in zip(keys, images):
         boxes = cache.boxes(key, image) if cache and os.path.isfile(key) else detect(image)
         if boxes:
-            out.append(crop(image, boxes[0], margin))
+            out.append(face_crop(image, boxes[0], margin, align))
             stats.found += 1
             stats.several += len(boxes) > 1
+            stats.whole += fills(boxes[0], image)
         elif mode == "require":
             out.append(None)
             stats.skipped.append(key)
@@ -444,6 +465,7 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
                     stats.fallback += one.fallback
                     stats.skipped += one.skipped
                     stats.several += one.several
+                    stats.whole += one.whole
                     if crops[0] is not None:
                         crop = cv2.resize(crops[0], (size, size), interpolation=cv2.INTER_AREA) if size else crops[0]
                         ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))

@@ -18,7 +18,7 @@ from .data import DataError, image_files, read_image, refuse_archive
 from .errors import UsageError
 from .evaluation import tta_probs
 from .export import load_torchscript, read_onnx_metadata
-from .faces import aligned_crop, centre_crop, detect_faces, square_crop
+from .faces import centre_crop, detect_faces, face_crop
 from .images import UNREADABLE, walk_files
 from .io import atomic_write, refuse_inside, write_json, write_text
 from .models import DataConfig
@@ -140,13 +140,12 @@ def regions(image: np.ndarray, faces: str, margin: float, align: bool = False,
     if faces == "none":
         return [("image", None, image)]
     boxes = detect_faces(image, detector_name)
-    crop = aligned_crop if align else square_crop
     if faces == "all":
-        return [("face", [b.x, b.y, b.w, b.h], crop(image, b, margin)) for b in boxes]
+        return [("face", [b.x, b.y, b.w, b.h], face_crop(image, b, margin, align)) for b in boxes]
     if not boxes:
         return [("centre", None, centre_crop(image))]
     b = boxes[0]
-    return [("face", [b.x, b.y, b.w, b.h], crop(image, b, margin))]
+    return [("face", [b.x, b.y, b.w, b.h], face_crop(image, b, margin, align))]
 
 
 def classify_images(pred: Predictor, images: list[np.ndarray], faces: str, topk: int = 3, tta: str = "none"):

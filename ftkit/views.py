@@ -124,7 +124,8 @@ def _faces_line(config: dict[str, Any], faces: dict[str, Any] | None) -> str:
         line += f", {detector} detector" if detector else ""
     if faces:
         several = f", {faces['several']} with several faces (largest taken)" if faces.get("several") else ""
-        line += f" ({faces['found']} found, {faces['fallback']} centre-cropped, {faces['skipped']} left out{several})"
+        whole = f", {faces['whole']} already face crops (used whole)" if faces.get("whole") else ""
+        line += f" ({faces['found']} found, {faces['fallback']} centre-cropped, {faces['skipped']} left out{several}{whole})"
     return line
 
 

@@ -69,6 +69,21 @@ def test_a_face_turned_20_degrees_comes_out_level():
     assert abs(eye_tilt(detect_faces(plain)[0])) > 12  # without alignment the crop keeps the tilt
 
 
+def test_an_image_that_is_already_a_face_crop_is_used_whole():
+    """A face that fills its image (FER2013's crops: the box spans over 0.85 of the side) is not
+    cropped again, so already-cropped faces keep their framing; a head with room around it is cropped."""
+    x, y, side = 177, 66, 95  # the astronaut's face box (see astronaut())
+    for pad, whole in ((0, True), (40, False)):
+        image = cv2.resize(astronaut()[y - pad:y + side + pad, x - pad:x + side + pad], (64, 64), interpolation=cv2.INTER_AREA)
+        box = detect_faces(image)[0]
+        assert faces.fills(box, image) is whole
+        for align in (False, True):
+            crop = faces.face_crop(image, box, -0.1, align)
+            assert (crop.shape == image.shape and np.array_equal(crop, image)) is whole
+        crops, stats = faces.crop_faces(["x"], [image], "crop", -0.1)
+        assert stats.whole == int(whole) and stats.found == 1 and np.array_equal(crops[0], image) is whole
+
+
 def test_boxes_keep_the_cascade_geometry_so_margins_mean_the_same():
     """RetinaFace's box is mapped onto the frontal cascade's: on the same upright face the two
     boxes agree within a few percent of the side."""

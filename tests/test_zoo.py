@@ -515,11 +515,11 @@ def test_the_manifest_face_margin_is_how_faces_are_cropped_for_the_model(source_
     assert zoo.resolve_config(None, init="tiny-fer", data="x").face_margin == 0.0
     assert zoo.resolve_config(None, init="tiny-fer", data="x", face_margin=0.3).face_margin == 0.3
 
-    from ftkit import predict as predict_module
+    from ftkit import faces as faces_module
 
     margins = []
-    real = predict_module.square_crop
-    monkeypatch.setattr(predict_module, "square_crop", lambda image, box, margin: margins.append(margin) or real(image, box, margin))
+    real = faces_module.square_crop
+    monkeypatch.setattr(faces_module, "square_crop", lambda image, box, margin: margins.append(margin) or real(image, box, margin))
     skimage_data = pytest.importorskip("skimage.data")
     from PIL import Image
 
@@ -550,7 +550,6 @@ def test_a_model_trained_on_levelled_faces_is_used_the_same_way(tmp_path, monkey
     skimage_data = pytest.importorskip("skimage.data")
     from PIL import Image
 
-    from ftkit import predict as predict_module
     from ftkit.export import export_metadata
 
     data = write_split_folder(tmp_path / "data", sizes=(("train", 6), ("val", 2)), classes=("angry", "happy"))
@@ -563,10 +562,12 @@ def test_a_model_trained_on_levelled_faces_is_used_the_same_way(tmp_path, monkey
     assert loaded.config.face_align is True and export_metadata(loaded)["face_align"] is True
     assert zoo.resolve_config(None, init=str(run), data="x").face_align is True
 
+    from ftkit import faces as faces_module
+
     calls = []
     for name in ("aligned_crop", "square_crop"):
-        real = getattr(predict_module, name)
-        monkeypatch.setattr(predict_module, name, lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a))
+        real = getattr(faces_module, name)
+        monkeypatch.setattr(faces_module, name, lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a))
     Image.fromarray(skimage_data.astronaut()).save(tmp_path / "astronaut.png")
     for extra, expected in (([], "aligned_crop"), (["--no-face-align"], "square_crop")):
         calls.clear()
