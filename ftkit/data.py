@@ -31,7 +31,7 @@ from PIL import Image
 from . import fer2013
 from .config import Config, validate
 from .duplicates import Duplicates, copies_note, find_duplicates, pixel_digest
-from .faces import BoxCache, crop_faces, describe
+from .faces import BoxCache, FaceStats, crop_faces, describe
 from .images import (  # noqa: F401 (re-exported: data.py is the data layer's front)
     IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, has_images, image_files, not_data, read_image, refuse_archive,
     verify_image, walk_files,
@@ -154,12 +154,15 @@ def _find(cfg: Config, root: Path, console=None) -> _Found:
     return _Found(items, source, skipped)
 
 
-def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve: bool = True) -> DataSplits:
+def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve: bool = True,
+              only: str | None = None) -> DataSplits:
     """Find, select, split and (when it fits) decode the data that ``cfg.data`` points at.
 
     ``classes`` fixes the class index (evaluating a trained model on new data: every class
     found must be one the model knows). With ``carve=False`` no split is carved out of
     another: a flat folder becomes the single split "all" (evaluation on a whole folder).
+    ``only`` names the one split wanted (scoring it; "all" stands in for a flat folder): the
+    others are neither decoded nor face-cropped. When the data has neither, every split is kept.
     """
     root = Path(cfg.data)
     found = _find(cfg, root, console)
@@ -185,6 +188,10 @@ def load_data(cfg: Config, console=None, classes: list[str] | None = None, carve
     for note in _split_notes(data, cfg, root, found.unlisted, carve):
         warnings.warn(note, stacklevel=2)
         data.notes.append(note)
+    if only:
+        wanted = only if only in data.splits else "all"
+        if wanted in data.splits:
+            data.splits = {wanted: data.splits[wanted]}
     if found.preloaded is not None:
         for split in data.splits.values():
             split.images = [found.preloaded[k] for k in split.keys]
@@ -238,7 +245,7 @@ def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
     """Crop every image to its largest face, as ``cfg.faces`` says; ``data.faces`` records the
     counts and the detector that ran (for run.json)."""
     cache = BoxCache(detector_name=cfg.face_detector)
-    totals = {"found": 0, "fallback": 0, "skipped": 0, "several": 0, "whole": 0, "fallback_files": [], "skipped_files": []}
+    totals = FaceStats()
     with progress_bar(console) as bar:
         task = bar.add_task("finding faces", total=sum(len(s) for s in data.splits.values()))
         for name, split in list(data.splits.items()):
@@ -247,18 +254,17 @@ def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
             split.images = crops
             keep = [i for i, c in enumerate(crops) if c is not None]
             data.splits[name] = split.subset(keep) if len(keep) < len(crops) else split
-            for key, value in stats.to_dict().items():
-                totals[key] += value
-    data.faces = {**totals, "detector": describe(cache.detect)}
-    if totals["several"]:
-        note = (f"{totals['several']} image(s) show more than one face; the largest was taken (run.json: faces.several)")
+            totals.add(stats)
+    data.faces = {**totals.to_dict(), "detector": describe(cache.detect)}
+    if totals.several:
+        note = (f"{totals.several} image(s) show more than one face; the largest was taken (run.json: faces.several)")
         warnings.warn(note, stacklevel=2)
-    if totals["fallback"]:
-        warnings.warn(f"no face found in {totals['fallback']} image(s), centre-cropped instead "
-                      f"(e.g. {totals['fallback_files'][0]}); --faces require leaves them out", stacklevel=2)
-    if totals["skipped"]:
-        warnings.warn(f"no face found in {totals['skipped']} image(s), left out (--faces require), "
-                      f"e.g. {totals['skipped_files'][0]}", stacklevel=2)
+    if totals.fallback:
+        warnings.warn(f"no face found in {len(totals.fallback)} image(s), centre-cropped instead "
+                      f"(e.g. {totals.fallback[0]}); --faces require leaves them out", stacklevel=2)
+    if totals.skipped:
+        warnings.warn(f"no face found in {len(totals.skipped)} image(s), left out (--faces require), "
+                      f"e.g. {totals.skipped[0]}", stacklevel=2)
     what = "use --faces crop (an image without a face is then centre-cropped), or check that the images show faces"
     for name, split in data.splits.items():
         if not len(split):

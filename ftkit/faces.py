@@ -26,7 +26,7 @@ import json
 import os
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -383,14 +383,22 @@ class BoxCache:
 @dataclass
 class FaceStats:
     found: int = 0  # images where a face was found and cropped
-    fallback: list[str] | None = None  # images cropped in the centre (no face found)
-    skipped: list[str] | None = None  # images left out (no face, --faces require)
+    fallback: list[str] = field(default_factory=list)  # images cropped in the centre (no face found)
+    skipped: list[str] = field(default_factory=list)  # images left out (no face, --faces require)
     several: int = 0  # images with more than one face, where the largest was taken
     whole: int = 0  # of those found, images the face already fills (face crops already): used whole
 
+    def add(self, other: FaceStats) -> None:
+        """Count ``other``'s images in too (one split's, or one file's)."""
+        self.found += other.found
+        self.fallback += other.fallback
+        self.skipped += other.skipped
+        self.several += other.several
+        self.whole += other.whole
+
     def to_dict(self) -> dict:
-        return {"found": self.found, "fallback": len(self.fallback or []), "skipped": len(self.skipped or []),
-                "several": self.several, "whole": self.whole, "fallback_files": self.fallback or [], "skipped_files": self.skipped or []}
+        return {"found": self.found, "fallback": len(self.fallback), "skipped": len(self.skipped),
+                "several": self.several, "whole": self.whole, "fallback_files": self.fallback, "skipped_files": self.skipped}
 
 
 def crop_faces(keys: list[str], images: list[np.ndarray], mode: str, margin: float,
@@ -399,7 +407,7 @@ def crop_faces(keys: list[str], images: list[np.ndarray], mode: str, margin: flo
     """Crop the largest face of every image (``align``: level its eyes first; see ``face_crop``).
     With ``mode='require'`` an image without a face becomes None (to be left out); otherwise it
     falls back to a centre crop. ``cache`` (which fixes the detector) keeps the boxes of files."""
-    stats = FaceStats(0, [], [])
+    stats = FaceStats()
     out: list[np.ndarray | None] = []
     detect = cache.detect if cache else detector(detector_name)
     for key, image in zip(keys, images):
@@ -451,7 +459,7 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
     targets = crop_names([p.relative_to(src) for p in files])
     if on_total:
         on_total(len(files))
-    cache, stats, unreadable, written = BoxCache(detector_name=detector_name), FaceStats(0, [], []), {}, 0
+    cache, stats, unreadable, written = BoxCache(detector_name=detector_name), FaceStats(), {}, 0
     try:
         with new_folder(dst, "folder for the crops") as work:  # dst appears only when complete
             for path, target in zip(files, targets):
@@ -461,11 +469,7 @@ def crop_folder(src: str | Path, dst: str | Path, margin: float = 0.25, require:
                     unreadable[str(path)] = str(exc)
                 else:
                     crops, one = crop_faces([str(path)], [image], "require" if require else "crop", margin, cache, align=align)
-                    stats.found += one.found
-                    stats.fallback += one.fallback
-                    stats.skipped += one.skipped
-                    stats.several += one.several
-                    stats.whole += one.whole
+                    stats.add(one)
                     if crops[0] is not None:
                         crop = cv2.resize(crops[0], (size, size), interpolation=cv2.INTER_AREA) if size else crops[0]
                         ok, png = cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))

@@ -253,11 +253,11 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
                               "score the source folder instead, or write the shards with these settings")
         return _score_shards(loaded, cfg, split, tta, progress)
     if datasets is None:
-        dataset = load_data(cfg, console=console, classes=loaded.classes, carve=False)
+        dataset = load_data(cfg, console=console, classes=loaded.classes, carve=False, only=split)
     else:
-        key = data_key(cfg, loaded.classes)
+        key = data_key(cfg, loaded.classes, split)
         if key not in datasets:
-            datasets[key] = load_data(cfg, console=console, classes=loaded.classes, carve=False)
+            datasets[key] = load_data(cfg, console=console, classes=loaded.classes, carve=False, only=split)
         dataset = datasets[key]
     chosen = split if split in dataset.splits else ("all" if "all" in dataset.splits else None)
     if chosen is None:
@@ -304,10 +304,10 @@ _SCORING_DATA_FIELDS = ("data", "splits", "strict", "label_from", "classes", "dr
                         "face_align", "cache", "cache_mb")
 
 
-def data_key(cfg: Config, classes: list[str]) -> str:
-    """What load_data's result depends on when scoring: those settings, the class order, and
-    the split file by content (every run keeps its own copy of the same split.csv)."""
-    settings = {f: getattr(cfg, f) for f in _SCORING_DATA_FIELDS}
+def data_key(cfg: Config, classes: list[str], split: str) -> str:
+    """What load_data's result depends on when scoring ``split``: those settings, the class
+    order, and the split file by content (every run keeps its own copy of the same split.csv)."""
+    settings = {f: getattr(cfg, f) for f in _SCORING_DATA_FIELDS} | {"scored split": split}
     if cfg.splits:
         settings["splits"] = sha256sum(cfg.splits)
     return json.dumps([settings, classes], sort_keys=True, default=str)

@@ -166,6 +166,15 @@ def test_a_listing_of_a_run_that_drops_a_class_warns_of_nothing(flat_folder, tmp
     assert merged.classes == classes[1:]
 
 
+def test_scoring_one_split_decodes_and_crops_only_that_split(split_folder, flat_folder, tmp_path):
+    data = load_data(tiny_config(split_folder, tmp_path, faces="crop"), carve=False, only="val")
+    assert list(data.splits) == ["val"] and len(data.splits["val"].images) == len(data.splits["val"]) == 12
+    assert data.faces["found"] + data.faces["fallback"] == 12  # the train split's 36 images were not looked at
+    assert list(load_data(tiny_config(flat_folder, tmp_path), carve=False, only="test").splits) == ["all"]
+    # a split the data lacks keeps them all, so that the caller can name what there is
+    assert set(load_data(tiny_config(split_folder, tmp_path), carve=False, only="dev").splits) == {"train", "val", "test"}
+
+
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "LA", "CMYK"])
 @pytest.mark.parametrize("fmt", ["png", "tiff", "bmp", "jpg"])
 def test_read_image_handles_modes_and_formats(tmp_path, mode, fmt):

@@ -135,20 +135,21 @@ def test_ensemble_of_runs_on_a_flat_folder_uses_their_split_file(tmp_path, flat_
 
 def test_members_with_the_same_data_share_one_decode(runs, monkeypatch):
     """Runs a and b differ in input size, TTA and seed but read the same data: one load_data call
-    serves both runs and both splits, and gives the probabilities each run scores alone."""
+    per split serves both runs (only that split is decoded), and gives the probabilities each
+    run scores alone."""
     _, a, b, _ = runs
     calls = []
     real = ftkit.scoring.load_data
     monkeypatch.setattr(ftkit.scoring, "load_data", lambda *args, **kw: calls.append(args) or real(*args, **kw))
     datasets = {}
     shared = {split: score_members([a, b], split=split, datasets=datasets)[1] for split in ("test", "val")}
-    assert len(calls) == 1 and len(datasets) == 1
+    assert len(calls) == 2 and len(datasets) == 2
     for split, scores in shared.items():
         for run, scored in zip((a, b), scores):
             alone = score_run(load_run(run), split=split)
             assert scored.keys == alone.keys
             np.testing.assert_allclose(scored.probs, alone.probs, atol=1e-6)
-    assert len(calls) == 1 + 4  # without a shared dict every score decodes again
+    assert len(calls) == 2 + 4  # without a shared dict every score decodes again
 
 
 def test_the_data_key_reads_split_files_by_content(runs, tmp_path):
@@ -156,10 +157,11 @@ def test_the_data_key_reads_split_files_by_content(runs, tmp_path):
     cfg = load_run(a).config
     copy = tmp_path / "split.csv"
     copy.write_bytes((a / "split.csv").read_bytes())
-    key = data_key(replace(cfg, splits=str(a / "split.csv")), ["alpha", "beta"])
-    assert data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"]) == key
-    assert data_key(replace(cfg, splits=str(copy), seed=7, img_size=99), ["alpha", "beta"]) == key  # not data settings
-    assert data_key(replace(cfg, splits=str(copy)), ["beta", "alpha"]) != key
-    assert data_key(replace(cfg, splits=str(copy), faces="crop"), ["alpha", "beta"]) != key
+    key = data_key(replace(cfg, splits=str(a / "split.csv")), ["alpha", "beta"], "test")
+    assert data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"], "test") == key
+    assert data_key(replace(cfg, splits=str(copy), seed=7, img_size=99), ["alpha", "beta"], "test") == key  # not data settings
+    assert data_key(replace(cfg, splits=str(copy)), ["beta", "alpha"], "test") != key
+    assert data_key(replace(cfg, splits=str(copy), faces="crop"), ["alpha", "beta"], "test") != key
+    assert data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"], "val") != key  # only the scored split is loaded
     copy.write_text(copy.read_text().replace("test", "val"))
-    assert data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"]) != key
+    assert data_key(replace(cfg, splits=str(copy)), ["alpha", "beta"], "test") != key

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ftkit.faces import EYE_HEIGHT, Box, BoxCache, aligned_crop, centre_crop, crop_faces, detect_faces, find_eyes, square_crop
+from ftkit.faces import EYE_HEIGHT, Box, BoxCache, FaceStats, aligned_crop, centre_crop, crop_faces, detect_faces, find_eyes, square_crop
 
 skimage_data = pytest.importorskip("skimage.data")
 ASTRONAUT_FACE = (177, 66, 95)  # x, y, side of the face in skimage's astronaut photo (detected once, checked by eye)
@@ -84,6 +84,18 @@ def test_crop_faces_fallback_require_and_cache(tmp_path):
     finally:
         faces.detect_faces = real
     assert calls == [] and again[1] is None and np.array_equal(again[0], crops[0])
+
+
+def test_face_counts_add_up_field_by_field():
+    """What a run and `data faces` total over splits and files: no count may be left out."""
+    one = FaceStats(found=3, fallback=["a.png"], skipped=["b.png"], several=2, whole=1)
+    total = FaceStats()
+    total.add(one)
+    assert total == one
+    total.add(FaceStats(found=1, fallback=["c.png"]))
+    assert total.to_dict() == {"found": 4, "fallback": 2, "skipped": 1, "several": 2, "whole": 1,
+                               "fallback_files": ["a.png", "c.png"], "skipped_files": ["b.png"]}
+    assert one.fallback == ["a.png"]  # the counts added in are left as they were
 
 
 def test_data_faces_cli(tmp_path):
