@@ -2,7 +2,7 @@
 table: accuracy and macro-F1 on PublicTest, and on PrivateTest when a Kaggle CSV that holds its
 rows is given (../shared/data has none: PrivateTest is kept back for judging).
 
-    python benchmarks/distill.py /tmp/ftkit-bench/runs/STUDENT
+    python benchmarks/distill.py /tmp/ftkit-bench/runs/STUDENT [/tmp/ftkit-bench/runs/UNTAUGHT]
     python benchmarks/distill.py /tmp/ftkit-bench/runs/STUDENT --csv fer2013.csv   # adds PrivateTest
 
 Each model is scored with its own input size and test-time augmentation (ftkit.ensemble's
@@ -31,7 +31,8 @@ HEADER = ("| model | chose its epoch on | PublicTest accuracy | PublicTest macro
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("students", nargs="*", help="finished distillation runs")
+    parser.add_argument("students", nargs="*",
+                        help="finished runs: distillation runs, and untaught runs of the same recipe to compare")
     parser.add_argument("--csv", help="a FER2013 Kaggle CSV with PrivateTest rows (the full fer2013.csv)")
     parser.add_argument("--work", default="/tmp/ftkit-bench")
     parser.add_argument("--no-write", action="store_true")
@@ -51,11 +52,16 @@ def main() -> None:
         chosen = "PublicTest" if name not in args.students else _chosen_on(name)
         cells = [f"{measured[p]['accuracy']:.4f} | {measured[p]['macro_f1']:.4f}" if p in measured else "not here | not here"
                  for p in ("PublicTest", "PrivateTest")]
-        label = name if name not in args.students else f"student {Path(name).name}"
+        label = name if name not in args.students else f"{_kind(name)} {Path(name).name}"
         emit_row(SECTION, HEADER, f"| {label} | {chosen} | {' | '.join(cells)} | {machine()} | `{command_line()}` |",
                  write=not args.no_write)
     print(json.dumps({name: {p: {k: round(v, 4) for k, v in m.items()} for p, m in measured.items()}
                       for name, measured in rows.items()}, indent=2))
+
+
+def _kind(run: str) -> str:
+    """"student" for a run that was taught (run.json records its teachers), "untaught" for one that was not."""
+    return "student" if json.loads((Path(run) / "run.json").read_text()).get("distill") else "untaught"
 
 
 def _chosen_on(run: str) -> str:
