@@ -290,10 +290,13 @@ def runs_list(folder):
 @click.option("--split", default="test", show_default=True, help="Split to score (a flat folder is scored whole).")
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), help="Test-time augmentation [default: the run's].")
 @click.option("--name", help="Subfolder name under RUN/eval/.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="A run directory's epoch to score: best (chosen on its val split) or last (its final epoch, "
+                   "chosen by nothing when the run ran all its epochs).")
 @device_option
 @config_options(only=DATA_OVERRIDES, default="the run's")
 @friendly
-def evaluate(run, data, split, tta, name, device, **kwargs):
+def evaluate(run, data, split, tta, name, checkpoint, device, **kwargs):
     """Score a trained run, a named model or an exported file on another folder or split; writes
     RUN/eval/<name>/ (runs/<model name>/eval/<name>/ for a named model, eval/<name>/ beside an
     exported .onnx or TorchScript file, which is scored as deployed: on the CPU, with the
@@ -309,15 +312,18 @@ def evaluate(run, data, split, tta, name, device, **kwargs):
         ftkit evaluate runs/faces-mobilenetv2 --data other_faces/ --split test --tta flip
         ftkit evaluate fer2013-fast --data my_photos/ --faces crop --drop-class contempt
         ftkit evaluate runs/faces-mobilenetv2/export/model.onnx --data other_faces/
+        ftkit evaluate runs/faces-mobilenetv2 --checkpoint last --split test
     """
     from .io import read_json
     from .predict import evaluate_run
     from .report import print_report
     from .views import tta_title
 
-    folder, rep = evaluate_run(run, data, split, tta, name, device, console=console, overrides=flag_overrides(kwargs))
+    folder, rep = evaluate_run(run, data, split, tta, name, device, console=console, overrides=flag_overrides(kwargs),
+                               checkpoint=checkpoint)
     record = read_json(folder / "run.json")
-    print_report(rep, console, title=f"{folder} ({rep.get('split')}{tta_title(record)})")
+    last = ", last epoch" if checkpoint == "last" else ""
+    print_report(rep, console, title=f"{folder} ({rep.get('split')}{tta_title(record)}{last})")
     note = record.get("eval_note")
     if note:
         console.print(f"note: {note}, so these scores are not held out", style="yellow")

@@ -71,7 +71,8 @@ def report_markdown(report: dict[str, Any], record: dict[str, Any], config: dict
     """report.md: the run summary, the headline metrics, per-class metrics and the confusion matrix."""
     lines = [f"# ftkit report: {report['run']}", "",
              f"- split reported: {report.get('split')} ({report['n']} images)"
-             + (f", test-time augmentation {tta_used(record, config)}" if tta_used(record, config) else "")]
+             + (f", test-time augmentation {tta_used(record, config)}" if tta_used(record, config) else "")
+             + (f", the last epoch's weights (epoch {record.get('epochs_run')})" if record.get("eval_checkpoint") == "last" else "")]
     lines += [f"- {label}: {text}" for label, text in run_summary(record, config or {})]
     lines += ["", ", ".join(f"{label} **{value:.4f}**" for label, value in headline(report))
               + (f" ({interval_text(report)})" if interval_text(report) else ""), ""]

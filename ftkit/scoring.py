@@ -32,27 +32,30 @@ from .zoo import LoadedRun, exported_format, fer2013_digests, load_run
 
 def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", tta: str | None = None,
                  name: str | None = None, device: str = "auto", console=None,
-                 overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+                 overrides: dict[str, Any] | None = None, checkpoint: str = "best") -> tuple[Path, dict[str, Any]]:
     """Score a trained run on another folder / CSV (or a split of its own data).
 
     ``overrides`` replaces the run's own data settings for the scored images (DATA_OVERRIDES:
     face cropping, class selection), e.g. ``{"faces": "crop"}`` for photos scored by a model
-    trained on ready-cropped faces. Writes predictions.csv and the report files into
+    trained on ready-cropped faces. ``checkpoint`` "last" scores a run's final epoch instead of
+    the one its val split chose. Writes predictions.csv and the report files into
     ``RUN/eval/<name>/`` (never over an earlier evaluation) and returns (that folder, the report).
     """
-    loaded = load_model(run, device)
+    loaded = load_model(run, device, checkpoint)
     scored = score_run(loaded, data, split, tta, console, overrides=overrides)
     # a named model has no run directory: its evaluations go under runs/<name>/eval/; an exported
     # file's beside it, under eval/, named after it too (several files may share the folder)
     exported = (loaded.source or {}).get("kind") in EXPORT_KINDS
     home = loaded.run or (Path(run).parent if exported else Path("runs") / loaded.name)
-    default = f"{Path(run).name + '-' if exported else ''}{Path(scored.data).stem}-{scored.split}"
+    default = (f"{Path(run).name + '-' if exported else ''}{Path(scored.data).stem}-{scored.split}"
+               f"{'-' + checkpoint if checkpoint != 'best' else ''}")
     folder = _new_eval_dir(home, name or default)  # taken, empty
     try:
         with new_folder(folder, "evaluation folder") as work:  # whole when it appears, or not at all
             write_predictions(work / "predictions.csv", scored.keys, scored.labels, scored.probs, loaded.classes)
             update_record(work, **{**run_record(loaded), "eval_split": scored.split, "eval_data": scored.data,
-                                   "eval_tta": scored.tta, "eval_note": trained_on_note(loaded.label, scored),
+                                   "eval_tta": scored.tta, "eval_checkpoint": loaded.checkpoint,
+                                   "eval_note": trained_on_note(loaded.label, scored),
                                    "eval_settings": scored.settings})
             write_args(work, {**scored.config.to_dict(), "data": scored.data})
             report = write_report(work, name=str(folder))
@@ -66,17 +69,20 @@ def evaluate_run(run: str | Path, data: str | None = None, split: str = "test", 
 EXPORT_KINDS = ("onnx", "torchscript")
 
 
-def load_model(target: str | Path, device: str = "auto") -> LoadedRun:
-    """``zoo.load_run`` for anything ``ftkit evaluate`` and ``ftkit ensemble`` score: a run, a
-    named model, or an ``.onnx`` / TorchScript file written by ``ftkit export`` (on the CPU, with
-    the classes, preprocessing, face settings and TTA recorded in it), so that the file that is
-    deployed can be scored as it is."""
+def load_model(target: str | Path, device: str = "auto", checkpoint: str = "best") -> LoadedRun:
+    """``zoo.load_run`` for anything ``ftkit evaluate`` and ``ftkit ensemble`` score: a run (its
+    best or last checkpoint), a named model, or an ``.onnx`` / TorchScript file written by
+    ``ftkit export`` (on the CPU, with the classes, preprocessing, face settings and TTA recorded
+    in it), so that the file that is deployed can be scored as it is."""
     kind = exported_format(target)
     if kind is None:
-        return load_run(target, device)
+        return load_run(target, device, checkpoint)
     path = Path(target)
     if not path.is_file():
         raise DataError(f"{kind} model {path} not found")
+    if checkpoint != "best":
+        raise ConfigError(f"{path} is an exported file, which holds one set of weights: the {checkpoint} checkpoint "
+                          "is a run directory's")
     if device not in ("auto", "cpu"):
         raise ConfigError(f"{path} is scored on the CPU, as ftkit's {kind} runtime runs it; leave out --device {device}, "
                           "or score the run directory or named model it was exported from on the GPU")
@@ -128,7 +134,17 @@ def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str,
         return seen_by_named_model(loaded, keys, data, split, digests)
     where = [_listed_split(loaded, keys, data), _copied_split(loaded, digests)]
     counts = Counter(next((w[i] for w in where if w and w[i]), None) for i in range(len(keys)))
-    return {name: counts[name] for name in SEEN_SPLITS if counts[name]}
+    chose = _val_chose(loaded)
+    return {name: counts[name] for name in SEEN_SPLITS if counts[name] and (name != "val" or chose)}
+
+
+def _val_chose(loaded: LoadedRun) -> bool:
+    """Whether the run's val split chose the loaded weights: its best epoch, or the last one of a
+    run that val stopped early; the last epoch of a run that ran all its epochs was chosen by nothing."""
+    if loaded.checkpoint == "best":
+        return True
+    record = read_record(loaded.run)
+    return record.get("epochs_run", loaded.config.epochs) < loaded.config.epochs
 
 
 def _listed_split(loaded: LoadedRun, keys: list[str], data: str) -> list[str | None] | None:

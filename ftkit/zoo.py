@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from timm.models import adapt_input_conv
 
-from .config import Config, bundled, config_from_dict, load_recipe, resolve, suggest
+from .config import Config, ConfigError, bundled, config_from_dict, load_recipe, resolve, suggest
 from . import faces
 from .data import canonical_class
 from .device import resolve_device
@@ -107,9 +107,14 @@ def exported_format(path: str | Path) -> str | None:
 
 
 
+CHECKPOINTS = ("best", "last")  # a run's checkpoints: the epoch its val split chose, and its final epoch
+
+
 def load_source(target: str | Path, checkpoint: str = "best") -> ModelSource:
     """A run directory (its best, or last, checkpoint) or a named model, with float32 weights."""
     path = Path(target)
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint {checkpoint!r}: a run keeps {' and '.join(CHECKPOINTS)}")
     if path.is_dir():
         run = require_run(path)
         weights, meta = load_checkpoint(run / "checkpoints" / checkpoint)
@@ -127,6 +132,9 @@ def load_source(target: str | Path, checkpoint: str = "best") -> ModelSource:
             f"Named models: {', '.join(names) or 'none'} (see `ftkit weights list`)."
         )
     kind, file, entry = found
+    if checkpoint != "best":
+        raise ConfigError(f"{target} is a named model, which keeps one set of weights: the {checkpoint} checkpoint "
+                          "is a run directory's")
     return _load_named(str(target), kind, file, entry)
 
 
@@ -200,6 +208,7 @@ class LoadedRun:
     device: torch.device
     name: str = ""  # what the user called it: the run directory or the model's name
     source: dict[str, Any] | None = None  # for a named model: kind, file, sha256, manifest entry
+    checkpoint: str = "best"  # a run's checkpoint that was loaded (CHECKPOINTS)
 
     @property
     def label(self) -> str:
@@ -220,7 +229,8 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") ->
     model.load_state_dict(weights)
     dev = resolve_device(device)
     model.to(dev).eval()
-    return LoadedRun(folder, model, meta["classes"], DataConfig(**meta["data_config"]), cfg, dev, str(run), origin)
+    return LoadedRun(folder, model, meta["classes"], DataConfig(**meta["data_config"]), cfg, dev, str(run), origin,
+                     checkpoint)
 
 
 # --- saving ------------------------------------------------------------------------------

@@ -214,6 +214,45 @@ def test_evaluate_own_test_split_with_tta(trained, tta):
     assert "test-time augmentation" not in (run / "report.md").read_text()  # the run's own report had none
 
 
+def test_evaluate_scores_the_last_checkpoint_when_asked(trained, tmp_path):
+    import shutil
+
+    from ftkit.evaluation import read_predictions
+    from ftkit.runs import load_checkpoint, write_weights
+
+    _, trained_run = trained
+    run = tmp_path / "cli-run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval"))
+    # a last checkpoint that cannot be mistaken for the best one: all weights zero, so every class gets 1/3
+    weights, meta = load_checkpoint(run / "checkpoints" / "last")
+    write_weights(run / "checkpoints" / "last.safetensors",
+                  {k: v.zero_() if v.is_floating_point() else v for k, v in weights.items()}, meta)
+
+    best = invoke("evaluate", run, "--split", "val")
+    last = invoke("evaluate", run, "--split", "val", "--checkpoint", "last")
+    assert best.exit_code == 0 and last.exit_code == 0, best.output + last.output
+    folders = {f.name: f for f in (run / "eval").iterdir()}
+    assert set(folders) == {"data-val", "data-val-last"}  # the default names keep both
+    probs = {name: read_predictions(folders[name] / "predictions.csv")[3] for name in folders}
+    assert np.allclose(probs["data-val-last"], 1 / 3) and not np.allclose(probs["data-val"], 1 / 3)
+    records = {name: json.loads((folders[name] / "run.json").read_text()) for name in folders}
+    assert records["data-val"]["eval_checkpoint"] == "best" and records["data-val-last"]["eval_checkpoint"] == "last"
+    # the val split chose the best epoch, not the last one of a run that ran all its epochs
+    assert "validation split" in records["data-val"]["eval_note"] and records["data-val-last"]["eval_note"] is None
+    assert "last epoch" in " ".join(last.output.split())
+    assert "the last epoch's weights (epoch 2)" in (folders["data-val-last"] / "report.md").read_text()
+
+
+def test_the_last_checkpoint_is_a_run_directorys(trained, tmp_path):
+    _, run = trained
+    write_split_folder(tmp_path / "faces")
+    named = invoke("evaluate", "fer2013-fast", "--data", tmp_path / "faces", "--checkpoint", "last")
+    assert named.exit_code != 0 and "fer2013-fast is a named model" in named.output
+    assert invoke("export", run, "--out", tmp_path / "m.onnx").exit_code == 0
+    exported = invoke("evaluate", tmp_path / "m.onnx", "--data", tmp_path / "faces", "--checkpoint", "last")
+    assert exported.exit_code != 0 and "is an exported file" in " ".join(exported.output.split())
+
+
 def test_predict_prints_and_writes_csv_and_json(trained, tmp_path):
     _, run = trained
     rng = np.random.default_rng(3)
