@@ -205,18 +205,44 @@ def seen_by_named_model(loaded: LoadedRun, keys: list[str], data: str, split: st
     return {seen_label(part, seen, how): n for part, n in seen_counts(keys, seen, csv_splits, digests, known).items()}
 
 
+def seen_by_origins(loaded: LoadedRun, keys: list[str], data: str, split: str,
+                    digests: list[bytes | None] | None = None) -> dict[str, dict[str, int]]:
+    """For a run started from or taught by named models whose manifests say which FER2013 parts
+    they trained on and chose their epochs by (run.json keeps their ``fer2013_seen``): per model,
+    "NAME (its start)" or "NAME (a teacher)", how many scored images are of those parts."""
+    if loaded.run is None:
+        return {}
+    from .distill import teacher_origin  # distill imports this layer's neighbours; import when used
+
+    record = read_record(loaded.run)
+    teachers = (record.get("distill") or {}).get("teachers") or []
+    origins = [((record.get("weights") or {}).get("init"), "its start"), *((teacher_origin(t), "a teacher") for t in teachers)]
+    found = {}
+    for origin, role in origins:
+        if origin and origin.get("fer2013_seen"):
+            named = LoadedRun(None, loaded.model, loaded.classes, loaded.data_config, loaded.config, loaded.device,
+                              origin["name"], {"entry": origin})
+            counts = seen_by_named_model(named, keys, data, split, digests)
+            if counts:
+                found[f"{origin['name']} ({role})"] = counts
+    return found
+
+
 def trained_on_note(label: str, scored: Scored) -> str | None:
     """Why these scores are not held out, when some scored images are ones the run trained on
     or chose its best epoch by (the file, or a pixel copy of it); None when none are. The counts
     are by the run's own split ("train", "val") or, for a named model, by the FER2013 part they
     are marked as."""
     seen = scored.settings.get("seen_in_training") or {}
-    if not seen:
+    origins = scored.settings.get("seen_by_origins") or {}
+    if not seen and not origins:
         return None
     text = {"train": "in its training split", "val": "in its validation split, which chose its best epoch"}
     parts = [f"{n} {text[name]}" if name in text else f"{n} {name}" for name, n in seen.items()]
     how = " (the same files, or pixel copies of them)" if set(seen) & set(text) else ""
-    return f"of the {len(scored.keys)} images scored, {label} had {' and '.join(parts)}{how}"
+    said = [f"{label} had {' and '.join(parts)}{how}"] if seen else []
+    said += [f"{who} had {' and '.join(f'{n} {part}' for part, n in counts.items())}" for who, counts in origins.items()]
+    return f"of the {len(scored.keys)} images scored, {'; '.join(said)}"
 
 
 @dataclass
@@ -287,7 +313,9 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
                 "whole_images": None if "faces" in overrides else whole_image_note(dataset.splits[chosen], cfg, loaded),
                 "skipped": len(dataset.skipped),
                 "seen_in_training": seen_in_training(loaded, dataset.splits[chosen].keys, cfg.data, chosen,
-                                                     dataset.split_digests().get(chosen))}
+                                                     dataset.split_digests().get(chosen)),
+                "seen_by_origins": seen_by_origins(loaded, dataset.splits[chosen].keys, cfg.data, chosen,
+                                                   dataset.split_digests().get(chosen))}
     return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta, cfg, settings)
 
 

@@ -224,6 +224,15 @@ def test_fer2013_images_under_other_names_are_counted_by_their_pixels(shipped, t
     assert r.exit_code == 0, r.output
     assert ("of the 6 images of the test split, tiny-fer (a teacher) had 6 marked FER2013 PublicTest (name, CSV "
             "Usage or pixels), the part that chose its best epoch") in " ".join(r.output.split())
+    # scoring those runs again later says it too, naming the start and the teacher
+    for run, who in (("renamed", ["its start"]), ("taught", ["its start", "a teacher"])):
+        r = invoke("evaluate", tmp_path / "runs" / run, "--split", "test", "--name", "again")
+        assert r.exit_code == 0, r.output
+        said = " ".join(r.output.split())
+        for role in who:
+            assert (f"tiny-fer ({role}) had 6 marked FER2013 PublicTest (file name or pixels), the part that chose its "
+                    "best epoch") in said, said
+        assert "so these scores are not held out" in said
 
 
 def test_evaluate_notes_photos_scored_whole_by_a_model_trained_without_face_cropping(shipped, source_run, tmp_path):
