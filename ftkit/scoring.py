@@ -16,6 +16,7 @@ import torch
 from . import shards
 from .config import DATA_OVERRIDES, Config, ConfigError, validate
 from .data import DataError, ImageDataset, Split, load_data, read_split_listing, resolve_listing
+from .distill import teacher_origin
 from .evaluation import predict_probs, predict_split, write_predictions
 from .export import load_torchscript, read_onnx_metadata
 from .fer2013 import seen_counts, seen_label
@@ -197,7 +198,13 @@ def seen_by_named_model(loaded: LoadedRun, keys: list[str], data: str, split: st
     folders written from FER2013 (``ftkit data convert``, the Kaggle image releases) name each
     file by it: ``Training_<id>``, ``PublicTest_<id>``. With the scored images' pixel ``digests``
     and the model's ``fer2013_digests``, a FER2013 image under another name is counted too."""
-    entry = (loaded.source or {}).get("entry") or {}
+    return seen_by_entry((loaded.source or {}).get("entry") or {}, keys, data, split, digests)
+
+
+def seen_by_entry(entry: dict[str, Any], keys: list[str], data: str, split: str,
+                  digests: list[bytes | None] | None = None) -> dict[str, int]:
+    """seen_by_named_model for a manifest entry (or a run.json record of one: ``fer2013_seen``,
+    ``fer2013_digests``)."""
     seen = entry.get("fer2013_seen") or {}
     csv_splits = dict.fromkeys(keys, split) if Path(data).suffix.lower() == ".csv" else None  # not carved: split = Usage
     known = fer2013_digests(entry) if seen and digests else {}
@@ -212,20 +219,12 @@ def seen_by_origins(loaded: LoadedRun, keys: list[str], data: str, split: str,
     "NAME (its start)" or "NAME (a teacher)", how many scored images are of those parts."""
     if loaded.run is None:
         return {}
-    from .distill import teacher_origin  # distill imports this layer's neighbours; import when used
-
     record = read_record(loaded.run)
     teachers = (record.get("distill") or {}).get("teachers") or []
     origins = [((record.get("weights") or {}).get("init"), "its start"), *((teacher_origin(t), "a teacher") for t in teachers)]
-    found = {}
-    for origin, role in origins:
-        if origin and origin.get("fer2013_seen"):
-            named = LoadedRun(None, loaded.model, loaded.classes, loaded.data_config, loaded.config, loaded.device,
-                              origin["name"], {"entry": origin})
-            counts = seen_by_named_model(named, keys, data, split, digests)
-            if counts:
-                found[f"{origin['name']} ({role})"] = counts
-    return found
+    counted = {f"{origin['name']} ({role})": seen_by_entry(origin, keys, data, split, digests)
+               for origin, role in origins if origin and origin.get("fer2013_seen")}
+    return {who: counts for who, counts in counted.items() if counts}
 
 
 def trained_on_note(label: str, scored: Scored) -> str | None:
