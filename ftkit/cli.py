@@ -24,7 +24,7 @@ from .cli_data import data
 from .cli_options import DeviceType, config_options, device_option, flag_overrides, friendly  # noqa: F401 (DeviceType: re-exported)
 from .cli_predict import predict
 from .cli_weights import number_text, weights
-from .config import CHOICES, DATA_OVERRIDES, Config
+from .config import CHECKPOINTS, CHOICES, DATA_OVERRIDES, Config
 from .progress import console, progress_bar
 
 
@@ -290,7 +290,7 @@ def runs_list(folder):
 @click.option("--split", default="test", show_default=True, help="Split to score (a flat folder is scored whole).")
 @click.option("--tta", type=click.Choice(CHOICES["tta"]), help="Test-time augmentation [default: the run's].")
 @click.option("--name", help="Subfolder name under RUN/eval/.")
-@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True,
+@click.option("--checkpoint", type=click.Choice(CHECKPOINTS), default="best", show_default=True,
               help="A run directory's epoch to score: best (chosen on its val split) or last (its final epoch, "
                    "chosen by nothing when the run ran all its epochs).")
 @device_option

@@ -131,6 +131,8 @@ class Config:
         return dataclasses.asdict(self)
 
 
+CHECKPOINTS = ("best", "last")  # a run's checkpoints: the epoch its val split chose, and its final epoch
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "input": ("rgb224", "gray48"),
     "faces": ("none", "crop", "require"),

@@ -256,6 +256,11 @@ def read_weights(path: Path, tensors: bool = True) -> tuple[dict[str, torch.Tens
     return state, json.loads(header) if header else None
 
 
+def ended_early(record: dict[str, Any], epochs: int) -> bool:
+    """Whether a run's record says it ran fewer than its ``epochs`` (stopped early, or not finished)."""
+    return record.get("epochs_run", epochs) < epochs
+
+
 def save_checkpoint(stem: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
     """Write ``stem.safetensors`` (weights, with ``meta`` in its header) and ``stem.json`` (the
     same metadata for people and tools). The safetensors file is the checkpoint: it carries

@@ -25,7 +25,7 @@ from .images import image_size
 from .io import new_folder
 from .models import DataConfig
 from .report import write_report
-from .runs import RunError, read_record, slug, update_record, write_args
+from .runs import RunError, ended_early, read_record, slug, update_record, write_args
 from .transforms import eval_transform
 from .weights import sha256sum
 from .zoo import LoadedRun, exported_format, fer2013_digests, load_run
@@ -126,7 +126,7 @@ def run_record(loaded: LoadedRun) -> dict[str, Any]:
 
 
 def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str,
-                     digests: list[bytes | None] | None = None) -> dict[str, int]:
+                     digests: list[bytes | None] | None = None, record: dict[str, Any] | None = None) -> dict[str, int]:
     """How many of the images ``keys`` (``split`` of ``data``) were in the run's train split (it
     learned from them) and in its val split (they chose its best epoch): the same file, by the
     run's own split listing, or a pixel copy of one, by the run's digests and the scored images'
@@ -135,17 +135,11 @@ def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str,
         return seen_by_named_model(loaded, keys, data, split, digests)
     where = [_listed_split(loaded, keys, data), _copied_split(loaded, digests)]
     counts = Counter(next((w[i] for w in where if w and w[i]), None) for i in range(len(keys)))
-    chose = _val_chose(loaded)
+    # the val split chose the best epoch, and the last one of a run it stopped early; the last
+    # epoch of a run that ran all its epochs was chosen by nothing
+    chose = loaded.checkpoint == "best" or ended_early(record if record is not None else read_record(loaded.run),
+                                                       loaded.config.epochs)
     return {name: counts[name] for name in SEEN_SPLITS if counts[name] and (name != "val" or chose)}
-
-
-def _val_chose(loaded: LoadedRun) -> bool:
-    """Whether the run's val split chose the loaded weights: its best epoch, or the last one of a
-    run that val stopped early; the last epoch of a run that ran all its epochs was chosen by nothing."""
-    if loaded.checkpoint == "best":
-        return True
-    record = read_record(loaded.run)
-    return record.get("epochs_run", loaded.config.epochs) < loaded.config.epochs
 
 
 def _listed_split(loaded: LoadedRun, keys: list[str], data: str) -> list[str | None] | None:
@@ -212,14 +206,12 @@ def seen_by_entry(entry: dict[str, Any], keys: list[str], data: str, split: str,
     return {seen_label(part, seen, how): n for part, n in seen_counts(keys, seen, csv_splits, digests, known).items()}
 
 
-def seen_by_origins(loaded: LoadedRun, keys: list[str], data: str, split: str,
+def seen_by_origins(record: dict[str, Any], keys: list[str], data: str, split: str,
                     digests: list[bytes | None] | None = None) -> dict[str, dict[str, int]]:
-    """For a run started from or taught by named models whose manifests say which FER2013 parts
-    they trained on and chose their epochs by (run.json keeps their ``fer2013_seen``): per model,
-    "NAME (its start)" or "NAME (a teacher)", how many scored images are of those parts."""
-    if loaded.run is None:
-        return {}
-    record = read_record(loaded.run)
+    """For a run (``record``: its run.json) started from or taught by named models whose manifests
+    say which FER2013 parts they trained on and chose their epochs by (run.json keeps their
+    ``fer2013_seen``): per model, "NAME (its start)" or "NAME (a teacher)", how many scored images
+    are of those parts."""
     teachers = (record.get("distill") or {}).get("teachers") or []
     origins = [((record.get("weights") or {}).get("init"), "its start"), *((teacher_origin(t), "a teacher") for t in teachers)]
     counted = {f"{origin['name']} ({role})": seen_by_entry(origin, keys, data, split, digests)
@@ -308,13 +300,13 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
         progress(total=len(dataset.splits[chosen].keys))
     probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, tta or loaded.config.tta,
                                      progress=progress and (lambda n: progress(advance=n)))
+    keys, digests = dataset.splits[chosen].keys, dataset.split_digests().get(chosen)
+    record = read_record(loaded.run) if loaded.run is not None else {}
     settings = {"overridden": overrides, "class_map": dataset.class_map, "faces": dataset.faces,
                 "whole_images": None if "faces" in overrides else whole_image_note(dataset.splits[chosen], cfg, loaded),
                 "skipped": len(dataset.skipped),
-                "seen_in_training": seen_in_training(loaded, dataset.splits[chosen].keys, cfg.data, chosen,
-                                                     dataset.split_digests().get(chosen)),
-                "seen_by_origins": seen_by_origins(loaded, dataset.splits[chosen].keys, cfg.data, chosen,
-                                                   dataset.split_digests().get(chosen))}
+                "seen_in_training": seen_in_training(loaded, keys, cfg.data, chosen, digests, record),
+                "seen_by_origins": seen_by_origins(record, keys, cfg.data, chosen, digests)}
     return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta, cfg, settings)
 
 

@@ -59,6 +59,7 @@ from .runs import (
     RunError,
     RunResult,
     check_new_run,
+    ended_early,
     load_checkpoint,
     load_run_config,
     load_train_state,
@@ -278,7 +279,7 @@ def resume(run_dir: str | Path, console: Console | None = None, data: str | Path
             return cross_validate(cfg, train_on, console=out, root=run, resume_on=resume)
     cfg.splits = str(run / "split.csv")
     if record.get("status") == "finished":
-        stopped = "stopped early" if record.get("epochs_run", cfg.epochs) < cfg.epochs else "finished"
+        stopped = "stopped early" if ended_early(record, cfg.epochs) else "finished"
         raise RunError(f"{run} has {stopped} (epoch {record.get('epochs_run')} of {cfg.epochs}): there is nothing to "
                        f"resume; to train longer, start a new run with --init {run}")
     if cfg.head == "logreg":

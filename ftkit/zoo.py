@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from timm.models import adapt_input_conv
 
-from .config import Config, ConfigError, bundled, config_from_dict, load_recipe, resolve, suggest
+from .config import CHECKPOINTS, Config, ConfigError, bundled, config_from_dict, load_recipe, resolve, suggest
 from . import faces
 from .data import canonical_class
 from .device import resolve_device
@@ -105,9 +105,6 @@ def exported_format(path: str | Path) -> str | None:
     suffix = Path(path).suffix.lower()
     return next((fmt for fmt, suffixes in EXPORT_SUFFIXES.items() if suffix in suffixes), None)
 
-
-
-CHECKPOINTS = ("best", "last")  # a run's checkpoints: the epoch its val split chose, and its final epoch
 
 
 def load_source(target: str | Path, checkpoint: str = "best") -> ModelSource:
