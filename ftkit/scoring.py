@@ -125,20 +125,20 @@ def run_record(loaded: LoadedRun) -> dict[str, Any]:
             "best_epoch": entry.get("best_epoch"), "train_seconds": entry.get("train_seconds")}
 
 
-def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str,
-                     digests: list[bytes | None] | None = None, record: dict[str, Any] | None = None) -> dict[str, int]:
+def seen_in_training(loaded: LoadedRun, keys: list[str], data: str, split: str, record: dict[str, Any],
+                     digests: list[bytes | None] | None = None) -> dict[str, int]:
     """How many of the images ``keys`` (``split`` of ``data``) were in the run's train split (it
     learned from them) and in its val split (they chose its best epoch): the same file, by the
     run's own split listing, or a pixel copy of one, by the run's digests and the scored images'
-    ``digests`` (when both were decoded). A named model has neither: see ``seen_by_named_model``."""
+    ``digests`` (when both were decoded). ``record`` is the run's run.json. A named model has
+    neither: see ``seen_by_named_model``."""
     if loaded.run is None:
         return seen_by_named_model(loaded, keys, data, split, digests)
     where = [_listed_split(loaded, keys, data), _copied_split(loaded, digests)]
     counts = Counter(next((w[i] for w in where if w and w[i]), None) for i in range(len(keys)))
     # the val split chose the best epoch, and the last one of a run it stopped early; the last
     # epoch of a run that ran all its epochs was chosen by nothing
-    chose = loaded.checkpoint == "best" or ended_early(record if record is not None else read_record(loaded.run),
-                                                       loaded.config.epochs)
+    chose = loaded.checkpoint == "best" or ended_early(record, loaded.config.epochs)
     return {name: counts[name] for name in SEEN_SPLITS if counts[name] and (name != "val" or chose)}
 
 
@@ -305,9 +305,9 @@ def score_run(loaded: LoadedRun, data: str | None = None, split: str = "test", t
     settings = {"overridden": overrides, "class_map": dataset.class_map, "faces": dataset.faces,
                 "whole_images": None if "faces" in overrides else whole_image_note(dataset.splits[chosen], cfg, loaded),
                 "skipped": len(dataset.skipped),
-                "seen_in_training": seen_in_training(loaded, keys, cfg.data, chosen, digests, record),
+                "seen_in_training": seen_in_training(loaded, keys, cfg.data, chosen, record, digests),
                 "seen_by_origins": seen_by_origins(record, keys, cfg.data, chosen, digests)}
-    return Scored(dataset.splits[chosen].keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta, cfg, settings)
+    return Scored(keys, labels, probs, chosen, cfg.data, tta or loaded.config.tta, cfg, settings)
 
 
 def _score_shards(loaded: LoadedRun, cfg: Config, split: str, tta: str | None, progress) -> Scored:
