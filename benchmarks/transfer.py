@@ -13,8 +13,8 @@ Protocol (no subject is ever on two sides):
   frame), the same for every start. The shipped model labels best without training at its
   manifest's margin, -0.1: ``--starts fer-zero --face-margin -0.1`` scores it that way.
 - Starts: ``imagenet`` (recipes/fewshot-imagenet.yaml: MobileNetV2 ImageNet weights),
-  ``fer`` (recipes/fewshot.yaml: ``init: fer2013-fast``), ``fer-zero`` (the shipped model,
-  classes matched by name, no training: scored on the same test folds).
+  ``fer`` (recipes/fewshot.yaml: ``init: fer2013-fast``), ``fer-zero`` (a shipped model,
+  ``--zero-model``, classes matched by name, no training: scored on the same test folds).
 
     python benchmarks/transfer.py                                      # the whole grid
     python benchmarks/transfer.py --shots 20 --starts fer --seeds 0 \\
@@ -100,12 +100,12 @@ def fold_data(full: DataSplits, groups: np.ndarray, test: np.ndarray, shots: int
     return DataSplits(full.classes, splits, full.source, full.skipped, full.class_map, full.faces, [])
 
 
-def zero_shot(folds: list[np.ndarray], full: DataSplits) -> list[dict[str, float]]:
-    """The shipped model on each test fold, its classes matched to the data's by name."""
-    loaded = load_run("fer2013-fast", device="cpu")
+def zero_shot(folds: list[np.ndarray], full: DataSplits, model: str) -> list[dict[str, float]]:
+    """A shipped model on each test fold, its classes matched to the data's by name."""
+    loaded = load_run(model, device="cpu")
     order = match_classes(loaded.classes, full.classes)
     if len(order) != len(full.classes):
-        sys.exit(f"fer2013-fast does not know every class of the data: {full.classes}")
+        sys.exit(f"{model} does not know every class of the data: {full.classes}")
     columns = [order[t] for t in range(len(full.classes))]
     out = []
     for test in folds:
@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="which of the 5 folds to run")
     parser.add_argument("--starts", nargs="+", default=["fer-zero", "fer", "imagenet"], choices=["fer-zero", *STARTS])
+    parser.add_argument("--zero-model", default="fer2013-fast", help="the shipped model that fer-zero scores")
     parser.add_argument("--all-epochs", type=int, default=15, help="epochs for the 'all' cell (the recipes' are for tens of images)")
     parser.add_argument("--variant", action="append", default=[], metavar='"KEY=VALUE ..."',
                         help="settings to try on top of the start's recipe (tuning rows; repeatable)")
@@ -154,8 +155,8 @@ def main() -> None:
                   f"{[len(f) for f in folds]} images")
     label = f"{len(folds)} x {len(args.seeds)}"
     if "fer-zero" in args.starts and not (args.variant or args.tune):
-        metrics = zero_shot(folds, full)
-        row = (f"| fer2013-fast, no fine-tuning{crop_note} | 0 | {len(folds)} x 1 | {mean_std([m['accuracy'] for m in metrics])} "
+        metrics = zero_shot(folds, full, args.zero_model)
+        row = (f"| {args.zero_model}, no fine-tuning{crop_note} | 0 | {len(folds)} x 1 | {mean_std([m['accuracy'] for m in metrics])} "
                f"| {mean_std([m['macro_f1'] for m in metrics])} | 0 | 0 s | {machine()} | `{command_line()}` |")
         emit_row(SECTION, HEADER, row, write=not args.no_write)
     for start in [s for s in args.starts if s in STARTS]:
