@@ -473,15 +473,19 @@ def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_
         real_save(obj, f, *args, **kwargs)
 
     path = tmp_path / "last.state.pt"
+    # Python's own Ctrl-C handler, also when the suite was started in the background
+    # (`cmd &` in a script), where SIGINT is ignored and Python installs none
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.save, saved = save_with_ctrl_c, None
     try:
         with pytest.raises(KeyboardInterrupt):
             save_train_state(path, state)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         torch.save = real_save
+        signal.signal(signal.SIGINT, outer)
     saved = load_train_state(path)
     assert saved["epoch"] == 3 and torch.equal(saved["weights"], state["weights"])
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]  # no temporary file left
 
 
