@@ -37,6 +37,7 @@ from ftkit.evaluation import quick_metrics
 from ftkit.fer2013 import FACE_MARGIN
 from ftkit.io import read_json
 from ftkit.predict import load_run, score_run
+from ftkit.runs import slug
 from ftkit.train import RunResult, finetune, resume
 from ftkit.zoo import annotate_model, resolve_config, save_model
 
@@ -76,6 +77,7 @@ def main() -> None:
     name = Path(args.recipe).stem + ("-no-" + "-".join(args.drop_class) if args.drop_class else "")
     name += "".join(f"-{key}-{value}" for key, value in settings.items())
     name += "-select-publictest" if args.select_on == "publictest" else ""
+    name = slug(name)  # the folder finetune makes (a path in --set init=... holds slashes), so --resume finds it
     cfg = resolve_config(args.recipe, **settings, data=str(layout), val_split=val_split, drop_classes=args.drop_class,
                          epochs=args.epochs, project=str(work / "runs"), name=name)
     recipe = Path(args.recipe).name + "".join(f" + {key}={value}" for key, value in settings.items())
