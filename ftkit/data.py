@@ -31,12 +31,12 @@ from PIL import Image
 from . import fer2013
 from .config import Config, validate
 from .duplicates import Duplicates, copies_note, find_duplicates, pixel_digest
-from .faces import BoxCache, FaceStats, crop_faces, describe
+from .faces import BoxCache, FaceStats, crop_faces, describe, faces_line
 from .images import (  # noqa: F401 (re-exported: data.py is the data layer's front)
     IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, has_images, image_files, not_data, read_image, refuse_archive,
     verify_image, walk_files,
 )
-from .progress import progress_bar
+from .progress import console as default_console, progress_bar
 from .sources import (  # noqa: F401 (re-exported)
     CLASS_ALIASES, apply_class_map, canonical_class, check_listing, check_listing_files, class_target, detect_layout, file_class,
     fold_to_model, folder_items, named_classes, read_split_listing, resolve_listing, select_classes, unlisted_images, write_listing,
@@ -256,6 +256,7 @@ def _crop_faces(data: DataSplits, cfg: Config, console=None) -> None:
             data.splits[name] = split.subset(keep) if len(keep) < len(crops) else split
             totals.add(stats)
     data.faces = {**totals.to_dict(), "detector": describe(cache.detect)}
+    (console or default_console).print(faces_line(data.faces, cfg.face_margin, cfg.face_align), markup=False)
     if totals.several:
         note = (f"{totals.several} image(s) show more than one face; the largest was taken (run.json: faces.several)")
         warnings.warn(note, stacklevel=2)

@@ -229,6 +229,16 @@ def describe(found) -> dict:
     return {"name": found.name, "version": found.version, **found.settings}
 
 
+def faces_line(faces: dict, margin: float, align: bool) -> str:
+    """One line on what face cropping did, from a run's ``faces`` record: the detector that ran
+    and how many images had a face (the warnings tell what was done with the others)."""
+    det = faces["detector"]
+    total = faces["found"] + faces["fallback"] + faces["skipped"]
+    return (f"faces: {det['name']}" + (f" (score {det['score']:g})" if "score" in det else "")
+            + f" found one in {faces['found']} of {total} image(s); cropped with margin {margin:g}"
+            + (", eyes levelled" if align else ""))
+
+
 def detect_faces(image: np.ndarray, name: str = "auto") -> list[Box]:
     """Faces in an RGB image, largest first, by the detector ``name`` (see :func:`detector`)."""
     return detector(name)(image)

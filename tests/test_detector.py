@@ -146,6 +146,7 @@ def test_run_json_records_the_detector_that_ran(tmp_path, chosen, monkeypatch):
         assert recorded["found"] == 10  # every tilted face; the cascades miss some
     assert recorded["detector"] == faces.describe(detector(expected))  # name, version and settings
     assert f"{expected} detector" in (run / "report.md").read_text()
+    assert f"faces: {expected}" in r.output and f"found one in {recorded['found']} of 10 image(s)" in r.output  # said which ran
     # predict crops as the run did: its detector, unless --face-detector says otherwise
     photo = tmp_path / "photo.png"
     Image.fromarray(astronaut()).save(photo)
