@@ -2,7 +2,8 @@
 faces in ../shared/data. Nothing here is tuned on a test split; the making is kept simple and
 its settings are the constants below, so that it is not tuned to itself either.
 
-1. Detection (``--part detect``): faces placed into 640x480 pictures over scikit-image
+1. Detection (``--part detect``): faces placed into 640x480 pictures (``--picture`` makes larger
+   ones, as a phone photo or a 1080p frame is, where RetinaFace looks twice) over scikit-image
    backgrounds, 0-3 per picture, at a random place, side and tilt (up to +-30 degrees), some
    pictures blurred, some dimmed, with drawn clutter. The faces (``--faces-from``) are FER2013
    PublicTest's (tight 48x48 grayscale crops: the pasted square is the true box), the posed
@@ -23,6 +24,7 @@ its settings are the constants below, so that it is not tuned to itself either.
    (ftkit.faces.RF_TO_HAAR_*): medians over the faces both find in every third posed image.
 
     python benchmarks/faces_wild.py --part detect
+    python benchmarks/faces_wild.py --part detect --picture 1920x1080 --detectors retinaface --fine-sides 1920 0
     python benchmarks/faces_wild.py --part accuracy
     python benchmarks/faces_wild.py --part several
     python benchmarks/faces_wild.py --part calibrate --no-write
@@ -31,6 +33,7 @@ its settings are the constants below, so that it is not tuned to itself either.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -51,7 +54,7 @@ from ftkit.progress import console
 from ftkit.transforms import eval_transform
 from ftkit.zoo import match_classes, resolve_config
 
-PICTURE = (480, 640)  # height, width
+PICTURE = (640, 480)  # width, height (--picture makes larger ones: a phone photo's, a 1080p frame's)
 FACES_PER_PICTURE = (0, 1, 1, 2, 3)  # drawn uniformly: a fifth of the pictures have none
 SIDE = (48, 200)  # face side in pixels
 TILT = 30  # degrees, either way
@@ -75,16 +78,19 @@ def tilt(image: np.ndarray, degrees: float, border=cv2.BORDER_REFLECT) -> np.nda
     return cv2.warpAffine(image, cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0), (w, h), borderMode=border)
 
 
-def make_pictures(faces: list[Path], count: int, seed: int) -> list[tuple[np.ndarray, list[tuple[float, float, float]], int]]:
-    """(picture, [(centre x, centre y, side)] of its faces, its background's index in backgrounds())."""
+def make_pictures(faces: list[Path], count: int, seed: int, size: tuple[int, int] = PICTURE
+                  ) -> list[tuple[np.ndarray, list[tuple[float, float, float]], int]]:
+    """(picture, [(centre x, centre y, side)] of its faces, its background's index in backgrounds()),
+    pictures ``size`` (width, height)."""
+    width, height = size
     rng = np.random.default_rng(seed)
     pool, pictures, next_face = backgrounds(), [], 0
     for _ in range(count):
         which = int(rng.integers(len(pool)))
-        picture = cv2.resize(pool[which], PICTURE[::-1], interpolation=cv2.INTER_LINEAR)
+        picture = cv2.resize(pool[which], size, interpolation=cv2.INTER_LINEAR)
         for _ in range(CLUTTER):  # shapes with edges and contrast, as a room or a street has
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            centre = (int(rng.integers(0, PICTURE[1])), int(rng.integers(0, PICTURE[0])))
+            centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
             if rng.random() < 0.5:
                 cv2.ellipse(picture, centre, (int(rng.integers(10, 80)), int(rng.integers(10, 80))), float(rng.uniform(0, 180)),
                             0, 360, colour, -1)
@@ -100,7 +106,7 @@ def make_pictures(faces: list[Path], count: int, seed: int) -> list[tuple[np.nda
             mask = np.zeros((side, side), np.uint8)
             cv2.ellipse(mask, (side // 2, side // 2), (side // 2 - 1, side // 2 - 1), 0, 0, 360, 255, -1)  # no square corners
             for _ in range(20):  # a place that overlaps no face placed before
-                x, y = int(rng.integers(0, PICTURE[1] - side)), int(rng.integers(0, PICTURE[0] - side))
+                x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
                 if all(abs(x + side / 2 - cx) > (side + s) / 2 or abs(y + side / 2 - cy) > (side + s) / 2 for cx, cy, s in truths):
                     break
             else:
@@ -159,15 +165,21 @@ def face_files(which: str, count: int, work: Path, seed: int) -> list[Path]:
 
 def detect_part(args) -> None:
     faces = face_files(args.faces_from, 3 * args.pictures, Path(args.work), args.seed)
-    pictures = make_pictures(faces, args.pictures, args.seed)
-    chosen = {"haar": detector("haar")}
-    for score in args.scores:  # the default (RetinaFace's own) first
-        chosen[f"retinaface, score {score:g}" + (" (default)" if score == RetinaFace().settings["score"] else "")] = \
-            RetinaFace(score=score, threads=1)
+    pictures = make_pictures(faces, args.pictures, args.seed, args.picture)
+    default = RetinaFace().settings
+    chosen = {"haar": detector("haar")} if "haar" in args.detectors else {}
+    for side, fine in itertools.product(args.max_sides, args.fine_sides) if "retinaface" in args.detectors else ():
+        for score in args.scores:  # the default (RetinaFace's own) first
+            name = (f"retinaface, score {score:g}" + (f", frames shrunk to {side} px" if side != default["max_side"] else "")
+                    + (f", second look at up to {fine} px" if fine and fine != default["fine_side"] else "")
+                    + (", no second look" if not fine else ""))
+            chosen[name + (" (default)" if (score, side, fine) == (default["score"], default["max_side"], default["fine_side"]) else "")] = \
+                RetinaFace(score=score, max_side=side, fine_side=fine, threads=1)
+    where = FACES_FROM[args.faces_from] + ("" if args.picture == PICTURE else f", in {args.picture[0]}x{args.picture[1]} pictures")
     for name, detect in chosen.items():
         r = score_detector(detect, pictures)
         emit_row("Face detectors on faces placed into pictures", DETECT_HEADER,
-                 f"| {name} | {FACES_FROM[args.faces_from]} | {len(pictures)} | {r['placed']} | {r['found'] / r['placed']:.1%} ({r['found']}) "
+                 f"| {name} | {where} | {len(pictures)} | {r['placed']} | {r['found'] / r['placed']:.1%} ({r['found']}) "
                  f"| {100 * r['false'] / len(pictures):.1f} ({100 * r['on_cat'] / len(pictures):.1f}) | {r['empty_hit']} of {r['empty']} | {r['ms']:.1f} | {machine()} "
                  f"| `{command_line()}` |", write=not args.no_write, key=2)
 
@@ -290,6 +302,13 @@ def calibrate_part(args) -> None:
           f"dx {np.median(dx):.3f}, dy {np.median(dy):.3f}")
 
 
+def picture_size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit()) or min(int(width), int(height)) <= SIDE[1]:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, both above {SIDE[1]} (the largest face), got {text!r}")
+    return int(width), int(height)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["detect", "accuracy", "several", "calibrate"], required=True)
@@ -297,6 +316,12 @@ def main() -> None:
     parser.add_argument("--faces-from", choices=["both", "fer", "posed"], default="both",
                         help="the faces placed into the pictures (--part detect)")
     parser.add_argument("--scores", type=float, nargs="+", default=[0.6, 0.8], help="RetinaFace confidence thresholds to measure")
+    parser.add_argument("--max-sides", type=int, nargs="+", default=[640],
+                        help="RetinaFace's max_side settings to measure (frames larger are shrunk to it)")
+    parser.add_argument("--fine-sides", type=int, nargs="+", default=[1920],
+                        help="RetinaFace's fine_side settings to measure (the second look at large frames; 0: none)")
+    parser.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS))
+    parser.add_argument("--picture", type=picture_size, default=PICTURE, help="WIDTHxHEIGHT of the pictures (--part detect)")
     parser.add_argument("--models", nargs="+", default=["fer2013-fast", "fer2013-best"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="/tmp/ftkit-bench")

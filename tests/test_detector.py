@@ -58,6 +58,32 @@ def test_two_faces_give_two_boxes_with_eye_points():
     assert [b.to_list() for b in detect_faces(picture)] == [b.to_list() for b in boxes]
 
 
+def _placed(image: np.ndarray, size: tuple[int, int], at: tuple[int, int]) -> np.ndarray:
+    """``image`` on a plain ``size`` (width, height) frame, its top-left corner ``at``."""
+    frame = np.full((size[1], size[0], 3), 90, dtype=np.uint8)
+    part = image[:size[1] - at[1], :size[0] - at[0]]
+    frame[at[1]:at[1] + part.shape[0], at[0]:at[0] + part.shape[1]] = part
+    return frame
+
+
+def test_a_small_face_in_a_large_frame_is_found_by_the_second_look():
+    small = cv2.resize(astronaut(), None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA)  # a face of about 38 px
+    frame = _placed(small, (1920, 1080), (1300, 700))  # shrunk to 640 px wide, the face is 13 px: below every anchor
+    assert RetinaFace(threads=1, fine_side=0)(frame) == []
+    (box,) = RetinaFace(threads=1)(frame)
+    assert abs(box.x + box.w / 2 - (1300 + 0.4 * 226)) < 8 and abs(box.y + box.h / 2 - (700 + 0.4 * 110)) < 8
+    assert 30 < box.w < 50 and box.eyes is not None
+
+
+def test_a_face_filling_a_phone_photo_is_one_box():
+    big = cv2.resize(astronaut(), None, fx=7, fy=7, interpolation=cv2.INTER_CUBIC)  # a face of about 660 px
+    frame = _placed(big, (4032, 3024), (200, 0))
+    boxes = RetinaFace(threads=1)(frame)
+    assert [b.to_list() for b in boxes] == [b.to_list() for b in RetinaFace(threads=1, fine_side=0)(frame)]  # the first look's
+    (box,) = boxes
+    assert 600 < box.w < 900 and box.x < box.eyes[0][0] < box.eyes[1][0] < box.x + box.w
+
+
 def test_a_face_turned_20_degrees_comes_out_level():
     tilted = rotated(astronaut(), 20)
     box = detect_faces(tilted)[0]
