@@ -26,15 +26,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import fer2013
 from .config import Config, validate
 from .duplicates import Duplicates, copies_note, find_duplicates, pixel_digest
 from .faces import BoxCache, FaceStats, crop_faces, describe, faces_line
 from .images import (  # noqa: F401 (re-exported: data.py is the data layer's front)
-    IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, has_images, image_files, not_data, read_image, refuse_archive,
-    verify_image, walk_files,
+    IMAGE_EXTENSIONS, UNREADABLE, DataError, decode_all, has_images, image_files, not_data, open_image, read_image,
+    refuse_archive, verify_image, walk_files,
 )
 from .progress import console as default_console, progress_bar
 from .sources import (  # noqa: F401 (re-exported)
@@ -321,7 +320,7 @@ def _estimate_mb(data: DataSplits, probe: int = 16) -> float:
     sizes = []
     for key in keys[:probe]:
         try:
-            with Image.open(key) as im:
+            with open_image(key) as im:
                 sizes.append(im.width * im.height * 3)
         except UNREADABLE:
             continue
@@ -374,7 +373,7 @@ def image_kind(file) -> str:
     """"WIDTHxHEIGHT MODE" from an image file's header (a path or an open file; PIL opens
     lazily), or "unreadable"."""
     try:
-        with Image.open(file) as im:
+        with open_image(file) as im:
             return f"{im.width}x{im.height} {im.mode}"
     except UNREADABLE:
         return "unreadable"

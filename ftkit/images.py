@@ -3,6 +3,7 @@ cannot use. The data, face and FER2013 modules all read through here."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import warnings
@@ -11,11 +12,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from .errors import FtkitError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm", ".avif",
+                    ".heic", ".heif"}
+HEIF_EXTENSIONS = {".heic", ".heif"}  # phones' photos (iPhones' default): read through pillow-heif
 
 
 # Folders that archivers and file browsers leave beside the data: macOS zips add __MACOSX/
@@ -112,6 +115,29 @@ def refuse_archive(path: Path, instead: str) -> None:
 UNREADABLE = (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError)
 
 
+@functools.lru_cache(maxsize=None)
+def _heif_opener() -> bool:
+    """Whether PIL reads HEIC/HEIF files (pillow-heif installed; registered on first use)."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def open_image(path: str | Path | BinaryIO) -> Image.Image:
+    """``PIL.Image.open``, reading HEIC/HEIF photos through pillow-heif when it is installed; a
+    photo in a format this installation cannot read says what to install."""
+    suffix = Path(path).suffix.lower() if isinstance(path, (str, os.PathLike)) else ""
+    if suffix in HEIF_EXTENSIONS and not _heif_opener():
+        raise UnidentifiedImageError("a HEIC/HEIF photo, which needs pillow-heif: pip install pillow-heif "
+                                     "(or convert the photos to JPEG)")
+    if suffix == ".avif" and not features.check("avif"):
+        raise UnidentifiedImageError("an AVIF image, which this Pillow cannot read: pip install -U pillow (11.3 or later)")
+    return Image.open(path)
+
+
 def read_image(path: str | Path | BinaryIO) -> np.ndarray:
     """Decode any common image file to an RGB ``uint8`` array of shape (H, W, 3).
 
@@ -121,7 +147,7 @@ def read_image(path: str | Path | BinaryIO) -> np.ndarray:
     if broken := dangling_link(path):
         raise DataError(f"cannot read image {path}: it is {broken}")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 arr = np.asarray(im, dtype=np.float32)
@@ -136,7 +162,7 @@ def read_image(path: str | Path | BinaryIO) -> np.ndarray:
 def image_size(path: str | Path) -> tuple[int, int] | None:
     """(width, height) from the file's header, without decoding it; None when unreadable."""
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             return im.size
     except UNREADABLE:
         return None
@@ -175,7 +201,7 @@ def verify_image(path: str) -> str | None:
     if broken := dangling_link(path):
         return broken
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.verify()
         return None
     except UNREADABLE as exc:

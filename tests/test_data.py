@@ -1,11 +1,14 @@
+import functools
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 
+from ftkit import images
 from ftkit.data import DataError, load_data, read_image, stratified_split
 from ftkit.predict import expand_paths
 from conftest import TINY, tiny_config, write_images, write_split_folder
@@ -193,6 +196,30 @@ def test_read_image_handles_modes_and_formats(tmp_path, mode, fmt):
     if mode in ("L", "I;16") and fmt != "jpg":  # JPEG is lossy
         # 16-bit is rescaled to 8-bit: same picture as the 8-bit original
         assert np.abs(arr[:, :, 0].astype(int) - np.asarray(base).astype(int)).max() <= 1
+
+
+def test_phone_photo_formats_are_read(split_folder, tmp_path):
+    pillow_heif = pytest.importorskip("pillow_heif")  # in the dev extras
+    pillow_heif.register_heif_opener()  # to write one; ftkit registers it on its first HEIC
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 20, 3), dtype=np.uint8))
+    formats = ["heic", "avif"] if features.check("avif") else ["heic"]
+    for fmt in formats:
+        picture.save(split_folder / "train" / "alpha" / f"phone.{fmt.upper()}")  # as a phone names them
+        assert read_image(split_folder / "train" / "alpha" / f"phone.{fmt.upper()}").shape == (16, 20, 3)
+    data = load_data(tiny_config(split_folder, tmp_path))
+    assert data.summary()["train"]["alpha"] == 12 + len(formats) and not data.skipped
+
+
+def test_a_heic_photo_without_pillow_heif_says_what_to_install(split_folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # not installed
+    monkeypatch.setattr(images, "_heif_opener", functools.lru_cache(images._heif_opener.__wrapped__))
+    photo = split_folder / "train" / "alpha" / "IMG_0001.HEIC"
+    photo.write_bytes(b"\x00\x00\x00\x18ftypheic")
+    with pytest.raises(DataError, match=r"IMG_0001.HEIC: a HEIC/HEIF photo, which needs pillow-heif: pip install pillow-heif"):
+        read_image(photo)
+    with pytest.warns(UserWarning, match=r"skipped 1 unusable file\(s\).*IMG_0001.HEIC.*pip install pillow-heif"):
+        data = load_data(tiny_config(split_folder, tmp_path))
+    assert data.summary()["train"]["alpha"] == 12
 
 
 def test_corrupt_and_non_image_files_are_skipped_with_a_warning(split_folder, tmp_path):
