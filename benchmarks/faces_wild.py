@@ -82,44 +82,80 @@ def make_pictures(faces: list[Path], count: int, seed: int, size: tuple[int, int
                   ) -> list[tuple[np.ndarray, list[tuple[float, float, float]], int]]:
     """(picture, [(centre x, centre y, side)] of its faces, its background's index in backgrounds()),
     pictures ``size`` (width, height)."""
-    width, height = size
     rng = np.random.default_rng(seed)
-    pool, pictures, next_face = backgrounds(), [], 0
+    pictures, next_face = [], 0
     for _ in range(count):
-        which = int(rng.integers(len(pool)))
-        picture = cv2.resize(pool[which], size, interpolation=cv2.INTER_LINEAR)
-        for _ in range(CLUTTER):  # shapes with edges and contrast, as a room or a street has
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-            if rng.random() < 0.5:
-                cv2.ellipse(picture, centre, (int(rng.integers(10, 80)), int(rng.integers(10, 80))), float(rng.uniform(0, 180)),
-                            0, 360, colour, -1)
-            else:
-                cv2.rectangle(picture, centre, (centre[0] + int(rng.integers(10, 120)), centre[1] + int(rng.integers(10, 120))),
-                              colour, int(rng.choice([-1, 3])))
+        picture, which = cluttered_background(rng, size)
         truths = []
         for _ in range(int(rng.choice(FACES_PER_PICTURE))):
-            side = int(rng.integers(*SIDE))
-            face = read_image(faces[next_face % len(faces)])  # RGB, a grayscale file's gray replicated
+            truth = place_face(picture, read_image(faces[next_face % len(faces)]), rng, truths)  # RGB, gray replicated
             next_face += 1
-            face = tilt(cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC), float(rng.uniform(-TILT, TILT)))
-            mask = np.zeros((side, side), np.uint8)
-            cv2.ellipse(mask, (side // 2, side // 2), (side // 2 - 1, side // 2 - 1), 0, 0, 360, 255, -1)  # no square corners
-            for _ in range(20):  # a place that overlaps no face placed before
-                x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
-                if all(abs(x + side / 2 - cx) > (side + s) / 2 or abs(y + side / 2 - cy) > (side + s) / 2 for cx, cy, s in truths):
-                    break
-            else:
-                continue
-            region = picture[y:y + side, x:x + side]
-            region[mask > 0] = face[mask > 0]
-            truths.append((x + side / 2, y + side / 2, side))
-        if rng.random() < BLUR:
-            picture = cv2.GaussianBlur(picture, (0, 0), float(rng.uniform(1, 2.5)))
-        if rng.random() < DIM:
-            picture = (picture * rng.uniform(0.25, 0.5)).astype(np.uint8)
-        pictures.append((picture, truths, which))
+            truths += [truth] if truth else []
+        pictures.append((blurred_or_dimmed(picture, rng), truths, which))
     return pictures
+
+
+def cluttered_background(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """One of backgrounds() at ``size`` (width, height), with drawn shapes; and which it is."""
+    width, height = size
+    pool = backgrounds()
+    which = int(rng.integers(len(pool)))
+    picture = cv2.resize(pool[which], size, interpolation=cv2.INTER_LINEAR)
+    for _ in range(CLUTTER):  # shapes with edges and contrast, as a room or a street has
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        if rng.random() < 0.5:
+            cv2.ellipse(picture, centre, (int(rng.integers(10, 80)), int(rng.integers(10, 80))), float(rng.uniform(0, 180)),
+                        0, 360, colour, -1)
+        else:
+            cv2.rectangle(picture, centre, (centre[0] + int(rng.integers(10, 120)), centre[1] + int(rng.integers(10, 120))),
+                          colour, int(rng.choice([-1, 3])))
+    return picture, which
+
+
+def place_face(picture: np.ndarray, face: np.ndarray, rng: np.random.Generator,
+               others: list[tuple[float, float, float]]) -> tuple[float, float, float] | None:
+    """Paste ``face`` into ``picture`` at a random side, tilt and place that overlaps none of
+    ``others``; its (centre x, centre y, side), or None when no such place was found."""
+    height, width = picture.shape[:2]
+    side = int(rng.integers(*SIDE))
+    face = tilt(cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC), float(rng.uniform(-TILT, TILT)))
+    mask = np.zeros((side, side), np.uint8)
+    cv2.ellipse(mask, (side // 2, side // 2), (side // 2 - 1, side // 2 - 1), 0, 0, 360, 255, -1)  # no square corners
+    for _ in range(20):  # a place that overlaps no face placed before
+        x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+        if all(abs(x + side / 2 - cx) > (side + s) / 2 or abs(y + side / 2 - cy) > (side + s) / 2 for cx, cy, s in others):
+            break
+    else:
+        return None
+    region = picture[y:y + side, x:x + side]
+    region[mask > 0] = face[mask > 0]
+    return x + side / 2, y + side / 2, side
+
+
+def blurred_or_dimmed(picture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if rng.random() < BLUR:
+        picture = cv2.GaussianBlur(picture, (0, 0), float(rng.uniform(1, 2.5)))
+    if rng.random() < DIM:
+        picture = (picture * rng.uniform(0.25, 0.5)).astype(np.uint8)
+    return picture
+
+
+def placed_set(source: Path, target: Path, seed: int = 0) -> Path:
+    """Every image of a labeled folder placed alone into a picture (as ``make_pictures`` makes
+    them), under the same relative path in ``target``: a set of faces as they come, labels and
+    file names (so subjects) kept. Written once; a complete set is reused."""
+    if (target / ".complete").is_file():
+        return target
+    rng = np.random.default_rng(seed)
+    for path in image_files(source):
+        picture, _ = cluttered_background(rng, PICTURE)
+        place_face(picture, read_image(path), rng, [])
+        out = target / path.relative_to(source).with_suffix(".jpg")  # the name keeps its subject
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(out), cv2.cvtColor(blurred_or_dimmed(picture, rng), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    (target / ".complete").write_text("ok\n")
+    return target
 
 
 def matched(box, truth) -> bool:

@@ -12,6 +12,10 @@ Protocol (no subject is ever on two sides):
   recipes/fewshot.yaml's margin; ``--faces none`` keeps the whole 256x256 head-and-shoulders
   frame), the same for every start. The shipped model labels best without training at its
   manifest's margin, -0.1: ``--starts fer-zero --face-margin -0.1`` scores it that way.
+- ``--placed``: each image is first placed alone into a 640x480 picture as
+  benchmarks/faces_wild.py makes them (clutter, a random side of 48-200 px, a tilt of up to
+  +-30 degrees, some blurred or dimmed), so that the detector must find the face: faces as they
+  come, for comparing detectors and alignment end to end.
 - Starts: ``imagenet`` (recipes/fewshot-imagenet.yaml: MobileNetV2 ImageNet weights),
   ``fer`` (recipes/fewshot.yaml: ``init: fer2013-fast``), ``fer-zero`` (a shipped model,
   ``--zero-model``, classes matched by name, no training: scored on the same test folds).
@@ -136,6 +140,7 @@ def main() -> None:
     parser.add_argument("--face-align", action="store_true", help="level each face's eyes before cropping (ftkit's face_align)")
     parser.add_argument("--face-detector", choices=["auto", "retinaface", "haar"], default="auto",
                         help="the face detector that crops every image (ftkit's face_detector; auto: RetinaFace)")
+    parser.add_argument("--placed", action="store_true", help="place each image alone into a cluttered 640x480 picture first")
     parser.add_argument("--work", default="/tmp/ftkit-bench")
     parser.add_argument("--reuse", action="store_true",
                         help="read a fold and seed back from its finished run of the same settings (args.yaml) instead of training it again")
@@ -144,10 +149,15 @@ def main() -> None:
 
     work = Path(args.work)
     data_dir = extract(work)
+    if args.placed:
+        from faces_wild import placed_set  # it imports this module
+
+        data_dir = placed_set(data_dir, work / "taiwanese-placed")
     faces = face_settings(args)
     full = load_data(resolve_config(None, data=str(data_dir), cache="memory", **faces), console=console, carve=False)
-    crop_note = (f", faces cropped by {args.face_detector} (margin {args.face_margin:g}{', eyes levelled' if args.face_align else ''})"
-                 if faces else "")
+    crop_note = (", each placed into a 640x480 picture" if args.placed else "") + \
+        (f", faces cropped by {args.face_detector} (margin {args.face_margin:g}{', eyes levelled' if args.face_align else ''})"
+         if faces else "")
     groups = group_keys(full.splits["all"].keys, SUBJECT)
     all_folds = fold_indices(full.splits["all"].labels, 5, seed=0, groups=groups)
     folds = [all_folds[k - 1] for k in args.folds]
@@ -202,11 +212,11 @@ def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, 
     recipe, _ = STARTS[start]
     cell: dict[str, Any] = {"acc": [], "f1": [], "val": [], "secs": [], "n": []}
     tag = "".join(f"-{k}{v}" for k, v in sets.items()) + ("-aligned" if args.face_align else "") + \
-        (f"-{args.face_detector}" if args.face_detector != "auto" else "")
+        (f"-{args.face_detector}" if args.face_detector != "auto" else "") + ("-placed" if args.placed else "")
     for k, test in zip(args.folds, folds):
         for seed in args.seeds:
             extra = {"epochs": args.all_epochs} if shots is None else {}
-            cfg = resolve_config(recipe, data="taiwanese", project=str(Path(args.work) / "transfer-runs"), seed=seed,
+            cfg = resolve_config(recipe, data="taiwanese-placed" if args.placed else "taiwanese", project=str(Path(args.work) / "transfer-runs"), seed=seed,
                                  name=f"{start}{tag}-{shots or 'all'}shot-fold{k}-seed{seed}",
                                  **{"faces": args.faces, **face_settings(args)}, **extra, **sets)
             cfg = replace(cfg, workers=0)
