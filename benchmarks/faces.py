@@ -30,6 +30,7 @@ Without --blazeface-wheel it measures the Haar cascades alone, in ftkit's own en
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 import zipfile
@@ -49,16 +50,17 @@ HEADER = ("| detector | frames | FER2013 faces found | astronaut found | no-face
           "| the same: cat photo | median CPU ms per frame | machine | command |\n|---|---|---|---|---|---|---|---|---|")
 
 
-def backgrounds() -> list[np.ndarray]:
+@functools.lru_cache(maxsize=1)  # read once; callers resize (copy) one before drawing on it
+def backgrounds() -> tuple[np.ndarray, ...]:
     images = [skimage_data.brick(), skimage_data.grass(), skimage_data.gravel(), skimage_data.rocket(),
               skimage_data.coffee(), skimage_data.chelsea()]
-    return [cv2.cvtColor(im, cv2.COLOR_GRAY2RGB) if im.ndim == 2 else im for im in images]
+    return tuple(cv2.cvtColor(im, cv2.COLOR_GRAY2RGB) if im.ndim == 2 else im for im in images)
 
 
 CAT = 5  # index of skimage's chelsea in backgrounds()
 
 
-def background(rng: np.random.Generator, pool: list[np.ndarray]) -> tuple[np.ndarray, int]:
+def background(rng: np.random.Generator, pool: tuple[np.ndarray, ...]) -> tuple[np.ndarray, int]:
     which = int(rng.integers(len(pool)))
     return cv2.resize(pool[which], FRAME[::-1], interpolation=cv2.INTER_LINEAR), which
 
