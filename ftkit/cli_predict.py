@@ -115,6 +115,7 @@ def _predict_images(pred, model, paths, topk, tta, faces, annotate_dir, fmt, out
     """``ftkit predict MODEL PATH...``: a bar over the images, the predictions as a table, CSV or
     JSONL (and in --output), then one line counting what was found. Images are scored with the
     model's own TTA unless --tta says otherwise, as its numbers were measured."""
+    from .faces import detector
     from .predict import prediction_rows, predict_paths, whole_image_hint, write_prediction_file
 
     with progress_bar(console) as bar:
@@ -136,7 +137,8 @@ def _predict_images(pred, model, paths, topk, tta, faces, annotate_dir, fmt, out
     faces_found = sum(d["region"] == "face" for r in read for d in r["detections"])
     tops = Counter(d["top"][0]["class"] for r in read for d in r["detections"])
     console.print(f"{len(read)} of {len(results)} image(s) read"
-                  + (f", {faces_found} face(s) found" if faces_found or faces not in (None, "none") else "")
+                  + (f", {faces_found} face(s) found by {detector(pred.face_detector).name}"
+                     if faces_found or faces not in (None, "none") else "")
                   + (f"; top class: {', '.join(f'{c} {n}' for c, n in tops.most_common())}" if sum(tops.values()) > 1 else "")
                   + (f"; predictions {output}" if output else "")
                   + (f" (TTA {tta})" if tta != "none" else ""))

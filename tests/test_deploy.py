@@ -176,7 +176,7 @@ def test_predict_every_face_and_annotate(run, tmp_path):
     xs = sorted(d["box"][0] for d in two_faces)
     assert xs[0] < 200 < 400 < xs[1]
     assert next(x for x in rows if x["path"].endswith("none.png"))["detections"] == []
-    assert "2 of 2 image(s) read, 2 face(s) found" in r.output  # the closing line (standard error)
+    assert "2 of 2 image(s) read, 2 face(s) found by retinaface" in r.output  # the closing line (standard error)
     annotated = np.asarray(Image.open(tmp_path / "ann" / "two.png"))
     assert annotated.shape == two.shape and not np.array_equal(annotated, two)
 
