@@ -149,13 +149,15 @@ def main() -> None:
 
     work = Path(args.work)
     data_dir = extract(work)
+    placed_note = ""
     if args.placed:
-        from faces_wild import placed_set  # it imports this module
+        from faces_wild import PICTURE, placed_set  # it imports this module
 
         data_dir = placed_set(data_dir, work / "taiwanese-placed")
+        placed_note = f", each placed into a {PICTURE[0]}x{PICTURE[1]} picture"
     faces = face_settings(args)
     full = load_data(resolve_config(None, data=str(data_dir), cache="memory", **faces), console=console, carve=False)
-    crop_note = (", each placed into a 640x480 picture" if args.placed else "") + \
+    crop_note = placed_note + \
         (f", faces cropped by {args.face_detector} (margin {args.face_margin:g}{', eyes levelled' if args.face_align else ''})"
          if faces else "")
     groups = group_keys(full.splits["all"].keys, SUBJECT)

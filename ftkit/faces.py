@@ -124,7 +124,8 @@ class RetinaFace:
     A frame is looked at once with its longer side shrunk to ``max_side``, where the anchors
     (16 to 512 px) reach a face that fills it. A frame more than half as large again (a phone
     photo, a 1080p frame) is looked at a second time with its longer side at most ``fine_side``
-    (0: never), and of that look only the faces under half the largest anchor are kept (up to
+    (0: never; nor when that look would not be half as large again as the first), and of that
+    look only the faces under half the largest anchor are kept (up to
     ``FINE_KEEP`` px there): the small faces the shrunk frame loses. A 1920x1080 frame costs
     about nine times the one look."""
 
@@ -158,7 +159,7 @@ class RetinaFace:
         rgb = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
         longer = max(rgb.shape[:2])
         boxes, scores, points = self._look(rgb, min(1.0, self.settings["max_side"] / longer))
-        if self.settings["fine_side"] and longer > 1.5 * self.settings["max_side"]:
+        if min(longer, self.settings["fine_side"]) > 1.5 * self.settings["max_side"]:  # it would see the frame larger
             fine = min(1.0, self.settings["fine_side"] / longer)
             more = self._look(rgb, fine)
             small = np.flatnonzero(more[0][:, 2:].max(1) * fine <= self.FINE_KEEP)

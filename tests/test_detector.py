@@ -75,6 +75,19 @@ def test_a_small_face_in_a_large_frame_is_found_by_the_second_look():
     assert 30 < box.w < 50 and box.eyes is not None
 
 
+def test_no_second_look_that_would_not_see_the_frame_larger(monkeypatch):
+    detect, looks = RetinaFace(threads=1, max_side=1920), []  # a first look as fine as a second would be
+    first_look = detect._look
+
+    def look(rgb, scale):
+        looks.append(scale)
+        return first_look(rgb, scale)
+
+    monkeypatch.setattr(detect, "_look", look)
+    detect(np.full((2000, 3000, 3), 90, dtype=np.uint8))
+    assert looks == [0.64]  # once: the second would have been at 0.64 too
+
+
 def test_a_face_filling_a_phone_photo_is_one_box():
     big = cv2.resize(astronaut(), None, fx=7, fy=7, interpolation=cv2.INTER_CUBIC)  # a face of about 660 px
     frame = _placed(big, (4032, 3024), (200, 0))
