@@ -17,15 +17,20 @@ its settings are the constants below, so that it is not tuned to itself either.
    image upright and turned by a random angle (up to +-30 degrees), cropped by each detector,
    with and without eye alignment. ``recovered`` is the share of the accuracy lost to the turn
    that alignment wins back.
-3. Several faces (``--part several``): in the real images here (the posed set, and a sample of
+3. What costs accuracy (``--part conditions``): the same validation images, each placed alone into
+   a 640x480 picture under one condition at a time (CONDITIONS: small, tilted, blurred, dimmed, then
+   all of them as benchmarks/transfer.py --placed makes its pictures), found by RetinaFace and
+   cropped at the model's margin, with and without the eyes levelled; the same draws under each.
+4. Several faces (``--part several``): in the real images here (the posed set, and a sample of
    FER2013 Training), how many hold more than one detected face; where some do, the shipped
    model's accuracy on them when the largest face is taken against the one nearest the centre.
-4. ``--part calibrate``: the mapping of RetinaFace's box onto the frontal cascade's
+5. ``--part calibrate``: the mapping of RetinaFace's box onto the frontal cascade's
    (ftkit.faces.RF_TO_HAAR_*): medians over the faces both find in every third posed image.
 
     python benchmarks/faces_wild.py --part detect
     python benchmarks/faces_wild.py --part detect --picture 1920x1080 --detectors retinaface --fine-sides 1920 0
     python benchmarks/faces_wild.py --part accuracy
+    python benchmarks/faces_wild.py --part conditions
     python benchmarks/faces_wild.py --part several
     python benchmarks/faces_wild.py --part calibrate --no-write
 """
@@ -47,7 +52,7 @@ from transfer import extract
 
 from ftkit.data import ImageDataset, load_data
 from ftkit.evaluation import predict_probs, quick_metrics
-from ftkit.faces import RetinaFace, aligned_crop, centre_crop, detector, square_crop
+from ftkit.faces import RetinaFace, aligned_crop, centre_crop, detector, face_crop, square_crop
 from ftkit.images import image_files, read_image
 from ftkit.predict import load_run
 from ftkit.progress import console
@@ -70,7 +75,19 @@ ACCURACY_HEADER = ("| model | detector | images | upright: accuracy, macro-F1 | 
                    "| machine | command |\n|---|---|---|---|---|---|---|---|---|---|---|")
 SEVERAL_HEADER = ("| images | detector | scored | with several faces | accuracy of fer2013-fast on those: largest face / most central face "
                   "| machine | command |\n|---|---|---|---|---|---|---|")
+CONDITIONS_HEADER = ("| model | condition | images | faces found | accuracy, macro-F1 (eyes levelled) | not levelled "
+                     "| machine | command |\n|---|---|---|---|---|---|---|---|")
 FER_SAMPLE = 5000  # FER2013 Training images drawn for --part several
+LARGE = (200, 201)  # the side of a face placed large
+CONDITIONS = {  # --part conditions: one way a face comes at a time (None: the image as it is, not placed)
+    "the posed image itself": None,
+    "placed, upright, 200 px": dict(sides=LARGE, turn=0, blur=0, dim=0),
+    f"placed, {SIDE[0]}-{SIDE[1]} px": dict(sides=SIDE, turn=0, blur=0, dim=0),
+    f"placed, 200 px, tilted up to {TILT} degrees": dict(sides=LARGE, turn=TILT, blur=0, dim=0),
+    "placed, 200 px, blurred (sigma 1-2.5)": dict(sides=LARGE, turn=0, blur=1, dim=0),
+    "placed, 200 px, dimmed (x 0.25-0.5)": dict(sides=LARGE, turn=0, blur=0, dim=1),
+    "placed as transfer.py --placed places them (all of these)": dict(sides=SIDE, turn=TILT, blur=BLUR, dim=DIM),
+}
 
 
 def tilt(image: np.ndarray, degrees: float, border=cv2.BORDER_REFLECT) -> np.ndarray:
@@ -114,12 +131,14 @@ def cluttered_background(rng: np.random.Generator, size: tuple[int, int]) -> tup
 
 
 def place_face(picture: np.ndarray, face: np.ndarray, rng: np.random.Generator,
-               others: list[tuple[float, float, float]]) -> tuple[float, float, float] | None:
-    """Paste ``face`` into ``picture`` at a random side, tilt and place that overlaps none of
-    ``others``; its (centre x, centre y, side), or None when no such place was found."""
+               others: list[tuple[float, float, float]], sides: tuple[int, int] = SIDE,
+               turn: float = TILT) -> tuple[float, float, float] | None:
+    """Paste ``face`` into ``picture`` at a random side (in ``sides``), tilt (up to ``turn`` degrees
+    either way) and place that overlaps none of ``others``; its (centre x, centre y, side), or None
+    when no such place was found."""
     height, width = picture.shape[:2]
-    side = int(rng.integers(*SIDE))
-    face = tilt(cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC), float(rng.uniform(-TILT, TILT)))
+    side = int(rng.integers(*sides))
+    face = tilt(cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC), float(rng.uniform(-turn, turn)))
     mask = np.zeros((side, side), np.uint8)
     cv2.ellipse(mask, (side // 2, side // 2), (side // 2 - 1, side // 2 - 1), 0, 0, 360, 255, -1)  # no square corners
     for _ in range(20):  # a place that overlaps no face placed before
@@ -133,10 +152,11 @@ def place_face(picture: np.ndarray, face: np.ndarray, rng: np.random.Generator,
     return x + side / 2, y + side / 2, side
 
 
-def blurred_or_dimmed(picture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    if rng.random() < BLUR:
+def blurred_or_dimmed(picture: np.ndarray, rng: np.random.Generator, blur: float = BLUR, dim: float = DIM) -> np.ndarray:
+    """``picture`` blurred with chance ``blur``, then dimmed with chance ``dim``."""
+    if rng.random() < blur:
         picture = cv2.GaussianBlur(picture, (0, 0), float(rng.uniform(1, 2.5)))
-    if rng.random() < DIM:
+    if rng.random() < dim:
         picture = (picture * rng.uniform(0.25, 0.5)).astype(np.uint8)
     return picture
 
@@ -243,17 +263,8 @@ def accuracy_part(args) -> None:
     angles = np.random.default_rng(args.seed).uniform(-TILT, TILT, len(originals))
     for model in args.models:
         loaded = load_run(model, device="cpu")
-        order = match_classes(loaded.classes, classes)
-        columns = [order[t] for t in range(len(classes))]
         transform = eval_transform(loaded.data_config)
-
-        def metrics(images):
-            split.images = images
-            started = time.process_time()
-            loader = torch.utils.data.DataLoader(ImageDataset(split, transform), batch_size=128)
-            probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, "none")
-            m = quick_metrics(labels, probs[:, columns].argmax(1))
-            return m, 1000 * (time.process_time() - started) / len(images)
+        metrics = scorer(loaded, classes, split)
 
         def one_at_a_time(images) -> float:
             """ms per face classified alone (its preprocessing included, as the detector's is), as a
@@ -279,6 +290,50 @@ def accuracy_part(args) -> None:
                      f"| {model} | {name} | {len(originals)} | {cell(upright)} | {cell(upright_levelled)} | {cell(turned)} "
                      f"| {cell(levelled)} | {recovered} "
                      f"| {detect_ms:.1f} / {alone_ms:.1f} / {classify_ms:.1f} | {machine()} | `{command_line()}` |", write=not args.no_write, key=2)
+
+
+def scorer(loaded, classes: list[str], split):
+    """A function from ``split``'s images, replaced by the ones given, to the shipped model's
+    (accuracy and macro-F1, ms per image in batches of 128), its classes matched to ``classes``."""
+    order = match_classes(loaded.classes, classes)
+    columns = [order[t] for t in range(len(classes))]
+    transform = eval_transform(loaded.data_config)
+
+    def metrics(images: list[np.ndarray]) -> tuple[dict[str, float], float]:
+        split.images = images
+        started = time.process_time()
+        loader = torch.utils.data.DataLoader(ImageDataset(split, transform), batch_size=128)
+        probs, labels, _ = predict_probs(loaded.model, loader, loaded.device, "none")
+        return quick_metrics(labels, probs[:, columns].argmax(1)), 1000 * (time.process_time() - started) / len(images)
+
+    return metrics
+
+
+def conditions_part(args) -> None:
+    """Each validation image placed alone into a picture under one condition at a time (CONDITIONS),
+    found by RetinaFace and cropped as the model's manifest says, with and without the eyes levelled."""
+    classes, split = validation_subjects(Path(args.work))
+    originals = list(split.images)
+    detect = one_thread("retinaface")
+    for model in args.models:
+        loaded = load_run(model, device="cpu")
+        metrics, margin = scorer(loaded, classes, split), loaded.config.face_margin
+        for condition, settings in CONDITIONS.items():
+            rng = np.random.default_rng(args.seed)  # the same places and draws under every condition
+            found, levelled, upright = 0, [], []
+            for image in originals:
+                if settings is not None:
+                    picture, _ = cluttered_background(rng, PICTURE)
+                    place_face(picture, image, rng, [], sides=settings["sides"], turn=settings["turn"])
+                    image = blurred_or_dimmed(picture, rng, blur=settings["blur"], dim=settings["dim"])
+                boxes = detect(image)
+                found += bool(boxes)
+                levelled.append(face_crop(image, boxes[0], margin, align=True) if boxes else centre_crop(image))
+                upright.append(face_crop(image, boxes[0], margin, align=False) if boxes else centre_crop(image))
+            cell = lambda m: f"{m[0]['accuracy']:.4f}, {m[0]['macro_f1']:.4f}"  # noqa: E731
+            emit_row("What costs accuracy in faces as they come", CONDITIONS_HEADER,
+                     f"| {model} | {condition} | {len(originals)} | {found} | {cell(metrics(levelled))} | {cell(metrics(upright))} "
+                     f"| {machine()} | `{command_line()}` |", write=not args.no_write, key=2)
 
 
 def central(boxes, image: np.ndarray):
@@ -347,7 +402,7 @@ def picture_size(text: str) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["detect", "accuracy", "several", "calibrate"], required=True)
+    parser.add_argument("--part", choices=["detect", "accuracy", "conditions", "several", "calibrate"], required=True)
     parser.add_argument("--pictures", type=int, default=300)
     parser.add_argument("--faces-from", choices=["both", "fer", "posed"], default="both",
                         help="the faces placed into the pictures (--part detect)")
@@ -365,7 +420,8 @@ def main() -> None:
     args = parser.parse_args()
     cv2.setNumThreads(1)
     torch.set_num_threads(1)  # batch-1 CPU costs, comparable between the detectors and the classifier
-    {"detect": detect_part, "accuracy": accuracy_part, "several": several_part, "calibrate": calibrate_part}[args.part](args)
+    {"detect": detect_part, "accuracy": accuracy_part, "conditions": conditions_part, "several": several_part,
+     "calibrate": calibrate_part}[args.part](args)
 
 
 if __name__ == "__main__":
