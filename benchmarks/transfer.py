@@ -177,7 +177,7 @@ def main() -> None:
                 cell = run_cell(args, full, groups, folds, start, sets, None if shots == "all" else int(shots))
                 console.print(f"{start} {shots}/class: validation macro-F1 {mean_std(cell['val'])} (what settings are chosen on)")
                 if sets or args.tune:
-                    settings = " ".join(f"{k}={v}" for k, v in {**faces, **sets}.items()) or "the recipe as it is"
+                    settings = (" ".join(f"{k}={v}" for k, v in {**faces, **sets}.items()) or "the recipe as it is") + placed_note
                     row = (f"| {start} | {settings} | {shots} | {label} | {mean_std(cell['val'])} | {mean_std(cell['acc'])} "
                            f"| {mean_std(cell['f1'])} | {np.mean(cell['secs']):.0f} s | {machine()} | `{command_line()}` |")
                     emit_row(TUNING_SECTION, TUNING_HEADER, row, write=not args.no_write)
