@@ -311,28 +311,31 @@ def scorer(loaded, classes: list[str], split):
 
 def conditions_part(args) -> None:
     """Each validation image placed alone into a picture under one condition at a time (CONDITIONS),
-    found by RetinaFace and cropped as the model's manifest says, with and without the eyes levelled."""
+    found by RetinaFace once and cropped as each model's manifest says, with and without the eyes
+    levelled."""
     classes, split = validation_subjects(Path(args.work))
     originals = list(split.images)
     detect = one_thread("retinaface")
-    for model in args.models:
-        loaded = load_run(model, device="cpu")
-        metrics, margin = scorer(loaded, classes, split), loaded.config.face_margin
-        for condition, settings in CONDITIONS.items():
-            rng = np.random.default_rng(args.seed)  # the same places and draws under every condition
-            found, levelled, upright = 0, [], []
-            for image in originals:
-                if settings is not None:
-                    picture, _ = cluttered_background(rng, PICTURE)
-                    place_face(picture, image, rng, [], sides=settings["sides"], turn=settings["turn"])
-                    image = blurred_or_dimmed(picture, rng, blur=settings["blur"], dim=settings["dim"])
-                boxes = detect(image)
-                found += bool(boxes)
-                levelled.append(face_crop(image, boxes[0], margin, align=True) if boxes else centre_crop(image))
-                upright.append(face_crop(image, boxes[0], margin, align=False) if boxes else centre_crop(image))
-            cell = lambda m: f"{m[0]['accuracy']:.4f}, {m[0]['macro_f1']:.4f}"  # noqa: E731
+    models = {model: load_run(model, device="cpu") for model in args.models}
+    scorers = {model: scorer(loaded, classes, split) for model, loaded in models.items()}
+    for condition, settings in CONDITIONS.items():
+        rng = np.random.default_rng(args.seed)  # the same places and draws under every condition
+        found, levelled, upright = 0, {m: [] for m in models}, {m: [] for m in models}
+        for image in originals:
+            if settings is not None:
+                picture, _ = cluttered_background(rng, PICTURE)
+                place_face(picture, image, rng, [], sides=settings["sides"], turn=settings["turn"])
+                image = blurred_or_dimmed(picture, rng, blur=settings["blur"], dim=settings["dim"])
+            boxes = detect(image)
+            found += bool(boxes)
+            for model, loaded in models.items():
+                margin = loaded.config.face_margin
+                levelled[model].append(face_crop(image, boxes[0], margin, align=True) if boxes else centre_crop(image))
+                upright[model].append(face_crop(image, boxes[0], margin, align=False) if boxes else centre_crop(image))
+        for model, metrics in scorers.items():
+            cell = lambda images: "{accuracy:.4f}, {macro_f1:.4f}".format(**metrics(images)[0])  # noqa: E731
             emit_row("What costs accuracy in faces as they come", CONDITIONS_HEADER,
-                     f"| {model} | {condition} | {len(originals)} | {found} | {cell(metrics(levelled))} | {cell(metrics(upright))} "
+                     f"| {model} | {condition} | {len(originals)} | {found} | {cell(levelled[model])} | {cell(upright[model])} "
                      f"| {machine()} | `{command_line()}` |", write=not args.no_write, key=2)
 
 
