@@ -31,6 +31,7 @@ its settings are the constants below, so that it is not tuned to itself either.
     python benchmarks/faces_wild.py --part detect --picture 1920x1080 --detectors retinaface --fine-sides 1920 0
     python benchmarks/faces_wild.py --part accuracy
     python benchmarks/faces_wild.py --part conditions
+    python benchmarks/faces_wild.py --part conditions --models RUN_DIR --face-margin -0.1   # a run trained on FER2013
     python benchmarks/faces_wild.py --part several
     python benchmarks/faces_wild.py --part calibrate --no-write
 """
@@ -53,6 +54,7 @@ from transfer import extract
 from ftkit.data import ImageDataset, load_data
 from ftkit.evaluation import predict_probs, quick_metrics
 from ftkit.faces import RetinaFace, aligned_crop, centre_crop, detector, face_crop, square_crop
+from ftkit.fer2013 import FACE_MARGIN
 from ftkit.images import image_files, read_image
 from ftkit.predict import load_run
 from ftkit.progress import console
@@ -329,7 +331,7 @@ def conditions_part(args) -> None:
             boxes = detect(image)
             found += bool(boxes)
             for model, loaded in models.items():
-                margin = loaded.config.face_margin
+                margin = loaded.config.face_margin if args.face_margin is None else args.face_margin
                 levelled[model].append(face_crop(image, boxes[0], margin, align=True) if boxes else centre_crop(image))
                 upright[model].append(face_crop(image, boxes[0], margin, align=False) if boxes else centre_crop(image))
         for model, metrics in scorers.items():
@@ -416,7 +418,11 @@ def main() -> None:
                         help="RetinaFace's fine_side settings to measure (the second look at large frames; 0: none)")
     parser.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS))
     parser.add_argument("--picture", type=picture_size, default=PICTURE, help="WIDTHxHEIGHT of the pictures (--part detect)")
-    parser.add_argument("--models", nargs="+", default=["fer2013-fast", "fer2013-best"])
+    parser.add_argument("--models", nargs="+", default=["fer2013-fast", "fer2013-best"],
+                        help="named models or run directories (--part accuracy, conditions)")
+    parser.add_argument("--face-margin", type=float,
+                        help="crop every model's faces at this margin (--part conditions; default: each model's own; "
+                             f"a run trained on FER2013's crops wants {FACE_MARGIN}, as the shipped models)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="/tmp/ftkit-bench")
     parser.add_argument("--no-write", action="store_true")

@@ -101,7 +101,7 @@ class Config:
     cutmix: float = option(0.0, "cutmix alpha: paste a patch of one image into another (0: off); with mixup, one of the two per batch")
     class_weights: str = option("none", "none | balanced: weight the loss by inverse class frequency")
     sampler: str = option("random", "random | balanced: draw training images class-balanced")
-    augment: str = option("light", "none | light | fer | strong (see ftkit/transforms.py)")
+    augment: str = option("light", "none | light | fer | strong | wild (see ftkit/transforms.py)")
     augment_pipeline: list[Any] | None = option(None, "a full Albumentations pipeline; replaces the preset")
     tta: str = option("none", "none | flip (image + mirror) | shift (+ 4 small shifts of each: 10 views)")
     metric: str = option("macro_f1", "macro_f1 | accuracy | balanced_accuracy | loss: picks the best epoch")
@@ -144,7 +144,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": ("cosine", "onecycle", "plateau", "none"),
     "class_weights": ("none", "balanced"),
     "sampler": ("random", "balanced"),
-    "augment": ("none", "light", "fer", "strong"),
+    "augment": ("none", "light", "fer", "strong", "wild"),
     "tta": ("none", "flip", "shift"),
     "teacher_tta": ("model", "none", "flip", "shift"),
     "bn_stats": ("update", "frozen"),

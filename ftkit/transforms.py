@@ -1,7 +1,7 @@
 """Transforms: Albumentations presets by name, resize and normalisation derived from the model.
 
-Training and evaluation share one order: resize to the model's side, optional grayscale,
-augmentation (train only), normalise with the model's mean/std, convert to a CHW tensor.
+Training and evaluation share one order: resize to the model's side, augmentation (train only),
+optional grayscale, normalise with the model's mean/std, convert to a CHW tensor.
 """
 
 from __future__ import annotations
@@ -52,7 +52,19 @@ def _strong() -> list[A.BasicTransform]:
     ]
 
 
-PRESETS = {"none": list, "light": _light, "fer": _fer, "strong": _strong}
+def _wild() -> list[A.BasicTransform]:
+    # Faces as photos and film frames bring them: fer's geometry, then exposure (x 0.4-1.3, about
+    # a stop and a third under to a third over, with a small shift), a gamma, and one of a blur, a
+    # lower resolution, sensor noise (one value for the three channels: gray stays gray) or JPEG blocks.
+    return _fer() + [
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=(-0.6, 0.3), p=0.5),
+        A.RandomGamma(gamma_limit=(70, 150), p=0.3),
+        A.OneOf([A.GaussianBlur(sigma_limit=(0.5, 1.5)), A.Downscale(scale_range=(0.35, 0.7)),
+                 A.GaussNoise(std_range=(0.02, 0.08), per_channel=False), A.ImageCompression(quality_range=(30, 80))], p=0.4),
+    ]
+
+
+PRESETS = {"none": list, "light": _light, "fer": _fer, "strong": _strong, "wild": _wild}
 
 
 def augmentations(preset: str, pipeline: list[Any] | None = None) -> list[A.BasicTransform]:
@@ -114,9 +126,9 @@ class Preprocess:
             A.Resize(dc.img_size, dc.img_size, interpolation=INTERPOLATIONS.get(dc.interpolation, cv2.INTER_LINEAR),
                      area_for_downscale="image"),
         ]
-        if dc.grayscale:
-            steps.append(A.ToGray(num_output_channels=dc.channels, p=1.0))
         steps += augment or []
+        if dc.grayscale:  # after the augmentation: a colour it adds (noise, a jitter) never reaches a gray model
+            steps.append(A.ToGray(num_output_channels=dc.channels, p=1.0))
         steps += [A.Normalize(mean=dc.mean, std=dc.std, max_pixel_value=255.0), ToTensorV2()]
         self.pipeline = A.Compose(steps, seed=seed)
 

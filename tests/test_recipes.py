@@ -133,3 +133,35 @@ def test_a_pipeline_entry_albumentations_cannot_build_is_named(tmp_path, entry, 
     with pytest.raises(ConfigError, match=message):
         finetune(replace(cfg, project=str(tmp_path / "runs")))
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("preset", ["none", "light", "fer", "strong", "wild"])
+def test_an_augmented_face_stays_gray_for_a_gray_model(preset):
+    """A gray model is trained on gray images whatever colour an augmentation adds (strong's and
+    wild's noise), as it sees them in evaluation."""
+    import numpy as np
+
+    from ftkit.models import DataConfig
+    from ftkit.transforms import eval_transform, train_transform
+
+    dc = DataConfig(32, 3, True, (0.5,) * 3, (0.5,) * 3, "bilinear")
+    image = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)  # a colourful face
+    augment = train_transform(dc, preset, seed=0)
+    for _ in range(60):
+        x = augment(image)
+        assert x.shape == (3, 32, 32) and (x[0] == x[1]).all() and (x[1] == x[2]).all()
+    assert (eval_transform(dc)(image)[0] == eval_transform(dc)(image)[2]).all()
+
+
+def test_the_wild_preset_changes_the_exposure():
+    """wild darkens some faces to under 60 % of their brightness; fer, which moves faces only, does not."""
+    import numpy as np
+
+    from ftkit.models import DataConfig
+    from ftkit.transforms import train_transform
+
+    dc = DataConfig(32, 3, True, (0.0,) * 3, (1.0,) * 3, "bilinear")
+    image = np.full((48, 48, 3), 160, np.uint8)
+    brightness = {preset: [float(augment(image)[:, 8:24, 8:24].mean()) / (160 / 255) for _ in range(80)]
+                  for preset, augment in (("fer", train_transform(dc, "fer", seed=1)), ("wild", train_transform(dc, "wild", seed=1)))}
+    assert min(brightness["fer"]) > 0.95 and min(brightness["wild"]) < 0.6
