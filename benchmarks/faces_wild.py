@@ -295,7 +295,7 @@ def accuracy_part(args) -> None:
 
 
 def scorer(loaded, classes: list[str], split):
-    """A function from ``split``'s images, replaced by the ones given, to the shipped model's
+    """A function from ``split``'s images, replaced by the ones given, to the model's
     (accuracy and macro-F1, ms per image in batches of 128), its classes matched to ``classes``."""
     order = match_classes(loaded.classes, classes)
     columns = [order[t] for t in range(len(classes))]
@@ -320,6 +320,8 @@ def conditions_part(args) -> None:
     detect = one_thread("retinaface")
     models = {model: load_run(model, device="cpu") for model in args.models}
     scorers = {model: scorer(loaded, classes, split) for model, loaded in models.items()}
+    margins = {model: loaded.config.face_margin if args.face_margin is None else args.face_margin
+               for model, loaded in models.items()}
     for condition, settings in CONDITIONS.items():
         rng = np.random.default_rng(args.seed)  # the same places and draws under every condition
         found, levelled, upright = 0, {m: [] for m in models}, {m: [] for m in models}
@@ -330,8 +332,7 @@ def conditions_part(args) -> None:
                 image = blurred_or_dimmed(picture, rng, blur=settings["blur"], dim=settings["dim"])
             boxes = detect(image)
             found += bool(boxes)
-            for model, loaded in models.items():
-                margin = loaded.config.face_margin if args.face_margin is None else args.face_margin
+            for model, margin in margins.items():
                 levelled[model].append(face_crop(image, boxes[0], margin, align=True) if boxes else centre_crop(image))
                 upright[model].append(face_crop(image, boxes[0], margin, align=False) if boxes else centre_crop(image))
         for model, metrics in scorers.items():

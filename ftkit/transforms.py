@@ -55,7 +55,7 @@ def _strong() -> list[A.BasicTransform]:
 def _wild() -> list[A.BasicTransform]:
     # Faces as photos and film frames bring them: fer's geometry, then exposure (x 0.4-1.3, about
     # a stop and a third under to a third over, with a small shift), a gamma, and one of a blur, a
-    # lower resolution, sensor noise (one value for the three channels: gray stays gray) or JPEG blocks.
+    # lower resolution, sensor noise (in brightness only: one value for the three channels) or JPEG blocks.
     return _fer() + [
         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=(-0.6, 0.3), p=0.5),
         A.RandomGamma(gamma_limit=(70, 150), p=0.3),
