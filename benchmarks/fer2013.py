@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, command_line, emit_row, extract_fer, heldout_layout, machine, parse_settings
+from fer2013_digests import name_digests
 
 from ftkit.evaluation import quick_metrics
 from ftkit.fer2013 import FACE_MARGIN
@@ -144,6 +145,7 @@ def ship(result: RunResult, name: str, recipe: str, fer: Path, wall: float, writ
         "epoch_chosen_on": "PublicTest", "fer2013_seen": {"train": "Training", "val": "PublicTest"}, "terms": FER_TERMS, "train_seconds": record.get("train_seconds"),
         "started_from": _started_from(record.get("weights") or {}),
     }, face_margin=FACE_MARGIN)
+    name_digests([name])  # so that evaluate counts the FER2013 images it saw (weights/fer2013-digests.npz)
     loaded = load_run(name, device="cpu")
     scored = score_run(loaded, str(fer), split="val")
     measured = {"split": "PublicTest", "images": len(scored.keys), "tta": scored.tta,

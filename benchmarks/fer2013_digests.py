@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from common import ROOT, extract_fer
 
 from ftkit.duplicates import pixel_digest, write_digests
@@ -38,15 +39,26 @@ def main() -> None:
                 raise SystemExit(f"unreadable FER2013 image {failures[0][0]}: {failures[0][1]}")
             parts[part] = digests
     path = write_digests(ROOT / "weights" / FILE, parts)
-    training = set(parts["Training"])
-    copies = {"images": sum(d in training for d in parts["PublicTest"]), "of": len(parts["PublicTest"])}
-    for name, entry in read_models(ROOT / "weights" / SHIPPED).items():
-        if entry.get("fer2013_seen"):
-            annotate_model(name, shipped=True, fer2013_digests=FILE, publictest_copies_of_training=copies)
+    copies = name_digests([name for name, entry in read_models(ROOT / "weights" / SHIPPED).items() if entry.get("fer2013_seen")])
     print(json.dumps({"file": str(path), "bytes": path.stat().st_size, "sha256": sha256sum(path),
                       "images": {part: len(d) for part, d in parts.items()},
                       "distinct": {part: len(set(d)) for part, d in parts.items()},
                       "publictest_copies_of_training": copies}, indent=2))
+
+
+def name_digests(models: list[str]) -> dict[str, int] | None:
+    """Name weights/FILE in the shipped models' entries, with how many PublicTest images are pixel
+    copies of Training images (what `ftkit weights list` notes); None when the file is not there."""
+    path = ROOT / "weights" / FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as parts:  # rows, not read_digests' sets: PublicTest repeats some images
+        training = {row.tobytes() for row in parts["Training"]}
+        public = [row.tobytes() for row in parts["PublicTest"]]
+    copies = {"images": sum(digest in training for digest in public), "of": len(public)}
+    for name in models:
+        annotate_model(name, shipped=True, fer2013_digests=FILE, publictest_copies_of_training=copies)
+    return copies
 
 
 if __name__ == "__main__":

@@ -54,12 +54,12 @@ def predict(model, paths, topk, tta, faces, face_margin, face_align, face_detect
     Examples:
 
     \b
-        ftkit predict fer2013-fast photo.jpg --faces all
+        ftkit predict fer2013-wild photo.jpg --faces all
         ftkit predict runs/faces photo.jpg more_photos/ --topk 3 --output preds.csv
         ftkit predict runs/faces group.jpg --faces all --annotate annotated/
         ftkit predict runs/faces/export/model.onnx photo.jpg
         ftkit predict runs/faces clip.mp4 --out clip_annotated.mp4 --every 5
-        ftkit predict fer2013-fast --camera 0 --format jsonl
+        ftkit predict fer2013-wild --camera 0 --format jsonl
     """
     from .predict import check_prediction_file, open_predictor
     from .video import check_video_out

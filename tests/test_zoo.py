@@ -487,7 +487,7 @@ def test_init_refuses_another_backbone_and_weights_together(source_run, tmp_path
     assert r.exit_code == 1 and "give one of them" in r.output
 
 
-@pytest.mark.parametrize("name, target", [("fer2013-fast", 0.66), ("fer2013-best", 0.70)])
+@pytest.mark.parametrize("name, target", [("fer2013-fast", 0.66), ("fer2013-best", 0.70), ("fer2013-wild", 0.66)])
 def test_the_shipped_model_labels_the_face_in_a_photo_offline(name, target, tmp_path, monkeypatch):
     """A fresh clone plus one command: the tracked weights/NAME.safetensors, no network."""
     skimage_data = pytest.importorskip("skimage.data")
