@@ -35,7 +35,7 @@ from common import ROOT, command_line, emit_row, extract_fer, heldout_layout, ma
 from fer2013_digests import name_digests
 
 from ftkit.evaluation import quick_metrics
-from ftkit.fer2013 import FACE_MARGIN
+from ftkit.fer2013 import PHOTO_FACES
 from ftkit.io import read_json
 from ftkit.predict import load_run, score_run
 from ftkit.runs import slug
@@ -144,7 +144,7 @@ def ship(result: RunResult, name: str, recipe: str, fer: Path, wall: float, writ
         "recipe": recipe, "commit": commit, "command": command_line(), "data": "FER2013 official Training split (28,709 images)",
         "epoch_chosen_on": "PublicTest", "fer2013_seen": {"train": "Training", "val": "PublicTest"}, "terms": FER_TERMS, "train_seconds": record.get("train_seconds"),
         "started_from": _started_from(record.get("weights") or {}),
-    }, face_margin=FACE_MARGIN)
+    }, faces=PHOTO_FACES)
     name_digests([name])  # so that evaluate counts the FER2013 images it saw (weights/fer2013-digests.npz)
     loaded = load_run(name, device="cpu")
     scored = score_run(loaded, str(fer), split="val")

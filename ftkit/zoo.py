@@ -26,7 +26,7 @@ import torch
 from timm.models import adapt_input_conv
 
 from .config import CHECKPOINTS, Config, ConfigError, bundled, config_from_dict, load_recipe, resolve, suggest
-from . import faces
+from . import faces as face_module
 from .data import canonical_class
 from .device import resolve_device
 from .duplicates import read_digests
@@ -235,14 +235,15 @@ def load_run(run: str | Path, device: str = "auto", checkpoint: str = "best") ->
 
 def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.dtype = torch.float16,
                extra: dict[str, Any] | None = None, force: bool = False,
-               face_margin: float | None = None) -> dict[str, Any]:
+               faces: dict[str, Any] | None = None) -> dict[str, Any]:
     """Store a run's best model as ``<name>.safetensors`` with a manifest entry: in the user's
     store, or with ``shipped`` among the models the checkout ships (``weights/shipped.json``).
 
-    ``extra`` adds to the entry (recipe, commit, measured accuracy, data terms...). ``face_margin``
-    is how to crop faces for the model (default: its run's ``face_margin``); a model trained on
-    faces cropped elsewhere, like FER2013's, needs the margin that reproduces that framing. An
-    existing entry of that name is replaced only with ``force``; its old sha256 is kept in the entry.
+    ``extra`` adds to the entry (recipe, commit, measured accuracy, data terms...). ``faces``
+    (``face_margin``, ``face_detector``, ``face_align``) is how to crop faces for the model
+    (default: as its run did); a model trained on faces cropped elsewhere, like FER2013's, needs
+    the framing that reproduces theirs (``ftkit.fer2013.PHOTO_FACES``). An existing entry of that
+    name is replaced only with ``force``; its old sha256 is kept in the entry.
     """
     _check_name(name)
     manifest_path = SHIPPED_DIR / SHIPPED if shipped else store_dir() / SAVED
@@ -258,13 +259,15 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
     target = manifest_path.parent / f"{name}.safetensors"
     write_weights(target, tensors, keep)
     dc, cfg = meta["data_config"], config_from_dict(meta["config"])
+    unknown = set(faces or {}) - {"face_margin", "face_detector", "face_align"}
+    if unknown:
+        raise ValueError(f"save_model: faces takes face_margin, face_detector and face_align, not {sorted(unknown)}")
+    crop = {"face_margin": cfg.face_margin, "face_detector": cfg.face_detector, "face_align": cfg.face_align, **(faces or {})}
     entry = {
         "file": target.name, "sha256": sha256sum(target), "bytes": target.stat().st_size,
         "dtype": str(dtype).removeprefix("torch."), "backbone": meta["backbone"], "classes": meta["classes"],
         "preprocessing": {**{k: dc[k] for k in ("img_size", "channels", "grayscale", "mean", "std", "interpolation")},
-                          "face_margin": cfg.face_margin if face_margin is None else face_margin,
-                          "face_detector": cfg.face_detector, "face_align": cfg.face_align,
-                          "face_detector_settings": faces.describe(faces.detector(cfg.face_detector))},
+                          **crop, "face_detector_settings": face_module.describe(face_module.detector(crop["face_detector"]))},
         "tta": meta["config"].get("tta", "none"), "trained_from": str(run), "best_epoch": meta.get("epoch"),
         **_run_measured(run, meta), **(extra or {}),
     }

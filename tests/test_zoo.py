@@ -517,7 +517,7 @@ def test_the_manifest_face_margin_is_how_faces_are_cropped_for_the_model(source_
     ship_dir.mkdir()
     monkeypatch.setattr(zoo, "SHIPPED_DIR", ship_dir)
     monkeypatch.setenv("FTKIT_WEIGHTS", str(tmp_path / "store"))
-    entry = zoo.save_model(source_run, "tiny-fer", shipped=True, face_margin=0.0)
+    entry = zoo.save_model(source_run, "tiny-fer", shipped=True, faces={"face_margin": 0.0})
     assert entry["preprocessing"]["face_margin"] == 0.0
     assert load_run(source_run, device="cpu").config.face_margin == 0.25  # the run's own: the default
     assert load_run("tiny-fer", device="cpu").config.face_margin == 0.0
@@ -538,6 +538,28 @@ def test_the_manifest_face_margin_is_how_faces_are_cropped_for_the_model(source_
         r = invoke("predict", "tiny-fer", tmp_path / "astronaut.png", "--faces", "all", "--format", "jsonl", *extra)
         assert r.exit_code == 0, r.output
         assert margins == [expected]
+
+
+def test_every_shipped_model_crops_photos_as_it_was_measured():
+    """The shipped models were trained on FER2013's ready crops and measured on photos cropped by
+    RetinaFace with the eyes levelled: their manifests say so, so predict and evaluate crop that way
+    (fer2013-wild was first stored with its training run's settings: no levelling, detector auto)."""
+    from ftkit.fer2013 import PHOTO_FACES
+
+    for name, entry in zoo.read_models(zoo.SHIPPED_DIR / zoo.SHIPPED).items():
+        pre = entry["preprocessing"]
+        assert {k: pre[k] for k in PHOTO_FACES} == PHOTO_FACES, name
+        assert pre["face_detector_settings"]["name"] == "retinaface", name
+        assert load_run(name, device="cpu").config.face_align is True, name
+
+
+def test_saving_a_model_records_how_to_crop_faces_for_it(source_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "SHIPPED_DIR", tmp_path)
+    entry = zoo.save_model(source_run, "tiny-fer", shipped=True, faces={"face_align": True, "face_detector": "haar"})
+    assert entry["preprocessing"]["face_align"] is True and entry["preprocessing"]["face_margin"] == 0.25  # the run's own
+    assert entry["preprocessing"]["face_detector_settings"]["name"] == "haar"
+    with pytest.raises(ValueError, match="face_margn"):
+        zoo.save_model(source_run, "tiny-fer", shipped=True, force=True, faces={"face_margn": 0.1})
 
 
 def test_the_fewshot_recipe_crops_faces_as_the_shipped_model_expects():
