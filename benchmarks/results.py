@@ -4,6 +4,8 @@ A benchmark script appends a row with ``record``; BENCHMARKS.md (the headline ta
 docs/benchmarks.md (every table) are then rendered from the JSON files, so a table is never
 typed by hand. A row replaces an earlier one with the same key (its first cells, as the table's
 ``key`` says, and its command): a rerun supersedes what it measured before; git keeps the history.
+A row whose command now measures something else (a recipe changed) keeps its numbers with a
+``"superseded"`` note saying why: docs/benchmarks.md shows it with the note, BENCHMARKS.md leaves it out.
 
     python benchmarks/results.py           # render both pages from benchmarks/results/*.json
     python benchmarks/results.py --check   # exit 1 if a page is not what the JSON files render
@@ -70,7 +72,8 @@ def _key(table: dict[str, Any], row: dict[str, Any]) -> tuple[str, ...]:
 
 def render(tables: list[dict[str, Any]], headline: bool) -> str:
     """One page: the machines, then each table with a date column and the machine as a short name."""
-    shown = [t for t in tables if t["headline"] or not headline]
+    shown = [{**t, "rows": [r for r in t["rows"] if not (headline and r.get("superseded"))]}
+             for t in tables if t["headline"] or not headline]
     machines: dict[str, str] = {}
     for table in shown:
         if MACHINE in table["columns"]:
@@ -92,6 +95,8 @@ def render(tables: list[dict[str, Any]], headline: bool) -> str:
         out += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for row in table["rows"]:
             cells = [machines[row["cells"][i]] if names[i] == MACHINE else row["cells"][i] for i in order]
+            if row.get("superseded"):
+                cells[0] += f" (superseded: {row['superseded']})"
             cells += [row["date"]] + ([row["cells"][command]] if command is not None else [])
             out.append("| " + " | ".join(cells) + " |")
         out.append("")

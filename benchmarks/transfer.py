@@ -17,7 +17,7 @@ Protocol (no subject is ever on two sides):
   +-30 degrees, some blurred or dimmed), so that the detector must find the face: faces as they
   come, for comparing detectors and alignment end to end.
 - Starts: ``imagenet`` (recipes/fewshot-imagenet.yaml: MobileNetV2 ImageNet weights),
-  ``fer`` (recipes/fewshot.yaml: ``init: fer2013-fast``), ``fer-zero`` (a shipped model,
+  ``fer`` (recipes/fewshot.yaml: its ``init``, a shipped model), ``fer-zero`` (a shipped model,
   ``--zero-model``, classes matched by name, no training: scored on the same test folds).
 
     python benchmarks/transfer.py                                      # the whole grid
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import sys
 import tarfile
 import time
@@ -61,7 +62,7 @@ SUBJECT = r"([0-9]{2})[0-9]{2}[a-g][0-9]+[.]jpg$"
 STARTS = {
     # start: (recipe, what it starts from)
     "imagenet": (ROOT / "recipes" / "fewshot-imagenet.yaml", "ImageNet MobileNetV2"),
-    "fer": (ROOT / "recipes" / "fewshot.yaml", "shipped fer2013-fast"),
+    "fer": (ROOT / "recipes" / "fewshot.yaml", f"shipped {read_yaml(ROOT / 'recipes' / 'fewshot.yaml')['init']}"),
 }
 HEADER = ("| start | shots/class | folds x seeds | test accuracy | test macro-F1 | train images per run | wall time per run "
           "| machine | command |\n|---|---|---|---|---|---|---|---|---|")
@@ -178,13 +179,21 @@ def main() -> None:
                 console.print(f"{start} {shots}/class: validation macro-F1 {mean_std(cell['val'])} (what settings are chosen on)")
                 if sets or args.tune:
                     settings = (" ".join(f"{k}={v}" for k, v in {**faces, **sets}.items()) or "the recipe as it is") + placed_note
-                    row = (f"| {start} | {settings} | {shots} | {label} | {mean_std(cell['val'])} | {mean_std(cell['acc'])} "
+                    row = (f"| {start_label(start, sets)} | {settings} | {shots} | {label} | {mean_std(cell['val'])} | {mean_std(cell['acc'])} "
                            f"| {mean_std(cell['f1'])} | {np.mean(cell['secs']):.0f} s | {machine()} | `{command_line()}` |")
                     emit_row(TUNING_SECTION, TUNING_HEADER, row, write=not args.no_write)
                 else:
                     row = (f"| {STARTS[start][1]}, {cell['size']}x{cell['size']}{crop_note} | {shots} | {label} | {mean_std(cell['acc'])} | {mean_std(cell['f1'])} "
                            f"| {np.mean(cell['n']):.0f} | {np.mean(cell['secs']):.0f} s | {machine()} | `{command_line()}` |")
                     emit_row(SECTION, HEADER, row, write=not args.no_write)
+
+
+def start_label(start: str, sets: dict[str, Any]) -> str:
+    """A tuning row's start: ``fer`` names the model it started from (the recipe's ``init`` or the
+    variant's), as the recipe's start has changed."""
+    if start != "fer":
+        return start
+    return f"fer, from {sets.get('init') or read_yaml(STARTS[start][0])['init']}"
 
 
 def face_settings(args) -> dict[str, Any]:
@@ -197,16 +206,22 @@ def face_settings(args) -> dict[str, Any]:
             **({"face_detector": args.face_detector} if args.face_detector != "auto" else {})}
 
 
-def finished_run(cfg) -> dict[str, float] | None:
-    """A finished run of this name whose args.yaml is ``cfg``: its numbers, read back (``--reuse``)."""
-    for run in sorted(Path(cfg.project).glob(f"{cfg.name}*")):
-        if not (run / "report.json").is_file() or read_yaml(run / "args.yaml") != yaml.safe_load(yaml.safe_dump(cfg.to_dict())):
+def finished_run(cfg, cell: str) -> dict[str, float] | None:
+    """A finished run of this fold, seed and shots (``cell``, the end of its name) whose args.yaml is
+    ``cfg`` but for the name: its numbers, read back (``--reuse``). Matching the settings, not the
+    name, reads a ``--variant`` run back once a recipe takes its settings."""
+    wanted = {**yaml.safe_load(yaml.safe_dump(cfg.to_dict())), "name": None}
+    for run in sorted(Path(cfg.project).glob(f"*{cell}*")):
+        if not re.fullmatch(rf".*{cell}(-\d+)?", run.name) or not (run / "report.json").is_file():
+            continue
+        if {**read_yaml(run / "args.yaml"), "name": None} != wanted:
             continue
         record, report = read_json(run / "run.json"), read_json(run / "report.json")
         if record.get("status") != "finished":
             continue
         val = read_metrics(run)[int(record["best_epoch"]) - 1]["val_macro_f1"]
-        return {"secs": float(record["train_seconds"]), "acc": report["accuracy"], "f1": report["macro_f1"], "val": val}
+        return {"secs": float(record["train_seconds"]), "acc": report["accuracy"], "f1": report["macro_f1"], "val": val,
+                "run": run.name}
     return None
 
 
@@ -218,19 +233,20 @@ def run_cell(args, full: DataSplits, groups, folds, start: str, sets: dict[str, 
     for k, test in zip(args.folds, folds):
         for seed in args.seeds:
             extra = {"epochs": args.all_epochs} if shots is None else {}
+            run_of = f"-{shots or 'all'}shot-fold{k}-seed{seed}"
             cfg = resolve_config(recipe, data="taiwanese-placed" if args.placed else "taiwanese", project=str(Path(args.work) / "transfer-runs"), seed=seed,
-                                 name=f"{start}{tag}-{shots or 'all'}shot-fold{k}-seed{seed}",
+                                 name=f"{start}{tag}{run_of}",
                                  **{"faces": args.faces, **face_settings(args)}, **extra, **sets)
             cfg = replace(cfg, workers=0)
             data = fold_data(full, groups, test, shots, seed)
-            done = finished_run(cfg) if args.reuse else None
+            done = finished_run(cfg, run_of) if args.reuse else None
             if done is None:
                 started = time.perf_counter()
                 result = train_on(data, cfg, console)
                 done = {"secs": time.perf_counter() - started, "acc": result.report["accuracy"], "f1": result.report["macro_f1"],
                         "val": result.history[result.record["best_epoch"] - 1]["val_macro_f1"]}
             else:
-                console.print(f"{cfg.name}: read from its finished run (--reuse)")
+                console.print(f"{cfg.name}: read from {done.pop('run')}, a finished run of the same settings (--reuse)")
             for key, value in {**done, "n": len(data.splits["train"])}.items():
                 cell[key].append(value)
     cell["size"] = cfg.img_size

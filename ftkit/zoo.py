@@ -246,6 +246,9 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
     name is replaced only with ``force``; its old sha256 is kept in the entry.
     """
     _check_name(name)
+    unknown = set(faces or {}) - {"face_margin", "face_detector", "face_align"}
+    if unknown:
+        raise ValueError(f"save_model: faces takes face_margin, face_detector and face_align, not {sorted(unknown)}")
     manifest_path = SHIPPED_DIR / SHIPPED if shipped else store_dir() / SAVED
     run = require_run(run)
     weights, meta = load_checkpoint(run / "checkpoints" / "best")
@@ -259,9 +262,6 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
     target = manifest_path.parent / f"{name}.safetensors"
     write_weights(target, tensors, keep)
     dc, cfg = meta["data_config"], config_from_dict(meta["config"])
-    unknown = set(faces or {}) - {"face_margin", "face_detector", "face_align"}
-    if unknown:
-        raise ValueError(f"save_model: faces takes face_margin, face_detector and face_align, not {sorted(unknown)}")
     crop = {"face_margin": cfg.face_margin, "face_detector": cfg.face_detector, "face_align": cfg.face_align, **(faces or {})}
     entry = {
         "file": target.name, "sha256": sha256sum(target), "bytes": target.stat().st_size,

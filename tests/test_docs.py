@@ -143,6 +143,11 @@ def test_a_new_row_replaces_the_one_it_measures_again(tmp_path):
     # columns of the same name keep their own cells; the machine becomes a short name with a legend
     assert "| fast | 0.70 | 0.50 | 0.40 | M1 | 2026-01-03 | `python benchmarks/x.py` |" in page and "| M1 | box A |" in page
     assert results.render(results.load(tmp_path), headline=True).count("## ") == 0  # a new table is a detail table
+    table["headline"], table["rows"][0]["superseded"] = True, "the recipe changed"
+    path.write_text(json.dumps(table))
+    assert "| best (superseded: the recipe changed) | 0.60 |" in results.render(results.load(tmp_path), headline=False)
+    shown = results.render(results.load(tmp_path), headline=True)
+    assert "| fast | 0.70 |" in shown and "best" not in shown  # the headline page leaves it out
     with pytest.raises(ValueError, match="3 cells"):
         results.record("A table (of things)", header, "| a | b | c |", folder=tmp_path)
 

@@ -558,20 +558,22 @@ def test_saving_a_model_records_how_to_crop_faces_for_it(source_run, tmp_path, m
     entry = zoo.save_model(source_run, "tiny-fer", shipped=True, faces={"face_align": True, "face_detector": "haar"})
     assert entry["preprocessing"]["face_align"] is True and entry["preprocessing"]["face_margin"] == 0.25  # the run's own
     assert entry["preprocessing"]["face_detector_settings"]["name"] == "haar"
+    before = (tmp_path / "tiny-fer.safetensors").read_bytes()
     with pytest.raises(ValueError, match="face_margn"):
-        zoo.save_model(source_run, "tiny-fer", shipped=True, force=True, faces={"face_margn": 0.1})
+        zoo.save_model(source_run, "tiny-fer", shipped=True, force=True, faces={"face_margn": 0.1}, dtype=torch.float32)
+    assert (tmp_path / "tiny-fer.safetensors").read_bytes() == before  # refused before anything was written
 
 
 def test_the_fewshot_recipe_crops_faces_as_the_shipped_model_expects():
-    """recipes/fewshot.yaml starts from fer2013-fast: its input size, and faces cropped to the
-    detector's box (its own margin, chosen for fine-tuning, wins over the manifest's -0.1, chosen
-    for labelling without training)."""
-    entry = zoo.read_models(zoo.SHIPPED_DIR / zoo.SHIPPED)["fer2013-fast"]
+    """recipes/fewshot.yaml starts from fer2013-wild: its input size, and faces cropped to the
+    detector's box with the eyes levelled (its own margin, chosen for fine-tuning, wins over the
+    manifest's -0.1, chosen for labelling without training)."""
+    entry = zoo.read_models(zoo.SHIPPED_DIR / zoo.SHIPPED)["fer2013-wild"]
     assert entry["preprocessing"]["face_margin"] == FACE_MARGIN == -0.1
     cfg = zoo.resolve_config(zoo.SHIPPED_DIR.parent / "recipes" / "fewshot.yaml", data="x")
-    assert cfg.init == "fer2013-fast" and cfg.faces == "crop"
+    assert cfg.init == "fer2013-wild" and cfg.faces == "crop" and cfg.face_align is True
     assert cfg.face_margin == 0.0
-    assert zoo.resolve_config(None, init="fer2013-fast", data="x").face_margin == FACE_MARGIN
+    assert zoo.resolve_config(None, init="fer2013-wild", data="x").face_margin == FACE_MARGIN
     assert cfg.img_size == entry["preprocessing"]["img_size"]
 
 
