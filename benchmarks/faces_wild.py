@@ -59,7 +59,7 @@ from ftkit.images import image_files, read_image
 from ftkit.predict import load_run
 from ftkit.progress import console
 from ftkit.transforms import eval_transform
-from ftkit.zoo import match_classes, resolve_config
+from ftkit.zoo import SHIPPED, SHIPPED_DIR, match_classes, read_models, resolve_config
 
 PICTURE = (640, 480)  # width, height (--picture makes larger ones: a phone photo's, a 1080p frame's)
 FACES_PER_PICTURE = (0, 1, 1, 2, 3)  # drawn uniformly: a fifth of the pictures have none
@@ -419,8 +419,8 @@ def main() -> None:
                         help="RetinaFace's fine_side settings to measure (the second look at large frames; 0: none)")
     parser.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS))
     parser.add_argument("--picture", type=picture_size, default=PICTURE, help="WIDTHxHEIGHT of the pictures (--part detect)")
-    parser.add_argument("--models", nargs="+", default=["fer2013-fast", "fer2013-best"],
-                        help="named models or run directories (--part accuracy, conditions)")
+    parser.add_argument("--models", nargs="+", default=list(read_models(SHIPPED_DIR / SHIPPED)),
+                        help="named models or run directories (--part accuracy, conditions; default: every shipped model)")
     parser.add_argument("--face-margin", type=float,
                         help="crop every model's faces at this margin (--part conditions; default: each model's own; "
                              f"a run trained on FER2013's crops wants {FACE_MARGIN}, as the shipped models)")
