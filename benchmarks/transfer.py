@@ -59,10 +59,11 @@ from ftkit.zoo import match_classes, resolve_config
 TAR = SHARED / "taiwanese" / "taiwanese-faces.tar.gz"
 TAR_SHA256 = "f260a1295420d20915c0e221f83cf3fc07ad8a82a6fa0cbd7e2dddb876fe1757"
 SUBJECT = r"([0-9]{2})[0-9]{2}[a-g][0-9]+[.]jpg$"
+FER_INIT = read_yaml(ROOT / "recipes" / "fewshot.yaml")["init"]  # the shipped model the fer start begins from
 STARTS = {
     # start: (recipe, what it starts from)
     "imagenet": (ROOT / "recipes" / "fewshot-imagenet.yaml", "ImageNet MobileNetV2"),
-    "fer": (ROOT / "recipes" / "fewshot.yaml", f"shipped {read_yaml(ROOT / 'recipes' / 'fewshot.yaml')['init']}"),
+    "fer": (ROOT / "recipes" / "fewshot.yaml", f"shipped {FER_INIT}"),
 }
 HEADER = ("| start | shots/class | folds x seeds | test accuracy | test macro-F1 | train images per run | wall time per run "
           "| machine | command |\n|---|---|---|---|---|---|---|---|---|")
@@ -193,7 +194,7 @@ def start_label(start: str, sets: dict[str, Any]) -> str:
     variant's), as the recipe's start has changed."""
     if start != "fer":
         return start
-    return f"fer, from {sets.get('init') or read_yaml(STARTS[start][0])['init']}"
+    return f"fer, from {sets.get('init') or FER_INIT}"
 
 
 def face_settings(args) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from .weights import WeightsError, read_manifest, sha256sum, store_dir
 SAVED = "models.json"  # in the user's weight store (git-ignored)
 SHIPPED = "shipped.json"  # in the checkout's weights/ (tracked, with the files it lists)
 SHIPPED_DIR = bundled("weights", "shipped")  # a wheel carries shipped.json and its files as ftkit/shipped/
+FACE_KEYS = ("face_margin", "face_detector", "face_align")  # how a manifest says to crop faces for its model
 
 
 class ModelNotFound(RunError):
@@ -153,7 +154,7 @@ def _with_entry(meta: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     """A named model's metadata with its manifest's face margin, detector and alignment, which say
     how to crop faces for it (a model trained on ready-cropped faces, like FER2013's, has none in its config)."""
     pre = entry.get("preprocessing", {})
-    faces = {k: pre[k] for k in ("face_margin", "face_detector", "face_align") if pre.get(k) is not None}
+    faces = {k: pre[k] for k in FACE_KEYS if pre.get(k) is not None}
     return {**meta, "config": {**meta["config"], **faces}} if faces else meta
 
 
@@ -246,9 +247,9 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
     name is replaced only with ``force``; its old sha256 is kept in the entry.
     """
     _check_name(name)
-    unknown = set(faces or {}) - {"face_margin", "face_detector", "face_align"}
+    unknown = set(faces or {}) - set(FACE_KEYS)
     if unknown:
-        raise ValueError(f"save_model: faces takes face_margin, face_detector and face_align, not {sorted(unknown)}")
+        raise ValueError(f"save_model: faces takes {', '.join(FACE_KEYS)}, not {sorted(unknown)}")
     manifest_path = SHIPPED_DIR / SHIPPED if shipped else store_dir() / SAVED
     run = require_run(run)
     weights, meta = load_checkpoint(run / "checkpoints" / "best")
@@ -262,7 +263,7 @@ def save_model(run: str | Path, name: str, shipped: bool = False, dtype: torch.d
     target = manifest_path.parent / f"{name}.safetensors"
     write_weights(target, tensors, keep)
     dc, cfg = meta["data_config"], config_from_dict(meta["config"])
-    crop = {"face_margin": cfg.face_margin, "face_detector": cfg.face_detector, "face_align": cfg.face_align, **(faces or {})}
+    crop = {**{k: getattr(cfg, k) for k in FACE_KEYS}, **(faces or {})}
     entry = {
         "file": target.name, "sha256": sha256sum(target), "bytes": target.stat().st_size,
         "dtype": str(dtype).removeprefix("torch."), "backbone": meta["backbone"], "classes": meta["classes"],
